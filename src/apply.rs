@@ -1,0 +1,191 @@
+//! Carries out a plan against Redis with many upserts in flight, but a bounded number.
+//!
+//! Redis runs one script at a time and serves its clients in turns, so a few
+//! dozen requests in flight keep it fully busy while other clients of the same
+//! Redis still get answered quickly; thousands would only queue up in front of them.
+
+use std::time::{Duration, Instant};
+
+use futures::stream::{self, StreamExt};
+use serde::Serialize;
+
+use crate::bullmq_store::BullmqStore;
+use crate::desired::{DesiredScheduler, InvalidRow};
+use crate::reconcile::Plan;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Create,
+    Update,
+    Remove,
+    /// An orphan that is reported but kept (pruning is off).
+    Keep,
+}
+
+/// One scheduler the plan touches (or would touch, in a dry run).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Change {
+    pub queue: String,
+    pub scheduler_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub row_id: Option<String>,
+    pub action: Action,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub differs: Vec<&'static str>,
+}
+
+/// A write that Redis refused or that could not be sent.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Failure {
+    pub id: String,
+    pub scheduler_id: String,
+    pub reason: String,
+}
+
+/// The manual's `recoverTasks()` result, with the detail an operator needs.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecoverReport {
+    pub success: bool,
+    pub dry_run: bool,
+    /// Schedulers written: created plus updated.
+    pub recovered_tasks: usize,
+    pub created: usize,
+    pub updated: usize,
+    pub unchanged: usize,
+    pub removed: usize,
+    /// Orphans found; removed only when pruning is on.
+    pub orphaned: usize,
+    pub legacy: usize,
+    pub invalid: Vec<InvalidRow>,
+    pub failed: Vec<Failure>,
+    pub changes: Vec<Change>,
+    pub duration_ms: u64,
+}
+
+enum Write {
+    Upsert(DesiredScheduler),
+    Remove { queue: String, scheduler_id: String },
+}
+
+/// Applies `plan`: creates and updates always, removes orphans only when `prune`.
+pub async fn apply(
+    store: &BullmqStore,
+    plan: &Plan,
+    prune: bool,
+    concurrency: usize,
+    dry_run: bool,
+) -> RecoverReport {
+    let started = Instant::now();
+    let mut report = RecoverReport {
+        dry_run,
+        invalid: plan.invalid.clone(),
+        ..RecoverReport::default()
+    };
+    let mut writes = Vec::new();
+    for (queue, queue_plan) in &plan.queues {
+        report.unchanged += queue_plan.unchanged.len();
+        report.orphaned += queue_plan.orphaned.len();
+        report.legacy += queue_plan.legacy;
+        for scheduler in &queue_plan.create {
+            report.changes.push(change(scheduler, Action::Create, Vec::new()));
+            writes.push(Write::Upsert(scheduler.clone()));
+        }
+        for update in &queue_plan.update {
+            report
+                .changes
+                .push(change(&update.scheduler, Action::Update, update.differs.clone()));
+            writes.push(Write::Upsert(update.scheduler.clone()));
+        }
+        for scheduler_id in &queue_plan.orphaned {
+            report.changes.push(Change {
+                queue: queue.clone(),
+                scheduler_id: scheduler_id.clone(),
+                row_id: None,
+                action: if prune { Action::Remove } else { Action::Keep },
+                differs: Vec::new(),
+            });
+            if prune {
+                writes.push(Write::Remove {
+                    queue: queue.clone(),
+                    scheduler_id: scheduler_id.clone(),
+                });
+            }
+        }
+    }
+    if dry_run {
+        for c in &report.changes {
+            match c.action {
+                Action::Create => report.created += 1,
+                Action::Update => report.updated += 1,
+                Action::Remove => report.removed += 1,
+                Action::Keep => {}
+            }
+        }
+        report.success = true;
+        report.duration_ms = millis(started.elapsed());
+        return report;
+    }
+    let mut outcomes = stream::iter(writes)
+        .map(|write| async move {
+            match write {
+                Write::Upsert(scheduler) => {
+                    let result = store.upsert(&scheduler).await.map(|()| false);
+                    (scheduler.row_id, scheduler.scheduler_id, result)
+                }
+                Write::Remove {
+                    queue,
+                    scheduler_id,
+                } => {
+                    let result = store.remove(&queue, &scheduler_id).await;
+                    (String::new(), scheduler_id, result)
+                }
+            }
+        })
+        .buffer_unordered(concurrency);
+    let mut failed_ids = std::collections::HashSet::new();
+    while let Some((row_id, scheduler_id, result)) = outcomes.next().await {
+        match result {
+            Ok(removed) => report.removed += usize::from(removed),
+            Err(error) => {
+                failed_ids.insert(scheduler_id.clone());
+                report.failed.push(Failure {
+                    id: row_id,
+                    scheduler_id,
+                    reason: error.to_string(),
+                });
+            }
+        }
+    }
+    for c in &report.changes {
+        if failed_ids.contains(&c.scheduler_id) {
+            continue;
+        }
+        match c.action {
+            Action::Create => report.created += 1,
+            Action::Update => report.updated += 1,
+            Action::Remove | Action::Keep => {}
+        }
+    }
+    report.recovered_tasks = report.created + report.updated;
+    report.success = report.failed.is_empty();
+    report.duration_ms = millis(started.elapsed());
+    report
+}
+
+fn change(scheduler: &DesiredScheduler, action: Action, differs: Vec<&'static str>) -> Change {
+    Change {
+        queue: scheduler.queue.clone(),
+        scheduler_id: scheduler.scheduler_id.clone(),
+        row_id: Some(scheduler.row_id.clone()),
+        action,
+        differs,
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,278 @@
+//! `check`: what would make schedules vanish or fail to come back.
+//!
+//! Reads the Redis persistence settings BullMQ depends on, the versions, and the
+//! drift between rows and Redis. Managed Redis services often forbid CONFIG;
+//! that becomes a warning, never a crash.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use crate::bullmq_store::BullmqStore;
+use crate::warden::{Warden, WardenError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Warning,
+    Error,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    pub severity: Severity,
+    /// Short stable name, e.g. `eviction-policy`.
+    pub check: &'static str,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Audit {
+    pub findings: Vec<Finding>,
+}
+
+impl Audit {
+    pub fn has_errors(&self) -> bool {
+        self.findings.iter().any(|f| f.severity == Severity::Error)
+    }
+
+    fn push(&mut self, severity: Severity, check: &'static str, message: impl Into<String>) {
+        self.findings.push(Finding {
+            severity,
+            check,
+            message: message.into(),
+        });
+    }
+}
+
+/// The persistence-related settings, as far as the server lets us read them.
+#[derive(Debug, Clone, Default)]
+pub struct RedisSettings {
+    /// `None` when CONFIG GET is refused.
+    pub config: Option<HashMap<String, String>>,
+    pub info: HashMap<String, String>,
+}
+
+impl RedisSettings {
+    pub async fn read(store: &BullmqStore) -> Result<Self, WardenError> {
+        let mut conn = store.raw();
+        let info_text: String = redis::cmd("INFO")
+            .arg("server")
+            .arg("persistence")
+            .arg("memory")
+            .arg("replication")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| store.error(e))?;
+        let mut config = HashMap::new();
+        for key in ["appendonly", "appendfsync", "save", "maxmemory-policy"] {
+            let reply: Result<Vec<String>, _> = redis::cmd("CONFIG")
+                .arg("GET")
+                .arg(key)
+                .query_async(&mut conn)
+                .await;
+            match reply {
+                Ok(pair) => {
+                    if let [name, value] = pair.as_slice() {
+                        config.insert(name.clone(), value.clone());
+                    }
+                }
+                Err(_) => {
+                    return Ok(Self {
+                        config: None,
+                        info: parse_info(&info_text),
+                    })
+                }
+            }
+        }
+        Ok(Self {
+            config: Some(config),
+            info: parse_info(&info_text),
+        })
+    }
+}
+
+/// `INFO` text as key/value pairs.
+pub fn parse_info(text: &str) -> HashMap<String, String> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.trim_end().split_once(':'))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+/// Judges Redis settings the way BullMQ's documentation does.
+pub fn audit_settings(settings: &RedisSettings, audit: &mut Audit) {
+    let version = settings.info.get("redis_version").cloned().unwrap_or_default();
+    let numeric: Vec<u32> = version.split('.').filter_map(|p| p.parse().ok()).collect();
+    if numeric.as_slice() < [6, 2].as_slice() {
+        audit.push(
+            Severity::Error,
+            "redis-version",
+            format!("Redis {version} is older than 6.2, which BullMQ's scripts need"),
+        );
+    } else {
+        audit.push(Severity::Info, "redis-version", format!("Redis {version}"));
+    }
+    let Some(config) = &settings.config else {
+        audit.push(
+            Severity::Warning,
+            "config-access",
+            "CONFIG GET is not allowed (managed Redis?): persistence and eviction settings were not audited",
+        );
+        return;
+    };
+    let get = |key: &str| config.get(key).map(String::as_str).unwrap_or_default();
+    let aof = get("appendonly") == "yes";
+    let rdb = !get("save").trim().is_empty();
+    match (aof, rdb) {
+        (false, false) => audit.push(
+            Severity::Error,
+            "persistence",
+            "neither AOF (appendonly no) nor RDB snapshots (save \"\") are on: a restart loses every scheduler",
+        ),
+        (false, true) => audit.push(
+            Severity::Warning,
+            "persistence",
+            format!(
+                "AOF is off: a restart loses schedulers changed since the last RDB snapshot (save \"{}\"); BullMQ recommends appendonly yes",
+                get("save")
+            ),
+        ),
+        (true, _) => {}
+    }
+    if aof && get("appendfsync") == "no" {
+        audit.push(
+            Severity::Warning,
+            "appendfsync",
+            "appendfsync no: the OS decides when the AOF reaches disk; use everysec or always",
+        );
+    }
+    let policy = get("maxmemory-policy");
+    if policy != "noeviction" {
+        audit.push(
+            Severity::Error,
+            "eviction-policy",
+            format!("maxmemory-policy is {policy}; BullMQ requires noeviction, or Redis may evict schedulers"),
+        );
+    }
+}
+
+/// Runs every check; connection failures become findings, not errors.
+pub async fn run(warden: &Warden) -> Audit {
+    let mut audit = Audit::default();
+    match RedisSettings::read(warden.store()).await {
+        Ok(settings) => audit_settings(&settings, &mut audit),
+        Err(e) => audit.push(Severity::Error, "redis", e.to_string()),
+    }
+    match warden.snapshot(None).await {
+        Ok(snapshot) => {
+            let plan = &snapshot.plan;
+            if plan.missing() > 0 || plan.mismatched() > 0 {
+                audit.push(
+                    Severity::Error,
+                    "drift",
+                    format!(
+                        "{} schedulers missing and {} differ from their rows; run `bullmq-warden recover`",
+                        plan.missing(),
+                        plan.mismatched()
+                    ),
+                );
+            } else {
+                audit.push(
+                    Severity::Info,
+                    "drift",
+                    format!("{} schedulers in place", snapshot.desired.schedulers.len()),
+                );
+            }
+            for invalid in &plan.invalid {
+                audit.push(
+                    Severity::Warning,
+                    "invalid-row",
+                    format!("row {}: {}", invalid.id, invalid.reason),
+                );
+            }
+            let orphaned: usize = plan.queues.values().map(|q| q.orphaned.len()).sum();
+            if orphaned > 0 {
+                audit.push(
+                    Severity::Warning,
+                    "orphans",
+                    format!("{orphaned} schedulers under the id template's prefix have no row (prune with recovery.prune_orphans)"),
+                );
+            }
+            let legacy: usize = plan.queues.values().map(|q| q.legacy).sum();
+            if legacy > 0 {
+                audit.push(
+                    Severity::Warning,
+                    "legacy-repeatable",
+                    format!(
+                        "{legacy} legacy repeatable jobs (BullMQ 5 queue.add with repeat) are left untouched; \
+                         source.scheduler_id must name the schedulers the application itself creates"
+                    ),
+                );
+            }
+        }
+        Err(e) => audit.push(Severity::Error, "source", e.to_string()),
+    }
+    audit
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(pairs: &[(&str, &str)]) -> RedisSettings {
+        RedisSettings {
+            config: Some(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+            info: parse_info("# Server\r\nredis_version:7.0.15\r\n"),
+        }
+    }
+
+    fn checks(settings: &RedisSettings) -> Vec<(&'static str, Severity)> {
+        let mut audit = Audit::default();
+        audit_settings(settings, &mut audit);
+        audit
+            .findings
+            .iter()
+            .filter(|f| f.severity != Severity::Info)
+            .map(|f| (f.check, f.severity))
+            .collect()
+    }
+
+    #[test]
+    fn safe_settings_have_no_findings() {
+        let safe = settings(&[
+            ("appendonly", "yes"),
+            ("appendfsync", "everysec"),
+            ("save", "3600 1"),
+            ("maxmemory-policy", "noeviction"),
+        ]);
+        assert!(checks(&safe).is_empty());
+    }
+
+    #[test]
+    fn unsafe_settings_are_named() {
+        let bare = settings(&[
+            ("appendonly", "no"),
+            ("save", ""),
+            ("maxmemory-policy", "allkeys-lru"),
+        ]);
+        assert_eq!(
+            checks(&bare),
+            vec![
+                ("persistence", Severity::Error),
+                ("eviction-policy", Severity::Error)
+            ]
+        );
+    }
+
+    #[test]
+    fn forbidden_config_is_a_warning() {
+        let managed = RedisSettings {
+            config: None,
+            info: parse_info("redis_version:7.2.4"),
+        };
+        assert_eq!(checks(&managed), vec![("config-access", Severity::Warning)]);
+    }
+}

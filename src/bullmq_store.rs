@@ -1,0 +1,285 @@
+//! Access to BullMQ's data in Redis.
+//!
+//! Every write goes through `bullmq-official`, which runs BullMQ's own Lua
+//! scripts, so what is restored is exactly what Node BullMQ would have written.
+//! Scheduler hashes are read here in pipelined batches with BullMQ's key names:
+//! the crate reads them one round trip per scheduler, far too slow for a drift
+//! check over 100,000 schedulers.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use bullmq::redis_connection::{AnyConnection, RedisConnection};
+use bullmq::options::RedisConnectionOptions;
+use bullmq::{Queue, QueueKeys, QueueOptions};
+use serde::Serialize;
+use tokio::sync::Mutex;
+
+use crate::config::{redact_url, RedisConfig};
+use crate::desired::{job_options, DesiredScheduler, Schedule};
+
+/// Schedulers read per pipeline; bounds memory and how long Redis is kept busy.
+const READ_BATCH: usize = 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot connect to Redis at {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error("Redis at {url}: {reason}")]
+    Command { url: String, reason: String },
+}
+
+/// One scheduler as Redis holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredScheduler {
+    /// Score in the `repeat` set: the next run, epoch milliseconds.
+    pub next_ms: u64,
+    /// Fields of `repeat:<id>`; `None` when the hash is gone.
+    pub hash: Option<HashMap<String, String>>,
+    /// Whether the job for the next run (`repeat:<id>:<next>`) exists. Without
+    /// it the scheduler never fires again.
+    pub next_job_exists: bool,
+}
+
+/// The schedulers of one queue.
+#[derive(Debug, Default, Clone)]
+pub struct QueueSchedulers {
+    pub schedulers: BTreeMap<String, StoredScheduler>,
+    /// Legacy repeatable jobs (BullMQ 5 `queue.add(…, {repeat})`), counted, never touched.
+    pub legacy: usize,
+}
+
+/// Job counts as BullMQ's `getJobCounts()` reports them, plus the scheduler count.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct JobCounts {
+    pub waiting: u64,
+    pub active: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub delayed: u64,
+    pub prioritized: u64,
+    pub paused: u64,
+    #[serde(rename = "waiting-children")]
+    pub waiting_children: u64,
+    /// Members of the `repeat` set, as `getJobSchedulersCount()` counts them.
+    pub repeatable: u64,
+}
+
+#[derive(Clone)]
+pub struct BullmqStore {
+    connection: RedisConnection,
+    prefix: String,
+    redacted_url: String,
+    password: Option<String>,
+    queues: Arc<Mutex<HashMap<String, Queue>>>,
+}
+
+impl BullmqStore {
+    pub async fn connect(config: &RedisConfig) -> Result<Self, StoreError> {
+        let redacted_url = redact_url(&config.url);
+        let password = url::Url::parse(&config.url)
+            .ok()
+            .and_then(|u| u.password().map(str::to_owned));
+        let options = RedisConnectionOptions {
+            url: config.url.clone(),
+            ..RedisConnectionOptions::default()
+        };
+        let connection = RedisConnection::new_managed_only(&options)
+            .await
+            .map_err(|e| StoreError::Unreachable {
+                url: redacted_url.clone(),
+                reason: scrub(&e.to_string(), password.as_deref()),
+            })?;
+        Ok(Self {
+            connection,
+            prefix: config.prefix.clone(),
+            redacted_url,
+            password,
+            queues: Arc::default(),
+        })
+    }
+
+    pub fn redacted_url(&self) -> &str {
+        &self.redacted_url
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// A connection for commands outside BullMQ's API (INFO, CONFIG, …).
+    pub fn raw(&self) -> AnyConnection {
+        self.connection.connection()
+    }
+
+    /// Turns a client error into one line that names the server, never the password.
+    pub fn error(&self, error: impl std::fmt::Display) -> StoreError {
+        StoreError::Command {
+            url: self.redacted_url.clone(),
+            reason: scrub(&error.to_string(), self.password.as_deref()),
+        }
+    }
+
+    pub fn keys(&self, queue: &str) -> QueueKeys {
+        QueueKeys::new(queue, Some(&self.prefix))
+    }
+
+    async fn queue(&self, name: &str) -> Result<Queue, StoreError> {
+        let mut queues = self.queues.lock().await;
+        if let Some(queue) = queues.get(name) {
+            return Ok(queue.clone());
+        }
+        let options = QueueOptions {
+            prefix: self.prefix.clone(),
+            ..QueueOptions::default()
+        };
+        let queue = Queue::with_connection(name, self.connection.clone(), options)
+            .await
+            .map_err(|e| self.error(e))?;
+        queues.insert(name.to_owned(), queue.clone());
+        Ok(queue)
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        redis::cmd("PING")
+            .query_async::<String>(&mut self.raw())
+            .await
+            .map(drop)
+            .map_err(|e| self.error(e))
+    }
+
+    pub async fn job_counts(&self, queue_name: &str) -> Result<JobCounts, StoreError> {
+        let queue = self.queue(queue_name).await?;
+        let (counts, repeatable) =
+            futures::try_join!(queue.get_job_counts(), queue.get_job_schedulers_count())
+                .map_err(|e| self.error(e))?;
+        Ok(JobCounts {
+            waiting: counts.waiting,
+            active: counts.active,
+            completed: counts.completed,
+            failed: counts.failed,
+            delayed: counts.delayed,
+            prioritized: counts.prioritized,
+            paused: counts.paused,
+            waiting_children: counts.waiting_children,
+            repeatable,
+        })
+    }
+
+    /// Reads every scheduler of a queue: the `repeat` set, then each hash and
+    /// next-run job in pipelined batches.
+    pub async fn read_schedulers(&self, queue: &str) -> Result<QueueSchedulers, StoreError> {
+        let keys = self.keys(queue);
+        let mut conn = self.raw();
+        let members: Vec<(String, f64)> = redis::cmd("ZRANGE")
+            .arg(keys.repeat())
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.error(e))?;
+        let mut result = QueueSchedulers::default();
+        let repeat_key = keys.repeat();
+        let owned: Vec<(String, u64)> = members
+            .into_iter()
+            .filter_map(|(id, score)| {
+                if is_legacy_repeatable(&id) {
+                    result.legacy += 1;
+                    None
+                } else {
+                    Some((id, score as u64))
+                }
+            })
+            .collect();
+        for batch in owned.chunks(READ_BATCH) {
+            let mut pipe = redis::pipe();
+            for (id, next_ms) in batch {
+                pipe.cmd("HGETALL").arg(format!("{repeat_key}:{id}"));
+                pipe.cmd("EXISTS").arg(format!("{repeat_key}:{id}:{next_ms}"));
+            }
+            let replies: Vec<(HashMap<String, String>, bool)> = pipe
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.error(e))?;
+            for ((id, next_ms), (hash, next_job_exists)) in batch.iter().zip(replies) {
+                result.schedulers.insert(
+                    id.clone(),
+                    StoredScheduler {
+                        next_ms: *next_ms,
+                        hash: (!hash.is_empty()).then_some(hash),
+                        next_job_exists,
+                    },
+                );
+            }
+        }
+        Ok(result)
+    }
+
+    /// Creates or replaces a scheduler with BullMQ's own `upsertJobScheduler`.
+    pub async fn upsert(&self, scheduler: &DesiredScheduler) -> Result<(), StoreError> {
+        let queue = self.queue(&scheduler.queue).await?;
+        let (pattern, every) = match &scheduler.schedule {
+            Schedule::Pattern(p) => (Some(p.clone()), None),
+            Schedule::EveryMs(ms) => (None, Some(*ms)),
+        };
+        let repeat = bullmq::job_scheduler::RepeatOptions {
+            pattern,
+            every,
+            tz: scheduler.tz.clone(),
+            start_date: scheduler.start_date,
+            end_date: scheduler.end_date,
+            limit: scheduler.limit,
+            ..Default::default()
+        };
+        queue
+            .upsert_job_scheduler(
+                &scheduler.scheduler_id,
+                repeat,
+                Some(&scheduler.name),
+                Some(scheduler.data.clone()),
+                Some(job_options(&scheduler.opts)),
+            )
+            .await
+            .map(drop)
+            .map_err(|e| self.error(e))
+    }
+
+    /// Removes a scheduler and its next job with BullMQ's `removeJobScheduler`.
+    pub async fn remove(&self, queue: &str, scheduler_id: &str) -> Result<bool, StoreError> {
+        self.queue(queue)
+            .await?
+            .remove_job_scheduler(scheduler_id)
+            .await
+            .map_err(|e| self.error(e))
+    }
+}
+
+/// BullMQ 5's legacy repeatable jobs use an md5 hex digest as the set member.
+fn is_legacy_repeatable(member: &str) -> bool {
+    member.len() == 32 && member.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn scrub(text: &str, secret: Option<&str>) -> String {
+    let line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match secret {
+        Some(secret) if !secret.is_empty() => line.replace(secret, "***"),
+        _ => line,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn legacy_members_are_md5_digests() {
+        assert!(is_legacy_repeatable("0123456789abcdef0123456789abcdef"));
+        assert!(!is_legacy_repeatable("inspection:1"));
+    }
+
+    #[test]
+    fn secrets_are_scrubbed_from_messages() {
+        assert_eq!(scrub("auth hunter2\nfailed", Some("hunter2")), "auth *** failed");
+    }
+}

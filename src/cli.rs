@@ -1,0 +1,279 @@
+//! Command line: parsing, output formats and exit codes.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::apply::{Action, RecoverReport};
+use crate::audit::{self, Severity};
+use crate::config::{Config, CONFIG_PATH_ENV};
+use crate::warden::{StatusReport, Warden, WardenError};
+
+/// Exit codes, stable for scripts and orchestrators.
+pub mod exit {
+    /// Everything asked for is done.
+    pub const OK: u8 = 0;
+    /// The operation failed (some writes were refused, or another runtime error).
+    pub const FAILURE: u8 = 1;
+    /// Bad usage or configuration.
+    pub const USAGE: u8 = 2;
+    /// Some rows were invalid and skipped; every valid row is in place.
+    pub const INVALID_ROWS: u8 = 3;
+    /// `check` found problems.
+    pub const FINDINGS: u8 = 4;
+    /// Redis could not be reached.
+    pub const REDIS_UNREACHABLE: u8 = 5;
+    /// The source database could not be reached or its query failed.
+    pub const SOURCE_UNREACHABLE: u8 = 6;
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "bullmq-warden",
+    version,
+    about = "Watches the Redis behind BullMQ and restores job schedulers from a SQL source of truth",
+    after_help = "Exit codes: 0 ok, 1 failure, 2 usage or config error, 3 invalid rows skipped, \
+                  4 check found problems, 5 Redis unreachable, 6 source database unreachable.\n\
+                  Every config key can be set as BULLMQ_WARDEN__<SECTION>__<KEY>, e.g. BULLMQ_WARDEN__REDIS__URL."
+)]
+pub struct Cli {
+    /// TOML config file; without it, built-in defaults and environment overrides apply.
+    #[arg(long, global = true, env = CONFIG_PATH_ENV, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Log line format (logs go to stderr).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Plain)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Plain,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Job counts per queue, schedulers in Redis, rows wanting them, and the drift.
+    Status {
+        /// Only this queue.
+        #[arg(long)]
+        queue: Option<String>,
+        /// Print JSON: {"queues": {"<name>": {…}}}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore the job schedulers from the database (create missing, fix differing).
+    Recover {
+        /// Print the plan without writing anything.
+        #[arg(long)]
+        dry_run: bool,
+        /// Only this queue.
+        #[arg(long)]
+        queue: Option<String>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove the job schedulers of a queue (through BullMQ), e.g. before a clean rebuild.
+    RemoveSchedulers {
+        /// The queue to clear.
+        #[arg(long)]
+        queue: String,
+        /// Also remove schedulers outside the id template's prefix (the application's own).
+        #[arg(long)]
+        all: bool,
+        /// Confirm; without it nothing is removed.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Audit config, connectivity, Redis persistence and drift; non-zero exit on problems.
+    Check {
+        /// Print the findings as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Parses arguments, runs the command and maps the outcome to an exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("bullmq-warden: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    let code = runtime.block_on(run(cli));
+    ExitCode::from(code)
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Plain => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+async fn run(cli: Cli) -> u8 {
+    let config = match Config::load(cli.config.as_deref(), std::env::vars()) {
+        Ok(config) => config,
+        Err(e) => return fail(&WardenError::Config(e)),
+    };
+    if let Command::RemoveSchedulers { yes: false, queue, .. } = &cli.command {
+        eprintln!(
+            "bullmq-warden: remove-schedulers removes the job schedulers of queue {queue:?}; \
+             add --yes to confirm"
+        );
+        return exit::USAGE;
+    }
+    let warden = match Warden::connect(config).await {
+        Ok(warden) => warden,
+        Err(e) => return fail(&e),
+    };
+    let code = match cli.command {
+        Command::Status { queue, json } => match warden.status(queue.as_deref()).await {
+            Ok(report) => {
+                print_status(&report, json);
+                exit::OK
+            }
+            Err(e) => fail(&e),
+        },
+        Command::Recover {
+            dry_run,
+            queue,
+            json,
+        } => match warden.recover(queue.as_deref(), dry_run).await {
+            Ok(report) => {
+                print_recover(&report, json);
+                if !report.success {
+                    exit::FAILURE
+                } else if !report.invalid.is_empty() {
+                    exit::INVALID_ROWS
+                } else {
+                    exit::OK
+                }
+            }
+            Err(e) => fail(&e),
+        },
+        Command::RemoveSchedulers { queue, all, .. } => {
+            match warden.remove_schedulers(&queue, all).await {
+                Ok(removed) => {
+                    println!("removed {removed} job schedulers from queue {queue}");
+                    exit::OK
+                }
+                Err(e) => fail(&e),
+            }
+        }
+        Command::Check { json } => {
+            let audit = audit::run(&warden).await;
+            if json {
+                print_json(&audit);
+            } else {
+                for f in &audit.findings {
+                    let label = match f.severity {
+                        Severity::Info => "ok     ",
+                        Severity::Warning => "warning",
+                        Severity::Error => "error  ",
+                    };
+                    println!("{label} {:<18} {}", f.check, f.message);
+                }
+            }
+            if audit.has_errors() {
+                exit::FINDINGS
+            } else {
+                exit::OK
+            }
+        }
+    };
+    warden.close().await;
+    code
+}
+
+/// Prints the one-line error and picks its exit code.
+fn fail(error: &WardenError) -> u8 {
+    eprintln!("bullmq-warden: {error}");
+    match error {
+        WardenError::Config(_) => exit::USAGE,
+        WardenError::Store(_) => exit::REDIS_UNREACHABLE,
+        WardenError::Source(_) => exit::SOURCE_UNREACHABLE,
+    }
+}
+
+fn print_json(value: &impl serde::Serialize) {
+    match serde_json::to_string_pretty(value) {
+        Ok(text) => println!("{text}"),
+        Err(e) => eprintln!("bullmq-warden: cannot encode the result as JSON: {e}"),
+    }
+}
+
+fn print_status(report: &StatusReport, json: bool) {
+    if json {
+        return print_json(report);
+    }
+    println!(
+        "{:<24} {:>8} {:>7} {:>9} {:>7} {:>8} {:>11} {:>7} {:>9} {:>10} {:>8} {:>8} {:>11} {:>8} {:>8}",
+        "QUEUE", "WAITING", "ACTIVE", "COMPLETED", "FAILED", "DELAYED", "PRIORITIZED", "PAUSED",
+        "WAIT-CHLD", "REPEATABLE", "DESIRED", "MISSING", "MISMATCHED", "ORPHANED", "INVALID"
+    );
+    for (name, q) in &report.queues {
+        let c = &q.counts;
+        println!(
+            "{:<24} {:>8} {:>7} {:>9} {:>7} {:>8} {:>11} {:>7} {:>9} {:>10} {:>8} {:>8} {:>11} {:>8} {:>8}",
+            name, c.waiting, c.active, c.completed, c.failed, c.delayed, c.prioritized, c.paused,
+            c.waiting_children, c.repeatable, q.desired, q.drift.missing, q.drift.mismatched,
+            q.drift.orphaned, q.drift.invalid
+        );
+    }
+}
+
+fn print_recover(report: &RecoverReport, json: bool) {
+    if json {
+        return print_json(report);
+    }
+    for change in &report.changes {
+        let verb = match (change.action, report.dry_run) {
+            (Action::Create, true) => "would create",
+            (Action::Create, false) => "created",
+            (Action::Update, true) => "would update",
+            (Action::Update, false) => "updated",
+            (Action::Remove, true) => "would remove",
+            (Action::Remove, false) => "removed",
+            (Action::Keep, _) => "orphan (kept)",
+        };
+        let differs = if change.differs.is_empty() {
+            String::new()
+        } else {
+            format!(" ({} differs)", change.differs.join(", "))
+        };
+        println!("{verb:<13} {}/{}{differs}", change.queue, change.scheduler_id);
+    }
+    for invalid in &report.invalid {
+        println!("invalid row   {}: {}", invalid.id, invalid.reason);
+    }
+    for failure in &report.failed {
+        println!("failed        {}: {}", failure.scheduler_id, failure.reason);
+    }
+    println!(
+        "{}: {} created, {} updated, {} unchanged, {} removed, {} invalid, {} failed in {} ms",
+        if report.dry_run { "plan" } else { "recovered" },
+        report.created,
+        report.updated,
+        report.unchanged,
+        report.removed,
+        report.invalid.len(),
+        report.failed.len(),
+        report.duration_ms
+    );
+}

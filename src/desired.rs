@@ -1,0 +1,620 @@
+//! Turns source rows into the job schedulers that should exist, row by row.
+//!
+//! Validation follows what BullMQ itself will accept and how it will read the
+//! values (the same cron parser, time zones and job options as the upsert), so a
+//! row that passes here restores, and a row that fails is reported with its id
+//! instead of failing the whole recovery.
+
+use std::collections::{BTreeMap, HashMap};
+
+use bullmq::types::{BackoffStrategy, KeepJobs, RemoveOnFinish};
+use bullmq::JobOptions;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::source::{ColumnValue, SourceRow};
+use crate::template::IdTemplate;
+
+/// How often a scheduler fires.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Schedule {
+    Pattern(String),
+    EveryMs(u64),
+}
+
+/// A job scheduler as the database says it should be.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DesiredScheduler {
+    pub row_id: String,
+    pub queue: String,
+    pub scheduler_id: String,
+    pub name: String,
+    pub schedule: Schedule,
+    pub tz: Option<String>,
+    pub data: Value,
+    /// Job options in the form BullMQ stores them in the scheduler hash.
+    pub opts: Map<String, Value>,
+    pub start_date: Option<u64>,
+    pub end_date: Option<u64>,
+    pub limit: Option<u64>,
+}
+
+/// A row that cannot become a scheduler, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InvalidRow {
+    pub id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// The scheduler id the row would have had, when it could be rendered.
+    #[serde(skip)]
+    pub scheduler_id: Option<String>,
+    pub reason: String,
+}
+
+/// Everything the source asks for, split into usable and rejected rows.
+#[derive(Debug, Default)]
+pub struct DesiredSet {
+    pub schedulers: Vec<DesiredScheduler>,
+    pub invalid: Vec<InvalidRow>,
+}
+
+impl DesiredSet {
+    /// Validates every row; `now_ms` decides which end dates are already past.
+    pub fn from_rows(
+        rows: &[SourceRow],
+        default_queue: &str,
+        template: &IdTemplate,
+        now_ms: u64,
+    ) -> Self {
+        let mut set = DesiredSet::default();
+        for row in rows {
+            match desired_from_row(row, default_queue, template, now_ms) {
+                Ok(scheduler) => set.schedulers.push(scheduler),
+                Err(invalid) => set.invalid.push(invalid),
+            }
+        }
+        set.reject_duplicate_ids();
+        set
+    }
+
+    /// Two rows naming one scheduler cannot both win; neither is applied, so the
+    /// conflict is visible instead of settled by row order.
+    fn reject_duplicate_ids(&mut self) {
+        let mut rows_by_id: HashMap<(String, String), Vec<String>> = HashMap::new();
+        for s in &self.schedulers {
+            rows_by_id
+                .entry((s.queue.clone(), s.scheduler_id.clone()))
+                .or_default()
+                .push(s.row_id.clone());
+        }
+        let (kept, duplicated): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.schedulers)
+                .into_iter()
+                .partition(|s| rows_by_id[&(s.queue.clone(), s.scheduler_id.clone())].len() == 1);
+        self.schedulers = kept;
+        for s in duplicated {
+            let others: Vec<&str> = rows_by_id[&(s.queue.clone(), s.scheduler_id.clone())]
+                .iter()
+                .filter(|id| **id != s.row_id)
+                .map(String::as_str)
+                .collect();
+            self.invalid.push(InvalidRow {
+                id: s.row_id.clone(),
+                queue: Some(s.queue.clone()),
+                scheduler_id: Some(s.scheduler_id.clone()),
+                reason: format!(
+                    "duplicate scheduler id {:?} (also row {})",
+                    s.scheduler_id,
+                    others.join(", ")
+                ),
+            });
+        }
+    }
+
+    /// The queues that rows name, valid or not, in order.
+    pub fn queues(&self) -> Vec<String> {
+        let mut queues: Vec<String> = self
+            .schedulers
+            .iter()
+            .map(|s| s.queue.clone())
+            .chain(self.invalid.iter().filter_map(|i| i.queue.clone()))
+            .collect();
+        queues.sort();
+        queues.dedup();
+        queues
+    }
+}
+
+fn desired_from_row(
+    row: &SourceRow,
+    default_queue: &str,
+    template: &IdTemplate,
+    now_ms: u64,
+) -> Result<DesiredScheduler, InvalidRow> {
+    let row_id = row.id_text();
+    let queue = match row.get("queue") {
+        Some(value) => value.as_text().map(|t| t.into_owned()).unwrap_or_default(),
+        None => default_queue.to_owned(),
+    };
+    let lookup = |column: &str| -> Option<std::borrow::Cow<'_, str>> {
+        if column == "queue" {
+            return Some(std::borrow::Cow::Borrowed(queue.as_str()));
+        }
+        row.get(column).and_then(ColumnValue::as_text)
+    };
+    let scheduler_id = template.render(lookup).ok();
+    let invalid = |reason: String| InvalidRow {
+        id: row_id.clone(),
+        queue: Some(queue.clone()),
+        scheduler_id: scheduler_id.clone(),
+        reason,
+    };
+    if row.get("id").is_none() {
+        return Err(invalid("row has no id column (or it is NULL)".into()));
+    }
+    if queue.trim().is_empty() || queue.contains(':') {
+        return Err(invalid(format!(
+            "queue {queue:?} is not a valid BullMQ queue name (empty or contains ':')"
+        )));
+    }
+    let scheduler_id = template
+        .render(lookup)
+        .map_err(|reason| invalid(format!("scheduler id template: {reason}")))?;
+    let name = optional_text(row, "name").unwrap_or_else(|| scheduler_id.clone());
+    let tz = optional_text(row, "tz");
+    if let Some(tz) = &tz {
+        tz.parse::<chrono_tz::Tz>()
+            .map_err(|_| invalid(format!("unknown time zone {tz:?}")))?;
+    }
+    let start_date = date_column(row, "start_date").map_err(&invalid)?;
+    let end_date = date_column(row, "end_date").map_err(&invalid)?;
+    if let Some(end) = end_date {
+        if end <= now_ms {
+            return Err(invalid(format!(
+                "end_date {end} is in the past; BullMQ would refuse the scheduler"
+            )));
+        }
+        if start_date.is_some_and(|start| start >= end) {
+            return Err(invalid("start_date is not before end_date".into()));
+        }
+    }
+    let schedule = schedule(row, tz.as_deref(), start_date, now_ms).map_err(&invalid)?;
+    let limit = positive_integer(row, "limit").map_err(&invalid)?;
+    let data = match optional_text_any(row, &["data", "payload"]) {
+        Some(text) => serde_json::from_str::<Value>(&text)
+            .map_err(|e| invalid(format!("data is not JSON: {e}")))?,
+        None => Value::Object(Map::new()),
+    };
+    let opts = match optional_text(row, "opts") {
+        Some(text) => {
+            let value = serde_json::from_str::<Value>(&text)
+                .map_err(|e| invalid(format!("opts is not JSON: {e}")))?;
+            normalize_opts(&value).map_err(|reason| invalid(format!("opts: {reason}")))?
+        }
+        None => Map::new(),
+    };
+    Ok(DesiredScheduler {
+        row_id,
+        queue,
+        scheduler_id,
+        name,
+        schedule,
+        tz,
+        data,
+        opts,
+        start_date,
+        end_date,
+        limit,
+    })
+}
+
+fn schedule(
+    row: &SourceRow,
+    tz: Option<&str>,
+    start_date: Option<u64>,
+    now_ms: u64,
+) -> Result<Schedule, String> {
+    let pattern = optional_text_any(row, &["pattern", "cron"]).filter(|p| !p.trim().is_empty());
+    let every = positive_integer(row, "every_ms")?;
+    match (pattern, every) {
+        (Some(_), Some(_)) => Err("both a cron pattern and every_ms are set; BullMQ takes one".into()),
+        (None, None) => Err("neither a cron pattern nor every_ms is set".into()),
+        (None, Some(every)) => Ok(Schedule::EveryMs(every)),
+        (Some(pattern), None) => {
+            validate_cron(&pattern, tz, start_date, now_ms)?;
+            Ok(Schedule::Pattern(pattern))
+        }
+    }
+}
+
+/// The aliases Node's cron-parser understands besides field lists.
+const CRON_ALIASES: [&str; 6] = [
+    "@yearly", "@annually", "@monthly", "@weekly", "@daily", "@hourly",
+];
+
+/// BullMQ in Node reads patterns with cron-parser: 5 or 6 fields, `L` and `#`
+/// allowed, no `W` and no `H`. The Rust port computes the first run with
+/// croner, so a pattern must also satisfy croner and fire at least once.
+fn validate_cron(
+    pattern: &str,
+    tz: Option<&str>,
+    start_date: Option<u64>,
+    now_ms: u64,
+) -> Result<(), String> {
+    let trimmed = pattern.trim();
+    if !CRON_ALIASES.contains(&trimmed) {
+        let fields: Vec<&str> = trimmed.split_whitespace().collect();
+        if !(5..=6).contains(&fields.len()) {
+            return Err(format!(
+                "cron pattern {pattern:?} has {} fields; BullMQ takes 5 or 6",
+                fields.len()
+            ));
+        }
+        // The day-of-month field (third from the end of the last five) is where
+        // croner accepts `W`, which Node's cron-parser rejects.
+        let day_of_month = fields[fields.len() - 3];
+        if day_of_month.to_ascii_uppercase().contains('W') {
+            return Err(format!(
+                "cron pattern {pattern:?} uses W (nearest weekday), which BullMQ's parser rejects"
+            ));
+        }
+        let uses_hash_token = fields.iter().flat_map(|f| f.split(',')).any(|element| {
+            let head = element.split('/').next().unwrap_or_default();
+            head.eq_ignore_ascii_case("H") || head.to_ascii_uppercase().starts_with("H(")
+        });
+        if uses_hash_token {
+            return Err(format!(
+                "cron pattern {pattern:?} uses H, which BullMQ's parser rejects"
+            ));
+        }
+    }
+    match bullmq::job_scheduler::next_cron_millis(trimmed, now_ms, tz, start_date) {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(format!("cron pattern {pattern:?} never fires")),
+        Err(e) => Err(format!("cron pattern {pattern:?}: {}", strip_prefix(&e.to_string()))),
+    }
+}
+
+fn strip_prefix(message: &str) -> &str {
+    message
+        .strip_prefix("invalid configuration: ")
+        .unwrap_or(message)
+}
+
+/// Job option keys that survive into BullMQ's scheduler template through the
+/// Rust port; anything else would be silently dropped, so it is rejected.
+const SUPPORTED_OPTS: [&str; 5] = [
+    "attempts",
+    "backoff",
+    "priority",
+    "removeOnComplete",
+    "removeOnFail",
+];
+
+/// Validates `opts` and returns it in the form BullMQ stores it, so that the
+/// desired and stored forms can be compared field by field.
+fn normalize_opts(value: &Value) -> Result<Map<String, Value>, String> {
+    let object = value
+        .as_object()
+        .ok_or_else(|| "must be a JSON object".to_owned())?;
+    let mut normalized = BTreeMap::new();
+    for (key, value) in object {
+        let stored = match key.as_str() {
+            "attempts" => Some(Value::from(u64_value(value, key)?)),
+            "priority" => match u64_value(value, key)? {
+                0 => None,
+                p if p > 2_097_152 => {
+                    return Err(format!("priority {p} is above BullMQ's maximum 2097152"))
+                }
+                p => Some(Value::from(p)),
+            },
+            "backoff" => Some(normalize_backoff(value)?),
+            "removeOnComplete" | "removeOnFail" => Some(normalize_keep(value, key)?),
+            other => {
+                return Err(format!(
+                    "unsupported key {other:?} (supported: {})",
+                    SUPPORTED_OPTS.join(", ")
+                ))
+            }
+        };
+        if let Some(stored) = stored {
+            normalized.insert(key.clone(), stored);
+        }
+    }
+    Ok(normalized.into_iter().collect())
+}
+
+fn normalize_backoff(value: &Value) -> Result<Value, String> {
+    if let Some(delay) = value.as_u64() {
+        return Ok(serde_json::json!({"type": "fixed", "delay": delay}));
+    }
+    let object = value
+        .as_object()
+        .ok_or_else(|| "backoff must be a number or {type, delay}".to_owned())?;
+    if let Some(key) = object.keys().find(|k| !matches!(k.as_str(), "type" | "delay")) {
+        return Err(format!("backoff.{key} is not supported (type, delay)"));
+    }
+    let kind = object
+        .get("type")
+        .and_then(Value::as_str)
+        .ok_or_else(|| "backoff.type must be a string".to_owned())?;
+    let delay = match object.get("delay") {
+        Some(d) => u64_value(d, "backoff.delay")?,
+        None => 0,
+    };
+    if !matches!(kind, "fixed" | "exponential") && delay != 0 {
+        return Err(format!(
+            "backoff.delay is not kept for the custom backoff type {kind:?}; set it to 0 or leave it out"
+        ));
+    }
+    Ok(serde_json::json!({"type": kind, "delay": delay}))
+}
+
+fn normalize_keep(value: &Value, key: &str) -> Result<Value, String> {
+    match value {
+        Value::Bool(_) => Ok(value.clone()),
+        Value::Number(_) => Ok(Value::from(u64_value(value, key)?)),
+        Value::Object(object) => {
+            let mut out = Map::new();
+            for (field, v) in object {
+                if !matches!(field.as_str(), "age" | "count" | "limit") {
+                    return Err(format!("{key}.{field} is not supported (age, count, limit)"));
+                }
+                out.insert(field.clone(), Value::from(u64_value(v, key)?));
+            }
+            Ok(Value::Object(out))
+        }
+        _ => Err(format!("{key} must be a boolean, a count or {{age, count, limit}}")),
+    }
+}
+
+fn u64_value(value: &Value, key: &str) -> Result<u64, String> {
+    value
+        .as_u64()
+        .ok_or_else(|| format!("{key} must be a non-negative integer, not {value}"))
+}
+
+/// BullMQ's `JobOptions` for a normalized `opts` map.
+pub fn job_options(opts: &Map<String, Value>) -> JobOptions {
+    let mut job = JobOptions::default();
+    for (key, value) in opts {
+        match key.as_str() {
+            "attempts" => job.attempts = value.as_u64().map(|v| v.min(u32::MAX.into()) as u32),
+            "priority" => job.priority = value.as_u64().map(|v| v.min(u32::MAX.into()) as u32),
+            "backoff" => job.backoff = backoff_strategy(value),
+            "removeOnComplete" => job.remove_on_complete = remove_on_finish(value),
+            "removeOnFail" => job.remove_on_fail = remove_on_finish(value),
+            _ => {}
+        }
+    }
+    job
+}
+
+fn backoff_strategy(value: &Value) -> Option<BackoffStrategy> {
+    let delay = value.get("delay").and_then(Value::as_u64).unwrap_or(0);
+    match value.get("type").and_then(Value::as_str)? {
+        "fixed" => Some(BackoffStrategy::Fixed(delay)),
+        "exponential" => Some(BackoffStrategy::Exponential(delay)),
+        custom => Some(BackoffStrategy::Custom(custom.to_owned())),
+    }
+}
+
+fn remove_on_finish(value: &Value) -> Option<RemoveOnFinish> {
+    match value {
+        Value::Bool(b) => Some(RemoveOnFinish::Bool(*b)),
+        Value::Number(n) => n.as_u64().map(|c| RemoveOnFinish::Count(c as usize)),
+        Value::Object(o) => Some(RemoveOnFinish::Options(KeepJobs {
+            age: o.get("age").and_then(Value::as_u64),
+            count: o.get("count").and_then(Value::as_u64).map(|c| c as usize),
+            limit: o.get("limit").and_then(Value::as_u64).map(|c| c as usize),
+        })),
+        _ => None,
+    }
+}
+
+fn optional_text(row: &SourceRow, column: &str) -> Option<String> {
+    row.get(column)
+        .and_then(ColumnValue::as_text)
+        .map(|t| t.into_owned())
+}
+
+fn optional_text_any(row: &SourceRow, columns: &[&str]) -> Option<String> {
+    columns.iter().find_map(|c| optional_text(row, c))
+}
+
+fn positive_integer(row: &SourceRow, column: &str) -> Result<Option<u64>, String> {
+    let Some(value) = row.get(column) else {
+        return Ok(None);
+    };
+    let parsed = match value {
+        ColumnValue::Int(i) => u64::try_from(*i).ok(),
+        ColumnValue::Float(f) if f.fract() == 0.0 && *f >= 0.0 => Some(*f as u64),
+        ColumnValue::Text(t) => t.trim().parse::<u64>().ok(),
+        _ => None,
+    };
+    match parsed {
+        Some(n) if n > 0 => Ok(Some(n)),
+        _ => Err(format!(
+            "{column} must be a positive integer, not {}",
+            value.as_text().unwrap_or_default()
+        )),
+    }
+}
+
+/// Dates as epoch milliseconds, RFC 3339, `YYYY-MM-DD HH:MM:SS` (UTC) or `YYYY-MM-DD`.
+fn date_column(row: &SourceRow, column: &str) -> Result<Option<u64>, String> {
+    let Some(value) = row.get(column) else {
+        return Ok(None);
+    };
+    let bad = || {
+        format!(
+            "{column} {:?} is not epoch milliseconds or an ISO date",
+            value.as_text().unwrap_or_default()
+        )
+    };
+    let millis = match value {
+        ColumnValue::Int(i) => *i,
+        ColumnValue::Text(text) => parse_date_text(text.trim()).ok_or_else(bad)?,
+        _ => return Err(bad()),
+    };
+    u64::try_from(millis).map(Some).map_err(|_| bad())
+}
+
+fn parse_date_text(text: &str) -> Option<i64> {
+    if let Ok(ms) = text.parse::<i64>() {
+        return Some(ms);
+    }
+    if let Ok(dt) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Some(dt.timestamp_millis());
+    }
+    for format in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"] {
+        if let Ok(dt) = chrono::NaiveDateTime::parse_from_str(text, format) {
+            return Some(dt.and_utc().timestamp_millis());
+        }
+    }
+    chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|dt| dt.and_utc().timestamp_millis())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_790_000_000_000;
+
+    fn row(columns: &[(&str, ColumnValue)]) -> SourceRow {
+        SourceRow {
+            columns: columns
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+        }
+    }
+
+    fn text(s: &str) -> ColumnValue {
+        ColumnValue::Text(s.into())
+    }
+
+    fn desired(rows: &[SourceRow]) -> DesiredSet {
+        let template = IdTemplate::parse("inspection:{id}").unwrap();
+        DesiredSet::from_rows(rows, "inspection", &template, NOW)
+    }
+
+    fn reason_for(columns: &[(&str, ColumnValue)]) -> String {
+        let mut all = vec![("id", ColumnValue::Int(7))];
+        all.extend_from_slice(columns);
+        let set = desired(&[row(&all)]);
+        assert!(set.schedulers.is_empty(), "{:?}", set.schedulers);
+        assert_eq!(set.invalid[0].id, "7");
+        set.invalid[0].reason.clone()
+    }
+
+    #[test]
+    fn a_complete_row_becomes_a_scheduler() {
+        let set = desired(&[row(&[
+            ("id", ColumnValue::Int(1)),
+            ("name", text("daily-report")),
+            ("cron", text("0 30 9 * * 1-5")),
+            ("tz", text("Europe/Berlin")),
+            ("payload", text(r#"{"site":"Zürich"}"#)),
+            (
+                "opts",
+                text(r#"{"attempts":3,"backoff":{"type":"exponential","delay":1000},"priority":0}"#),
+            ),
+            ("start_date", text("2026-01-01")),
+            ("limit", ColumnValue::Int(10)),
+        ])]);
+        assert!(set.invalid.is_empty(), "{:?}", set.invalid);
+        let s = &set.schedulers[0];
+        assert_eq!(s.scheduler_id, "inspection:1");
+        assert_eq!(s.queue, "inspection");
+        assert_eq!(s.name, "daily-report");
+        assert_eq!(s.schedule, Schedule::Pattern("0 30 9 * * 1-5".into()));
+        assert_eq!(s.data["site"], "Zürich");
+        assert_eq!(s.opts.len(), 2, "priority 0 is not stored: {:?}", s.opts);
+        assert_eq!(s.start_date, Some(1_767_225_600_000));
+        assert_eq!(s.limit, Some(10));
+    }
+
+    #[test]
+    fn defaults_fill_name_queue_and_data() {
+        let set = desired(&[row(&[
+            ("id", text("abc")),
+            ("every_ms", ColumnValue::Int(5000)),
+            ("queue", ColumnValue::Null),
+        ])]);
+        let s = &set.schedulers[0];
+        assert_eq!(s.name, "inspection:abc");
+        assert_eq!(s.queue, "inspection");
+        assert_eq!(s.schedule, Schedule::EveryMs(5000));
+        assert_eq!(s.data, serde_json::json!({}));
+    }
+
+    #[test]
+    fn every_kind_of_bad_row_names_its_reason() {
+        assert!(reason_for(&[("cron", text("* * *"))]).contains("3 fields"));
+        assert!(reason_for(&[("cron", text("0 0 15W * *"))]).contains("W"));
+        assert!(reason_for(&[("cron", text("H * * * *"))]).contains("H"));
+        assert!(reason_for(&[("cron", text("61 * * * *"))]).contains("cron pattern"));
+        assert!(reason_for(&[("cron", text("* * * * *")), ("tz", text("Mars/Olympus"))])
+            .contains("time zone"));
+        assert!(reason_for(&[("cron", text("* * * * *")), ("payload", text("{nope"))])
+            .contains("data is not JSON"));
+        assert!(reason_for(&[("cron", text("* * * * *")), ("opts", text("[1"))])
+            .contains("opts is not JSON"));
+        assert!(reason_for(&[("cron", text("* * * * *")), ("opts", text(r#"{"lifo":true}"#))])
+            .contains("lifo"));
+        assert!(
+            reason_for(&[("cron", text("* * * * *")), ("every_ms", ColumnValue::Int(5))])
+                .contains("both")
+        );
+        assert!(reason_for(&[]).contains("neither"));
+        assert!(reason_for(&[("every_ms", ColumnValue::Int(-5))]).contains("every_ms"));
+        assert!(
+            reason_for(&[("every_ms", ColumnValue::Int(5)), ("end_date", ColumnValue::Int(5))])
+                .contains("past")
+        );
+        assert!(reason_for(&[("every_ms", ColumnValue::Int(5)), ("queue", text("a:b"))])
+            .contains("queue"));
+    }
+
+    #[test]
+    fn six_field_patterns_and_aliases_are_accepted() {
+        for pattern in ["*/5 * * * * *", "0 0 L * *", "0 0 * * 5#2", "@daily"] {
+            let set = desired(&[row(&[("id", ColumnValue::Int(1)), ("cron", text(pattern))])]);
+            assert!(set.invalid.is_empty(), "{pattern}: {:?}", set.invalid);
+        }
+    }
+
+    #[test]
+    fn duplicate_ids_reject_every_row_involved() {
+        let template = IdTemplate::parse("job:{name}").unwrap();
+        let rows = [
+            row(&[("id", ColumnValue::Int(1)), ("name", text("a")), ("every_ms", ColumnValue::Int(9))]),
+            row(&[("id", ColumnValue::Int(2)), ("name", text("a")), ("every_ms", ColumnValue::Int(9))]),
+            row(&[("id", ColumnValue::Int(3)), ("name", text("b")), ("every_ms", ColumnValue::Int(9))]),
+        ];
+        let set = DesiredSet::from_rows(&rows, "q", &template, NOW);
+        assert_eq!(set.schedulers.len(), 1);
+        assert_eq!(set.invalid.len(), 2);
+        assert!(set.invalid[0].reason.contains("also row 2"), "{:?}", set.invalid);
+    }
+
+    #[test]
+    fn job_options_follow_the_normalized_opts() {
+        let opts = normalize_opts(&serde_json::json!({
+            "attempts": 5, "backoff": 2000, "removeOnComplete": {"age": 3600, "count": 10},
+            "removeOnFail": 50, "priority": 3
+        }))
+        .unwrap();
+        assert_eq!(opts["backoff"], serde_json::json!({"type": "fixed", "delay": 2000}));
+        let job = job_options(&opts);
+        assert_eq!(job.attempts, Some(5));
+        assert_eq!(job.priority, Some(3));
+        assert!(matches!(job.backoff, Some(BackoffStrategy::Fixed(2000))));
+        assert!(matches!(job.remove_on_fail, Some(RemoveOnFinish::Count(50))));
+    }
+}

@@ -1,0 +1,24 @@
+//! bullmq-warden: keeps BullMQ's job schedulers in Redis in line with the task
+//! rows of a SQL database, and restores them when Redis loses data.
+//!
+//! Layout, one module per concern:
+//! - [`config`]: the TOML file and its environment overrides;
+//! - [`source`]: reading task rows from SQLite, PostgreSQL or MySQL;
+//! - [`template`] and [`desired`]: rows turned into the schedulers they ask for;
+//! - [`bullmq_store`]: BullMQ's data in Redis, written only through BullMQ's scripts;
+//! - [`reconcile`]: the plan that brings Redis in line with the rows;
+//! - [`apply`]: carrying the plan out;
+//! - [`warden`]: the recovery manual's operations (status, recover, remove);
+//! - [`audit`]: the `check` command's findings;
+//! - [`cli`]: the command line.
+
+pub mod apply;
+pub mod audit;
+pub mod bullmq_store;
+pub mod cli;
+pub mod config;
+pub mod desired;
+pub mod reconcile;
+pub mod source;
+pub mod template;
+pub mod warden;

@@ -1,0 +1,304 @@
+//! Compares what the database wants with what Redis holds and plans the changes.
+//!
+//! Pure: no I/O, so every decision the sidecar makes about drift can be tested
+//! and printed (`recover --dry-run`) before anything is written.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::bullmq_store::{QueueSchedulers, StoredScheduler};
+use crate::desired::{DesiredScheduler, DesiredSet, InvalidRow, Schedule};
+use crate::template::IdTemplate;
+
+/// A scheduler whose stored form differs from its row.
+#[derive(Debug, Clone, Serialize)]
+pub struct Update {
+    pub scheduler: DesiredScheduler,
+    /// Which fields differ (`pattern`, `data`, `next job`, …).
+    pub differs: Vec<&'static str>,
+}
+
+/// What one queue needs.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct QueuePlan {
+    pub create: Vec<DesiredScheduler>,
+    pub update: Vec<Update>,
+    pub unchanged: Vec<String>,
+    /// Schedulers under the template's prefix that no row wants.
+    pub orphaned: Vec<String>,
+    pub legacy: usize,
+}
+
+/// What the whole source needs.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Plan {
+    pub queues: BTreeMap<String, QueuePlan>,
+    pub invalid: Vec<InvalidRow>,
+}
+
+impl Plan {
+    /// `stored` holds every queue in `desired.queues()` (absent ones count as empty).
+    pub fn new(
+        desired: &DesiredSet,
+        stored: &BTreeMap<String, QueueSchedulers>,
+        template: &IdTemplate,
+    ) -> Self {
+        let empty = QueueSchedulers::default();
+        let mut wanted: BTreeMap<&str, Vec<&DesiredScheduler>> = BTreeMap::new();
+        for scheduler in &desired.schedulers {
+            wanted.entry(&scheduler.queue).or_default().push(scheduler);
+        }
+        // A row that is broken today may be fixed tomorrow: its scheduler is kept.
+        let protected: BTreeSet<(&str, &str)> = desired
+            .invalid
+            .iter()
+            .filter_map(|i| Some((i.queue.as_deref()?, i.scheduler_id.as_deref()?)))
+            .collect();
+        let queue_names: BTreeSet<&str> = wanted
+            .keys()
+            .copied()
+            .chain(stored.keys().map(String::as_str))
+            .collect();
+        let mut queues = BTreeMap::new();
+        for queue in queue_names {
+            let in_redis = stored.get(queue).unwrap_or(&empty);
+            let rows = wanted.get(queue).map(Vec::as_slice).unwrap_or_default();
+            let mut plan = QueuePlan {
+                legacy: in_redis.legacy,
+                ..QueuePlan::default()
+            };
+            for scheduler in rows {
+                match in_redis.schedulers.get(&scheduler.scheduler_id) {
+                    None => plan.create.push((*scheduler).clone()),
+                    Some(actual) => {
+                        let differs = differences(scheduler, actual);
+                        if differs.is_empty() {
+                            plan.unchanged.push(scheduler.scheduler_id.clone());
+                        } else {
+                            plan.update.push(Update {
+                                scheduler: (*scheduler).clone(),
+                                differs,
+                            });
+                        }
+                    }
+                }
+            }
+            let wanted_ids: BTreeSet<&str> = rows.iter().map(|s| s.scheduler_id.as_str()).collect();
+            plan.orphaned = in_redis
+                .schedulers
+                .keys()
+                .filter(|id| {
+                    template.may_have_rendered(id)
+                        && !wanted_ids.contains(id.as_str())
+                        && !protected.contains(&(queue, id.as_str()))
+                })
+                .cloned()
+                .collect();
+            queues.insert(queue.to_owned(), plan);
+        }
+        Plan {
+            queues,
+            invalid: desired.invalid.clone(),
+        }
+    }
+
+    /// Keeps only `queue`'s part of the plan.
+    pub fn only_queue(mut self, queue: &str) -> Self {
+        self.queues.retain(|name, _| name == queue);
+        self.invalid.retain(|i| i.queue.as_deref() == Some(queue));
+        self
+    }
+
+    pub fn missing(&self) -> usize {
+        self.queues.values().map(|q| q.create.len()).sum()
+    }
+
+    pub fn mismatched(&self) -> usize {
+        self.queues.values().map(|q| q.update.len()).sum()
+    }
+
+    pub fn is_in_sync(&self) -> bool {
+        self.missing() == 0 && self.mismatched() == 0
+    }
+}
+
+/// Field names whose stored value differs from the row's.
+fn differences(want: &DesiredScheduler, have: &StoredScheduler) -> Vec<&'static str> {
+    let Some(hash) = &have.hash else {
+        return vec!["scheduler hash"];
+    };
+    let field = |name: &str| hash.get(name).map(String::as_str);
+    let number = |name: &str| field(name).and_then(|v| v.parse::<f64>().ok()).map(|v| v as u64);
+    let mut differs = Vec::new();
+    if field("name") != Some(want.name.as_str()) {
+        differs.push("name");
+    }
+    let (pattern, every) = match &want.schedule {
+        Schedule::Pattern(p) => (Some(p.as_str()), None),
+        Schedule::EveryMs(ms) => (None, Some(*ms)),
+    };
+    if field("pattern") != pattern {
+        differs.push("pattern");
+    }
+    if number("every") != every {
+        differs.push("every");
+    }
+    if field("tz") != want.tz.as_deref() {
+        differs.push("tz");
+    }
+    if !json_equal(&stored_json(hash, "data"), &want.data) {
+        differs.push("data");
+    }
+    if !json_equal(&stored_json(hash, "opts"), &Value::Object(want.opts.clone())) {
+        differs.push("opts");
+    }
+    if number("startDate") != want.start_date {
+        differs.push("start_date");
+    }
+    if number("endDate") != want.end_date {
+        differs.push("end_date");
+    }
+    if number("limit") != want.limit {
+        differs.push("limit");
+    }
+    if !have.next_job_exists {
+        differs.push("next job");
+    }
+    differs
+}
+
+/// BullMQ leaves `data` and `opts` out of the hash when they are `{}`.
+fn stored_json(hash: &HashMap<String, String>, field: &str) -> Value {
+    hash.get(field)
+        .and_then(|text| serde_json::from_str(text).ok())
+        .unwrap_or_else(|| Value::Object(Default::default()))
+}
+
+/// JSON equality where `3` and `3.0` are the same number, as they are once Lua's
+/// cjson has re-encoded a value.
+fn json_equal(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| json_equal(a, b))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|other| json_equal(v, other)))
+        }
+        _ => a == b,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn desired(id: &str, schedule: Schedule) -> DesiredScheduler {
+        DesiredScheduler {
+            row_id: id.into(),
+            queue: "q".into(),
+            scheduler_id: format!("t:{id}"),
+            name: "job".into(),
+            schedule,
+            tz: None,
+            data: json!({"a": 1}),
+            opts: json!({"attempts": 3}).as_object().cloned().unwrap(),
+            start_date: None,
+            end_date: None,
+            limit: None,
+        }
+    }
+
+    fn stored(fields: &[(&str, &str)]) -> StoredScheduler {
+        StoredScheduler {
+            next_ms: 1,
+            hash: Some(
+                fields
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            next_job_exists: true,
+        }
+    }
+
+    fn plan(rows: Vec<DesiredScheduler>, redis: Vec<(&str, StoredScheduler)>) -> QueuePlan {
+        let set = DesiredSet {
+            schedulers: rows,
+            invalid: vec![InvalidRow {
+                id: "9".into(),
+                queue: Some("q".into()),
+                scheduler_id: Some("t:9".into()),
+                reason: "bad".into(),
+            }],
+        };
+        let mut stored = BTreeMap::new();
+        stored.insert(
+            "q".to_owned(),
+            QueueSchedulers {
+                schedulers: redis.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+                legacy: 1,
+            },
+        );
+        let template = IdTemplate::parse("t:{id}").unwrap();
+        Plan::new(&set, &stored, &template).queues.remove("q").unwrap()
+    }
+
+    #[test]
+    fn sorts_rows_into_create_update_unchanged_and_orphans() {
+        let same = stored(&[
+            ("name", "job"),
+            ("pattern", "* * * * *"),
+            ("data", r#"{"a":1.0}"#),
+            ("opts", r#"{"attempts":3}"#),
+            ("ic", "4"),
+        ]);
+        let changed = stored(&[("name", "job"), ("every", "500"), ("data", r#"{"a":1}"#)]);
+        let queue = plan(
+            vec![
+                desired("1", Schedule::Pattern("* * * * *".into())),
+                desired("2", Schedule::EveryMs(1000)),
+                desired("3", Schedule::EveryMs(1000)),
+            ],
+            vec![
+                ("t:1", same),
+                ("t:2", changed),
+                ("t:8", stored(&[("name", "old")])),
+                ("t:9", stored(&[("name", "kept for invalid row")])),
+                ("app-made", stored(&[("name", "not ours")])),
+            ],
+        );
+        assert_eq!(queue.unchanged, vec!["t:1"]);
+        assert_eq!(queue.update.len(), 1);
+        assert_eq!(queue.update[0].differs, vec!["every", "opts"]);
+        assert_eq!(queue.create.len(), 1);
+        assert_eq!(queue.create[0].scheduler_id, "t:3");
+        assert_eq!(queue.orphaned, vec!["t:8"]);
+        assert_eq!(queue.legacy, 1);
+    }
+
+    #[test]
+    fn a_scheduler_without_its_next_job_needs_repair() {
+        let mut broken = stored(&[
+            ("name", "job"),
+            ("every", "1000"),
+            ("data", r#"{"a":1}"#),
+            ("opts", r#"{"attempts":3}"#),
+        ]);
+        broken.next_job_exists = false;
+        let queue = plan(vec![desired("1", Schedule::EveryMs(1000))], vec![("t:1", broken)]);
+        assert_eq!(queue.update[0].differs, vec!["next job"]);
+        let gone = StoredScheduler {
+            next_ms: 1,
+            hash: None,
+            next_job_exists: true,
+        };
+        let queue = plan(vec![desired("1", Schedule::EveryMs(1000))], vec![("t:1", gone)]);
+        assert_eq!(queue.update[0].differs, vec!["scheduler hash"]);
+    }
+}
