@@ -91,13 +91,17 @@ pub async fn apply(
         report.orphaned += queue_plan.orphaned.len();
         report.legacy += queue_plan.legacy;
         for scheduler in &queue_plan.create {
-            report.changes.push(change(scheduler, Action::Create, Vec::new()));
+            report
+                .changes
+                .push(change(scheduler, Action::Create, Vec::new()));
             writes.push(Write::Upsert(scheduler.clone()));
         }
         for update in &queue_plan.update {
-            report
-                .changes
-                .push(change(&update.scheduler, Action::Update, update.differs.clone()));
+            report.changes.push(change(
+                &update.scheduler,
+                Action::Update,
+                update.differs.clone(),
+            ));
             writes.push(Write::Upsert(update.scheduler.clone()));
         }
         for scheduler_id in &queue_plan.orphaned {

@@ -104,7 +104,11 @@ pub fn parse_info(text: &str) -> HashMap<String, String> {
 
 /// Judges Redis settings the way BullMQ's documentation does.
 pub fn audit_settings(settings: &RedisSettings, audit: &mut Audit) {
-    let version = settings.info.get("redis_version").cloned().unwrap_or_default();
+    let version = settings
+        .info
+        .get("redis_version")
+        .cloned()
+        .unwrap_or_default();
     let numeric: Vec<u32> = version.split('.').filter_map(|p| p.parse().ok()).collect();
     if numeric.as_slice() < [6, 2].as_slice() {
         audit.push(
@@ -224,7 +228,12 @@ mod tests {
 
     fn settings(pairs: &[(&str, &str)]) -> RedisSettings {
         RedisSettings {
-            config: Some(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+            config: Some(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
             info: parse_info("# Server\r\nredis_version:7.0.15\r\n"),
         }
     }

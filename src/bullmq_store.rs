@@ -9,14 +9,17 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use bullmq::redis_connection::{AnyConnection, RedisConnection};
 use bullmq::options::RedisConnectionOptions;
+use bullmq::redis_connection::{AnyConnection, RedisConnection};
 use bullmq::{Queue, QueueKeys, QueueOptions};
 use serde::Serialize;
 use tokio::sync::Mutex;
 
 use crate::config::{redact_url, RedisConfig};
 use crate::desired::{job_options, DesiredScheduler, Schedule};
+
+/// How long connecting may take before Redis counts as unreachable.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Schedulers read per pipeline; bounds memory and how long Redis is kept busy.
 const READ_BATCH: usize = 1000;
@@ -80,16 +83,27 @@ impl BullmqStore {
         let password = url::Url::parse(&config.url)
             .ok()
             .and_then(|u| u.password().map(str::to_owned));
+        let unreachable = |reason: String| StoreError::Unreachable {
+            url: redacted_url.clone(),
+            reason: scrub(&reason, password.as_deref()),
+        };
+        // BullMQ's managed connection keeps retrying a refused first connection
+        // for about 40 s; one plain attempt with a deadline answers at once.
+        let probe_config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(CONNECT_TIMEOUT));
+        redis::Client::open(config.url.as_str())
+            .map_err(|e| unreachable(e.to_string()))?
+            .get_multiplexed_async_connection_with_config(&probe_config)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
         let options = RedisConnectionOptions {
             url: config.url.clone(),
             ..RedisConnectionOptions::default()
         };
         let connection = RedisConnection::new_managed_only(&options)
             .await
-            .map_err(|e| StoreError::Unreachable {
-                url: redacted_url.clone(),
-                reason: scrub(&e.to_string(), password.as_deref()),
-            })?;
+            .map_err(|e| unreachable(e.to_string()))?;
         Ok(Self {
             connection,
             prefix: config.prefix.clone(),
@@ -196,7 +210,8 @@ impl BullmqStore {
             let mut pipe = redis::pipe();
             for (id, next_ms) in batch {
                 pipe.cmd("HGETALL").arg(format!("{repeat_key}:{id}"));
-                pipe.cmd("EXISTS").arg(format!("{repeat_key}:{id}:{next_ms}"));
+                pipe.cmd("EXISTS")
+                    .arg(format!("{repeat_key}:{id}:{next_ms}"));
             }
             let replies: Vec<(HashMap<String, String>, bool)> = pipe
                 .query_async(&mut conn)
@@ -280,6 +295,9 @@ mod tests {
 
     #[test]
     fn secrets_are_scrubbed_from_messages() {
-        assert_eq!(scrub("auth hunter2\nfailed", Some("hunter2")), "auth *** failed");
+        assert_eq!(
+            scrub("auth hunter2\nfailed", Some("hunter2")),
+            "auth *** failed"
+        );
     }
 }

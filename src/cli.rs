@@ -103,7 +103,10 @@ pub enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("bullmq-warden: cannot start the async runtime: {e}");
@@ -131,7 +134,10 @@ async fn run(cli: Cli) -> u8 {
         Ok(config) => config,
         Err(e) => return fail(&WardenError::Config(e)),
     };
-    if let Command::RemoveSchedulers { yes: false, queue, .. } = &cli.command {
+    if let Command::RemoveSchedulers {
+        yes: false, queue, ..
+    } = &cli.command
+    {
         eprintln!(
             "bullmq-warden: remove-schedulers removes the job schedulers of queue {queue:?}; \
              add --yes to confirm"
@@ -257,7 +263,10 @@ fn print_recover(report: &RecoverReport, json: bool) {
         } else {
             format!(" ({} differs)", change.differs.join(", "))
         };
-        println!("{verb:<13} {}/{}{differs}", change.queue, change.scheduler_id);
+        println!(
+            "{verb:<13} {}/{}{differs}",
+            change.queue, change.scheduler_id
+        );
     }
     for invalid in &report.invalid {
         println!("invalid row   {}: {}", invalid.id, invalid.reason);

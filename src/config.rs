@@ -127,7 +127,10 @@ impl Config {
         };
         let redis_url = url::Url::parse(&self.redis.url)
             .map_err(|e| invalid("redis.url", format!("not a URL ({e})")))?;
-        if !matches!(redis_url.scheme(), "redis" | "rediss" | "unix" | "redis+unix") {
+        if !matches!(
+            redis_url.scheme(),
+            "redis" | "rediss" | "unix" | "redis+unix"
+        ) {
             return Err(invalid(
                 "redis.url",
                 format!(
@@ -144,7 +147,10 @@ impl Config {
             ));
         }
         let scheme = self.source.url.split(':').next().unwrap_or_default();
-        if !matches!(scheme, "sqlite" | "postgres" | "postgresql" | "mysql" | "mariadb") {
+        if !matches!(
+            scheme,
+            "sqlite" | "postgres" | "postgresql" | "mysql" | "mariadb"
+        ) {
             return Err(invalid(
                 "source.url",
                 format!(
@@ -187,11 +193,10 @@ fn read_table(path: &Path) -> Result<toml::Table, ConfigError> {
         path: path.to_owned(),
         reason: e.to_string(),
     })?;
-    text.parse::<toml::Table>()
-        .map_err(|e| ConfigError::Parse {
-            path: path.display().to_string(),
-            reason: one_line(&e.to_string()),
-        })
+    text.parse::<toml::Table>().map_err(|e| ConfigError::Parse {
+        path: path.display().to_string(),
+        reason: one_line(&e.to_string()),
+    })
 }
 
 /// `BULLMQ_WARDEN__REDIS__URL=…` sets `[redis] url`. Values that read as TOML

@@ -88,10 +88,9 @@ impl DesiredSet {
                 .or_default()
                 .push(s.row_id.clone());
         }
-        let (kept, duplicated): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut self.schedulers)
-                .into_iter()
-                .partition(|s| rows_by_id[&(s.queue.clone(), s.scheduler_id.clone())].len() == 1);
+        let (kept, duplicated): (Vec<_>, Vec<_>) = std::mem::take(&mut self.schedulers)
+            .into_iter()
+            .partition(|s| rows_by_id[&(s.queue.clone(), s.scheduler_id.clone())].len() == 1);
         self.schedulers = kept;
         for s in duplicated {
             let others: Vec<&str> = rows_by_id[&(s.queue.clone(), s.scheduler_id.clone())]
@@ -218,7 +217,9 @@ fn schedule(
     let pattern = optional_text_any(row, &["pattern", "cron"]).filter(|p| !p.trim().is_empty());
     let every = positive_integer(row, "every_ms")?;
     match (pattern, every) {
-        (Some(_), Some(_)) => Err("both a cron pattern and every_ms are set; BullMQ takes one".into()),
+        (Some(_), Some(_)) => {
+            Err("both a cron pattern and every_ms are set; BullMQ takes one".into())
+        }
         (None, None) => Err("neither a cron pattern nor every_ms is set".into()),
         (None, Some(every)) => Ok(Schedule::EveryMs(every)),
         (Some(pattern), None) => {
@@ -230,7 +231,12 @@ fn schedule(
 
 /// The aliases Node's cron-parser understands besides field lists.
 const CRON_ALIASES: [&str; 6] = [
-    "@yearly", "@annually", "@monthly", "@weekly", "@daily", "@hourly",
+    "@yearly",
+    "@annually",
+    "@monthly",
+    "@weekly",
+    "@daily",
+    "@hourly",
 ];
 
 /// BullMQ in Node reads patterns with cron-parser: 5 or 6 fields, `L` and `#`
@@ -272,7 +278,10 @@ fn validate_cron(
     match bullmq::job_scheduler::next_cron_millis(trimmed, now_ms, tz, start_date) {
         Ok(Some(_)) => Ok(()),
         Ok(None) => Err(format!("cron pattern {pattern:?} never fires")),
-        Err(e) => Err(format!("cron pattern {pattern:?}: {}", strip_prefix(&e.to_string()))),
+        Err(e) => Err(format!(
+            "cron pattern {pattern:?}: {}",
+            strip_prefix(&e.to_string())
+        )),
     }
 }
 
@@ -332,7 +341,10 @@ fn normalize_backoff(value: &Value) -> Result<Value, String> {
     let object = value
         .as_object()
         .ok_or_else(|| "backoff must be a number or {type, delay}".to_owned())?;
-    if let Some(key) = object.keys().find(|k| !matches!(k.as_str(), "type" | "delay")) {
+    if let Some(key) = object
+        .keys()
+        .find(|k| !matches!(k.as_str(), "type" | "delay"))
+    {
         return Err(format!("backoff.{key} is not supported (type, delay)"));
     }
     let kind = object
@@ -359,13 +371,17 @@ fn normalize_keep(value: &Value, key: &str) -> Result<Value, String> {
             let mut out = Map::new();
             for (field, v) in object {
                 if !matches!(field.as_str(), "age" | "count" | "limit") {
-                    return Err(format!("{key}.{field} is not supported (age, count, limit)"));
+                    return Err(format!(
+                        "{key}.{field} is not supported (age, count, limit)"
+                    ));
                 }
                 out.insert(field.clone(), Value::from(u64_value(v, key)?));
             }
             Ok(Value::Object(out))
         }
-        _ => Err(format!("{key} must be a boolean, a count or {{age, count, limit}}")),
+        _ => Err(format!(
+            "{key} must be a boolean, a count or {{age, count, limit}}"
+        )),
     }
 }
 
@@ -522,7 +538,9 @@ mod tests {
             ("payload", text(r#"{"site":"Zürich"}"#)),
             (
                 "opts",
-                text(r#"{"attempts":3,"backoff":{"type":"exponential","delay":1000},"priority":0}"#),
+                text(
+                    r#"{"attempts":3,"backoff":{"type":"exponential","delay":1000},"priority":0}"#,
+                ),
             ),
             ("start_date", text("2026-01-01")),
             ("limit", ColumnValue::Int(10)),
@@ -559,26 +577,39 @@ mod tests {
         assert!(reason_for(&[("cron", text("0 0 15W * *"))]).contains("W"));
         assert!(reason_for(&[("cron", text("H * * * *"))]).contains("H"));
         assert!(reason_for(&[("cron", text("61 * * * *"))]).contains("cron pattern"));
-        assert!(reason_for(&[("cron", text("* * * * *")), ("tz", text("Mars/Olympus"))])
-            .contains("time zone"));
-        assert!(reason_for(&[("cron", text("* * * * *")), ("payload", text("{nope"))])
-            .contains("data is not JSON"));
-        assert!(reason_for(&[("cron", text("* * * * *")), ("opts", text("[1"))])
-            .contains("opts is not JSON"));
-        assert!(reason_for(&[("cron", text("* * * * *")), ("opts", text(r#"{"lifo":true}"#))])
-            .contains("lifo"));
         assert!(
-            reason_for(&[("cron", text("* * * * *")), ("every_ms", ColumnValue::Int(5))])
-                .contains("both")
+            reason_for(&[("cron", text("* * * * *")), ("tz", text("Mars/Olympus"))])
+                .contains("time zone")
         );
+        assert!(
+            reason_for(&[("cron", text("* * * * *")), ("payload", text("{nope"))])
+                .contains("data is not JSON")
+        );
+        assert!(
+            reason_for(&[("cron", text("* * * * *")), ("opts", text("[1"))])
+                .contains("opts is not JSON")
+        );
+        assert!(reason_for(&[
+            ("cron", text("* * * * *")),
+            ("opts", text(r#"{"lifo":true}"#))
+        ])
+        .contains("lifo"));
+        assert!(reason_for(&[
+            ("cron", text("* * * * *")),
+            ("every_ms", ColumnValue::Int(5))
+        ])
+        .contains("both"));
         assert!(reason_for(&[]).contains("neither"));
         assert!(reason_for(&[("every_ms", ColumnValue::Int(-5))]).contains("every_ms"));
+        assert!(reason_for(&[
+            ("every_ms", ColumnValue::Int(5)),
+            ("end_date", ColumnValue::Int(5))
+        ])
+        .contains("past"));
         assert!(
-            reason_for(&[("every_ms", ColumnValue::Int(5)), ("end_date", ColumnValue::Int(5))])
-                .contains("past")
+            reason_for(&[("every_ms", ColumnValue::Int(5)), ("queue", text("a:b"))])
+                .contains("queue")
         );
-        assert!(reason_for(&[("every_ms", ColumnValue::Int(5)), ("queue", text("a:b"))])
-            .contains("queue"));
     }
 
     #[test]
@@ -593,14 +624,30 @@ mod tests {
     fn duplicate_ids_reject_every_row_involved() {
         let template = IdTemplate::parse("job:{name}").unwrap();
         let rows = [
-            row(&[("id", ColumnValue::Int(1)), ("name", text("a")), ("every_ms", ColumnValue::Int(9))]),
-            row(&[("id", ColumnValue::Int(2)), ("name", text("a")), ("every_ms", ColumnValue::Int(9))]),
-            row(&[("id", ColumnValue::Int(3)), ("name", text("b")), ("every_ms", ColumnValue::Int(9))]),
+            row(&[
+                ("id", ColumnValue::Int(1)),
+                ("name", text("a")),
+                ("every_ms", ColumnValue::Int(9)),
+            ]),
+            row(&[
+                ("id", ColumnValue::Int(2)),
+                ("name", text("a")),
+                ("every_ms", ColumnValue::Int(9)),
+            ]),
+            row(&[
+                ("id", ColumnValue::Int(3)),
+                ("name", text("b")),
+                ("every_ms", ColumnValue::Int(9)),
+            ]),
         ];
         let set = DesiredSet::from_rows(&rows, "q", &template, NOW);
         assert_eq!(set.schedulers.len(), 1);
         assert_eq!(set.invalid.len(), 2);
-        assert!(set.invalid[0].reason.contains("also row 2"), "{:?}", set.invalid);
+        assert!(
+            set.invalid[0].reason.contains("also row 2"),
+            "{:?}",
+            set.invalid
+        );
     }
 
     #[test]
@@ -610,11 +657,17 @@ mod tests {
             "removeOnFail": 50, "priority": 3
         }))
         .unwrap();
-        assert_eq!(opts["backoff"], serde_json::json!({"type": "fixed", "delay": 2000}));
+        assert_eq!(
+            opts["backoff"],
+            serde_json::json!({"type": "fixed", "delay": 2000})
+        );
         let job = job_options(&opts);
         assert_eq!(job.attempts, Some(5));
         assert_eq!(job.priority, Some(3));
         assert!(matches!(job.backoff, Some(BackoffStrategy::Fixed(2000))));
-        assert!(matches!(job.remove_on_fail, Some(RemoveOnFinish::Count(50))));
+        assert!(matches!(
+            job.remove_on_fail,
+            Some(RemoveOnFinish::Count(50))
+        ));
     }
 }

@@ -130,7 +130,11 @@ fn differences(want: &DesiredScheduler, have: &StoredScheduler) -> Vec<&'static 
         return vec!["scheduler hash"];
     };
     let field = |name: &str| hash.get(name).map(String::as_str);
-    let number = |name: &str| field(name).and_then(|v| v.parse::<f64>().ok()).map(|v| v as u64);
+    let number = |name: &str| {
+        field(name)
+            .and_then(|v| v.parse::<f64>().ok())
+            .map(|v| v as u64)
+    };
     let mut differs = Vec::new();
     if field("name") != Some(want.name.as_str()) {
         differs.push("name");
@@ -151,7 +155,10 @@ fn differences(want: &DesiredScheduler, have: &StoredScheduler) -> Vec<&'static 
     if !json_equal(&stored_json(hash, "data"), &want.data) {
         differs.push("data");
     }
-    if !json_equal(&stored_json(hash, "opts"), &Value::Object(want.opts.clone())) {
+    if !json_equal(
+        &stored_json(hash, "opts"),
+        &Value::Object(want.opts.clone()),
+    ) {
         differs.push("opts");
     }
     if number("startDate") != want.start_date {
@@ -246,7 +253,10 @@ mod tests {
             },
         );
         let template = IdTemplate::parse("t:{id}").unwrap();
-        Plan::new(&set, &stored, &template).queues.remove("q").unwrap()
+        Plan::new(&set, &stored, &template)
+            .queues
+            .remove("q")
+            .unwrap()
     }
 
     #[test]
@@ -291,14 +301,20 @@ mod tests {
             ("opts", r#"{"attempts":3}"#),
         ]);
         broken.next_job_exists = false;
-        let queue = plan(vec![desired("1", Schedule::EveryMs(1000))], vec![("t:1", broken)]);
+        let queue = plan(
+            vec![desired("1", Schedule::EveryMs(1000))],
+            vec![("t:1", broken)],
+        );
         assert_eq!(queue.update[0].differs, vec!["next job"]);
         let gone = StoredScheduler {
             next_ms: 1,
             hash: None,
             next_job_exists: true,
         };
-        let queue = plan(vec![desired("1", Schedule::EveryMs(1000))], vec![("t:1", gone)]);
+        let queue = plan(
+            vec![desired("1", Schedule::EveryMs(1000))],
+            vec![("t:1", gone)],
+        );
         assert_eq!(queue.update[0].differs, vec!["scheduler hash"]);
     }
 }

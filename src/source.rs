@@ -2,14 +2,20 @@
 //!
 //! Rows are read as loosely typed columns; turning them into schedulers (and
 //! rejecting bad ones row by row) is `desired`'s job, so that one broken row
-//! never hides the others.
+//! never hides the others. Each database gets its own typed driver rather than
+//! sqlx's `Any` driver, which fails a whole query on a column type it does not
+//! map (SQLite BOOLEAN, PostgreSQL jsonb or timestamptz, …).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
-use sqlx::{AssertSqlSafe, Column, ConnectOptions, Row};
+use sqlx::mysql::{MySql, MySqlConnectOptions};
+use sqlx::pool::PoolOptions;
+use sqlx::postgres::{PgConnectOptions, Postgres};
+use sqlx::sqlite::{Sqlite, SqliteConnectOptions};
+use sqlx::{AssertSqlSafe, Column, ConnectOptions, Database, Decode, Pool, Row, Type};
 
 use crate::config::{redact_url, SourceConfig};
 
@@ -79,75 +85,61 @@ pub struct Fetched {
     pub elapsed: Duration,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Backend {
-    Sqlite,
-    Postgres,
-    MySql,
+enum Pools {
+    Sqlite(Pool<Sqlite>),
+    Postgres(Pool<Postgres>),
+    MySql(Pool<MySql>),
 }
 
 pub struct Source {
-    pool: sqlx::AnyPool,
-    backend: Backend,
+    pools: Pools,
     query: String,
     redacted_url: String,
 }
 
 impl Source {
-    /// Connects lazily-checked: the first query surfaces an unreachable database,
-    /// but a missing SQLite file or bad URL is reported here.
+    /// Connects and checks that the database answers, so that a wrong URL or
+    /// a missing SQLite file is reported at start rather than at the first loss.
     pub async fn connect(config: &SourceConfig) -> Result<Self, SourceError> {
-        sqlx::any::install_default_drivers();
         let redacted_url = redact_url(&config.url);
-        let connect_error = |reason: String| SourceError::Connect {
+        let connect_error = |e: sqlx::Error| SourceError::Connect {
             url: redacted_url.clone(),
-            reason,
+            reason: one_line(&e),
         };
-        let backend = match config.url.split(':').next().unwrap_or_default() {
-            "sqlite" => Backend::Sqlite,
-            "postgres" | "postgresql" => Backend::Postgres,
-            _ => Backend::MySql,
-        };
-        let url = match backend {
-            // sqlx's Any driver only knows the mysql scheme.
-            Backend::MySql => config.url.replacen("mariadb:", "mysql:", 1),
-            _ => config.url.clone(),
-        };
-        if backend == Backend::Sqlite {
-            if let Some(seed) = &config.sqlite_seed {
-                seed_new_sqlite(&url, seed).await?;
+        let scheme = config.url.split(':').next().unwrap_or_default();
+        let pools = match scheme {
+            "sqlite" => {
+                if let Some(seed) = &config.sqlite_seed {
+                    seed_new_sqlite(&config.url, seed).await?;
+                }
+                // The sidecar only reads its source; SQLite has no read-only
+                // transaction, so the connection itself is made read-only.
+                let options = SqliteConnectOptions::from_str(&config.url)
+                    .map_err(connect_error)?
+                    .pragma("query_only", "ON");
+                probe(&options).await.map_err(connect_error)?;
+                Pools::Sqlite(pool_options().connect_lazy_with(quiet(options)))
             }
-        }
-        let options: AnyConnectOptions = url
-            .parse::<AnyConnectOptions>()
-            .map_err(|e| connect_error(one_line(&e)))?
-            .log_statements(tracing::log::LevelFilter::Debug);
-        let pool = AnyPoolOptions::new()
-            .max_connections(2)
-            .min_connections(0)
-            .acquire_timeout(Duration::from_secs(10))
-            .after_connect(move |conn, _meta| {
-                Box::pin(async move {
-                    // The sidecar only reads its source; SQLite has no read-only
-                    // transaction, so the connection itself is made read-only.
-                    if backend == Backend::Sqlite {
-                        sqlx::query("PRAGMA query_only = ON").execute(conn).await?;
-                    }
-                    Ok(())
-                })
-            })
-            .connect_lazy_with(options);
-        let source = Self {
-            pool,
-            backend,
+            "postgres" | "postgresql" => {
+                let options = PgConnectOptions::from_str(&config.url).map_err(connect_error)?;
+                probe(&options).await.map_err(connect_error)?;
+                Pools::Postgres(pool_options().connect_lazy_with(quiet(options)))
+            }
+            _ => {
+                let url = config.url.replacen("mariadb:", "mysql:", 1);
+                let options = MySqlConnectOptions::from_str(&url).map_err(connect_error)?;
+                probe(&options).await.map_err(connect_error)?;
+                Pools::MySql(pool_options().connect_lazy_with(quiet(options)))
+            }
+        };
+        Ok(Self {
+            pools,
             query: config
                 .query
                 .clone()
                 .unwrap_or_else(|| DEFAULT_QUERY.to_owned()),
             redacted_url,
-        };
-        source.ping().await?;
-        Ok(source)
+        })
     }
 
     /// The URL with its password redacted.
@@ -157,95 +149,185 @@ impl Source {
 
     /// Whether the database answers.
     pub async fn ping(&self) -> Result<(), SourceError> {
-        let mut conn = self.pool.acquire().await.map_err(|e| SourceError::Connect {
+        let outcome = match &self.pools {
+            Pools::Sqlite(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop),
+            Pools::Postgres(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop),
+            Pools::MySql(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop),
+        };
+        outcome.map_err(|e| SourceError::Connect {
             url: self.redacted_url.clone(),
             reason: one_line(&e),
-        })?;
-        sqlx::query("SELECT 1")
-            .execute(&mut *conn)
-            .await
-            .map_err(|e| SourceError::Connect {
-                url: self.redacted_url.clone(),
-                reason: one_line(&e),
-            })?;
-        Ok(())
+        })
     }
 
     /// Runs the source query inside a read-only transaction where the database has one.
     pub async fn fetch(&self) -> Result<Fetched, SourceError> {
         let started = Instant::now();
-        let query_error = |e: sqlx::Error| SourceError::Query {
-            url: self.redacted_url.clone(),
-            reason: one_line(&e),
-        };
-        let mut tx = match self.backend {
-            Backend::Sqlite => self.pool.begin().await,
-            Backend::Postgres | Backend::MySql => {
-                self.pool.begin_with("START TRANSACTION READ ONLY").await
+        let query = self.query.as_str();
+        let rows = match &self.pools {
+            Pools::Sqlite(pool) => {
+                let mut tx = pool.begin().await.map_err(|e| self.error(e))?;
+                let rows = sqlx::query(AssertSqlSafe(query))
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(|e| self.error(e))?;
+                rows.iter().map(decode_row::<Sqlite>).collect()
             }
-        }
-        .map_err(|e| match e {
-            sqlx::Error::Database(_) => query_error(e),
-            other => SourceError::Connect {
-                url: self.redacted_url.clone(),
-                reason: one_line(&other),
-            },
-        })?;
-        let rows = sqlx::query(AssertSqlSafe(self.query.as_str()))
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(query_error)?;
-        tx.rollback().await.map_err(query_error)?;
-        let rows = rows.iter().map(decode_row).collect();
+            Pools::Postgres(pool) => {
+                let mut tx = pool
+                    .begin_with("START TRANSACTION READ ONLY")
+                    .await
+                    .map_err(|e| self.error(e))?;
+                let rows = sqlx::query(AssertSqlSafe(query))
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(|e| self.error(e))?;
+                rows.iter().map(decode_row::<Postgres>).collect()
+            }
+            Pools::MySql(pool) => {
+                let mut tx = pool
+                    .begin_with("START TRANSACTION READ ONLY")
+                    .await
+                    .map_err(|e| self.error(e))?;
+                let rows = sqlx::query(AssertSqlSafe(query))
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(|e| self.error(e))?;
+                rows.iter().map(decode_row::<MySql>).collect()
+            }
+        };
+        // Dropping a transaction rolls it back: nothing was meant to be written.
         Ok(Fetched {
             rows,
             elapsed: started.elapsed(),
         })
     }
 
+    /// A database's own error means the query is wrong; anything else means
+    /// the database could not be reached.
+    fn error(&self, error: sqlx::Error) -> SourceError {
+        match error {
+            sqlx::Error::Database(_) | sqlx::Error::ColumnDecode { .. } => SourceError::Query {
+                url: self.redacted_url.clone(),
+                reason: one_line(&error),
+            },
+            other => SourceError::Connect {
+                url: self.redacted_url.clone(),
+                reason: one_line(&other),
+            },
+        }
+    }
+
     pub async fn close(&self) {
-        self.pool.close().await;
+        match &self.pools {
+            Pools::Sqlite(pool) => pool.close().await,
+            Pools::Postgres(pool) => pool.close().await,
+            Pools::MySql(pool) => pool.close().await,
+        }
     }
 }
 
-fn decode_row(row: &AnyRow) -> SourceRow {
+/// How long a first connection may take before the database counts as unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One direct connection: unlike the pool, it reports why a database is
+/// unreachable (refused, unknown host, bad password) instead of a pool timeout.
+async fn probe<O>(options: &O) -> Result<(), sqlx::Error>
+where
+    O: ConnectOptions,
+    O::Connection: Sized,
+{
+    let connection = tokio::time::timeout(CONNECT_TIMEOUT, options.connect())
+        .await
+        .map_err(|_| sqlx::Error::PoolTimedOut)??;
+    sqlx::Connection::close(connection).await
+}
+
+fn pool_options<DB: Database>() -> PoolOptions<DB> {
+    PoolOptions::new()
+        .max_connections(2)
+        .min_connections(0)
+        .acquire_timeout(CONNECT_TIMEOUT)
+}
+
+/// Statements are logged at debug level only: the source query runs every drift check.
+fn quiet<O: ConnectOptions>(options: O) -> O {
+    options.log_statements(tracing::log::LevelFilter::Debug)
+}
+
+fn decode_row<DB: Database>(row: &DB::Row) -> SourceRow
+where
+    usize: sqlx::ColumnIndex<DB::Row>,
+    for<'r> i64: Decode<'r, DB> + Type<DB>,
+    for<'r> i32: Decode<'r, DB> + Type<DB>,
+    for<'r> i16: Decode<'r, DB> + Type<DB>,
+    for<'r> f64: Decode<'r, DB> + Type<DB>,
+    for<'r> f32: Decode<'r, DB> + Type<DB>,
+    for<'r> bool: Decode<'r, DB> + Type<DB>,
+    for<'r> String: Decode<'r, DB> + Type<DB>,
+    for<'r> serde_json::Value: Decode<'r, DB> + Type<DB>,
+    for<'r> chrono::DateTime<chrono::Utc>: Decode<'r, DB> + Type<DB>,
+    for<'r> chrono::NaiveDateTime: Decode<'r, DB> + Type<DB>,
+    for<'r> chrono::NaiveDate: Decode<'r, DB> + Type<DB>,
+    for<'r> Vec<u8>: Decode<'r, DB> + Type<DB>,
+{
     let columns = row
         .columns()
         .iter()
         .enumerate()
-        .map(|(index, column)| (column.name().to_ascii_lowercase(), decode_value(row, index)))
+        .map(|(index, column)| {
+            (
+                column.name().to_ascii_lowercase(),
+                decode_value::<DB>(row, index),
+            )
+        })
         .collect();
     SourceRow { columns }
 }
 
-/// The Any driver reports each value with its own type; try them in turn.
-fn decode_value(row: &AnyRow, index: usize) -> ColumnValue {
-    if let Ok(v) = row.try_get::<Option<i64>, _>(index) {
-        return v.map_or(ColumnValue::Null, ColumnValue::Int);
+/// Tries the column types a task table plausibly uses, most specific first;
+/// dates become RFC 3339 text and JSON columns their JSON text.
+fn decode_value<DB: Database>(row: &DB::Row, index: usize) -> ColumnValue
+where
+    usize: sqlx::ColumnIndex<DB::Row>,
+    for<'r> i64: Decode<'r, DB> + Type<DB>,
+    for<'r> i32: Decode<'r, DB> + Type<DB>,
+    for<'r> i16: Decode<'r, DB> + Type<DB>,
+    for<'r> f64: Decode<'r, DB> + Type<DB>,
+    for<'r> f32: Decode<'r, DB> + Type<DB>,
+    for<'r> bool: Decode<'r, DB> + Type<DB>,
+    for<'r> String: Decode<'r, DB> + Type<DB>,
+    for<'r> serde_json::Value: Decode<'r, DB> + Type<DB>,
+    for<'r> chrono::DateTime<chrono::Utc>: Decode<'r, DB> + Type<DB>,
+    for<'r> chrono::NaiveDateTime: Decode<'r, DB> + Type<DB>,
+    for<'r> chrono::NaiveDate: Decode<'r, DB> + Type<DB>,
+    for<'r> Vec<u8>: Decode<'r, DB> + Type<DB>,
+{
+    macro_rules! attempt {
+        ($ty:ty, $convert:expr) => {
+            if let Ok(value) = row.try_get::<Option<$ty>, _>(index) {
+                return value.map_or(ColumnValue::Null, $convert);
+            }
+        };
     }
-    if let Ok(v) = row.try_get::<Option<String>, _>(index) {
-        return v.map_or(ColumnValue::Null, ColumnValue::Text);
-    }
-    if let Ok(v) = row.try_get::<Option<bool>, _>(index) {
-        return v.map_or(ColumnValue::Null, ColumnValue::Bool);
-    }
-    if let Ok(v) = row.try_get::<Option<f64>, _>(index) {
-        return v.map_or(ColumnValue::Null, ColumnValue::Float);
-    }
-    if let Ok(v) = row.try_get::<Option<i32>, _>(index) {
-        return v.map_or(ColumnValue::Null, |i| ColumnValue::Int(i.into()));
-    }
-    if let Ok(v) = row.try_get::<Option<i16>, _>(index) {
-        return v.map_or(ColumnValue::Null, |i| ColumnValue::Int(i.into()));
-    }
-    if let Ok(v) = row.try_get::<Option<f32>, _>(index) {
-        return v.map_or(ColumnValue::Null, |f| ColumnValue::Float(f.into()));
-    }
-    if let Ok(v) = row.try_get::<Option<Vec<u8>>, _>(index) {
-        return v.map_or(ColumnValue::Null, |bytes| {
-            ColumnValue::Text(String::from_utf8_lossy(&bytes).into_owned())
-        });
-    }
+    attempt!(i64, ColumnValue::Int);
+    attempt!(i32, |v| ColumnValue::Int(v.into()));
+    attempt!(i16, |v| ColumnValue::Int(v.into()));
+    attempt!(bool, ColumnValue::Bool);
+    attempt!(String, ColumnValue::Text);
+    attempt!(f64, ColumnValue::Float);
+    attempt!(f32, |v| ColumnValue::Float(v.into()));
+    attempt!(serde_json::Value, |v| ColumnValue::Text(v.to_string()));
+    attempt!(chrono::DateTime<chrono::Utc>, |v| ColumnValue::Text(
+        v.to_rfc3339()
+    ));
+    attempt!(chrono::NaiveDateTime, |v| ColumnValue::Text(
+        v.format("%Y-%m-%d %H:%M:%S%.f").to_string()
+    ));
+    attempt!(chrono::NaiveDate, |v| ColumnValue::Text(v.to_string()));
+    attempt!(Vec<u8>, |bytes| ColumnValue::Text(
+        String::from_utf8_lossy(&bytes).into_owned()
+    ));
     ColumnValue::Null
 }
 
@@ -260,7 +342,7 @@ async fn seed_new_sqlite(url: &str, seed: &std::path::Path) -> Result<(), Source
         return Ok(());
     }
     let sql = std::fs::read_to_string(seed).map_err(|e| seed_error(e.to_string()))?;
-    let options = sqlx::sqlite::SqliteConnectOptions::new()
+    let options = SqliteConnectOptions::new()
         .filename(&path)
         .create_if_missing(true);
     let mut conn = options

@@ -1,0 +1,317 @@
+//! Shared test harness: real `redis-server` processes, real databases, real
+//! Node BullMQ, and the real `bullmq-warden` binary.
+#![allow(dead_code)] // each test file uses a different part of the harness
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// A `redis-server` of the test's own, without persistence, killed on drop.
+pub struct RedisServer {
+    port: u16,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts with extra `redis-server` arguments, e.g. `["--maxmemory-policy", "allkeys-lru"]`.
+    pub fn start_with(extra: &[&str]) -> Self {
+        // A port picked free can be taken before redis-server binds it: retry.
+        for _ in 0..5 {
+            let mut server = Self {
+                port: free_port(),
+                child: None,
+                dir: tempfile::tempdir().expect("temp dir"),
+            };
+            if server.spawn(extra) {
+                return server;
+            }
+        }
+        panic!("could not start redis-server");
+    }
+
+    fn spawn(&mut self, extra: &[&str]) -> bool {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .args(["--dir", &self.dir.path().display().to_string()])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (apt-get install redis-server)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if self.cli(&["PING"]).map(|o| o == "PONG").unwrap_or(false) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.stop();
+        false
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Runs `redis-cli` against this server and returns its trimmed output.
+    pub fn cli(&self, args: &[&str]) -> Option<String> {
+        let output = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "--raw"])
+            .args(args)
+            .output()
+            .ok()?;
+        output
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    }
+
+    /// Like `cli`, but panics when the command cannot be run.
+    pub fn redis(&self, args: &[&str]) -> String {
+        self.cli(args)
+            .unwrap_or_else(|| panic!("redis-cli {args:?} failed"))
+    }
+
+    pub fn zcard(&self, key: &str) -> u64 {
+        self.redis(&["ZCARD", key]).parse().expect("ZCARD reply")
+    }
+
+    pub fn zmembers(&self, key: &str) -> Vec<String> {
+        let out = self.redis(&["ZRANGE", key, "0", "-1"]);
+        out.lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+pub fn repo_path(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+/// Runs a command of the Node BullMQ driver (`tests/node/bullmq-driver.mjs`).
+pub fn node(
+    major: u8,
+    command: &str,
+    redis: &RedisServer,
+    queue: &str,
+    args: &[&str],
+    stdin: Option<&Value>,
+) -> Value {
+    let driver = repo_path("tests/node/bullmq-driver.mjs");
+    assert!(
+        repo_path("tests/node/node_modules/bullmq6").exists(),
+        "Node packages missing: run `npm ci --prefix tests/node` (scripts/test does)"
+    );
+    let mut child = Command::new("node")
+        .arg(&driver)
+        .arg(command)
+        .args([
+            "--major",
+            &major.to_string(),
+            "--redis",
+            &redis.url(),
+            "--queue",
+            queue,
+        ])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("node must be installed");
+    {
+        use std::io::Write;
+        let mut pipe = child.stdin.take().expect("stdin");
+        if let Some(input) = stdin {
+            pipe.write_all(input.to_string().as_bytes())
+                .expect("write stdin");
+        }
+    }
+    let output = child.wait_with_output().expect("node output");
+    assert!(
+        output.status.success(),
+        "node driver {command} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "node driver {command} printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })
+}
+
+/// A config file and an SQLite source in a temp dir, for running the binary.
+pub struct Setup {
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+}
+
+impl Setup {
+    /// Writes `config_toml` (with `{redis}` and `{dir}` substituted).
+    pub fn new(redis: &RedisServer, config_toml: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let text = config_toml
+            .replace("{redis}", &redis.url())
+            .replace("{dir}", &dir.path().display().to_string());
+        let config_path = dir.path().join("warden.toml");
+        std::fs::write(&config_path, text).expect("write config");
+        Self { dir, config_path }
+    }
+
+    /// A config over an SQLite file `tasks.db` in the temp dir.
+    pub fn sqlite(redis: &RedisServer, extra_toml: &str) -> Self {
+        Self::new(
+            redis,
+            &format!(
+                "[redis]\nurl = \"{{redis}}\"\n[source]\nurl = \"sqlite://{{dir}}/tasks.db\"\n{extra_toml}"
+            ),
+        )
+    }
+
+    pub fn sqlite_url(&self) -> String {
+        format!("sqlite://{}/tasks.db?mode=rwc", self.dir.path().display())
+    }
+
+    /// Runs SQL against the SQLite source (creating it when needed).
+    pub fn sql(&self, sql: &str) {
+        run_sql(&self.sqlite_url(), sql);
+    }
+
+    pub fn warden(&self, args: &[&str]) -> Run {
+        self.warden_env(args, &[])
+    }
+
+    pub fn warden_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let output = Command::new(env!("CARGO_BIN_EXE_bullmq-warden"))
+            .arg("--config")
+            .arg(&self.config_path)
+            .args(args)
+            .envs(env.iter().copied())
+            .env_remove("BULLMQ_WARDEN_CONFIG")
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("run bullmq-warden");
+        Run::from(output)
+    }
+
+    /// `recover --json` and its parsed report.
+    pub fn recover(&self) -> (i32, Value) {
+        let run = self.warden(&["recover", "--json"]);
+        (run.code, run.json())
+    }
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(output: Output) -> Self {
+        Self {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+}
+
+impl Run {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}); exit {}; stdout: {}; stderr: {}",
+                self.code, self.stdout, self.stderr
+            )
+        })
+    }
+}
+
+/// Executes SQL statements on any supported database URL.
+pub fn run_sql(url: &str, sql: &str) {
+    let url = url.to_owned();
+    let sql = sql.to_owned();
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(async {
+                use sqlx::{AssertSqlSafe, Connection};
+                macro_rules! execute {
+                    ($connection:ty) => {{
+                        let mut conn = <$connection>::connect(&url)
+                            .await
+                            .unwrap_or_else(|e| panic!("connect {url}: {e}"));
+                        sqlx::raw_sql(AssertSqlSafe(sql))
+                            .execute(&mut conn)
+                            .await
+                            .unwrap_or_else(|e| panic!("sql on {url}: {e}"));
+                    }};
+                }
+                if url.starts_with("sqlite:") {
+                    execute!(sqlx::SqliteConnection)
+                } else if url.starts_with("postgres") {
+                    execute!(sqlx::PgConnection)
+                } else {
+                    execute!(sqlx::MySqlConnection)
+                }
+            })
+    })
+    .join()
+    .expect("sql thread");
+}
+
+/// The manual's table, as each database spells it.
+pub const TASKS_TABLE_SQLITE: &str = "CREATE TABLE inspection_tasks (
+    id INTEGER PRIMARY KEY, name TEXT, cron TEXT, every_ms INTEGER, tz TEXT,
+    payload TEXT, opts TEXT, queue TEXT, enabled BOOLEAN NOT NULL DEFAULT 1);";
+
+/// Polls `check` until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    check()
+}
