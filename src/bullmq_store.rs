@@ -68,6 +68,22 @@ pub struct JobCounts {
     pub repeatable: u64,
 }
 
+impl JobCounts {
+    /// The job states under BullMQ's own names, as `exportPrometheusMetrics` labels them.
+    pub fn by_state(&self) -> [(&'static str, u64); 8] {
+        [
+            ("active", self.active),
+            ("completed", self.completed),
+            ("delayed", self.delayed),
+            ("failed", self.failed),
+            ("paused", self.paused),
+            ("prioritized", self.prioritized),
+            ("waiting", self.waiting),
+            ("waiting-children", self.waiting_children),
+        ]
+    }
+}
+
 #[derive(Clone)]
 pub struct BullmqStore {
     connection: RedisConnection,
@@ -162,22 +178,64 @@ impl BullmqStore {
             .map_err(|e| self.error(e))
     }
 
-    pub async fn job_counts(&self, queue_name: &str) -> Result<JobCounts, StoreError> {
-        let queue = self.queue(queue_name).await?;
-        let (counts, repeatable) =
-            futures::try_join!(queue.get_job_counts(), queue.get_job_schedulers_count())
-                .map_err(|e| self.error(e))?;
-        Ok(JobCounts {
-            waiting: counts.waiting,
-            active: counts.active,
-            completed: counts.completed,
-            failed: counts.failed,
-            delayed: counts.delayed,
-            prioritized: counts.prioritized,
-            paused: counts.paused,
-            waiting_children: counts.waiting_children,
-            repeatable,
-        })
+    /// BullMQ's job counts for many queues in one round trip: the commands
+    /// of `getJobCounts()` and `getJobSchedulersCount()`, on BullMQ's key names.
+    pub async fn job_counts(
+        &self,
+        queues: &[String],
+    ) -> Result<BTreeMap<String, JobCounts>, StoreError> {
+        let mut pipe = redis::pipe();
+        self.add_count_commands(&mut pipe, queues);
+        let replies: Vec<u64> = pipe
+            .query_async(&mut self.raw())
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(counts_from_replies(queues, &replies))
+    }
+
+    /// `INFO` (the sections the watcher reads) and the job counts of every
+    /// queue, in one round trip.
+    pub async fn poll(
+        &self,
+        queues: &[String],
+    ) -> Result<(String, BTreeMap<String, JobCounts>), StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("INFO")
+            .arg("server")
+            .arg("persistence")
+            .arg("memory")
+            .arg("replication")
+            .arg("keyspace");
+        self.add_count_commands(&mut pipe, queues);
+        let (info, replies): (String, Vec<u64>) = pipe
+            .query_async::<Vec<redis::Value>>(&mut self.raw())
+            .await
+            .and_then(|values| {
+                let mut values = values.into_iter();
+                let info: String =
+                    redis::from_redis_value(values.next().unwrap_or(redis::Value::Nil))?;
+                let counts: Vec<u64> = values
+                    .map(redis::from_redis_value)
+                    .collect::<Result<_, _>>()?;
+                Ok((info, counts))
+            })
+            .map_err(|e| self.error(e))?;
+        Ok((info, counts_from_replies(queues, &replies)))
+    }
+
+    fn add_count_commands(&self, pipe: &mut redis::Pipeline, queues: &[String]) {
+        for queue in queues {
+            let keys = self.keys(queue);
+            pipe.cmd("LLEN").arg(keys.wait());
+            pipe.cmd("LLEN").arg(keys.active());
+            pipe.cmd("ZCARD").arg(keys.completed());
+            pipe.cmd("ZCARD").arg(keys.failed());
+            pipe.cmd("ZCARD").arg(keys.delayed());
+            pipe.cmd("ZCARD").arg(keys.prioritized());
+            pipe.cmd("LLEN").arg(keys.paused());
+            pipe.cmd("ZCARD").arg(keys.waiting_children());
+            pipe.cmd("ZCARD").arg(keys.repeat());
+        }
     }
 
     /// Reads every scheduler of a queue: the `repeat` set, then each hash and
@@ -260,6 +318,25 @@ impl BullmqStore {
             .map_err(|e| self.error(e))
     }
 
+    /// Adds one job now with BullMQ's add script; a known `job_id` adds nothing.
+    pub async fn add_job(
+        &self,
+        queue: &str,
+        name: &str,
+        data: serde_json::Value,
+        opts: &serde_json::Map<String, serde_json::Value>,
+        job_id: &str,
+    ) -> Result<(), StoreError> {
+        self.queue(queue)
+            .await?
+            .add(name, data)
+            .options(job_options(opts))
+            .job_id(job_id)
+            .await
+            .map(drop)
+            .map_err(|e| self.error(e))
+    }
+
     /// Removes a scheduler and its next job with BullMQ's `removeJobScheduler`.
     pub async fn remove(&self, queue: &str, scheduler_id: &str) -> Result<bool, StoreError> {
         self.queue(queue)
@@ -268,6 +345,31 @@ impl BullmqStore {
             .await
             .map_err(|e| self.error(e))
     }
+}
+
+/// Commands per queue in `add_count_commands`.
+const COUNT_COMMANDS: usize = 9;
+
+fn counts_from_replies(queues: &[String], replies: &[u64]) -> BTreeMap<String, JobCounts> {
+    queues
+        .iter()
+        .zip(replies.chunks(COUNT_COMMANDS))
+        .map(|(queue, r)| {
+            let at = |i: usize| r.get(i).copied().unwrap_or_default();
+            let counts = JobCounts {
+                waiting: at(0),
+                active: at(1),
+                completed: at(2),
+                failed: at(3),
+                delayed: at(4),
+                prioritized: at(5),
+                paused: at(6),
+                waiting_children: at(7),
+                repeatable: at(8),
+            };
+            (queue.clone(), counts)
+        })
+        .collect()
 }
 
 /// BullMQ 5's legacy repeatable jobs use an md5 hex digest as the set member.

@@ -58,6 +58,8 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the sidecar: watch Redis, export metrics, restore lost schedulers (until SIGTERM).
+    Watch,
     /// Job counts per queue, schedulers in Redis, rows wanting them, and the drift.
     Status {
         /// Only this queue.
@@ -134,6 +136,9 @@ async fn run(cli: Cli) -> u8 {
         Ok(config) => config,
         Err(e) => return fail(&WardenError::Config(e)),
     };
+    if let Command::Watch = cli.command {
+        return watch(config).await;
+    }
     if let Command::RemoveSchedulers {
         yes: false, queue, ..
     } = &cli.command
@@ -149,6 +154,7 @@ async fn run(cli: Cli) -> u8 {
         Err(e) => return fail(&e),
     };
     let code = match cli.command {
+        Command::Watch => exit::OK, // returned above, before connecting
         Command::Status { queue, json } => match warden.status(queue.as_deref()).await {
             Ok(report) => {
                 print_status(&report, json);
@@ -205,6 +211,41 @@ async fn run(cli: Cli) -> u8 {
     };
     warden.close().await;
     code
+}
+
+/// Runs the watcher until SIGTERM or SIGINT.
+async fn watch(config: Config) -> u8 {
+    use crate::watch::WatchError;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    match crate::watch::run(config, shutdown).await {
+        Ok(()) => exit::OK,
+        Err(error) => {
+            eprintln!("bullmq-warden: {error}");
+            match error {
+                WatchError::Http(crate::http::HttpError::Bind { .. }) => exit::FAILURE,
+                WatchError::Source(_) => exit::SOURCE_UNREACHABLE,
+                _ => exit::USAGE,
+            }
+        }
+    }
+}
+
+async fn cancel_on_signal(shutdown: tokio_util::sync::CancellationToken) {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+    tracing::info!(event = "signal", "shutdown requested");
+    shutdown.cancel();
 }
 
 /// Prints the one-line error and picks its exit code.

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -32,6 +33,8 @@ pub struct Config {
     pub redis: RedisConfig,
     pub source: SourceConfig,
     pub recovery: RecoveryConfig,
+    pub watch: WatchConfig,
+    pub http: HttpConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -88,6 +91,31 @@ pub struct RecoveryConfig {
     /// Upserts kept in flight at once. Redis runs one script at a time, so a
     /// few dozen keep it busy while other clients still get a turn quickly.
     pub concurrency: usize,
+    /// Whether `watch` restores schedulers by itself (off: it only reports).
+    pub auto: bool,
+    pub strategy: Strategy,
+    /// What happens to cron runs missed while the schedulers were gone.
+    pub catchup: Catchup,
+    /// Missed runs older than this are never caught up.
+    #[serde(with = "duration_text")]
+    pub catchup_window: Duration,
+    /// First retry delay; doubles per failed attempt, with full jitter.
+    #[serde(with = "duration_text")]
+    pub backoff_min: Duration,
+    #[serde(with = "duration_text")]
+    pub backoff_max: Duration,
+    /// How long the recovery lease lasts unless renewed.
+    #[serde(with = "duration_text")]
+    pub lease_ttl: Duration,
+    /// The application's recover endpoint, for `strategy = "webhook"`.
+    pub webhook_url: Option<String>,
+    /// Extra request headers for the webhook.
+    pub webhook_headers: BTreeMap<String, String>,
+    /// File holding a bearer token for the webhook (the environment variable
+    /// BULLMQ_WARDEN_WEBHOOK_TOKEN takes precedence).
+    pub webhook_token_file: Option<PathBuf>,
+    #[serde(with = "duration_text")]
+    pub webhook_timeout: Duration,
 }
 
 impl Default for RecoveryConfig {
@@ -95,7 +123,118 @@ impl Default for RecoveryConfig {
         Self {
             prune_orphans: false,
             concurrency: 24,
+            auto: true,
+            strategy: Strategy::Native,
+            catchup: Catchup::Skip,
+            catchup_window: Duration::from_secs(3600),
+            backoff_min: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(60),
+            lease_ttl: Duration::from_secs(30),
+            webhook_url: None,
+            webhook_headers: BTreeMap::new(),
+            webhook_token_file: None,
+            webhook_timeout: Duration::from_secs(30),
         }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// The sidecar writes the schedulers itself, through BullMQ's scripts.
+    Native,
+    /// The sidecar asks the application to recover (POST to `webhook_url`).
+    Webhook,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Catchup {
+    /// Restored cron schedulers wait for their next run.
+    Skip,
+    /// One immediate job for each cron scheduler that missed a run in the window.
+    FireOnce,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WatchConfig {
+    /// How often INFO and the queue counts are polled.
+    #[serde(with = "duration_text")]
+    pub info_interval: Duration,
+    /// How often rows and schedulers are compared in full.
+    #[serde(with = "duration_text")]
+    pub drift_interval: Duration,
+    /// Set notify-keyspace-events when flags are missing (needs CONFIG SET).
+    pub manage_keyspace_config: bool,
+    /// A recovery waits until signals have been quiet this long…
+    #[serde(with = "duration_text")]
+    pub debounce_quiet: Duration,
+    /// …but never longer than this after the first signal.
+    #[serde(with = "duration_text")]
+    pub debounce_max: Duration,
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        Self {
+            info_interval: Duration::from_secs(1),
+            drift_interval: Duration::from_secs(30),
+            manage_keyspace_config: true,
+            debounce_quiet: Duration::from_secs(2),
+            debounce_max: Duration::from_secs(15),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address of the admin and API server; empty to serve nothing.
+    pub listen: String,
+    /// File holding the bearer token for mutating routes (the environment
+    /// variable BULLMQ_WARDEN_API_TOKEN takes precedence).
+    pub token_file: Option<PathBuf>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9464".into(),
+            token_file: None,
+        }
+    }
+}
+
+/// Durations written as `500ms`, `2s`, `15m` or `1h`.
+mod duration_text {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        super::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("duration {text:?} needs a unit (ms, s, m or h)"))?;
+    let (number, unit) = text.split_at(split);
+    let value: u64 = number
+        .parse()
+        .map_err(|_| format!("duration {text:?} must start with a whole number"))?;
+    match unit.trim() {
+        "ms" => Ok(Duration::from_millis(value)),
+        "s" => Ok(Duration::from_secs(value)),
+        "m" => Ok(Duration::from_secs(value * 60)),
+        "h" => Ok(Duration::from_secs(value * 3600)),
+        other => Err(format!(
+            "duration {text:?} has unknown unit {other:?} (ms, s, m or h)"
+        )),
     }
 }
 
@@ -176,6 +315,56 @@ impl Config {
             return Err(invalid(
                 "recovery.concurrency",
                 "must be between 1 and 4096".into(),
+            ));
+        }
+        if self.recovery.strategy == Strategy::Webhook {
+            let url = self.recovery.webhook_url.as_deref().unwrap_or_default();
+            let parsed = url::Url::parse(url).map_err(|_| {
+                invalid(
+                    "recovery.webhook_url",
+                    "strategy = \"webhook\" needs an http(s) URL".into(),
+                )
+            })?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                return Err(invalid(
+                    "recovery.webhook_url",
+                    format!("must be http or https, not {}", redact_url(url)),
+                ));
+            }
+        }
+        if self.recovery.backoff_min.is_zero()
+            || self.recovery.backoff_min > self.recovery.backoff_max
+        {
+            return Err(invalid(
+                "recovery.backoff_min",
+                "must be above zero and at most recovery.backoff_max".into(),
+            ));
+        }
+        if self.recovery.lease_ttl < Duration::from_secs(1) {
+            return Err(invalid("recovery.lease_ttl", "must be at least 1s".into()));
+        }
+        for (key, value) in [
+            ("watch.info_interval", self.watch.info_interval),
+            ("watch.drift_interval", self.watch.drift_interval),
+        ] {
+            if value < Duration::from_millis(50) {
+                return Err(invalid(key, "must be at least 50ms".into()));
+            }
+        }
+        if self.watch.debounce_quiet > self.watch.debounce_max {
+            return Err(invalid(
+                "watch.debounce_quiet",
+                "must not exceed watch.debounce_max".into(),
+            ));
+        }
+        if !self.http.listen.is_empty() && self.http.listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(invalid(
+                "http.listen",
+                format!(
+                    "{:?} is not an address such as 127.0.0.1:9464",
+                    self.http.listen
+                ),
             ));
         }
         Ok(())
@@ -339,6 +528,21 @@ mod tests {
     fn malformed_env_override_is_named() {
         let err = Config::load(None, vec![("BULLMQ_WARDEN__URL".into(), "x".into())]).unwrap_err();
         assert!(err.to_string().contains("BULLMQ_WARDEN__URL"), "{err}");
+    }
+
+    #[test]
+    fn durations_take_units_and_bad_ones_name_the_key() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("1d").is_err());
+        let config = load_str("[watch]\ndebounce_quiet = \"1s\"\n", &[]).unwrap();
+        assert_eq!(config.watch.debounce_quiet, Duration::from_secs(1));
+        let err = load_str("[watch]\ndebounce_quiet = \"soon\"\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("debounce_quiet"), "{err}");
+        let err = load_str("[recovery]\nstrategy = \"webhook\"\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("recovery.webhook_url"), "{err}");
     }
 
     #[test]

@@ -10,6 +10,10 @@
 //! - [`apply`]: carrying the plan out;
 //! - [`warden`]: the recovery manual's operations (status, recover, remove);
 //! - [`audit`]: the `check` command's findings;
+//! - [`events`] and [`metrics`]: every observable event, its log line and its metric;
+//! - [`watch`]: the sidecar's signal sources (keyspace notifications, INFO poll);
+//! - [`recovery`]: debounce, single-flight, backoff, lease and catch-up;
+//! - [`http`]: `/metrics`, health and the REST API;
 //! - [`cli`]: the command line.
 
 pub mod apply;
@@ -18,7 +22,12 @@ pub mod bullmq_store;
 pub mod cli;
 pub mod config;
 pub mod desired;
+pub mod events;
+pub mod http;
+pub mod metrics;
 pub mod reconcile;
+pub mod recovery;
 pub mod source;
 pub mod template;
 pub mod warden;
+pub mod watch;

@@ -101,6 +101,16 @@ impl Source {
     /// Connects and checks that the database answers, so that a wrong URL or
     /// a missing SQLite file is reported at start rather than at the first loss.
     pub async fn connect(config: &SourceConfig) -> Result<Self, SourceError> {
+        Self::open(config, true).await
+    }
+
+    /// Prepares the pool without connecting: the watcher starts even while the
+    /// database is down, and reports it through its metrics and logs.
+    pub async fn connect_lazy(config: &SourceConfig) -> Result<Self, SourceError> {
+        Self::open(config, false).await
+    }
+
+    async fn open(config: &SourceConfig, check: bool) -> Result<Self, SourceError> {
         let redacted_url = redact_url(&config.url);
         let connect_error = |e: sqlx::Error| SourceError::Connect {
             url: redacted_url.clone(),
@@ -117,18 +127,24 @@ impl Source {
                 let options = SqliteConnectOptions::from_str(&config.url)
                     .map_err(connect_error)?
                     .pragma("query_only", "ON");
-                probe(&options).await.map_err(connect_error)?;
+                if check {
+                    probe(&options).await.map_err(connect_error)?;
+                }
                 Pools::Sqlite(pool_options().connect_lazy_with(quiet(options)))
             }
             "postgres" | "postgresql" => {
                 let options = PgConnectOptions::from_str(&config.url).map_err(connect_error)?;
-                probe(&options).await.map_err(connect_error)?;
+                if check {
+                    probe(&options).await.map_err(connect_error)?;
+                }
                 Pools::Postgres(pool_options().connect_lazy_with(quiet(options)))
             }
             _ => {
                 let url = config.url.replacen("mariadb:", "mysql:", 1);
                 let options = MySqlConnectOptions::from_str(&url).map_err(connect_error)?;
-                probe(&options).await.map_err(connect_error)?;
+                if check {
+                    probe(&options).await.map_err(connect_error)?;
+                }
                 Pools::MySql(pool_options().connect_lazy_with(quiet(options)))
             }
         };

@@ -58,6 +58,8 @@ pub struct StatusReport {
 pub struct Snapshot {
     pub desired: DesiredSet,
     pub plan: Plan,
+    /// How long the source query took.
+    pub source_elapsed: std::time::Duration,
 }
 
 pub struct Warden {
@@ -69,15 +71,18 @@ pub struct Warden {
 
 impl Warden {
     pub async fn connect(config: Config) -> Result<Self, WardenError> {
-        let template = config.id_template();
         let store = BullmqStore::connect(&config.redis).await?;
         let source = Source::connect(&config.source).await?;
-        Ok(Self {
+        Ok(Self::from_parts(config, store, source))
+    }
+
+    pub fn from_parts(config: Config, store: BullmqStore, source: Source) -> Self {
+        Self {
+            template: config.id_template(),
             config,
-            template,
             store,
             source,
-        })
+        }
     }
 
     pub fn config(&self) -> &Config {
@@ -115,7 +120,11 @@ impl Warden {
         if let Some(only) = only_queue {
             plan = plan.only_queue(only);
         }
-        Ok(Snapshot { desired, plan })
+        Ok(Snapshot {
+            desired,
+            plan,
+            source_elapsed: fetched.elapsed,
+        })
     }
 
     async fn read_queues(
@@ -132,10 +141,11 @@ impl Warden {
     /// checkQueueStatus: BullMQ's job counts per queue, with rows and drift.
     pub async fn status(&self, only_queue: Option<&str>) -> Result<StatusReport, WardenError> {
         let snapshot = self.snapshot(only_queue).await?;
-        let names: Vec<&String> = snapshot.plan.queues.keys().collect();
-        let counts = try_join_all(names.iter().map(|q| self.store.job_counts(q))).await?;
+        let names: Vec<String> = snapshot.plan.queues.keys().cloned().collect();
+        let counts = self.store.job_counts(&names).await?;
         let mut report = StatusReport::default();
-        for (name, counts) in names.into_iter().zip(counts) {
+        for (name, counts) in counts {
+            let name = &name;
             let plan = &snapshot.plan.queues[name];
             let desired = snapshot
                 .desired

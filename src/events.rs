@@ -1,0 +1,391 @@
+//! Everything the watcher notices, decides and does, as one event type.
+//!
+//! Each event writes its structured log line and its metric change in one
+//! place, so that logs and metrics can never disagree about what happened.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::apply::RecoverReport;
+use crate::metrics::{CauseLabels, Metrics, PolicyLabels, QueueLabels, RecoveryLabels};
+
+/// Why the watcher looked (again) at the schedulers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Cause {
+    /// A Redis restart: new run_id, or uptime going backwards.
+    Restart,
+    /// A scheduler set emptied without a restart (FLUSHALL, FLUSHDB, DEL).
+    Flush,
+    /// A role or replication id change.
+    Failover,
+    /// A keyspace notification about a scheduler key.
+    Keyspace,
+    /// The connection to Redis came back; notifications may have been missed.
+    Reconnect,
+    /// The watcher started.
+    Startup,
+    /// The periodic full comparison of rows and Redis.
+    Drift,
+    /// An operator asked (HTTP API).
+    Manual,
+}
+
+impl Cause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::Restart => "restart",
+            Cause::Flush => "flush",
+            Cause::Failover => "failover",
+            Cause::Keyspace => "keyspace",
+            Cause::Reconnect => "reconnect",
+            Cause::Startup => "startup",
+            Cause::Drift => "drift",
+            Cause::Manual => "manual",
+        }
+    }
+}
+
+/// Redis settings that decide whether schedulers survive a restart.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Persistence {
+    pub aof: bool,
+    pub rdb: bool,
+    pub appendfsync: String,
+    pub noeviction: bool,
+}
+
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// A signal that schedulers may have been lost.
+    Detected {
+        cause: Cause,
+        queue: Option<&'a str>,
+        detail: String,
+    },
+    /// The rows and Redis differ after the debounce window; `acting` is false
+    /// when automatic recovery is off.
+    DriftConfirmed {
+        trigger: Cause,
+        missing: usize,
+        mismatched: usize,
+        acting: bool,
+    },
+    RecoveryStarted {
+        trigger: Cause,
+        attempt: u32,
+    },
+    RecoveryFinished {
+        trigger: Cause,
+        report: &'a RecoverReport,
+        duration: Duration,
+    },
+    RecoveryFailed {
+        trigger: Cause,
+        attempt: u32,
+        error: String,
+        retry_in: Duration,
+    },
+    /// Another sidecar holds the lease; this one re-checks afterwards.
+    LeaseBusy {
+        recheck_in: Duration,
+    },
+    LeaseHeld(bool),
+    CatchupFired {
+        queue: &'a str,
+        scheduler_id: &'a str,
+        job_id: &'a str,
+    },
+    RedisUp(bool, Option<String>),
+    RedisLoading(bool),
+    SourceUp(bool, Option<String>, Option<Duration>),
+    KeyspaceNotifications {
+        active: bool,
+        detail: String,
+    },
+    PersistenceRead(Option<Persistence>),
+    Memory {
+        used: u64,
+        max: u64,
+    },
+}
+
+/// What `/readyz` reports, kept by the same events that set the metrics.
+#[derive(Debug, Default)]
+pub struct Health {
+    pub redis_up: AtomicBool,
+    pub source_up: AtomicBool,
+    /// Rows and Redis have been compared at least once.
+    pub synced: AtomicBool,
+}
+
+impl Health {
+    pub fn ready(&self) -> bool {
+        self.redis_up.load(Ordering::Relaxed)
+            && self.source_up.load(Ordering::Relaxed)
+            && self.synced.load(Ordering::Relaxed)
+    }
+}
+
+/// Emits events: one log line and the matching metric change each.
+#[derive(Clone)]
+pub struct Observer {
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+}
+
+impl Observer {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            metrics,
+            health: Arc::default(),
+        }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    pub fn emit(&self, event: Event<'_>) {
+        let m = &self.metrics;
+        match event {
+            Event::Detected {
+                cause,
+                queue,
+                detail,
+            } => {
+                tracing::warn!(
+                    event = "detected",
+                    cause = cause.as_str(),
+                    queue = queue.unwrap_or(""),
+                    "{detail}"
+                );
+                m.detections
+                    .get_or_create(&CauseLabels {
+                        cause: cause.as_str(),
+                    })
+                    .inc();
+                let now = crate::warden::now_ms() as f64 / 1000.0;
+                match cause {
+                    Cause::Restart => {
+                        m.redis_restarts.inc();
+                        m.redis_last_restart.set(now as i64);
+                    }
+                    Cause::Flush => {
+                        m.redis_flushes.inc();
+                    }
+                    Cause::Failover => {
+                        m.redis_failovers.inc();
+                    }
+                    _ => {}
+                }
+            }
+            Event::DriftConfirmed {
+                trigger,
+                missing,
+                mismatched,
+                acting,
+            } => {
+                tracing::warn!(
+                    event = "drift_confirmed",
+                    trigger = trigger.as_str(),
+                    missing,
+                    mismatched,
+                    decision = if acting {
+                        "recover"
+                    } else {
+                        "report only (recovery.auto = false)"
+                    },
+                    "schedulers differ from their rows"
+                );
+            }
+            Event::RecoveryStarted { trigger, attempt } => {
+                tracing::info!(
+                    event = "recovery_started",
+                    trigger = trigger.as_str(),
+                    attempt,
+                    "restoring schedulers"
+                );
+            }
+            Event::RecoveryFinished {
+                trigger,
+                report,
+                duration,
+            } => {
+                tracing::info!(
+                    event = "recovery_finished",
+                    trigger = trigger.as_str(),
+                    created = report.created,
+                    updated = report.updated,
+                    unchanged = report.unchanged,
+                    removed = report.removed,
+                    invalid = report.invalid.len(),
+                    duration_ms = duration.as_millis() as u64,
+                    "schedulers restored"
+                );
+                let mut per_queue: std::collections::BTreeMap<&str, u64> = Default::default();
+                for change in &report.changes {
+                    if matches!(
+                        change.action,
+                        crate::apply::Action::Create | crate::apply::Action::Update
+                    ) {
+                        *per_queue.entry(&change.queue).or_default() += 1;
+                    }
+                }
+                for (queue, restored) in per_queue {
+                    m.recoveries
+                        .get_or_create(&RecoveryLabels {
+                            queue: queue.to_owned(),
+                            trigger: trigger.as_str(),
+                            result: "success",
+                        })
+                        .inc();
+                    m.schedulers_restored
+                        .get_or_create(&QueueLabels {
+                            queue: queue.to_owned(),
+                        })
+                        .inc_by(restored);
+                }
+                m.recovery_duration.observe(duration.as_secs_f64());
+                m.last_recovery_success
+                    .set((crate::warden::now_ms() / 1000) as i64);
+                m.consecutive_failures.set(0);
+                m.backoff_seconds.set(0.0);
+            }
+            Event::RecoveryFailed {
+                trigger,
+                attempt,
+                error,
+                retry_in,
+            } => {
+                tracing::error!(
+                    event = "recovery_failed",
+                    trigger = trigger.as_str(),
+                    attempt,
+                    retry_in_ms = retry_in.as_millis() as u64,
+                    "{error}"
+                );
+                m.recoveries
+                    .get_or_create(&RecoveryLabels {
+                        queue: String::new(),
+                        trigger: trigger.as_str(),
+                        result: "failure",
+                    })
+                    .inc();
+                m.consecutive_failures.set(i64::from(attempt));
+                m.backoff_seconds.set(retry_in.as_secs_f64());
+            }
+            Event::LeaseBusy { recheck_in } => {
+                tracing::info!(
+                    event = "lease_busy",
+                    recheck_in_ms = recheck_in.as_millis() as u64,
+                    "another bullmq-warden is recovering; re-checking afterwards"
+                );
+            }
+            Event::LeaseHeld(held) => {
+                tracing::debug!(event = "lease", held, "recovery lease");
+                m.lease_held.set(i64::from(held));
+            }
+            Event::CatchupFired {
+                queue,
+                scheduler_id,
+                job_id,
+            } => {
+                tracing::info!(
+                    event = "catchup_fired",
+                    queue,
+                    scheduler_id,
+                    job_id,
+                    "enqueued one job for runs missed during the outage"
+                );
+                m.catchup_jobs
+                    .get_or_create(&QueueLabels {
+                        queue: queue.to_owned(),
+                    })
+                    .inc();
+            }
+            Event::RedisUp(up, error) => {
+                if up {
+                    tracing::info!(event = "redis_up", "Redis answers");
+                } else {
+                    tracing::error!(
+                        event = "redis_down",
+                        "{}",
+                        error.unwrap_or_else(|| "Redis does not answer".into())
+                    );
+                }
+                m.redis_up.set(i64::from(up));
+                self.health.redis_up.store(up, Ordering::Relaxed);
+            }
+            Event::RedisLoading(loading) => {
+                tracing::info!(
+                    event = "redis_loading",
+                    loading,
+                    "Redis loading state changed"
+                );
+                m.redis_loading.set(i64::from(loading));
+            }
+            Event::SourceUp(up, error, took) => {
+                if up {
+                    tracing::debug!(event = "source_up", "source database answered");
+                } else {
+                    tracing::error!(
+                        event = "source_down",
+                        "{}",
+                        error.unwrap_or_else(|| "source database does not answer".into())
+                    );
+                }
+                m.source_up.set(i64::from(up));
+                self.health.source_up.store(up, Ordering::Relaxed);
+                if let Some(took) = took {
+                    // Only a completed comparison reports its query time.
+                    self.health.synced.store(true, Ordering::Relaxed);
+                    m.source_query_duration.observe(took.as_secs_f64());
+                }
+            }
+            Event::KeyspaceNotifications { active, detail } => {
+                if active {
+                    tracing::info!(event = "keyspace_notifications", active, "{detail}");
+                } else {
+                    tracing::warn!(event = "keyspace_notifications", active, "{detail}");
+                }
+                m.keyspace_notifications_active.set(i64::from(active));
+            }
+            Event::PersistenceRead(settings) => match settings {
+                Some(p) => {
+                    if !p.aof && !p.rdb {
+                        tracing::warn!(
+                            event = "persistence",
+                            "Redis has neither AOF nor RDB: a restart loses every scheduler"
+                        );
+                    }
+                    m.redis_config_readable.set(1);
+                    m.redis_aof_enabled.set(i64::from(p.aof));
+                    m.redis_rdb_save_configured.set(i64::from(p.rdb));
+                    m.redis_noeviction.set(i64::from(p.noeviction));
+                    m.redis_appendfsync.clear();
+                    if !p.appendfsync.is_empty() {
+                        m.redis_appendfsync
+                            .get_or_create(&PolicyLabels {
+                                policy: p.appendfsync,
+                            })
+                            .set(1);
+                    }
+                }
+                None => {
+                    m.redis_config_readable.set(0);
+                }
+            },
+            Event::Memory { used, max } => {
+                m.redis_used_memory
+                    .set(i64::try_from(used).unwrap_or(i64::MAX));
+                m.redis_maxmemory
+                    .set(i64::try_from(max).unwrap_or(i64::MAX));
+            }
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! The admin and API server that `watch` runs: metrics, health, and the
+//! recovery manual's REST routes.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::HttpConfig;
+use crate::events::{Cause, Event, Observer};
+use crate::warden::{Warden, WardenError};
+
+/// Environment variable holding the API's bearer token.
+pub const API_TOKEN_ENV: &str = "BULLMQ_WARDEN_API_TOKEN";
+
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("config key http.listen: {0}")]
+    Unsafe(String),
+    #[error("cannot read http.token_file {path}: {reason}")]
+    Token { path: String, reason: String },
+    #[error("cannot listen on http.listen {addr}: {reason}")]
+    Bind { addr: String, reason: String },
+}
+
+#[derive(Clone)]
+struct AppState {
+    warden: Arc<Warden>,
+    observer: Observer,
+    token: Option<Arc<str>>,
+    apply_lock: Arc<Mutex<()>>,
+}
+
+/// The bearer token for mutating routes: the environment wins over the file.
+pub fn api_token(config: &HttpConfig) -> Result<Option<String>, HttpError> {
+    if let Ok(token) = std::env::var(API_TOKEN_ENV) {
+        if !token.is_empty() {
+            return Ok(Some(token));
+        }
+    }
+    match &config.token_file {
+        Some(path) => std::fs::read_to_string(path)
+            .map(|t| Some(t.trim().to_owned()))
+            .map_err(|e| HttpError::Token {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            }),
+        None => Ok(None),
+    }
+}
+
+/// Binds the listener. A mutating API reachable from other hosts must have a token.
+pub async fn bind(
+    config: &HttpConfig,
+    token: Option<&str>,
+) -> Result<tokio::net::TcpListener, HttpError> {
+    let addr: SocketAddr = config
+        .listen
+        .parse()
+        .map_err(|_| HttpError::Unsafe(format!("{:?} is not an address", config.listen)))?;
+    if !addr.ip().is_loopback() && token.is_none() {
+        return Err(HttpError::Unsafe(format!(
+            "{addr} is reachable from other hosts and POST /api/bullmq/recover would need no token; \
+             set {API_TOKEN_ENV} or http.token_file"
+        )));
+    }
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| HttpError::Bind {
+            addr: addr.to_string(),
+            reason: e.to_string(),
+        })
+}
+
+/// Serves until `shutdown`, then finishes the requests in flight.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    warden: Arc<Warden>,
+    observer: Observer,
+    token: Option<String>,
+    apply_lock: Arc<Mutex<()>>,
+    shutdown: CancellationToken,
+) {
+    let state = AppState {
+        warden,
+        observer,
+        token: token.map(Arc::from),
+        apply_lock,
+    };
+    let app = Router::new()
+        .route("/", get(landing))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/api/bullmq/status", get(status))
+        .route("/api/bullmq/recover", post(recover))
+        .with_state(state);
+    let outcome = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await;
+    if let Err(error) = outcome {
+        tracing::error!(event = "http_failed", "{error}");
+    }
+}
+
+async fn landing() -> Html<&'static str> {
+    Html(
+        "<html><head><title>bullmq-warden</title></head><body><h1>bullmq-warden</h1><ul>\
+         <li><a href=\"/metrics\">/metrics</a></li><li><a href=\"/healthz\">/healthz</a></li>\
+         <li><a href=\"/readyz\">/readyz</a></li><li><a href=\"/api/bullmq/status\">/api/bullmq/status</a></li>\
+         </ul></body></html>",
+    )
+}
+
+/// OpenMetrics when the scraper asks for it, the classic text format otherwise.
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let wants_openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("application/openmetrics-text"));
+    let m = state.observer.metrics();
+    if wants_openmetrics {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            m.encode_openmetrics(),
+        )
+            .into_response()
+    } else {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            m.encode_prometheus(),
+        )
+            .into_response()
+    }
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    let health = state.observer.health();
+    let body = serde_json::json!({
+        "ready": health.ready(),
+        "redis": health.redis_up.load(std::sync::atomic::Ordering::Relaxed),
+        "source": health.source_up.load(std::sync::atomic::Ordering::Relaxed),
+        "synced": health.synced.load(std::sync::atomic::Ordering::Relaxed),
+    });
+    let code = if health.ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body)).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatusParams {
+    queue: Option<String>,
+}
+
+async fn status(
+    State(state): State<AppState>,
+    params: Result<Query<StatusParams>, QueryRejection>,
+) -> Response {
+    let params = match params {
+        Ok(Query(params)) => params,
+        Err(rejection) => return bad_request(&rejection.body_text()),
+    };
+    match state.warden.status(params.queue.as_deref()).await {
+        Ok(report) => Json(report).into_response(),
+        Err(error) => unavailable(&error),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecoverParams {
+    dry_run: Option<String>,
+    queue: Option<String>,
+}
+
+async fn recover(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    params: Result<Query<RecoverParams>, QueryRejection>,
+) -> Response {
+    if let Some(expected) = &state.token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        if !constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                Json(serde_json::json!({"error": "a valid bearer token is required"})),
+            )
+                .into_response();
+        }
+    }
+    let params = match params {
+        Ok(Query(params)) => params,
+        Err(rejection) => return bad_request(&rejection.body_text()),
+    };
+    let dry_run = match params.dry_run.as_deref() {
+        None | Some("false") | Some("0") => false,
+        Some("true") | Some("1") | Some("") => true,
+        Some(other) => {
+            return bad_request(&format!("dry_run must be true or false, not {other:?}"))
+        }
+    };
+    let _serialised = state.apply_lock.lock().await;
+    let started = std::time::Instant::now();
+    match state.warden.recover(params.queue.as_deref(), dry_run).await {
+        Ok(report) => {
+            if !dry_run && report.success && !report.changes.is_empty() {
+                state.observer.emit(Event::RecoveryFinished {
+                    trigger: Cause::Manual,
+                    report: &report,
+                    duration: started.elapsed(),
+                });
+            }
+            Json(report).into_response()
+        }
+        Err(error) => unavailable(&error),
+    }
+}
+
+fn bad_request(message: &str) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(serde_json::json!({"error": message})),
+    )
+        .into_response()
+}
+
+fn unavailable(error: &WardenError) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(serde_json::json!({"error": error.to_string()})),
+    )
+        .into_response()
+}
+
+/// Compares without an early exit, so response times do not reveal how much
+/// of a guessed token was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut difference = a.len() ^ b.len();
+    for (i, expected) in b.iter().enumerate() {
+        let given = a.get(i).copied().unwrap_or(0);
+        difference |= usize::from(given ^ expected);
+    }
+    difference == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_compare_fully() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secreT", b"secret"));
+        assert!(!constant_time_eq(b"secret-longer", b"secret"));
+        assert!(!constant_time_eq(b"", b"secret"));
+    }
+}

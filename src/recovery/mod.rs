@@ -1,0 +1,518 @@
+//! Turns signals into recoveries: debounced, single-flight, retried with
+//! exponential backoff and full jitter, and guarded by a lease in Redis so that
+//! one sidecar of several does the work.
+//!
+//! Every signal leads to the same decision: once signals have been quiet for
+//! the debounce window, compare rows and Redis; restore only what still
+//! differs. A scheduler the application removed while disabling its row in that
+//! window is therefore left alone, and a flapping Redis gets one recovery once
+//! it settles.
+
+pub mod catchup;
+pub mod lease;
+pub mod webhook;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::BackoffBuilder;
+use tokio::sync::{mpsc, watch, Mutex};
+use tokio::time::{sleep, sleep_until, Instant};
+use tokio_util::sync::CancellationToken;
+
+use crate::apply::{apply, RecoverReport};
+use crate::config::{Catchup, Config, Strategy};
+use crate::desired::DesiredScheduler;
+use crate::events::{Cause, Event, Observer};
+use crate::reconcile::Plan;
+use crate::warden::{now_ms, Snapshot, Warden, WardenError};
+use lease::Lease;
+use webhook::Webhook;
+
+/// A signal that the schedulers may need a look.
+#[derive(Debug, Clone, Copy)]
+pub struct Trigger {
+    pub cause: Cause,
+    /// Best estimate of when a loss began (epoch ms): the last moment the
+    /// watcher saw Redis intact. Used to find runs missed during the outage.
+    pub since_ms: u64,
+}
+
+/// The queues the watcher looks at, refreshed from every comparison.
+pub type SharedQueues = Arc<std::sync::RwLock<Vec<String>>>;
+
+/// Why one attempt did not finish the job.
+enum AttemptError {
+    /// Another sidecar holds the lease.
+    LeaseBusy,
+    Failed(String),
+}
+
+impl From<WardenError> for AttemptError {
+    fn from(error: WardenError) -> Self {
+        AttemptError::Failed(error.to_string())
+    }
+}
+
+pub struct Controller {
+    warden: Arc<Warden>,
+    observer: Observer,
+    config: Config,
+    lease: Lease,
+    webhook: Option<Webhook>,
+    queues: SharedQueues,
+    /// Serialises recoveries with the HTTP API's `recover`.
+    apply_lock: Arc<Mutex<()>>,
+    redis_loading: watch::Receiver<bool>,
+    /// Re-queues a drift check, so drift must persist through the window.
+    retrigger: mpsc::Sender<Trigger>,
+    /// When periodic checks first saw unexplained drift.
+    drift_seen: bool,
+}
+
+impl Controller {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        warden: Arc<Warden>,
+        observer: Observer,
+        webhook: Option<Webhook>,
+        queues: SharedQueues,
+        apply_lock: Arc<Mutex<()>>,
+        redis_loading: watch::Receiver<bool>,
+        retrigger: mpsc::Sender<Trigger>,
+    ) -> Self {
+        let config = warden.config().clone();
+        let lease = Lease::new(warden.store().clone(), config.recovery.lease_ttl);
+        observer
+            .metrics()
+            .auto_recovery_enabled
+            .set(i64::from(config.recovery.auto));
+        Self {
+            warden,
+            observer,
+            config,
+            lease,
+            webhook,
+            queues,
+            apply_lock,
+            redis_loading,
+            retrigger,
+            drift_seen: false,
+        }
+    }
+
+    /// Runs until `shutdown`: waits for a trigger, lets the debounce window
+    /// pass, then runs one cycle. Triggers that arrive during a cycle wait in
+    /// the channel and make up one follow-up cycle.
+    pub async fn run(mut self, mut triggers: mpsc::Receiver<Trigger>, shutdown: CancellationToken) {
+        loop {
+            let first = tokio::select! {
+                trigger = triggers.recv() => match trigger {
+                    Some(trigger) => trigger,
+                    None => return,
+                },
+                _ = shutdown.cancelled() => return,
+            };
+            let mut causes = BTreeSet::from([first.cause]);
+            let mut since_ms = first.since_ms;
+            if !matches!(first.cause, Cause::Startup | Cause::Manual) {
+                let started = Instant::now();
+                let hard_deadline = started + self.config.watch.debounce_max;
+                let mut quiet_deadline = started + self.config.watch.debounce_quiet;
+                loop {
+                    tokio::select! {
+                        trigger = triggers.recv() => match trigger {
+                            Some(trigger) => {
+                                causes.insert(trigger.cause);
+                                since_ms = since_ms.min(trigger.since_ms);
+                                quiet_deadline = Instant::now() + self.config.watch.debounce_quiet;
+                            }
+                            None => return,
+                        },
+                        _ = sleep_until(quiet_deadline.min(hard_deadline)) => break,
+                        _ = shutdown.cancelled() => return,
+                    }
+                }
+            }
+            self.cycle(&causes, since_ms, &shutdown).await;
+        }
+    }
+
+    /// Compares and, while anything differs, recovers — retrying with backoff
+    /// until rows and Redis agree or the watcher stops.
+    async fn cycle(
+        &mut self,
+        causes: &BTreeSet<Cause>,
+        since_ms: u64,
+        shutdown: &CancellationToken,
+    ) {
+        // The most telling cause names the cycle (restart before drift, …).
+        let trigger = causes.iter().next().copied().unwrap_or(Cause::Drift);
+        let only_periodic = causes.iter().all(|c| *c == Cause::Drift);
+        let mut delays = backon::ExponentialBuilder::default()
+            .with_min_delay(self.config.recovery.backoff_min)
+            .with_max_delay(self.config.recovery.backoff_max)
+            .with_factor(2.0)
+            .without_max_times()
+            .build();
+        let mut failures = 0u32;
+        loop {
+            if !self.wait_while_loading(shutdown).await {
+                return;
+            }
+            match self
+                .attempt(trigger, only_periodic, since_ms, failures + 1)
+                .await
+            {
+                Ok(()) => return,
+                Err(AttemptError::LeaseBusy) => {
+                    let recheck = self
+                        .config
+                        .watch
+                        .debounce_quiet
+                        .max(Duration::from_millis(500));
+                    self.observer.emit(Event::LeaseBusy {
+                        recheck_in: recheck,
+                    });
+                    if !pause(recheck, shutdown).await {
+                        return;
+                    }
+                }
+                Err(AttemptError::Failed(error)) => {
+                    failures += 1;
+                    let ceiling = delays.next().unwrap_or(self.config.recovery.backoff_max);
+                    let retry_in = full_jitter(ceiling);
+                    self.observer.emit(Event::RecoveryFailed {
+                        trigger,
+                        attempt: failures,
+                        error,
+                        retry_in,
+                    });
+                    if !pause(retry_in, shutdown).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn attempt(
+        &mut self,
+        trigger: Cause,
+        only_periodic: bool,
+        since_ms: u64,
+        attempt: u32,
+    ) -> Result<(), AttemptError> {
+        let snapshot = self.compare().await?;
+        if snapshot.plan.is_in_sync() {
+            self.drift_seen = false;
+            return Ok(());
+        }
+        if only_periodic && !self.drift_seen {
+            // First sight of drift without any signal: confirm after the window.
+            self.drift_seen = true;
+            self.observer.emit(Event::Detected {
+                cause: Cause::Drift,
+                queue: None,
+                detail: format!(
+                    "{} schedulers missing and {} differing from their rows",
+                    snapshot.plan.missing(),
+                    snapshot.plan.mismatched()
+                ),
+            });
+            let _ = self.retrigger.try_send(Trigger {
+                cause: Cause::Drift,
+                since_ms: now_ms(),
+            });
+            return Ok(());
+        }
+        self.observer.emit(Event::DriftConfirmed {
+            trigger,
+            missing: snapshot.plan.missing(),
+            mismatched: snapshot.plan.mismatched(),
+            acting: self.config.recovery.auto,
+        });
+        if !self.config.recovery.auto {
+            return Ok(());
+        }
+        let _serialised = self.apply_lock.clone().lock_owned().await;
+        if !self.lease.acquire().await.map_err(WardenError::from)? {
+            return Err(AttemptError::LeaseBusy);
+        }
+        self.observer.emit(Event::LeaseHeld(true));
+        let renewal = self.keep_lease_renewed();
+        let outcome = self.recover_holding_lease(trigger, since_ms, attempt).await;
+        renewal.cancel();
+        if let Err(error) = self.lease.release().await {
+            tracing::warn!(event = "lease_release_failed", "{error}");
+        }
+        self.observer.emit(Event::LeaseHeld(false));
+        if outcome.is_ok() {
+            self.drift_seen = false;
+        }
+        outcome
+    }
+
+    /// Reads rows and Redis, publishes drift and the queue list.
+    async fn compare(&self) -> Result<Snapshot, AttemptError> {
+        let snapshot = match self.warden.snapshot(None).await {
+            Ok(snapshot) => snapshot,
+            Err(error) => {
+                if let WardenError::Source(e) = &error {
+                    self.observer
+                        .emit(Event::SourceUp(false, Some(e.to_string()), None));
+                }
+                return Err(error.into());
+            }
+        };
+        self.observer
+            .emit(Event::SourceUp(true, None, Some(snapshot.source_elapsed)));
+        publish_drift(&self.observer, &snapshot);
+        if let Ok(mut queues) = self.queues.write() {
+            *queues = snapshot.plan.queues.keys().cloned().collect();
+        }
+        Ok(snapshot)
+    }
+
+    async fn recover_holding_lease(
+        &self,
+        trigger: Cause,
+        since_ms: u64,
+        attempt: u32,
+    ) -> Result<(), AttemptError> {
+        // Compared again under the lease: another sidecar may just have finished.
+        let snapshot = self.compare().await?;
+        if snapshot.plan.is_in_sync() {
+            return Ok(());
+        }
+        self.observer
+            .emit(Event::RecoveryStarted { trigger, attempt });
+        let started = std::time::Instant::now();
+        let report = match (&self.config.recovery.strategy, &self.webhook) {
+            (Strategy::Webhook, Some(webhook)) => {
+                webhook
+                    .call(trigger, snapshot.plan.missing(), snapshot.plan.mismatched())
+                    .await
+                    .map_err(|e| AttemptError::Failed(e.to_string()))?;
+                let after = self.compare().await?;
+                if !after.plan.is_in_sync() {
+                    return Err(AttemptError::Failed(format!(
+                        "the application accepted the webhook but {} schedulers are still missing and {} differ",
+                        after.plan.missing(),
+                        after.plan.mismatched()
+                    )));
+                }
+                webhook_report(&snapshot.plan)
+            }
+            _ => {
+                let report = apply(
+                    self.warden.store(),
+                    &snapshot.plan,
+                    self.config.recovery.prune_orphans,
+                    self.config.recovery.concurrency,
+                    false,
+                )
+                .await;
+                if let Some(failure) = report.failed.first() {
+                    return Err(AttemptError::Failed(format!(
+                        "{} of {} writes failed, first: {}: {}",
+                        report.failed.len(),
+                        report.changes.len(),
+                        failure.scheduler_id,
+                        failure.reason
+                    )));
+                }
+                report
+            }
+        };
+        self.observer.emit(Event::RecoveryFinished {
+            trigger,
+            report: &report,
+            duration: started.elapsed(),
+        });
+        if self.config.recovery.catchup == Catchup::FireOnce {
+            self.catch_up(&snapshot.plan, since_ms).await;
+        }
+        Ok(())
+    }
+
+    /// Fires one job per lost cron scheduler that had a run due during the outage.
+    async fn catch_up(&self, plan: &Plan, since_ms: u64) {
+        let now = now_ms();
+        let window_ms =
+            u64::try_from(self.config.recovery.catchup_window.as_millis()).unwrap_or(u64::MAX);
+        let from = since_ms.max(now.saturating_sub(window_ms));
+        let lost: Vec<&DesiredScheduler> = plan
+            .queues
+            .values()
+            .flat_map(|q| {
+                q.create.iter().chain(
+                    q.update
+                        .iter()
+                        .filter(|u| {
+                            u.differs
+                                .iter()
+                                .any(|d| matches!(*d, "next job" | "scheduler hash"))
+                        })
+                        .map(|u| &u.scheduler),
+                )
+            })
+            .collect();
+        for scheduler in lost {
+            if !catchup::missed_a_run(scheduler, from, now) {
+                continue;
+            }
+            let job_id = catchup::catchup_job_id(&scheduler.scheduler_id, since_ms);
+            match catchup::fire(self.warden.store(), scheduler, &job_id).await {
+                Ok(()) => self.observer.emit(Event::CatchupFired {
+                    queue: &scheduler.queue,
+                    scheduler_id: &scheduler.scheduler_id,
+                    job_id: &job_id,
+                }),
+                Err(error) => tracing::error!(
+                    event = "catchup_failed",
+                    scheduler_id = scheduler.scheduler_id.as_str(),
+                    "{error}"
+                ),
+            }
+        }
+    }
+
+    /// Renews the lease every third of its lifetime until cancelled.
+    fn keep_lease_renewed(&self) -> CancellationToken {
+        let stop = CancellationToken::new();
+        let every = self.lease.ttl() / 3;
+        let lease = self.lease.clone();
+        let token = stop.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = sleep(every) => {
+                        match lease.renew().await {
+                            Ok(true) => {}
+                            Ok(false) => {
+                                tracing::warn!(event = "lease_lost", "the recovery lease expired during a recovery");
+                                return;
+                            }
+                            Err(error) => tracing::warn!(event = "lease_renew_failed", "{error}"),
+                        }
+                    }
+                    _ = token.cancelled() => return,
+                }
+            }
+        });
+        stop
+    }
+
+    /// Waits while Redis loads its dataset; `false` when the watcher stops.
+    async fn wait_while_loading(&mut self, shutdown: &CancellationToken) -> bool {
+        while *self.redis_loading.borrow() {
+            tokio::select! {
+                changed = self.redis_loading.changed() => if changed.is_err() { return true },
+                _ = shutdown.cancelled() => return false,
+            }
+        }
+        true
+    }
+}
+
+/// Publishes the desired and drift gauges of every queue in a comparison.
+pub fn publish_drift(observer: &Observer, snapshot: &Snapshot) {
+    for (queue, plan) in &snapshot.plan.queues {
+        let desired = snapshot
+            .desired
+            .schedulers
+            .iter()
+            .filter(|s| &s.queue == queue)
+            .count();
+        let invalid = snapshot
+            .plan
+            .invalid
+            .iter()
+            .filter(|i| i.queue.as_deref() == Some(queue))
+            .count();
+        observer.metrics().set_drift(
+            queue,
+            desired,
+            plan.legacy,
+            &crate::warden::Drift {
+                missing: plan.create.len(),
+                mismatched: plan.update.len(),
+                orphaned: plan.orphaned.len(),
+                invalid,
+            },
+        );
+    }
+}
+
+/// What a webhook recovery restored, from the plan it was asked to fix.
+fn webhook_report(plan: &Plan) -> RecoverReport {
+    let created = plan.missing();
+    let updated = plan.mismatched();
+    RecoverReport {
+        success: true,
+        recovered_tasks: created + updated,
+        created,
+        updated,
+        changes: plan
+            .queues
+            .iter()
+            .flat_map(|(queue, q)| {
+                q.create
+                    .iter()
+                    .map(move |s| (queue, s))
+                    .chain(q.update.iter().map(move |u| (queue, &u.scheduler)))
+            })
+            .map(|(queue, s)| crate::apply::Change {
+                queue: queue.clone(),
+                scheduler_id: s.scheduler_id.clone(),
+                row_id: Some(s.row_id.clone()),
+                action: crate::apply::Action::Create,
+                differs: Vec::new(),
+            })
+            .collect(),
+        ..RecoverReport::default()
+    }
+}
+
+/// Uniform in `[0, ceiling]`: spreads retries of many sidecars apart.
+fn full_jitter(ceiling: Duration) -> Duration {
+    let ceiling_ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
+    Duration::from_millis(fastrand::u64(0..=ceiling_ms))
+}
+
+/// Sleeps unless the watcher stops first; `false` when it stopped.
+async fn pause(duration: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = sleep(duration) => true,
+        _ = shutdown.cancelled() => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_jitter_stays_under_the_ceiling() {
+        for _ in 0..1000 {
+            assert!(full_jitter(Duration::from_millis(500)) <= Duration::from_millis(500));
+        }
+        assert_eq!(full_jitter(Duration::ZERO), Duration::ZERO);
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let delays: Vec<Duration> = backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(500))
+            .with_max_delay(Duration::from_secs(4))
+            .with_factor(2.0)
+            .without_max_times()
+            .build()
+            .take(6)
+            .collect();
+        let ms: Vec<u128> = delays.iter().map(Duration::as_millis).collect();
+        assert_eq!(ms, vec![500, 1000, 2000, 4000, 4000, 4000]);
+    }
+}

@@ -1,0 +1,292 @@
+//! Keyspace notifications for the scheduler keys: deletions seen within
+//! milliseconds. Notifications are fire-and-forget, so every (re)subscription
+//! is itself a signal to compare rows and Redis again.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use backon::BackoffBuilder;
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::events::{Cause, Event, Observer};
+use crate::recovery::{SharedQueues, Trigger};
+use crate::warden::now_ms;
+
+/// Flags the watcher needs: keyspace channel (K), generic commands such as DEL
+/// (g), sorted sets (z), expirations (x) and evictions (e).
+const NEEDED_FLAGS: &str = "Kgzxe";
+
+/// Events on scheduler keys that can mean a scheduler is gone.
+const LOSS_EVENTS: [&str; 8] = [
+    "del",
+    "zrem",
+    "zremrangebyscore",
+    "zremrangebyrank",
+    "zpopmin",
+    "zpopmax",
+    "expired",
+    "evicted",
+];
+
+/// At most one detection log line per queue per this long; every event still
+/// counts as a trigger.
+const DETECTION_LOG_INTERVAL: Duration = Duration::from_secs(1);
+
+pub struct KeyspaceWatcher {
+    client: redis::Client,
+    db: u32,
+    prefix: String,
+    manage_config: bool,
+    queues: SharedQueues,
+    triggers: mpsc::Sender<Trigger>,
+    observer: Observer,
+    backoff_min: Duration,
+    backoff_max: Duration,
+}
+
+impl KeyspaceWatcher {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        client: redis::Client,
+        db: u32,
+        prefix: String,
+        manage_config: bool,
+        queues: SharedQueues,
+        triggers: mpsc::Sender<Trigger>,
+        observer: Observer,
+        backoff_min: Duration,
+        backoff_max: Duration,
+    ) -> Self {
+        Self {
+            client,
+            db,
+            prefix,
+            manage_config,
+            queues,
+            triggers,
+            observer,
+            backoff_min,
+            backoff_max,
+        }
+    }
+
+    /// Subscribes, and subscribes again after every lost connection.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut delays = backon::ExponentialBuilder::default()
+            .with_min_delay(self.backoff_min)
+            .with_max_delay(self.backoff_max)
+            .without_max_times()
+            .build();
+        let mut first = true;
+        loop {
+            let error = self.session(first, &shutdown).await;
+            if shutdown.is_cancelled() {
+                return;
+            }
+            first = false;
+            self.observer.emit(Event::KeyspaceNotifications {
+                active: false,
+                detail: format!("keyspace subscription lost: {error}"),
+            });
+            let delay = delays.next().unwrap_or(self.backoff_max);
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// One subscription, until the connection drops (the error) or shutdown.
+    async fn session(&self, first: bool, shutdown: &CancellationToken) -> String {
+        let flags_active = self.ensure_config().await;
+        let mut pubsub = match self.client.get_async_pubsub().await {
+            Ok(pubsub) => pubsub,
+            Err(e) => return e.to_string(),
+        };
+        let channel_prefix = format!("__keyspace@{}__:{}:", self.db, self.prefix);
+        let patterns = [
+            format!("{channel_prefix}*:repeat"),
+            format!("{channel_prefix}*:repeat:*"),
+            format!("{channel_prefix}*:delayed"),
+        ];
+        if let Err(e) = pubsub.psubscribe(&patterns).await {
+            return e.to_string();
+        }
+        match &flags_active {
+            Ok(detail) => self.observer.emit(Event::KeyspaceNotifications {
+                active: true,
+                detail: detail.clone(),
+            }),
+            Err(detail) => self.observer.emit(Event::KeyspaceNotifications {
+                active: false,
+                detail: format!("{detail}; relying on polling alone"),
+            }),
+        }
+        if !first {
+            self.signal(
+                Cause::Reconnect,
+                None,
+                "keyspace subscription re-established; notifications may have been missed".into(),
+            );
+        }
+        let mut last_logged: HashMap<String, Instant> = HashMap::new();
+        let mut messages = pubsub.on_message();
+        loop {
+            let message = tokio::select! {
+                message = messages.next() => message,
+                _ = shutdown.cancelled() => return String::new(),
+            };
+            let Some(message) = message else {
+                return "connection closed".into();
+            };
+            let event: String = message.get_payload().unwrap_or_default();
+            let Some(key) = message.get_channel_name().strip_prefix(&channel_prefix) else {
+                continue;
+            };
+            let Some(queue) = loss_on_scheduler_key(key, &event) else {
+                continue;
+            };
+            let watched = self
+                .queues
+                .read()
+                .map(|queues| queues.iter().any(|q| q == queue))
+                .unwrap_or(false);
+            if !watched {
+                continue;
+            }
+            let now = Instant::now();
+            let log = last_logged
+                .get(queue)
+                .is_none_or(|at| now.duration_since(*at) >= DETECTION_LOG_INTERVAL);
+            if log {
+                last_logged.insert(queue.to_owned(), now);
+                self.signal(
+                    Cause::Keyspace,
+                    Some(queue),
+                    format!("{event} on {}:{key}", self.prefix),
+                );
+            } else {
+                let _ = self.triggers.try_send(Trigger {
+                    cause: Cause::Keyspace,
+                    since_ms: now_ms(),
+                });
+            }
+        }
+    }
+
+    fn signal(&self, cause: Cause, queue: Option<&str>, detail: String) {
+        self.observer.emit(Event::Detected {
+            cause,
+            queue,
+            detail,
+        });
+        // A full channel already holds triggers enough for one more cycle.
+        let _ = self.triggers.try_send(Trigger {
+            cause,
+            since_ms: now_ms(),
+        });
+    }
+
+    /// Makes sure the needed notification flags are on; `Err` says why they
+    /// are not (missing and not allowed, or not to be managed).
+    async fn ensure_config(&self) -> Result<String, String> {
+        let mut conn = self
+            .client
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(|e| e.to_string())?;
+        let current: Vec<String> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("notify-keyspace-events")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| format!("cannot read notify-keyspace-events ({e})"))?;
+        let flags = current.get(1).cloned().unwrap_or_default();
+        let missing = missing_flags(&flags);
+        if missing.is_empty() {
+            return Ok(format!(
+                "notify-keyspace-events {flags:?} covers scheduler keys"
+            ));
+        }
+        if !self.manage_config {
+            return Err(format!(
+                "notify-keyspace-events {flags:?} lacks {missing:?} and watch.manage_keyspace_config is off"
+            ));
+        }
+        let wanted = format!("{flags}{missing}");
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("notify-keyspace-events")
+            .arg(&wanted)
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| {
+                format!("notify-keyspace-events lacks {missing:?} and CONFIG SET failed ({e})")
+            })?;
+        Ok(format!("set notify-keyspace-events to {wanted:?}"))
+    }
+}
+
+/// The flags of `NEEDED_FLAGS` that `flags` lacks (`A` stands for most classes).
+fn missing_flags(flags: &str) -> String {
+    let expanded = flags.replace('A', "g$lshzxetd");
+    NEEDED_FLAGS
+        .chars()
+        .filter(|f| !expanded.contains(*f))
+        .collect()
+}
+
+/// The queue whose schedulers an event may have removed, for events on
+/// `<queue>:repeat`, `<queue>:repeat:<scheduler id>` or `<queue>:delayed`.
+/// Job hashes (`repeat:<id>:<millis>`) come and go with every run: ignored.
+fn loss_on_scheduler_key<'k>(key: &'k str, event: &str) -> Option<&'k str> {
+    if !LOSS_EVENTS.contains(&event) {
+        return None;
+    }
+    let (queue, rest) = key.split_once(':')?;
+    match rest {
+        "repeat" | "delayed" => Some(queue),
+        _ => {
+            let scheduler = rest.strip_prefix("repeat:")?;
+            let is_job_hash = scheduler.rsplit_once(':').is_some_and(|(_, tail)| {
+                tail.len() >= 12 && tail.bytes().all(|b| b.is_ascii_digit())
+            });
+            (!is_job_hash && matches!(event, "del" | "expired" | "evicted")).then_some(queue)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_are_checked_with_the_a_alias() {
+        assert_eq!(missing_flags(""), "Kgzxe");
+        assert_eq!(missing_flags("KA"), "");
+        assert_eq!(missing_flags("Egx"), "Kze");
+    }
+
+    #[test]
+    fn only_losses_on_scheduler_keys_count() {
+        assert_eq!(loss_on_scheduler_key("mail:repeat", "del"), Some("mail"));
+        assert_eq!(loss_on_scheduler_key("mail:repeat", "zrem"), Some("mail"));
+        assert_eq!(loss_on_scheduler_key("mail:repeat", "zadd"), None);
+        assert_eq!(
+            loss_on_scheduler_key("mail:repeat:inspection:1", "del"),
+            Some("mail")
+        );
+        assert_eq!(
+            loss_on_scheduler_key("mail:repeat:inspection:1", "hset"),
+            None
+        );
+        assert_eq!(
+            loss_on_scheduler_key("mail:repeat:inspection:1:1790000000000", "del"),
+            None
+        );
+        assert_eq!(loss_on_scheduler_key("mail:delayed", "del"), Some("mail"));
+        assert_eq!(loss_on_scheduler_key("mail:wait", "del"), None);
+    }
+}

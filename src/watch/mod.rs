@@ -1,0 +1,218 @@
+//! `watch`: the sidecar's main loop.
+//!
+//! Three signal sources feed one recovery controller: keyspace notifications
+//! (deletions within milliseconds), the INFO/count poll (restarts, flushes,
+//! failovers, lost connections) and a periodic full comparison. The HTTP server
+//! shares the same `Warden`, metrics and apply lock.
+
+pub mod keyspace;
+pub mod poll;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::BackoffBuilder;
+use tokio::sync::{mpsc, watch, Mutex};
+use tokio_util::sync::CancellationToken;
+
+use crate::bullmq_store::BullmqStore;
+use crate::config::Config;
+use crate::events::{Cause, Event, Observer};
+use crate::http;
+use crate::metrics::Metrics;
+use crate::recovery::webhook::Webhook;
+use crate::recovery::{Controller, SharedQueues, Trigger};
+use crate::source::Source;
+use crate::warden::{now_ms, Warden};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error(transparent)]
+    Http(#[from] http::HttpError),
+    #[error(transparent)]
+    Webhook(#[from] crate::recovery::webhook::WebhookError),
+    #[error(transparent)]
+    Source(#[from] crate::source::SourceError),
+    #[error("config key redis.url: {0}")]
+    RedisUrl(String),
+}
+
+/// How long a recovery in progress may take to finish after SIGTERM.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+
+/// Runs the watcher until `shutdown` is cancelled. Fails only on problems a
+/// restart cannot fix (configuration, port in use); Redis or the database
+/// being down is reported and waited out.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), WatchError> {
+    let observer = Observer::new(Arc::new(Metrics::new()));
+    let token = http::api_token(&config.http)?;
+    let listener = match config.http.listen.is_empty() {
+        true => None,
+        false => Some(http::bind(&config.http, token.as_deref()).await?),
+    };
+    let webhook = Webhook::from_config(&config.recovery)?;
+    let redis_client = redis::Client::open(config.redis.url.as_str())
+        .map_err(|e| WatchError::RedisUrl(e.to_string()))?;
+    let source = Source::connect_lazy(&config.source).await?;
+    let Some(store) = connect_redis(&config, &observer, &shutdown).await else {
+        return Ok(());
+    };
+    tracing::info!(
+        event = "watch_started",
+        redis = store.redacted_url(),
+        source = source.redacted_url(),
+        "watching"
+    );
+    let warden = Arc::new(Warden::from_parts(config.clone(), store.clone(), source));
+    let queues: SharedQueues = Arc::new(std::sync::RwLock::new(vec![config.source.queue.clone()]));
+    let apply_lock = Arc::new(Mutex::new(()));
+    let (triggers_tx, triggers_rx) = mpsc::channel(1024);
+    let (loading_tx, loading_rx) = watch::channel(false);
+
+    let mut tasks = tokio::task::JoinSet::new();
+    let controller = Controller::new(
+        warden.clone(),
+        observer.clone(),
+        webhook,
+        queues.clone(),
+        apply_lock.clone(),
+        loading_rx,
+        triggers_tx.clone(),
+    );
+    // The controller finishes a recovery in progress before it stops, so it
+    // gets its own token, cancelled after the signal sources have stopped.
+    let controller_stop = CancellationToken::new();
+    let controller_task = tokio::spawn(controller.run(triggers_rx, controller_stop.clone()));
+
+    let poller = poll::Poller::new(
+        store.clone(),
+        observer.clone(),
+        queues.clone(),
+        triggers_tx.clone(),
+        loading_tx,
+        config.watch.info_interval,
+        config.watch.drift_interval,
+    );
+    tasks.spawn(poller.run(shutdown.clone()));
+    let keyspace = keyspace::KeyspaceWatcher::new(
+        redis_client,
+        redis_db(&config.redis.url),
+        config.redis.prefix.clone(),
+        config.watch.manage_keyspace_config,
+        queues.clone(),
+        triggers_tx.clone(),
+        observer.clone(),
+        config.recovery.backoff_min,
+        config.recovery.backoff_max,
+    );
+    tasks.spawn(keyspace.run(shutdown.clone()));
+    tasks.spawn(periodic_drift_checks(
+        triggers_tx.clone(),
+        config.watch.drift_interval,
+        shutdown.clone(),
+    ));
+    if let Some(listener) = listener {
+        tracing::info!(
+            event = "http_listening",
+            addr = config.http.listen.as_str(),
+            "serving /metrics and the API"
+        );
+        tasks.spawn(http::serve(
+            listener,
+            warden.clone(),
+            observer.clone(),
+            token,
+            apply_lock,
+            shutdown.clone(),
+        ));
+    }
+    // The manual's start-up health check, acted upon.
+    let _ = triggers_tx.try_send(Trigger {
+        cause: Cause::Startup,
+        since_ms: now_ms(),
+    });
+
+    shutdown.cancelled().await;
+    tracing::info!(
+        event = "watch_stopping",
+        "stopping: no new triggers are taken"
+    );
+    while tasks.join_next().await.is_some() {}
+    controller_stop.cancel();
+    if tokio::time::timeout(SHUTDOWN_GRACE, controller_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            event = "recovery_abandoned",
+            "a recovery did not finish in time; its lease expires by itself"
+        );
+    }
+    warden.close().await;
+    tracing::info!(event = "watch_stopped", "stopped");
+    Ok(())
+}
+
+/// Connects to Redis, retrying with backoff for as long as it takes; `None`
+/// when the watcher is stopped first.
+async fn connect_redis(
+    config: &Config,
+    observer: &Observer,
+    shutdown: &CancellationToken,
+) -> Option<BullmqStore> {
+    let mut delays = backon::ExponentialBuilder::default()
+        .with_min_delay(config.recovery.backoff_min)
+        .with_max_delay(config.recovery.backoff_max)
+        .with_jitter()
+        .without_max_times()
+        .build();
+    loop {
+        match BullmqStore::connect(&config.redis).await {
+            Ok(store) => return Some(store),
+            Err(error) => {
+                observer.emit(Event::RedisUp(false, Some(error.to_string())));
+                let delay = delays.next().unwrap_or(config.recovery.backoff_max);
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.cancelled() => return None,
+                }
+            }
+        }
+    }
+}
+
+async fn periodic_drift_checks(
+    triggers: mpsc::Sender<Trigger>,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                let _ = triggers.try_send(Trigger { cause: Cause::Drift, since_ms: now_ms() });
+            }
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// The database number in `redis://host/<db>`; keyspace channels name it.
+fn redis_db(url: &str) -> u32 {
+    url::Url::parse(url)
+        .ok()
+        .and_then(|u| u.path().trim_start_matches('/').parse().ok())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_number_comes_from_the_url_path() {
+        assert_eq!(redis_db("redis://127.0.0.1:6379/3"), 3);
+        assert_eq!(redis_db("redis://127.0.0.1:6379"), 0);
+        assert_eq!(redis_db("rediss://u:p@h/0"), 0);
+    }
+}

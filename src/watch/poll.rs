@@ -1,0 +1,257 @@
+//! The periodic poll: INFO and every queue's counts in one round trip.
+//!
+//! It catches what keyspace notifications cannot: restarts (a new run_id or a
+//! falling uptime), failovers (role or replication id), FLUSHALL/FLUSHDB (no
+//! per-key event; a scheduler set drops to zero) and a lost connection. It also
+//! keeps the metrics current, so a scrape costs the same for 1 queue or 1,000.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::audit::{parse_info, RedisSettings};
+use crate::bullmq_store::BullmqStore;
+use crate::events::{Cause, Event, Observer, Persistence};
+use crate::recovery::{SharedQueues, Trigger};
+use crate::warden::now_ms;
+
+/// Who Redis is: a change means a restart or a failover.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Identity {
+    run_id: String,
+    uptime_s: u64,
+    role: String,
+    replid: String,
+}
+
+impl Identity {
+    fn from_info(info: &HashMap<String, String>) -> Self {
+        let text = |k: &str| info.get(k).cloned().unwrap_or_default();
+        Self {
+            run_id: text("run_id"),
+            uptime_s: info
+                .get("uptime_in_seconds")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_default(),
+            role: text("role"),
+            replid: text("master_replid"),
+        }
+    }
+}
+
+pub struct Poller {
+    store: BullmqStore,
+    observer: Observer,
+    queues: SharedQueues,
+    triggers: mpsc::Sender<Trigger>,
+    loading: watch::Sender<bool>,
+    interval: Duration,
+    settings_interval: Duration,
+    identity: Option<Identity>,
+    repeat_counts: BTreeMap<String, u64>,
+    /// When the last poll succeeded (epoch ms): where an outage begins.
+    last_ok_ms: Option<u64>,
+    down: bool,
+    settings_read_at: Option<Instant>,
+}
+
+impl Poller {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        store: BullmqStore,
+        observer: Observer,
+        queues: SharedQueues,
+        triggers: mpsc::Sender<Trigger>,
+        loading: watch::Sender<bool>,
+        interval: Duration,
+        settings_interval: Duration,
+    ) -> Self {
+        Self {
+            store,
+            observer,
+            queues,
+            triggers,
+            loading,
+            interval,
+            settings_interval,
+            identity: None,
+            repeat_counts: BTreeMap::new(),
+            last_ok_ms: None,
+            down: false,
+            settings_read_at: None,
+        }
+    }
+
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut ticker = tokio::time::interval(self.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => self.poll_once().await,
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    async fn poll_once(&mut self) {
+        let queues: Vec<String> = self.queues.read().map(|q| q.clone()).unwrap_or_default();
+        let polled = tokio::time::timeout(
+            self.interval.max(Duration::from_secs(2)),
+            self.store.poll(&queues),
+        )
+        .await;
+        let (info_text, counts) = match polled {
+            Ok(Ok(result)) => result,
+            Ok(Err(error)) => return self.went_down(error.to_string()),
+            Err(_) => {
+                return self.went_down(format!(
+                    "Redis at {} did not answer the poll in time",
+                    self.store.redacted_url()
+                ))
+            }
+        };
+        let info = parse_info(&info_text);
+        let since_ms = self.last_ok_ms.unwrap_or_else(now_ms);
+        if self.down || self.last_ok_ms.is_none() {
+            self.observer.emit(Event::RedisUp(true, None));
+        }
+        if self.down {
+            self.down = false;
+            self.signal(
+                Cause::Reconnect,
+                None,
+                since_ms,
+                "connection to Redis restored".into(),
+            );
+        }
+        let restarted = self.observe_identity(Identity::from_info(&info), since_ms);
+        self.observe_loading(&info);
+        self.observe_counts(&counts, restarted, since_ms);
+        let number = |k: &str| {
+            info.get(k)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or_default()
+        };
+        self.observer.emit(Event::Memory {
+            used: number("used_memory"),
+            max: number("maxmemory"),
+        });
+        let settings_due = self
+            .settings_read_at
+            .is_none_or(|at| at.elapsed() >= self.settings_interval);
+        if restarted || settings_due {
+            self.read_settings().await;
+        }
+        self.last_ok_ms = Some(now_ms());
+    }
+
+    fn went_down(&mut self, error: String) {
+        if !self.down {
+            self.down = true;
+            self.observer.emit(Event::RedisUp(false, Some(error)));
+        }
+    }
+
+    /// Returns whether Redis restarted since the last poll.
+    fn observe_identity(&mut self, now: Identity, since_ms: u64) -> bool {
+        let Some(before) = self.identity.replace(now.clone()) else {
+            return false;
+        };
+        if now.run_id != before.run_id || now.uptime_s < before.uptime_s {
+            self.signal(
+                Cause::Restart,
+                None,
+                since_ms,
+                format!(
+                    "Redis restarted (run_id {} → {}, uptime {}s → {}s)",
+                    short(&before.run_id),
+                    short(&now.run_id),
+                    before.uptime_s,
+                    now.uptime_s
+                ),
+            );
+            return true;
+        }
+        if now.role != before.role || now.replid != before.replid {
+            self.signal(
+                Cause::Failover,
+                None,
+                since_ms,
+                format!(
+                    "Redis role {} → {}, replication id {} → {}",
+                    before.role,
+                    now.role,
+                    short(&before.replid),
+                    short(&now.replid)
+                ),
+            );
+        }
+        false
+    }
+
+    fn observe_loading(&mut self, info: &HashMap<String, String>) {
+        let loading = info.get("loading").is_some_and(|v| v == "1");
+        if *self.loading.borrow() != loading {
+            self.observer.emit(Event::RedisLoading(loading));
+            let _ = self.loading.send(loading);
+        }
+    }
+
+    fn observe_counts(
+        &mut self,
+        counts: &BTreeMap<String, crate::bullmq_store::JobCounts>,
+        restarted: bool,
+        since_ms: u64,
+    ) {
+        let mut emptied = Vec::new();
+        for (queue, count) in counts {
+            self.observer.metrics().set_job_counts(queue, count);
+            let before = self.repeat_counts.insert(queue.clone(), count.repeatable);
+            if before.is_some_and(|b| b > 0) && count.repeatable == 0 {
+                emptied.push(queue.clone());
+            }
+        }
+        if !restarted && !emptied.is_empty() {
+            for queue in &emptied {
+                self.signal(
+                    Cause::Flush,
+                    Some(queue),
+                    since_ms,
+                    "the scheduler set is empty (FLUSHALL, FLUSHDB or DEL)".into(),
+                );
+            }
+        }
+    }
+
+    async fn read_settings(&mut self) {
+        self.settings_read_at = Some(Instant::now());
+        let Ok(settings) = RedisSettings::read(&self.store).await else {
+            return;
+        };
+        let persistence = settings.config.map(|config| {
+            let get = |k: &str| config.get(k).cloned().unwrap_or_default();
+            Persistence {
+                aof: get("appendonly") == "yes",
+                rdb: !get("save").trim().is_empty(),
+                appendfsync: get("appendfsync"),
+                noeviction: get("maxmemory-policy") == "noeviction",
+            }
+        });
+        self.observer.emit(Event::PersistenceRead(persistence));
+    }
+
+    fn signal(&self, cause: Cause, queue: Option<&str>, since_ms: u64, detail: String) {
+        self.observer.emit(Event::Detected {
+            cause,
+            queue,
+            detail,
+        });
+        let _ = self.triggers.try_send(Trigger { cause, since_ms });
+    }
+}
+
+fn short(id: &str) -> &str {
+    id.get(..8).unwrap_or(id)
+}
