@@ -290,32 +290,24 @@ impl BullmqStore {
     }
 
     /// Creates or replaces a scheduler with BullMQ's own `upsertJobScheduler`.
+    ///
+    /// When the scheduler set lost a member but its next job survived (a DEL of
+    /// the `repeat` key), BullMQ refuses the upsert: the job id for the next run
+    /// is taken. That orphaned job is removed with BullMQ's `removeJob` — it
+    /// belongs to no scheduler any more — and the upsert is tried once more.
     pub async fn upsert(&self, scheduler: &DesiredScheduler) -> Result<(), StoreError> {
         let queue = self.queue(&scheduler.queue).await?;
-        let (pattern, every) = match &scheduler.schedule {
-            Schedule::Pattern(p) => (Some(p.clone()), None),
-            Schedule::EveryMs(ms) => (None, Some(*ms)),
-        };
-        let repeat = bullmq::job_scheduler::RepeatOptions {
-            pattern,
-            every,
-            tz: scheduler.tz.clone(),
-            start_date: scheduler.start_date,
-            end_date: scheduler.end_date,
-            limit: scheduler.limit,
-            ..Default::default()
-        };
-        queue
-            .upsert_job_scheduler(
-                &scheduler.scheduler_id,
-                repeat,
-                Some(&scheduler.name),
-                Some(scheduler.data.clone()),
-                Some(job_options(&scheduler.opts)),
-            )
-            .await
-            .map(drop)
-            .map_err(|e| self.error(e))
+        match upsert_with(&queue, scheduler).await {
+            Err(bullmq::Error::Script { code, .. }) if code == SCHEDULER_JOB_ID_COLLISION => {
+                if let Some(job_id) = next_cron_job_id(scheduler) {
+                    queue.remove(&job_id).await.map_err(|e| self.error(e))?;
+                }
+                upsert_with(&queue, scheduler)
+                    .await
+                    .map_err(|e| self.error(e))
+            }
+            other => other.map_err(|e| self.error(e)),
+        }
     }
 
     /// Adds one job now with BullMQ's add script; a known `job_id` adds nothing.
@@ -345,6 +337,50 @@ impl BullmqStore {
             .await
             .map_err(|e| self.error(e))
     }
+}
+
+/// BullMQ's script error for "the next run's job id already exists".
+const SCHEDULER_JOB_ID_COLLISION: i64 = -10;
+
+async fn upsert_with(queue: &Queue, scheduler: &DesiredScheduler) -> Result<(), bullmq::Error> {
+    let (pattern, every) = match &scheduler.schedule {
+        Schedule::Pattern(p) => (Some(p.clone()), None),
+        Schedule::EveryMs(ms) => (None, Some(*ms)),
+    };
+    let repeat = bullmq::job_scheduler::RepeatOptions {
+        pattern,
+        every,
+        tz: scheduler.tz.clone(),
+        start_date: scheduler.start_date,
+        end_date: scheduler.end_date,
+        limit: scheduler.limit,
+        ..Default::default()
+    };
+    queue
+        .upsert_job_scheduler(
+            &scheduler.scheduler_id,
+            repeat,
+            Some(&scheduler.name),
+            Some(scheduler.data.clone()),
+            Some(job_options(&scheduler.opts)),
+        )
+        .await
+        .map(drop)
+}
+
+/// The id BullMQ gives the next run's job of a cron scheduler created now.
+fn next_cron_job_id(scheduler: &DesiredScheduler) -> Option<String> {
+    let Schedule::Pattern(pattern) = &scheduler.schedule else {
+        return None;
+    };
+    let next = bullmq::job_scheduler::next_cron_millis(
+        pattern,
+        crate::warden::now_ms(),
+        scheduler.tz.as_deref(),
+        scheduler.start_date,
+    )
+    .ok()??;
+    Some(format!("repeat:{}:{next}", scheduler.scheduler_id))
 }
 
 /// Commands per queue in `add_count_commands`.

@@ -32,6 +32,17 @@ pub enum Cause {
 }
 
 impl Cause {
+    pub const ALL: [Cause; 8] = [
+        Cause::Restart,
+        Cause::Flush,
+        Cause::Failover,
+        Cause::Keyspace,
+        Cause::Reconnect,
+        Cause::Startup,
+        Cause::Drift,
+        Cause::Manual,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Cause::Restart => "restart",
@@ -84,6 +95,9 @@ pub enum Event<'a> {
         trigger: Cause,
         attempt: u32,
         error: String,
+        /// The exponential ceiling for this retry…
+        backoff: Duration,
+        /// …and the jittered delay actually waited.
         retry_in: Duration,
     },
     /// Another sidecar holds the lease; this one re-checks afterwards.
@@ -260,12 +274,14 @@ impl Observer {
                 trigger,
                 attempt,
                 error,
+                backoff,
                 retry_in,
             } => {
                 tracing::error!(
                     event = "recovery_failed",
                     trigger = trigger.as_str(),
                     attempt,
+                    backoff_ms = backoff.as_millis() as u64,
                     retry_in_ms = retry_in.as_millis() as u64,
                     "{error}"
                 );

@@ -353,3 +353,24 @@ fn check_degrades_when_config_is_forbidden() {
     );
     assert_eq!(run.code, 0, "{}", run.stdout);
 }
+
+#[test]
+fn a_deleted_scheduler_set_whose_next_jobs_survived_is_restored() {
+    let redis = RedisServer::start();
+    let setup = seeded(&redis, "");
+    setup.recover();
+    // The set goes, the hashes and delayed jobs stay: BullMQ's upsert alone
+    // refuses this (job id collision) until the orphaned next job is removed.
+    redis.redis(&["DEL", "bull:reports:repeat"]);
+    let (code, report) = setup.recover();
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["created"], 1);
+    assert_eq!(redis.zcard("bull:reports:repeat"), 1);
+    assert_eq!(
+        redis.zcard("bull:reports:delayed"),
+        1,
+        "one next job, not two"
+    );
+    let (_, settled) = setup.recover();
+    assert_eq!(settled["unchanged"], 3, "{settled}");
+}

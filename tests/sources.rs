@@ -1,70 +1,10 @@
 //! The source query on PostgreSQL and MariaDB: native column types (boolean,
 //! jsonb, timestamps), a read-only transaction, and one-line errors.
-//!
-//! Each test uses a database of its own on the servers named by
-//! `BULLMQ_WARDEN_TEST_POSTGRES_URL` and `BULLMQ_WARDEN_TEST_MYSQL_URL`
-//! (defaults: the local servers that `scripts/test` starts).
+//! Each test uses a throwaway database of its own (`support::Database`).
 
 mod support;
 
-use support::{run_sql, RedisServer, Setup};
-
-fn server_url(var: &str, default: &str) -> String {
-    std::env::var(var).unwrap_or_else(|_| default.to_owned())
-}
-
-/// A throwaway database, dropped when the test ends.
-struct Database {
-    admin_url: String,
-    name: String,
-    url: String,
-}
-
-impl Database {
-    fn create(admin_url: String) -> Self {
-        let name = format!(
-            "warden_{}_{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .subsec_nanos()
-        );
-        run_sql(&admin_url, &format!("CREATE DATABASE {name}"));
-        let (base, _) = admin_url.rsplit_once('/').expect("URL with a database");
-        let url = format!("{base}/{name}");
-        Self {
-            admin_url,
-            name,
-            url,
-        }
-    }
-
-    fn postgres() -> Self {
-        Self::create(server_url(
-            "BULLMQ_WARDEN_TEST_POSTGRES_URL",
-            "postgres://warden:warden@127.0.0.1:5432/postgres",
-        ))
-    }
-
-    fn mariadb() -> Self {
-        Self::create(server_url(
-            "BULLMQ_WARDEN_TEST_MYSQL_URL",
-            "mysql://warden:warden@127.0.0.1:3306/mysql",
-        ))
-    }
-}
-
-impl Drop for Database {
-    fn drop(&mut self) {
-        let admin_url = self.admin_url.clone();
-        let name = self.name.clone();
-        // Never panic while unwinding from a failed assertion.
-        let _ = std::panic::catch_unwind(move || {
-            run_sql(&admin_url, &format!("DROP DATABASE IF EXISTS {name}"))
-        });
-    }
-}
+use support::{run_sql, Database, RedisServer, Setup};
 
 fn setup_for(redis: &RedisServer, db: &Database, extra: &str) -> Setup {
     Setup::new(

@@ -13,6 +13,7 @@ pub mod lease;
 pub mod webhook;
 
 use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +30,9 @@ use crate::reconcile::Plan;
 use crate::warden::{now_ms, Snapshot, Warden, WardenError};
 use lease::Lease;
 use webhook::Webhook;
+
+/// A comparison that takes longer is abandoned and retried: something hangs.
+const COMPARE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A signal that the schedulers may need a look.
 #[derive(Debug, Clone, Copy)]
@@ -84,10 +88,20 @@ impl Controller {
     ) -> Self {
         let config = warden.config().clone();
         let lease = Lease::new(warden.store().clone(), config.recovery.lease_ttl);
-        observer
-            .metrics()
+        let metrics = observer.metrics();
+        metrics
             .auto_recovery_enabled
             .set(i64::from(config.recovery.auto));
+        // Failure series exist from the start, so that increase() sees the first one.
+        for cause in Cause::ALL {
+            let _ = metrics
+                .recoveries
+                .get_or_create(&crate::metrics::RecoveryLabels {
+                    queue: String::new(),
+                    trigger: cause.as_str(),
+                    result: "failure",
+                });
+        }
         Self {
             warden,
             observer,
@@ -187,6 +201,7 @@ impl Controller {
                         trigger,
                         attempt: failures,
                         error,
+                        backoff: ceiling,
                         retry_in,
                     });
                     if !pause(retry_in, shutdown).await {
@@ -256,9 +271,24 @@ impl Controller {
 
     /// Reads rows and Redis, publishes drift and the queue list.
     async fn compare(&self) -> Result<Snapshot, AttemptError> {
-        let snapshot = match self.warden.snapshot(None).await {
-            Ok(snapshot) => snapshot,
-            Err(error) => {
+        // While the poller sees Redis down, commands would only wait out the
+        // client's reconnect attempts: fail at once and let the backoff pace retries.
+        if !self.observer.health().redis_up.load(Ordering::Relaxed) {
+            return Err(AttemptError::Failed(format!(
+                "Redis at {} does not answer",
+                self.warden.store().redacted_url()
+            )));
+        }
+        let snapshot = match tokio::time::timeout(COMPARE_TIMEOUT, self.warden.snapshot(None)).await
+        {
+            Ok(Ok(snapshot)) => snapshot,
+            Err(_) => {
+                return Err(AttemptError::Failed(format!(
+                    "comparing rows and Redis took longer than {}s",
+                    COMPARE_TIMEOUT.as_secs()
+                )))
+            }
+            Ok(Err(error)) => {
                 if let WardenError::Source(e) = &error {
                     self.observer
                         .emit(Event::SourceUp(false, Some(e.to_string()), None));

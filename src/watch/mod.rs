@@ -168,7 +168,10 @@ async fn connect_redis(
         .build();
     loop {
         match BullmqStore::connect(&config.redis).await {
-            Ok(store) => return Some(store),
+            Ok(store) => {
+                observer.emit(Event::RedisUp(true, None));
+                return Some(store);
+            }
             Err(error) => {
                 observer.emit(Event::RedisUp(false, Some(error.to_string())));
                 let delay = delays.next().unwrap_or(config.recovery.backoff_max);

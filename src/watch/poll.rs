@@ -114,11 +114,9 @@ impl Poller {
         };
         let info = parse_info(&info_text);
         let since_ms = self.last_ok_ms.unwrap_or_else(now_ms);
-        if self.down || self.last_ok_ms.is_none() {
-            self.observer.emit(Event::RedisUp(true, None));
-        }
         if self.down {
             self.down = false;
+            self.observer.emit(Event::RedisUp(true, None));
             self.signal(
                 Cause::Reconnect,
                 None,

@@ -98,6 +98,18 @@ impl RedisServer {
             .collect()
     }
 
+    /// Starts the server again on the same port, empty (no persistence).
+    pub fn start_again(&mut self) {
+        self.stop();
+        for _ in 0..50 {
+            if self.spawn(&[]) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("redis-server did not come back on port {}", self.port);
+    }
+
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -314,4 +326,171 @@ pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(25));
     }
     check()
+}
+
+/// A running `bullmq-warden watch`, its JSON log lines collected as they come.
+pub struct Watcher {
+    child: Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+}
+
+impl Watcher {
+    pub fn start(setup: &Setup) -> Self {
+        Self::start_env(setup, &[])
+    }
+
+    pub fn start_env(setup: &Setup, env: &[(&str, &str)]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_bullmq-warden"))
+            .arg("--config")
+            .arg(&setup.config_path)
+            .args(["--log-format", "json", "watch"])
+            .envs(env.iter().copied())
+            .env_remove("BULLMQ_WARDEN_CONFIG")
+            .env("RUST_LOG", "info,bullmq_warden=debug")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start bullmq-warden watch");
+        let stderr = child.stderr.take().expect("stderr");
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let value = serde_json::from_str(&line).unwrap_or(Value::String(line));
+                sink.lock().expect("log lines").push(value);
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// Log events named `event` (the `event` field of the structured log).
+    pub fn events(&self, event: &str) -> Vec<Value> {
+        self.lines
+            .lock()
+            .expect("log lines")
+            .iter()
+            .filter(|line| line["event"] == event)
+            .cloned()
+            .collect()
+    }
+
+    pub fn count(&self, event: &str) -> usize {
+        self.events(event).len()
+    }
+
+    /// Waits until at least `n` events named `event` were logged.
+    pub fn wait_for(&self, event: &str, n: usize, timeout: Duration) -> bool {
+        wait_until(timeout, || self.count(event) >= n)
+    }
+
+    pub fn log(&self) -> String {
+        self.lines
+            .lock()
+            .expect("log lines")
+            .iter()
+            .map(|l| l.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGTERM, then the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Settings that make a watcher react in test time.
+pub const FAST_WATCH: &str = "[watch]\ninfo_interval = \"200ms\"\ndrift_interval = \"2s\"\n\
+debounce_quiet = \"500ms\"\ndebounce_max = \"4s\"\n[http]\nlisten = \"\"\n";
+
+/// Recovery settings for tests: quick retries, a short lease.
+pub const FAST_RECOVERY: &str =
+    "backoff_min = \"100ms\"\nbackoff_max = \"2s\"\nlease_ttl = \"3s\"\n";
+
+fn server_url(var: &str, default: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| default.to_owned())
+}
+
+/// A throwaway database on the shared PostgreSQL or MariaDB server (named by
+/// `BULLMQ_WARDEN_TEST_POSTGRES_URL` / `BULLMQ_WARDEN_TEST_MYSQL_URL`), dropped
+/// when the test ends.
+pub struct Database {
+    pub admin_url: String,
+    pub name: String,
+    pub url: String,
+}
+
+impl Database {
+    pub fn create(admin_url: String) -> Self {
+        let name = format!(
+            "warden_{}_{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .subsec_nanos()
+        );
+        run_sql(&admin_url, &format!("CREATE DATABASE {name}"));
+        let (base, _) = admin_url.rsplit_once('/').expect("URL with a database");
+        let url = format!("{base}/{name}");
+        Self {
+            admin_url,
+            name,
+            url,
+        }
+    }
+
+    pub fn postgres() -> Self {
+        Self::create(server_url(
+            "BULLMQ_WARDEN_TEST_POSTGRES_URL",
+            "postgres://warden:warden@127.0.0.1:5432/postgres",
+        ))
+    }
+
+    pub fn mariadb() -> Self {
+        Self::create(server_url(
+            "BULLMQ_WARDEN_TEST_MYSQL_URL",
+            "mysql://warden:warden@127.0.0.1:3306/mysql",
+        ))
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        let admin_url = self.admin_url.clone();
+        let name = self.name.clone();
+        // Never panic while unwinding from a failed assertion.
+        let _ = std::panic::catch_unwind(move || {
+            run_sql(&admin_url, &format!("DROP DATABASE IF EXISTS {name}"))
+        });
+    }
 }

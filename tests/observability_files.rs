@@ -1,0 +1,875 @@
+//! Checks the monitoring files that ship with bullmq-warden: the Grafana
+//! dashboard, the Prometheus alerting rules and their unit tests, the example
+//! Alertmanager configuration, the runbook and the metrics contract.
+//!
+//! Rules and configs are checked with the real tools (`promtool` from the
+//! Debian package `prometheus`, `amtool` from `prometheus-alertmanager`;
+//! `scripts/ensure-services` installs both). A missing tool fails the test: it
+//! is never skipped.
+//!
+//! Every metric name in a dashboard or alert query must be in the table of
+//! `docs/metrics.md`, so renaming a metric in one place and not the others fails.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+const RULES: &str = "alerts/bullmq-warden.rules.yml";
+const RULE_TESTS: &str = "alerts/tests";
+const ALERTMANAGER: &str = "alerts/alertmanager.example.yml";
+const DASHBOARD: &str = "dashboards/bullmq-warden.json";
+const METRICS_DOC: &str = "docs/metrics.md";
+const RUNBOOK: &str = "docs/runbook.md";
+const DATASOURCE_UID: &str = "${datasource}";
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn read(relative: &str) -> String {
+    let path = repo().join(relative);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+// ---------------------------------------------------------------------------
+// External tools
+
+/// Runs a tool from the repository root; a missing tool fails loudly, naming
+/// the package to install.
+fn run_tool(tool: &str, package: &str, args: &[&str]) -> Output {
+    Command::new(tool)
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run `{tool}` ({e}). It is needed to check the monitoring files: install \
+                 the Debian package `{package}` (apt-get install {package}), or run \
+                 scripts/ensure-services, which installs it"
+            )
+        })
+}
+
+fn promtool(args: &[&str]) -> Output {
+    run_tool("promtool", "prometheus", args)
+}
+
+fn amtool(args: &[&str]) -> Output {
+    run_tool("amtool", "prometheus-alertmanager", args)
+}
+
+fn text_of(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn assert_success(what: &str, output: &Output) -> String {
+    let text = text_of(output);
+    assert!(
+        output.status.success(),
+        "{what} failed ({}):\n{text}",
+        output.status
+    );
+    text
+}
+
+// ---------------------------------------------------------------------------
+// PromQL: metric names
+
+/// Aggregations, binary operators, modifiers and literals: words that are
+/// never metric names even when no `(` follows them.
+const PROMQL_KEYWORDS: &[&str] = &[
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "offset",
+    "atan2",
+    "inf",
+    "nan",
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "group",
+    "stddev",
+    "stdvar",
+    "count",
+    "count_values",
+    "bottomk",
+    "topk",
+    "quantile",
+    "limitk",
+    "limit_ratio",
+];
+
+/// Keywords followed by a parenthesised list of label names.
+const LABEL_LIST_KEYWORDS: &[&str] = &[
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+];
+
+/// Skips from an opening delimiter at `start` to just past its closing one,
+/// stepping over quoted strings on the way.
+fn skip_enclosed(chars: &[char], start: usize, close: char) -> usize {
+    let mut i = start + 1;
+    while i < chars.len() {
+        match chars[i] {
+            c if c == close => return i + 1,
+            '"' | '\'' | '`' => i = skip_string(chars, i),
+            _ => i += 1,
+        }
+    }
+    i
+}
+
+fn skip_string(chars: &[char], start: usize) -> usize {
+    let quote = chars[start];
+    let mut i = start + 1;
+    while i < chars.len() {
+        match chars[i] {
+            '\\' if quote != '`' => i += 2,
+            c if c == quote => return i + 1,
+            _ => i += 1,
+        }
+    }
+    i
+}
+
+fn is_ident_start(c: char) -> bool {
+    c.is_ascii_alphabetic() || c == '_' || c == ':'
+}
+
+fn is_ident_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_' || c == ':'
+}
+
+/// The metric names a PromQL expression selects. Label matchers, ranges,
+/// strings, label lists, function names, keywords, numbers and Grafana
+/// variables are skipped.
+fn metric_names(expr: &str) -> BTreeSet<String> {
+    let chars: Vec<char> = expr.chars().collect();
+    let mut names = BTreeSet::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if c == '"' || c == '\'' || c == '`' {
+            i = skip_string(&chars, i);
+        } else if c == '{' {
+            i = skip_enclosed(&chars, i, '}');
+        } else if c == '[' {
+            i = skip_enclosed(&chars, i, ']');
+        } else if c == '#' {
+            while i < chars.len() && chars[i] != '\n' {
+                i += 1;
+            }
+        } else if c == '$' {
+            // Grafana variable: $name or ${name}.
+            i += 1;
+            if i < chars.len() && chars[i] == '{' {
+                i = skip_enclosed(&chars, i, '}');
+            } else {
+                while i < chars.len() && is_ident_char(chars[i]) {
+                    i += 1;
+                }
+            }
+        } else if c.is_ascii_digit()
+            || (c == '.' && chars.get(i + 1).is_some_and(char::is_ascii_digit))
+        {
+            // Numbers and durations: 0.95, 1e3, 5m, 0x1f.
+            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '.') {
+                i += 1;
+            }
+        } else if is_ident_start(c) {
+            let start = i;
+            while i < chars.len() && is_ident_char(chars[i]) {
+                i += 1;
+            }
+            let word: String = chars[start..i].iter().collect();
+            let lower = word.to_ascii_lowercase();
+            let mut next = i;
+            while next < chars.len() && chars[next].is_whitespace() {
+                next += 1;
+            }
+            let call = chars.get(next) == Some(&'(');
+            if LABEL_LIST_KEYWORDS.contains(&lower.as_str()) {
+                if call {
+                    i = skip_enclosed(&chars, next, ')');
+                }
+            } else if !call && !PROMQL_KEYWORDS.contains(&lower.as_str()) {
+                names.insert(word);
+            }
+        } else {
+            i += 1;
+        }
+    }
+    names
+}
+
+#[test]
+fn metric_names_are_found_in_promql() {
+    let names = |expr: &str| metric_names(expr).into_iter().collect::<Vec<_>>();
+    assert_eq!(
+        names(
+            r#"histogram_quantile(0.99, sum by (le) (rate(x_seconds_bucket{instance=~"$instance", q="a}b"}[$__rate_interval])))"#
+        ),
+        vec!["x_seconds_bucket"]
+    );
+    assert_eq!(
+        names("a > 0 and on (job, queue) b == 0 or ignoring(kind) group_left (c) d unless e offset 5m"),
+        vec!["a", "b", "d", "e"]
+    );
+    assert_eq!(
+        names(r#"sum without (trigger, result) (increase(c_total{result="failure"}[1h])) > 1e3"#),
+        vec!["c_total"]
+    );
+    assert_eq!(
+        names(
+            r#"label_replace(up{job=~".*x.*"}, "dst", "$1", "src", "(.*)") * on() group_left vector(1)"#
+        ),
+        vec!["up"]
+    );
+    assert_eq!(
+        names("absent_over_time(build_info[10m])"),
+        vec!["build_info"]
+    );
+    assert_eq!(
+        names("sum(rate(a_sum[5m])) / SUM(rate(a_count[5m]))"),
+        vec!["a_count", "a_sum"]
+    );
+}
+
+// ---------------------------------------------------------------------------
+// The metrics contract
+
+/// `docs/metrics.md`: metric name → type, from every table row `| `name` | type | … |`.
+fn contract() -> BTreeMap<String, String> {
+    let mut metrics = BTreeMap::new();
+    for line in read(METRICS_DOC).lines() {
+        let Some(row) = line.trim().strip_prefix("| `") else {
+            continue;
+        };
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let name = cells[0].trim_end_matches('`');
+        let kind = cells.get(1).copied().unwrap_or_default();
+        assert!(
+            ["gauge", "counter", "histogram"].contains(&kind),
+            "{METRICS_DOC}: metric {name} has type {kind:?}, expected gauge, counter or histogram"
+        );
+        assert!(
+            metrics.insert(name.to_owned(), kind.to_owned()).is_none(),
+            "{METRICS_DOC}: metric {name} is listed twice"
+        );
+    }
+    assert!(
+        metrics.len() >= 30,
+        "{METRICS_DOC}: found only {} metrics in its tables; is the table format intact?",
+        metrics.len()
+    );
+    metrics
+}
+
+/// The contract metric a series name belongs to (`X_bucket` → histogram `X`).
+fn contract_metric<'a>(name: &str, contract: &'a BTreeMap<String, String>) -> Option<&'a str> {
+    if let Some((key, _)) = contract.get_key_value(name) {
+        return Some(key);
+    }
+    ["_bucket", "_sum", "_count"].iter().find_map(|suffix| {
+        let base = name.strip_suffix(suffix)?;
+        let (key, kind) = contract.get_key_value(base)?;
+        (kind == "histogram").then_some(key.as_str())
+    })
+}
+
+// ---------------------------------------------------------------------------
+// The alerting rules (a small reader for the file's own layout; its count is
+// cross-checked against promtool's)
+
+#[derive(Debug, Default)]
+struct Alert {
+    name: String,
+    expr: String,
+    for_: Option<String>,
+    severity: String,
+    summary: String,
+    description: String,
+    runbook_url: String,
+}
+
+fn unquote(value: &str) -> String {
+    let value = value.trim();
+    if value.len() >= 2 && value.starts_with('"') && value.ends_with('"') {
+        value[1..value.len() - 1]
+            .replace("\\\"", "\"")
+            .replace("\\\\", "\\")
+    } else if value.len() >= 2 && value.starts_with('\'') && value.ends_with('\'') {
+        value[1..value.len() - 1].replace("''", "'")
+    } else {
+        value.to_owned()
+    }
+}
+
+fn indent_of(line: &str) -> usize {
+    line.len() - line.trim_start().len()
+}
+
+fn alerts() -> Vec<Alert> {
+    let text = read(RULES);
+    let lines: Vec<&str> = text.lines().collect();
+    let mut alerts: Vec<Alert> = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let line = lines[i];
+        let trimmed = line.trim();
+        i += 1;
+        if trimmed.starts_with('#') {
+            continue;
+        }
+        if let Some(name) = trimmed.strip_prefix("- alert:") {
+            alerts.push(Alert {
+                name: unquote(name),
+                ..Alert::default()
+            });
+            continue;
+        }
+        assert!(
+            !trimmed.starts_with("- record:"),
+            "{RULES}: recording rules are not expected here"
+        );
+        let Some(alert) = alerts.last_mut() else {
+            continue;
+        };
+        let Some((key, value)) = trimmed.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        match key {
+            "expr" if ["|", "|-", ">", ">-"].contains(&value) => {
+                let mut block = Vec::new();
+                while i < lines.len()
+                    && (lines[i].trim().is_empty() || indent_of(lines[i]) > indent_of(line))
+                {
+                    block.push(lines[i].trim());
+                    i += 1;
+                }
+                alert.expr = block.join("\n").trim().to_owned();
+            }
+            "expr" => alert.expr = unquote(value),
+            "for" => alert.for_ = Some(unquote(value)),
+            "severity" => alert.severity = unquote(value),
+            "summary" => alert.summary = unquote(value),
+            "description" => alert.description = unquote(value),
+            "runbook_url" => alert.runbook_url = unquote(value),
+            _ => {}
+        }
+    }
+    alerts
+}
+
+// ---------------------------------------------------------------------------
+// The dashboard
+
+fn dashboard() -> Value {
+    serde_json::from_str(&read(DASHBOARD))
+        .unwrap_or_else(|e| panic!("{DASHBOARD} is not JSON: {e}"))
+}
+
+/// Every panel, including those inside collapsed rows.
+fn all_panels(dashboard: &Value) -> Vec<&Value> {
+    let mut panels = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels is an array") {
+        panels.push(panel);
+        if let Some(inner) = panel["panels"].as_array() {
+            panels.extend(inner);
+        }
+    }
+    panels
+}
+
+/// (where, PromQL) for every query in the dashboard: panel targets,
+/// annotation queries and the metric of each `label_values(metric, label)` variable.
+fn dashboard_queries(dashboard: &Value) -> Vec<(String, String)> {
+    let mut queries = Vec::new();
+    for panel in all_panels(dashboard) {
+        let title = panel["title"].as_str().unwrap_or("?");
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            if let Some(expr) = target["expr"].as_str() {
+                queries.push((format!("panel {title:?}"), expr.to_owned()));
+            }
+        }
+    }
+    for annotation in dashboard["annotations"]["list"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if let Some(expr) = annotation["expr"].as_str() {
+            let name = annotation["name"].as_str().unwrap_or("?");
+            queries.push((format!("annotation {name:?}"), expr.to_owned()));
+        }
+    }
+    for variable in dashboard["templating"]["list"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if let Some(query) = variable_query(variable) {
+            if let Some(args) = query
+                .trim()
+                .strip_prefix("label_values(")
+                .and_then(|rest| rest.strip_suffix(')'))
+            {
+                let metric = args.rsplit_once(',').map_or(args, |(metric, _)| metric);
+                let name = variable["name"].as_str().unwrap_or("?");
+                queries.push((format!("variable {name:?}"), metric.trim().to_owned()));
+            }
+        }
+    }
+    queries
+}
+
+fn variable_query(variable: &Value) -> Option<&str> {
+    variable["query"]
+        .as_str()
+        .or_else(|| variable["query"]["query"].as_str())
+}
+
+fn variable<'a>(dashboard: &'a Value, name: &str) -> &'a Value {
+    dashboard["templating"]["list"]
+        .as_array()
+        .expect("templating.list is an array")
+        .iter()
+        .find(|v| v["name"] == name)
+        .unwrap_or_else(|| panic!("{DASHBOARD}: no template variable {name:?}"))
+}
+
+fn assert_uses_datasource_variable(what: &str, datasource: &Value) {
+    assert_eq!(
+        datasource["uid"], DATASOURCE_UID,
+        "{DASHBOARD}: {what} must use the data source variable, got {datasource}"
+    );
+    assert_eq!(
+        datasource["type"], "prometheus",
+        "{DASHBOARD}: {what} must be a prometheus data source, got {datasource}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Markdown anchors, as GitHub renders them
+
+fn slug(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_'))
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+fn anchors(markdown: &str) -> BTreeSet<String> {
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    let mut anchors = BTreeSet::new();
+    let mut in_code = false;
+    for line in markdown.lines() {
+        if line.trim_start().starts_with("```") {
+            in_code = !in_code;
+        }
+        if in_code || !line.starts_with('#') {
+            continue;
+        }
+        let base = slug(line.trim_start_matches('#'));
+        let count = seen.entry(base.clone()).or_default();
+        anchors.insert(if *count == 0 {
+            base.clone()
+        } else {
+            format!("{base}-{count}")
+        });
+        *count += 1;
+    }
+    anchors
+}
+
+// ---------------------------------------------------------------------------
+// The tests
+
+#[test]
+fn alert_rules_pass_promtool_and_their_unit_tests() {
+    let check = promtool(&["check", "rules", RULES]);
+    let text = assert_success(&format!("promtool check rules {RULES}"), &check);
+    let alerts = alerts();
+    assert!(
+        text.contains(&format!("SUCCESS: {} rules found", alerts.len())),
+        "promtool counted a different number of rules than the {} alerts read from {RULES}:\n{text}",
+        alerts.len()
+    );
+
+    let mut test_files: Vec<String> = std::fs::read_dir(repo().join(RULE_TESTS))
+        .unwrap_or_else(|e| panic!("cannot list {RULE_TESTS}: {e}"))
+        .map(|entry| entry.expect("directory entry").path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "yml"))
+        .map(|path| {
+            format!(
+                "{RULE_TESTS}/{}",
+                path.file_name().unwrap().to_string_lossy()
+            )
+        })
+        .collect();
+    test_files.sort();
+    assert!(!test_files.is_empty(), "no promtool tests in {RULE_TESTS}");
+    let mut args = vec!["test", "rules"];
+    args.extend(test_files.iter().map(String::as_str));
+    assert_success("promtool test rules", &promtool(&args));
+
+    // Every alert has a case where it fires and one where it does not.
+    let mut fires = BTreeSet::new();
+    let mut stays_quiet = BTreeSet::new();
+    for file in &test_files {
+        let text = read(file);
+        let lines: Vec<&str> = text.lines().map(str::trim).collect();
+        for (i, line) in lines.iter().enumerate() {
+            let Some(name) = line.strip_prefix("alertname:") else {
+                continue;
+            };
+            let name = unquote(name);
+            let expected = lines[i + 1..]
+                .iter()
+                .find_map(|l| l.strip_prefix("exp_alerts:"))
+                .unwrap_or_else(|| panic!("{file}: alertname {name} has no exp_alerts"))
+                .trim();
+            if expected == "[]" {
+                stays_quiet.insert(name);
+            } else {
+                fires.insert(name);
+            }
+        }
+    }
+    for alert in &alerts {
+        assert!(
+            fires.contains(&alert.name),
+            "{RULE_TESTS}: no test case where {} fires",
+            alert.name
+        );
+        assert!(
+            stays_quiet.contains(&alert.name),
+            "{RULE_TESTS}: no test case where {} does not fire",
+            alert.name
+        );
+    }
+    let known: BTreeSet<&str> = alerts.iter().map(|a| a.name.as_str()).collect();
+    for name in fires.iter().chain(&stays_quiet) {
+        assert!(
+            known.contains(name.as_str()),
+            "{RULE_TESTS}: tests an alert {name} that {RULES} does not define"
+        );
+    }
+}
+
+#[test]
+fn every_alert_is_labelled_annotated_and_has_a_runbook_section() {
+    let alerts = alerts();
+    assert!(alerts.len() >= 9, "only {} alerts in {RULES}", alerts.len());
+    let runbook = read(RUNBOOK);
+    let anchors = anchors(&runbook);
+    let mut names = BTreeSet::new();
+    for alert in &alerts {
+        let name = &alert.name;
+        assert!(
+            names.insert(name.clone()),
+            "{RULES}: alert {name} is defined twice"
+        );
+        assert!(!alert.expr.is_empty(), "{RULES}: {name} has no expr");
+        assert!(
+            ["critical", "warning", "info"].contains(&alert.severity.as_str()),
+            "{RULES}: {name} has severity {:?}; expected critical, warning or info",
+            alert.severity
+        );
+        assert!(!alert.summary.is_empty(), "{RULES}: {name} has no summary");
+        assert!(
+            !alert.description.is_empty(),
+            "{RULES}: {name} has no description"
+        );
+        let anchor = alert
+            .runbook_url
+            .strip_prefix("docs/runbook.md#")
+            .unwrap_or_else(|| {
+                panic!(
+                    "{RULES}: {name} runbook_url {:?} must be docs/runbook.md#<anchor>",
+                    alert.runbook_url
+                )
+            });
+        assert_eq!(
+            anchor,
+            name.to_lowercase(),
+            "{RULES}: {name}'s runbook anchor should be its lower-cased name"
+        );
+        assert!(
+            anchors.contains(anchor),
+            "{RUNBOOK}: no section for {name} (anchor #{anchor})"
+        );
+        if let Some(duration) = &alert.for_ {
+            assert!(
+                duration.ends_with(['s', 'm', 'h']),
+                "{RULES}: {name} has for: {duration:?}"
+            );
+        }
+    }
+    assert!(
+        alerts.iter().any(|a| a.severity == "critical"),
+        "{RULES}: no critical alert, so nothing would page"
+    );
+
+    // Links inside the runbook point at sections that exist.
+    for (i, _) in runbook.match_indices("](#") {
+        let rest = &runbook[i + 3..];
+        let anchor = &rest[..rest.find(')').expect("link is closed")];
+        assert!(
+            anchors.contains(anchor),
+            "{RUNBOOK}: link to missing section #{anchor}"
+        );
+    }
+    // The commands a person needs are spelled out.
+    for needle in [
+        "bullmq-warden status",
+        "bullmq-warden recover --dry-run",
+        "bullmq-warden recover",
+        "bullmq-warden check",
+        "bullmq-warden remove-schedulers --queue",
+        "CONFIG SET appendonly yes",
+        "CONFIG SET appendfsync everysec",
+        "CONFIG SET save",
+        "CONFIG SET maxmemory-policy noeviction",
+        "CONFIG SET notify-keyspace-events",
+        "INFO persistence",
+    ] {
+        assert!(
+            runbook.contains(needle),
+            "{RUNBOOK} does not mention `{needle}`"
+        );
+    }
+}
+
+#[test]
+fn alertmanager_example_is_valid_and_routes_by_severity() {
+    assert_success(
+        &format!("amtool check-config {ALERTMANAGER}"),
+        &amtool(&["check-config", ALERTMANAGER]),
+    );
+    let config_flag = format!("--config.file={ALERTMANAGER}");
+    for alert in alerts() {
+        let receiver = if alert.severity == "critical" {
+            "pager"
+        } else {
+            "default"
+        };
+        let verify = format!("--verify.receivers={receiver}");
+        let alertname = format!("alertname={}", alert.name);
+        let severity = format!("severity={}", alert.severity);
+        let output = amtool(&[
+            "config",
+            "routes",
+            "test",
+            &config_flag,
+            &verify,
+            &alertname,
+            &severity,
+            "queue=inspection",
+        ]);
+        assert_success(
+            &format!("routing {} ({}) to {receiver}", alert.name, alert.severity),
+            &output,
+        );
+    }
+    let config = read(ALERTMANAGER);
+    for needle in ["inhibit_rules:", "group_by: [alertname, queue]"] {
+        assert!(config.contains(needle), "{ALERTMANAGER} lacks {needle}");
+    }
+}
+
+#[test]
+fn dashboard_is_well_formed_and_its_queries_parse() {
+    let dashboard = dashboard();
+    let schema = dashboard["schemaVersion"].as_u64().expect("schemaVersion");
+    assert!(schema >= 36, "{DASHBOARD}: schemaVersion {schema} < 36");
+
+    let datasource = variable(&dashboard, "datasource");
+    assert_eq!(
+        datasource["type"], "datasource",
+        "{DASHBOARD}: datasource variable type"
+    );
+    assert_eq!(
+        datasource["query"], "prometheus",
+        "{DASHBOARD}: datasource variable plugin"
+    );
+    let queue = variable(&dashboard, "queue");
+    assert_eq!(queue["type"], "query", "{DASHBOARD}: queue variable type");
+    assert_eq!(
+        queue["multi"], true,
+        "{DASHBOARD}: queue variable must be multi-value"
+    );
+    assert_eq!(
+        variable_query(queue),
+        Some("label_values(bullmq_job_count, queue)"),
+        "{DASHBOARD}: queue variable query"
+    );
+    for variable in dashboard["templating"]["list"].as_array().unwrap() {
+        if variable["type"] == "query" {
+            assert_uses_datasource_variable(
+                &format!("variable {}", variable["name"]),
+                &variable["datasource"],
+            );
+        }
+    }
+
+    let mut ids = BTreeSet::new();
+    let mut panels = 0;
+    for panel in all_panels(&dashboard) {
+        let title = panel["title"].as_str().unwrap_or_default();
+        assert!(
+            !title.is_empty(),
+            "{DASHBOARD}: a panel has no title: {panel}"
+        );
+        let id = panel["id"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{DASHBOARD}: {title:?} has no id"));
+        assert!(ids.insert(id), "{DASHBOARD}: panel id {id} is used twice");
+        for key in ["h", "w", "x", "y"] {
+            assert!(
+                panel["gridPos"][key].is_u64(),
+                "{DASHBOARD}: {title:?} has no gridPos.{key}"
+            );
+        }
+        if panel["type"] == "row" {
+            continue;
+        }
+        panels += 1;
+        assert_uses_datasource_variable(&format!("panel {title:?}"), &panel["datasource"]);
+        let targets = panel["targets"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        assert!(
+            !targets.is_empty(),
+            "{DASHBOARD}: panel {title:?} has no targets"
+        );
+        for target in targets {
+            let expr = target["expr"].as_str().unwrap_or_default();
+            assert!(
+                !expr.trim().is_empty(),
+                "{DASHBOARD}: panel {title:?} has an empty query"
+            );
+            assert_uses_datasource_variable(
+                &format!("a target of {title:?}"),
+                &target["datasource"],
+            );
+        }
+    }
+    assert!(panels >= 20, "{DASHBOARD}: only {panels} panels");
+    let titles: String = all_panels(&dashboard)
+        .iter()
+        .filter(|p| p["type"] == "row")
+        .map(|p| format!("{}\n", p["title"].as_str().unwrap_or_default()))
+        .collect();
+    for row in [
+        "Queues",
+        "Redis",
+        "Recovery",
+        "persistence",
+        "Sidecar health",
+    ] {
+        assert!(
+            titles.contains(row),
+            "{DASHBOARD}: no row titled like {row:?}:\n{titles}"
+        );
+    }
+
+    // Let promtool parse every query, as recording rules with the Grafana
+    // variables replaced by values Prometheus understands.
+    let rules: Vec<Value> = dashboard_queries(&dashboard)
+        .into_iter()
+        .enumerate()
+        .map(|(i, (_, expr))| {
+            let expr = expr
+                .replace("$__rate_interval", "5m")
+                .replace("$__interval", "1m")
+                .replace("$__range", "1h")
+                .replace("$instance", ".*")
+                .replace("$queue", ".*");
+            serde_json::json!({"record": format!("dashboard_query_{i}"), "expr": expr})
+        })
+        .collect();
+    let file = serde_json::json!({"groups": [{"name": "dashboard", "rules": rules}]});
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("dashboard-queries.yml");
+    // JSON is valid YAML.
+    std::fs::write(&path, file.to_string()).expect("write the queries");
+    let path_text = path.to_string_lossy().into_owned();
+    assert_success(
+        "promtool check rules on the dashboard's queries",
+        &promtool(&["check", "rules", &path_text]),
+    );
+}
+
+#[test]
+fn dashboard_and_alerts_use_only_contract_metrics() {
+    let contract = contract();
+    let mut queries = dashboard_queries(&dashboard());
+    queries.extend(
+        alerts()
+            .into_iter()
+            .map(|alert| (format!("alert {}", alert.name), alert.expr)),
+    );
+    assert!(queries.len() > 40, "only {} queries found", queries.len());
+
+    let mut unknown = Vec::new();
+    let mut used = BTreeSet::new();
+    for (place, expr) in &queries {
+        let names = metric_names(expr);
+        assert!(!names.is_empty(), "{place}: no metric found in {expr:?}");
+        for name in names {
+            match contract_metric(&name, &contract) {
+                Some(metric) => {
+                    used.insert(metric.to_owned());
+                }
+                None => unknown.push(format!("{place}: {name}")),
+            }
+        }
+    }
+    assert!(
+        unknown.is_empty(),
+        "metrics not in the contract ({METRICS_DOC}):\n  {}",
+        unknown.join("\n  ")
+    );
+    let unused: Vec<&String> = contract.keys().filter(|m| !used.contains(*m)).collect();
+    assert!(
+        unused.is_empty(),
+        "metrics of the contract that neither the dashboard nor the alerts show: {unused:?}"
+    );
+}
+
+#[test]
+fn renamed_metrics_would_be_caught() {
+    let contract = contract();
+    assert_eq!(
+        contract_metric("bullmq_warden_recovery_duration_seconds_bucket", &contract),
+        Some("bullmq_warden_recovery_duration_seconds")
+    );
+    assert_eq!(contract_metric("bullmq_job_counts", &contract), None);
+    assert_eq!(
+        contract_metric("bullmq_warden_redis_up_bucket", &contract),
+        None
+    );
+    assert_eq!(
+        contract_metric("bullmq_warden_redis_restarts", &contract),
+        None
+    );
+}

@@ -1,0 +1,472 @@
+//! `watch` against real redis-server processes that the tests start, kill,
+//! flush and restart, with a real SQLite source and real Node BullMQ.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::json;
+use support::{node, RedisServer, Setup, Watcher, FAST_RECOVERY, FAST_WATCH, TASKS_TABLE_SQLITE};
+
+const SECOND: Duration = Duration::from_secs(1);
+
+fn watched(redis: &RedisServer, recovery_extra: &str) -> Setup {
+    let setup = Setup::sqlite(
+        redis,
+        &format!("{FAST_WATCH}[recovery]\n{FAST_RECOVERY}{recovery_extra}"),
+    );
+    setup.sql(TASKS_TABLE_SQLITE);
+    setup.sql(
+        "INSERT INTO inspection_tasks (id, name, cron, every_ms, queue) VALUES
+         (1, 'minutely', '0 * * * * *', NULL, NULL),
+         (2, 'nightly', '0 30 2 * * *', NULL, NULL),
+         (3, 'beat', NULL, 60000, NULL),
+         (4, 'report', '0 0 * * MON', NULL, 'reports');",
+    );
+    setup
+}
+
+fn schedulers(redis: &RedisServer) -> usize {
+    (redis.zcard("bull:inspection:repeat") + redis.zcard("bull:reports:repeat")) as usize
+}
+
+/// Starts a watcher and waits until its start-up recovery is done.
+fn started(setup: &Setup, redis: &RedisServer) -> Watcher {
+    let watcher = Watcher::start(setup);
+    assert!(
+        watcher.wait_for("recovery_finished", 1, 10 * SECOND),
+        "start-up recovery: {}",
+        watcher.log()
+    );
+    assert_eq!(schedulers(redis), 4);
+    // Let the poll see the restored sets, as it would long before any real loss.
+    std::thread::sleep(Duration::from_millis(600));
+    watcher
+}
+
+/// Each scheduler has exactly one job for its next run: no duplicates.
+fn assert_one_next_job_each(redis: &RedisServer) {
+    for (queue, ids) in [
+        (
+            "inspection",
+            vec!["inspection:1", "inspection:2", "inspection:3"],
+        ),
+        ("reports", vec!["inspection:4"]),
+    ] {
+        for id in ids {
+            let jobs = redis.redis(&["KEYS", &format!("bull:{queue}:repeat:{id}:*")]);
+            let count = jobs.lines().filter(|l| !l.is_empty()).count();
+            assert_eq!(count, 1, "{queue}/{id} next jobs: {jobs:?}");
+        }
+    }
+}
+
+#[test]
+fn startup_restores_missing_schedulers_and_sigterm_exits_cleanly() {
+    let redis = RedisServer::start();
+    let setup = watched(&redis, "");
+    let mut watcher = started(&setup, &redis);
+    let finished = &watcher.events("recovery_finished")[0];
+    assert_eq!(finished["trigger"], "startup");
+    assert_eq!(finished["created"], 4);
+    let flags = redis.redis(&["CONFIG", "GET", "notify-keyspace-events"]);
+    for flag in ['K', 'g', 'z', 'x', 'e'] {
+        assert!(
+            flags.lines().nth(1).unwrap_or_default().contains(flag),
+            "{flags}"
+        );
+    }
+    assert_eq!(watcher.terminate(), Some(0), "{}", watcher.log());
+    assert_eq!(watcher.count("watch_stopped"), 1);
+}
+
+#[test]
+fn a_restart_without_persistence_is_detected_and_restored() {
+    let mut redis = RedisServer::start();
+    let setup = watched(&redis, "");
+    let watcher = started(&setup, &redis);
+    redis.start_again();
+    assert!(
+        watcher.wait_for("recovery_finished", 2, 10 * SECOND),
+        "{}",
+        watcher.log()
+    );
+    let detected = watcher.events("detected");
+    assert!(
+        detected.iter().any(|e| e["cause"] == "restart"),
+        "{detected:?}"
+    );
+    assert_eq!(watcher.events("recovery_finished")[1]["trigger"], "restart");
+    assert_eq!(schedulers(&redis), 4);
+    assert_one_next_job_each(&redis);
+    // The restarted server forgot its notification flags; they are set again.
+    assert!(support::wait_until(5 * SECOND, || redis
+        .redis(&["CONFIG", "GET", "notify-keyspace-events"])
+        .contains('K')));
+}
+
+#[test]
+fn flushall_is_detected_within_a_poll_and_restored() {
+    let redis = RedisServer::start();
+    let setup = watched(&redis, "");
+    let watcher = started(&setup, &redis);
+    redis.redis(&["FLUSHALL"]);
+    assert!(
+        watcher.wait_for("recovery_finished", 2, 10 * SECOND),
+        "{}",
+        watcher.log()
+    );
+    assert_eq!(
+        watcher.events("recovery_finished")[1]["trigger"],
+        "flush",
+        "{}",
+        watcher.log()
+    );
+    assert_eq!(schedulers(&redis), 4);
+    assert_one_next_job_each(&redis);
+}
+
+#[test]
+fn deleting_one_queues_scheduler_set_is_seen_by_keyspace_notifications() {
+    let redis = RedisServer::start();
+    let setup = watched(&redis, "");
+    let watcher = started(&setup, &redis);
+    redis.redis(&["DEL", "bull:reports:repeat"]);
+    assert!(
+        watcher.wait_for("recovery_finished", 2, 10 * SECOND),
+        "{}",
+        watcher.log()
+    );
+    let detected = watcher.events("detected");
+    assert!(
+        detected
+            .iter()
+            .any(|e| e["cause"] == "keyspace" && e["queue"] == "reports"),
+        "{detected:?}"
+    );
+    assert_eq!(redis.zcard("bull:reports:repeat"), 1);
+    let finished = &watcher.events("recovery_finished")[1];
+    // The poll also sees the set emptied; either signal may name the cycle.
+    assert!(
+        ["keyspace", "flush"].contains(&finished["trigger"].as_str().unwrap()),
+        "{finished}"
+    );
+    assert_eq!(
+        finished["created"], 1,
+        "only the lost scheduler is written: {finished}"
+    );
+}
+
+#[test]
+fn one_removed_scheduler_whose_row_stays_enabled_comes_back() {
+    let redis = RedisServer::start();
+    let setup = watched(&redis, "");
+    let watcher = started(&setup, &redis);
+    let removed = node(
+        6,
+        "remove-scheduler",
+        &redis,
+        "inspection",
+        &["--id", "inspection:2"],
+        None,
+    );
+    assert_eq!(removed["removed"], true);
+    assert!(
+        watcher.wait_for("recovery_finished", 2, 10 * SECOND),
+        "{}",
+        watcher.log()
+    );
+    assert_eq!(watcher.events("recovery_finished")[1]["created"], 1);
+    assert_eq!(redis.zcard("bull:inspection:repeat"), 3);
+}
+
+#[test]
+fn a_scheduler_removed_with_its_row_disabled_in_the_window_stays_removed() {
+    let redis = RedisServer::start();
+    let setup = watched(&redis, "");
+    let watcher = started(&setup, &redis);
+    // What the application does when a user switches a task off.
+    node(
+        6,
+        "remove-scheduler",
+        &redis,
+        "inspection",
+        &["--id", "inspection:2"],
+        None,
+    );
+    setup.sql("UPDATE inspection_tasks SET enabled = 0 WHERE id = 2");
+    assert!(
+        watcher.wait_for("detected", 1, 5 * SECOND),
+        "{}",
+        watcher.log()
+    );
+    std::thread::sleep(3 * SECOND);
+    assert_eq!(watcher.count("recovery_started"), 1, "{}", watcher.log());
+    let mut left = redis.zmembers("bull:inspection:repeat");
+    left.sort();
+    assert_eq!(left, vec!["inspection:1", "inspection:3"]);
+}
+
+#[test]
+fn five_restarts_in_three_seconds_give_at_most_two_recoveries() {
+    let mut redis = RedisServer::start();
+    let setup = watched(&redis, "");
+    let watcher = started(&setup, &redis);
+    for _ in 0..5 {
+        redis.start_again();
+        std::thread::sleep(Duration::from_millis(450));
+    }
+    assert!(
+        watcher.wait_for("recovery_finished", 2, 15 * SECOND),
+        "{}",
+        watcher.log()
+    );
+    std::thread::sleep(5 * SECOND);
+    let recoveries = watcher.count("recovery_finished") - 1;
+    assert!(
+        (1..=2).contains(&recoveries),
+        "{recoveries} recoveries: {}",
+        watcher.log()
+    );
+    assert_eq!(schedulers(&redis), 4);
+    assert_one_next_job_each(&redis);
+}
+
+#[test]
+fn redis_down_for_twenty_seconds_backs_off_and_restores_when_back() {
+    let mut redis = RedisServer::start();
+    let setup = watched(&redis, "");
+    let mut watcher = started(&setup, &redis);
+    redis.stop();
+    std::thread::sleep(20 * SECOND);
+    assert!(watcher.is_running(), "{}", watcher.log());
+    let failures = watcher.events("recovery_failed");
+    assert!(failures.len() >= 3, "retried while down: {}", watcher.log());
+    let ceilings: Vec<u64> = failures
+        .iter()
+        .map(|f| f["backoff_ms"].as_u64().unwrap())
+        .collect();
+    assert!(ceilings.windows(2).all(|w| w[0] <= w[1]), "{ceilings:?}");
+    assert!(
+        ceilings.last() > ceilings.first(),
+        "backoff grows: {ceilings:?}"
+    );
+    assert!(watcher.count("redis_down") >= 1);
+    redis.start_again();
+    assert!(
+        watcher.wait_for("recovery_finished", 2, 15 * SECOND),
+        "{}",
+        watcher.log()
+    );
+    assert_eq!(schedulers(&redis), 4);
+    assert_one_next_job_each(&redis);
+}
+
+#[test]
+fn two_watchers_on_one_redis_recover_exactly_once() {
+    let redis = RedisServer::start();
+    let setup = watched(&redis, "");
+    let first = started(&setup, &redis);
+    let second = Watcher::start(&setup);
+    assert!(second.wait_for("keyspace_notifications", 1, 10 * SECOND));
+    std::thread::sleep(SECOND);
+    let before = first.count("recovery_finished") + second.count("recovery_finished");
+    redis.redis(&["FLUSHALL"]);
+    assert!(
+        support::wait_until(10 * SECOND, || schedulers(&redis) == 4),
+        "{}\n{}",
+        first.log(),
+        second.log()
+    );
+    std::thread::sleep(4 * SECOND);
+    let after = first.count("recovery_finished") + second.count("recovery_finished");
+    assert_eq!(after - before, 1, "{}\n---\n{}", first.log(), second.log());
+    assert_one_next_job_each(&redis);
+}
+
+#[test]
+fn a_watcher_killed_mid_recovery_completes_after_a_restart_without_duplicates() {
+    let redis = RedisServer::start();
+    let setup = Setup::sqlite(
+        &redis,
+        &format!("{FAST_WATCH}[recovery]\n{FAST_RECOVERY}concurrency = 1\n"),
+    );
+    setup.sql(TASKS_TABLE_SQLITE);
+    let rows: Vec<String> = (1..=3000)
+        .map(|i| format!("({i}, 'task-{i}', '{} * * * *')", i % 60))
+        .collect();
+    setup.sql(&format!(
+        "INSERT INTO inspection_tasks (id, name, cron) VALUES {};",
+        rows.join(",")
+    ));
+    let mut watcher = Watcher::start(&setup);
+    assert!(
+        watcher.wait_for("recovery_started", 1, 10 * SECOND),
+        "{}",
+        watcher.log()
+    );
+    assert!(support::wait_until(10 * SECOND, || redis
+        .zcard("bull:inspection:repeat")
+        > 100));
+    watcher.kill();
+    let partial = redis.zcard("bull:inspection:repeat");
+    assert!(partial < 3000, "killed mid-way: {partial}");
+
+    let again = Watcher::start(&setup);
+    assert!(
+        again.wait_for("recovery_finished", 1, 30 * SECOND),
+        "{}",
+        again.log()
+    );
+    assert_eq!(redis.zcard("bull:inspection:repeat"), 3000);
+    assert_eq!(
+        redis.zcard("bull:inspection:delayed"),
+        3000,
+        "one next job each"
+    );
+}
+
+#[test]
+fn fire_once_enqueues_exactly_one_catchup_job_per_missed_cron_scheduler() {
+    let mut redis = RedisServer::start();
+    let setup = Setup::sqlite(
+        &redis,
+        &format!("{FAST_WATCH}[recovery]\n{FAST_RECOVERY}catchup = \"fire_once\"\n"),
+    );
+    setup.sql(TASKS_TABLE_SQLITE);
+    setup.sql(
+        "INSERT INTO inspection_tasks (id, name, cron, every_ms, payload) VALUES
+         (1, 'each-second', '* * * * * *', NULL, '{\"n\":1}'),
+         (2, 'every-2s', '*/2 * * * * *', NULL, NULL),
+         (3, 'yearly', '0 0 1 1 *', NULL, NULL),
+         (4, 'interval', NULL, 1000, NULL);",
+    );
+    let watcher = Watcher::start(&setup);
+    assert!(watcher.wait_for("recovery_finished", 1, 10 * SECOND));
+    redis.stop();
+    std::thread::sleep(3 * SECOND);
+    redis.start_again();
+    assert!(
+        watcher.wait_for("recovery_finished", 2, 15 * SECOND),
+        "{}",
+        watcher.log()
+    );
+    std::thread::sleep(SECOND);
+    let fired = watcher.events("catchup_fired");
+    let mut ids: Vec<&str> = fired
+        .iter()
+        .map(|e| e["scheduler_id"].as_str().unwrap())
+        .collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        vec!["inspection:1", "inspection:2"],
+        "{}",
+        watcher.log()
+    );
+    let catchup_jobs = redis.redis(&["KEYS", "bull:inspection:warden-catchup-*"]);
+    let jobs: Vec<&str> = catchup_jobs
+        .lines()
+        .filter(|l| !l.contains(":lock") && !l.is_empty())
+        .collect();
+    assert_eq!(jobs.len(), 2, "{jobs:?}");
+    let job = jobs.iter().find(|j| j.contains("inspection_1")).unwrap();
+    assert_eq!(redis.redis(&["HGET", job, "name"]), "each-second");
+    assert_eq!(redis.redis(&["HGET", job, "data"]), "{\"n\":1}");
+}
+
+#[test]
+fn a_real_bullmq_worker_runs_restored_schedulers_after_a_restart() {
+    let mut redis = RedisServer::start();
+    let setup = Setup::sqlite(&redis, &format!("{FAST_WATCH}[recovery]\n{FAST_RECOVERY}"));
+    setup.sql(TASKS_TABLE_SQLITE);
+    setup.sql(
+        "INSERT INTO inspection_tasks (id, name, every_ms, payload) VALUES (1, 'tick', 1000, '{\"ok\":true}')",
+    );
+    let watcher = Watcher::start(&setup);
+    assert!(watcher.wait_for("recovery_finished", 1, 10 * SECOND));
+    redis.start_again();
+    assert!(
+        watcher.wait_for("recovery_finished", 2, 10 * SECOND),
+        "{}",
+        watcher.log()
+    );
+    let ran = node(
+        6,
+        "worker",
+        &redis,
+        "inspection",
+        &[
+            "--until-runs",
+            "2",
+            "--scheduler",
+            "inspection:1",
+            "--timeout-ms",
+            "20000",
+        ],
+        None,
+    );
+    assert!(ran["runs"].as_u64().unwrap_or(0) >= 2, "{ran}");
+    assert_eq!(ran["jobs"][0]["data"], json!({"ok": true}));
+}
+
+#[test]
+fn a_loss_while_the_database_is_down_is_restored_once_it_returns() {
+    let db = support::Database::postgres();
+    support::run_sql(
+        &db.url,
+        "CREATE TABLE inspection_tasks (id BIGINT, name TEXT, cron TEXT, every_ms INTEGER, tz TEXT,
+         payload TEXT, opts TEXT, queue TEXT, enabled BOOLEAN);
+         INSERT INTO inspection_tasks VALUES (1, 'a', '0 * * * *', NULL, NULL, NULL, NULL, NULL, TRUE),
+                                             (2, 'b', NULL, 5000, NULL, NULL, NULL, NULL, TRUE);",
+    );
+    let redis = RedisServer::start();
+    let setup = Setup::new(
+        &redis,
+        &format!(
+            "[redis]\nurl = \"{{redis}}\"\n[source]\nurl = \"{}\"\n{FAST_WATCH}[recovery]\n{FAST_RECOVERY}",
+            db.url
+        ),
+    );
+    let watcher = Watcher::start(&setup);
+    assert!(
+        watcher.wait_for("recovery_finished", 1, 10 * SECOND),
+        "{}",
+        watcher.log()
+    );
+    std::thread::sleep(Duration::from_millis(600));
+
+    let set_connections = |allowed: bool| {
+        support::run_sql(
+            &db.admin_url,
+            &format!(
+                "ALTER DATABASE {0} ALLOW_CONNECTIONS {allowed};
+                 SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{0}';",
+                db.name
+            ),
+        )
+    };
+    set_connections(false);
+    redis.redis(&["FLUSHALL"]);
+    assert!(
+        watcher.wait_for("recovery_failed", 2, 10 * SECOND),
+        "{}",
+        watcher.log()
+    );
+    let failure = &watcher.events("recovery_failed")[0];
+    assert!(
+        failure["message"]
+            .as_str()
+            .unwrap()
+            .contains("postgres://warden:***@127.0.0.1"),
+        "{failure}"
+    );
+    assert_eq!(redis.zcard("bull:inspection:repeat"), 0);
+    set_connections(true);
+    assert!(
+        watcher.wait_for("recovery_finished", 2, 15 * SECOND),
+        "{}",
+        watcher.log()
+    );
+    assert_eq!(redis.zcard("bull:inspection:repeat"), 2);
+}
