@@ -361,6 +361,16 @@ impl Controller {
             report: &report,
             duration: started.elapsed(),
         });
+        // Every planned write succeeded: what remains is what the plan left alone.
+        let mut settled = snapshot.plan.clone();
+        for queue in settled.queues.values_mut() {
+            queue.create.clear();
+            queue.update.clear();
+            if self.config.recovery.prune_orphans {
+                queue.orphaned.clear();
+            }
+        }
+        publish_plan(&self.observer, &snapshot.desired, &settled);
         if self.config.recovery.catchup == Catchup::FireOnce {
             self.catch_up(&snapshot.plan, since_ms).await;
         }
@@ -449,15 +459,17 @@ impl Controller {
 
 /// Publishes the desired and drift gauges of every queue in a comparison.
 pub fn publish_drift(observer: &Observer, snapshot: &Snapshot) {
-    for (queue, plan) in &snapshot.plan.queues {
-        let desired = snapshot
-            .desired
+    publish_plan(observer, &snapshot.desired, &snapshot.plan);
+}
+
+fn publish_plan(observer: &Observer, desired_set: &crate::desired::DesiredSet, whole: &Plan) {
+    for (queue, plan) in &whole.queues {
+        let desired = desired_set
             .schedulers
             .iter()
             .filter(|s| &s.queue == queue)
             .count();
-        let invalid = snapshot
-            .plan
+        let invalid = whole
             .invalid
             .iter()
             .filter(|i| i.queue.as_deref() == Some(queue))

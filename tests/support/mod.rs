@@ -494,3 +494,38 @@ impl Drop for Database {
         });
     }
 }
+
+/// A plain HTTP request for API tests: (status, body).
+pub fn http(method: &str, url: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+    let url = url.to_owned();
+    let headers: Vec<(String, String)> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(async {
+                let mut request = reqwest::Client::new().request(method, &url);
+                for (name, value) in headers {
+                    request = request.header(name, value);
+                }
+                match request.send().await {
+                    Ok(response) => {
+                        let status = response.status().as_u16();
+                        (status, response.text().await.unwrap_or_default())
+                    }
+                    Err(e) => (0, e.to_string()),
+                }
+            })
+    })
+    .join()
+    .expect("http thread")
+}
+
+pub fn free_local_addr() -> String {
+    format!("127.0.0.1:{}", free_port())
+}

@@ -1,0 +1,243 @@
+//! The HTTP server of `watch`: metrics, health, and the manual's REST routes.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use support::{http, RedisServer, Setup, Watcher, FAST_RECOVERY, TASKS_TABLE_SQLITE};
+
+const SECOND: Duration = Duration::from_secs(1);
+const STATES: [&str; 8] = [
+    "active",
+    "completed",
+    "delayed",
+    "failed",
+    "paused",
+    "prioritized",
+    "waiting",
+    "waiting-children",
+];
+
+struct Api {
+    base: String,
+    watcher: Watcher,
+    setup: Setup,
+}
+
+fn api(redis: &RedisServer, auto: bool, env: &[(&str, &str)]) -> Api {
+    let addr = support::free_local_addr();
+    let setup = Setup::sqlite(
+        redis,
+        &format!(
+            "[watch]\ninfo_interval = \"200ms\"\ndrift_interval = \"2s\"\ndebounce_quiet = \"300ms\"\n\
+             [http]\nlisten = \"{addr}\"\n[recovery]\nauto = {auto}\n{FAST_RECOVERY}"
+        ),
+    );
+    setup.sql(TASKS_TABLE_SQLITE);
+    setup.sql(
+        "INSERT INTO inspection_tasks (id, name, cron, every_ms, queue) VALUES
+         (1, 'a', '0 * * * *', NULL, NULL), (2, 'b', NULL, 60000, 'mail');",
+    );
+    let watcher = Watcher::start_env(&setup, env);
+    let base = format!("http://{addr}");
+    assert!(
+        support::wait_until(10 * SECOND, || http("GET", &format!("{base}/readyz"), &[])
+            .0
+            == 200),
+        "{}",
+        watcher.log()
+    );
+    Api {
+        base,
+        watcher,
+        setup,
+    }
+}
+
+impl Api {
+    fn get(&self, path: &str) -> (u16, String) {
+        http("GET", &format!("{}{path}", self.base), &[])
+    }
+
+    fn post(&self, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+        http("POST", &format!("{}{path}", self.base), headers)
+    }
+}
+
+#[test]
+fn status_route_equals_the_status_command() {
+    let redis = RedisServer::start();
+    let api = api(&redis, true, &[]);
+    let (code, body) = api.get("/api/bullmq/status");
+    assert_eq!(code, 200, "{body}");
+    let from_api: Value = serde_json::from_str(&body).unwrap();
+    let from_cli = api.setup.warden(&["status", "--json"]).json();
+    assert_eq!(from_api, from_cli);
+    for queue in ["inspection", "mail"] {
+        for state in STATES {
+            assert!(
+                from_api["queues"][queue].get(state).is_some(),
+                "{queue}/{state}: {body}"
+            );
+        }
+    }
+    let (code, body) = api.get("/api/bullmq/status?queue=mail");
+    assert_eq!(code, 200);
+    let only: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(only["queues"].as_object().unwrap().len(), 1);
+}
+
+#[test]
+fn recover_route_without_a_configured_token_on_loopback_works_and_matches_the_cli_shape() {
+    let redis = RedisServer::start();
+    let api = api(&redis, false, &[]);
+    let (code, body) = api.post("/api/bullmq/recover?dry_run=true", &[]);
+    assert_eq!(code, 200, "{body}");
+    let plan: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(plan["dryRun"], true);
+    assert_eq!(plan["created"], 2);
+    assert_eq!(
+        redis.zcard("bull:inspection:repeat"),
+        0,
+        "dry run wrote nothing"
+    );
+
+    let (code, body) = api.post("/api/bullmq/recover", &[]);
+    assert_eq!(code, 200, "{body}");
+    let report: Value = serde_json::from_str(&body).unwrap();
+    for key in [
+        "success",
+        "recoveredTasks",
+        "created",
+        "updated",
+        "unchanged",
+        "removed",
+        "invalid",
+    ] {
+        assert!(report.get(key).is_some(), "{key}: {body}");
+    }
+    assert_eq!(report["recoveredTasks"], 2);
+    assert_eq!(redis.zcard("bull:mail:repeat"), 1);
+    let metrics = api.get("/metrics").1;
+    assert!(
+        metrics.contains("bullmq_warden_recoveries_total{queue=\"mail\",trigger=\"manual\",result=\"success\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn mutating_routes_need_the_right_bearer_token() {
+    let redis = RedisServer::start();
+    let api = api(
+        &redis,
+        false,
+        &[("BULLMQ_WARDEN_API_TOKEN", "s3cret-token")],
+    );
+    let (code, _) = api.post("/api/bullmq/recover", &[]);
+    assert_eq!(code, 401);
+    let (code, _) = api.post("/api/bullmq/recover", &[("Authorization", "Bearer wrong")]);
+    assert_eq!(code, 401);
+    assert_eq!(redis.zcard("bull:inspection:repeat"), 0);
+    let (code, body) = api.post(
+        "/api/bullmq/recover",
+        &[("Authorization", "Bearer s3cret-token")],
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(redis.zcard("bull:inspection:repeat"), 1);
+    // Reading needs no token.
+    assert_eq!(api.get("/api/bullmq/status").0, 200);
+}
+
+#[test]
+fn malformed_requests_get_400_with_a_message() {
+    let redis = RedisServer::start();
+    let api = api(&redis, false, &[]);
+    let (code, body) = api.post("/api/bullmq/recover?dry_run=maybe", &[]);
+    assert_eq!(code, 400);
+    assert!(body.contains("dry_run"), "{body}");
+    let (code, body) = api.post("/api/bullmq/recover?force=1", &[]);
+    assert_eq!(code, 400);
+    assert!(body.contains("force"), "{body}");
+    let (code, body) = api.get("/api/bullmq/status?queue=a&x=1");
+    assert_eq!(code, 400, "{body}");
+    assert_eq!(api.get("/api/bullmq/status").0, 200);
+}
+
+#[test]
+fn metrics_cover_every_state_and_move_with_a_recovery() {
+    let redis = RedisServer::start();
+    let api = api(&redis, true, &[]);
+    // Queues named by rows join the poll once the first comparison has listed them.
+    assert!(support::wait_until(5 * SECOND, || api
+        .get("/metrics")
+        .1
+        .contains("bullmq_job_count{queue=\"mail\",state=\"active\"}")));
+    let (code, text) = api.get("/metrics");
+    assert_eq!(code, 200);
+    for queue in ["inspection", "mail"] {
+        for state in STATES {
+            assert!(
+                text.contains(&format!(
+                    "bullmq_job_count{{queue=\"{queue}\",state=\"{state}\"}}"
+                )),
+                "{queue}/{state}"
+            );
+        }
+    }
+    let restored = |text: &str| {
+        text.lines()
+            .find(|l| l.starts_with("bullmq_warden_schedulers_restored_total{queue=\"mail\"}"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let before = restored(&text);
+    redis.redis(&["DEL", "bull:mail:repeat"]);
+    assert!(support::wait_until(10 * SECOND, || restored(
+        &api.get("/metrics").1
+    ) > before));
+    let text = api.get("/metrics").1;
+    assert!(text.contains("bullmq_warden_redis_up 1"));
+    assert!(text.contains("bullmq_warden_keyspace_notifications_active 1"));
+    assert!(text.contains("bullmq_warden_build_info{version="));
+    assert!(text.contains("bullmq_warden_drift_schedulers{queue=\"mail\",kind=\"missing\"} 0"));
+
+    let (code, open) = http(
+        "GET",
+        &format!("{}/metrics", api.base),
+        &[("Accept", "application/openmetrics-text; version=1.0.0")],
+    );
+    assert_eq!(code, 200);
+    assert!(open.ends_with("# EOF\n"), "OpenMetrics when asked");
+}
+
+#[test]
+fn readiness_flips_when_redis_goes_away_and_back() {
+    let mut redis = RedisServer::start();
+    let api = api(&redis, true, &[]);
+    assert_eq!(api.get("/healthz").0, 200);
+    redis.stop();
+    assert!(support::wait_until(10 * SECOND, || api.get("/readyz").0 == 503));
+    assert_eq!(api.get("/healthz").0, 200, "alive while Redis is away");
+    redis.start_again();
+    assert!(
+        support::wait_until(15 * SECOND, || api.get("/readyz").0 == 200),
+        "{}",
+        api.watcher.log()
+    );
+}
+
+#[test]
+fn a_mutating_api_on_a_public_address_without_a_token_is_refused() {
+    let redis = RedisServer::start();
+    let setup = Setup::sqlite(&redis, "[http]\nlisten = \"0.0.0.0:0\"\n");
+    setup.sql(TASKS_TABLE_SQLITE);
+    let run = setup.warden(&["watch"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("BULLMQ_WARDEN_API_TOKEN"),
+        "{}",
+        run.stderr
+    );
+}
