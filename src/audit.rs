@@ -166,7 +166,7 @@ pub fn audit_settings(settings: &RedisSettings, audit: &mut Audit) {
 /// Runs every check; connection failures become findings, not errors.
 pub async fn run(warden: &Warden) -> Audit {
     let mut audit = Audit::default();
-    match RedisSettings::read(warden.store()).await {
+    match RedisSettings::read(&warden.store()).await {
         Ok(settings) => audit_settings(&settings, &mut audit),
         Err(e) => audit.push(Severity::Error, "redis", e.to_string()),
     }

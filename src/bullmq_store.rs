@@ -88,15 +88,54 @@ impl JobCounts {
 pub struct BullmqStore {
     connection: RedisConnection,
     prefix: String,
+    url: String,
     redacted_url: String,
     password: Option<String>,
     queues: Arc<Mutex<HashMap<String, Queue>>>,
 }
 
+/// The store in use, replaced when Sentinel moves the primary elsewhere.
+#[derive(Clone)]
+pub struct SharedStore(Arc<std::sync::RwLock<BullmqStore>>);
+
+impl SharedStore {
+    pub fn new(store: BullmqStore) -> Self {
+        Self(Arc::new(std::sync::RwLock::new(store)))
+    }
+
+    /// The current store (a cheap clone; connections are shared).
+    pub fn get(&self) -> BullmqStore {
+        match self.0.read() {
+            Ok(store) => store.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn replace(&self, store: BullmqStore) {
+        match self.0.write() {
+            Ok(mut current) => *current = store,
+            Err(poisoned) => *poisoned.into_inner() = store,
+        }
+    }
+}
+
 impl BullmqStore {
+    /// Connects to the configured Redis, or to the primary the sentinels name.
     pub async fn connect(config: &RedisConfig) -> Result<Self, StoreError> {
-        let redacted_url = redact_url(&config.url);
-        let password = url::Url::parse(&config.url)
+        let url =
+            crate::redis_target::resolve(config)
+                .await
+                .map_err(|e| StoreError::Unreachable {
+                    url: redact_url(&config.url),
+                    reason: e.to_string(),
+                })?;
+        Self::connect_url(&url, &config.prefix).await
+    }
+
+    /// Connects to the server at `url` (already resolved).
+    pub async fn connect_url(url: &str, prefix: &str) -> Result<Self, StoreError> {
+        let redacted_url = redact_url(url);
+        let password = url::Url::parse(url)
             .ok()
             .and_then(|u| u.password().map(str::to_owned));
         let unreachable = |reason: String| StoreError::Unreachable {
@@ -108,13 +147,13 @@ impl BullmqStore {
         let probe_config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(CONNECT_TIMEOUT));
-        redis::Client::open(config.url.as_str())
+        redis::Client::open(url)
             .map_err(|e| unreachable(e.to_string()))?
             .get_multiplexed_async_connection_with_config(&probe_config)
             .await
             .map_err(|e| unreachable(e.to_string()))?;
         let options = RedisConnectionOptions {
-            url: config.url.clone(),
+            url: url.to_owned(),
             ..RedisConnectionOptions::default()
         };
         let connection = RedisConnection::new_managed_only(&options)
@@ -122,7 +161,8 @@ impl BullmqStore {
             .map_err(|e| unreachable(e.to_string()))?;
         Ok(Self {
             connection,
-            prefix: config.prefix.clone(),
+            prefix: prefix.to_owned(),
+            url: url.to_owned(),
             redacted_url,
             password,
             queues: Arc::default(),
@@ -131,6 +171,16 @@ impl BullmqStore {
 
     pub fn redacted_url(&self) -> &str {
         &self.redacted_url
+    }
+
+    /// Whether this store talks to the server at `url`.
+    pub fn is_at(&self, url: &str) -> bool {
+        self.url == url
+    }
+
+    /// A separate client for the same server, for subscriptions.
+    pub fn client(&self) -> Result<redis::Client, StoreError> {
+        redis::Client::open(self.url.as_str()).map_err(|e| self.error(e))
     }
 
     pub fn prefix(&self) -> &str {

@@ -44,6 +44,11 @@ pub struct RedisConfig {
     pub url: String,
     /// BullMQ key prefix, used verbatim (`{bull}` on a cluster).
     pub prefix: String,
+    /// Sentinel URLs; when set, the primary's address comes from them and
+    /// `url` supplies only the credentials and database.
+    pub sentinels: Vec<String>,
+    /// The primary's name in Sentinel (`sentinel monitor <name> …`).
+    pub master_name: Option<String>,
 }
 
 impl Default for RedisConfig {
@@ -51,6 +56,8 @@ impl Default for RedisConfig {
         Self {
             url: "redis://127.0.0.1:6379/0".into(),
             prefix: "bull".into(),
+            sentinels: Vec::new(),
+            master_name: None,
         }
     }
 }
@@ -278,6 +285,20 @@ impl Config {
                     redact_url(&self.redis.url)
                 ),
             ));
+        }
+        if !self.redis.sentinels.is_empty() && self.redis.master_name.is_none() {
+            return Err(invalid(
+                "redis.master_name",
+                "is required with redis.sentinels".into(),
+            ));
+        }
+        for sentinel in &self.redis.sentinels {
+            if !sentinel.starts_with("redis://") && !sentinel.starts_with("rediss://") {
+                return Err(invalid(
+                    "redis.sentinels",
+                    format!("{} is not a redis:// URL", redact_url(sentinel)),
+                ));
+            }
         }
         if self.redis.prefix.is_empty() || self.redis.prefix.contains(':') {
             return Err(invalid(

@@ -27,6 +27,7 @@ pub mod http;
 pub mod metrics;
 pub mod reconcile;
 pub mod recovery;
+pub mod redis_target;
 pub mod source;
 pub mod template;
 pub mod warden;

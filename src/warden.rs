@@ -11,7 +11,7 @@ use futures::future::try_join_all;
 use serde::Serialize;
 
 use crate::apply::{apply, RecoverReport};
-use crate::bullmq_store::{BullmqStore, JobCounts, QueueSchedulers, StoreError};
+use crate::bullmq_store::{BullmqStore, JobCounts, QueueSchedulers, SharedStore, StoreError};
 use crate::config::{Config, ConfigError};
 use crate::desired::DesiredSet;
 use crate::reconcile::Plan;
@@ -65,7 +65,7 @@ pub struct Snapshot {
 pub struct Warden {
     config: Config,
     template: IdTemplate,
-    store: BullmqStore,
+    store: SharedStore,
     source: Source,
 }
 
@@ -80,7 +80,7 @@ impl Warden {
         Self {
             template: config.id_template(),
             config,
-            store,
+            store: SharedStore::new(store),
             source,
         }
     }
@@ -89,7 +89,13 @@ impl Warden {
         &self.config
     }
 
-    pub fn store(&self) -> &BullmqStore {
+    /// The store in use now.
+    pub fn store(&self) -> BullmqStore {
+        self.store.get()
+    }
+
+    /// The handle the Sentinel follower swaps stores through.
+    pub fn shared_store(&self) -> &SharedStore {
         &self.store
     }
 
@@ -131,9 +137,13 @@ impl Warden {
         &self,
         queues: &[String],
     ) -> Result<BTreeMap<String, QueueSchedulers>, WardenError> {
-        let read = queues.iter().map(|queue| async move {
-            let schedulers = self.store.read_schedulers(queue).await?;
-            Ok::<_, StoreError>((queue.clone(), schedulers))
+        let store = self.store();
+        let read = queues.iter().map(|queue| {
+            let store = store.clone();
+            async move {
+                let schedulers = store.read_schedulers(queue).await?;
+                Ok::<_, StoreError>((queue.clone(), schedulers))
+            }
         });
         Ok(try_join_all(read).await?.into_iter().collect())
     }
@@ -142,7 +152,7 @@ impl Warden {
     pub async fn status(&self, only_queue: Option<&str>) -> Result<StatusReport, WardenError> {
         let snapshot = self.snapshot(only_queue).await?;
         let names: Vec<String> = snapshot.plan.queues.keys().cloned().collect();
-        let counts = self.store.job_counts(&names).await?;
+        let counts = self.store().job_counts(&names).await?;
         let mut report = StatusReport::default();
         for (name, counts) in counts {
             let name = &name;
@@ -185,7 +195,7 @@ impl Warden {
     ) -> Result<RecoverReport, WardenError> {
         let snapshot = self.snapshot(only_queue).await?;
         Ok(apply(
-            &self.store,
+            &self.store(),
             &snapshot.plan,
             self.config.recovery.prune_orphans,
             self.config.recovery.concurrency,
@@ -198,10 +208,11 @@ impl Warden {
     /// BullMQ — the ones under the id template's prefix, or with `all` every
     /// job scheduler. Legacy repeatable jobs are left alone.
     pub async fn remove_schedulers(&self, queue: &str, all: bool) -> Result<usize, WardenError> {
-        let stored = self.store.read_schedulers(queue).await?;
+        let store = self.store();
+        let stored = store.read_schedulers(queue).await?;
         let mut removed = 0;
         for id in stored.schedulers.keys() {
-            if (all || self.template.may_have_rendered(id)) && self.store.remove(queue, id).await? {
+            if (all || self.template.may_have_rendered(id)) && store.remove(queue, id).await? {
                 removed += 1;
             }
         }

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use crate::bullmq_store::{BullmqStore, StoreError};
+use crate::bullmq_store::{SharedStore, StoreError};
 
 const RENEW: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -24,7 +24,7 @@ return 0
 
 #[derive(Clone)]
 pub struct Lease {
-    store: BullmqStore,
+    store: SharedStore,
     key: String,
     token: String,
     ttl: Duration,
@@ -33,8 +33,8 @@ pub struct Lease {
 impl Lease {
     /// The lease key lives under the BullMQ prefix so that it follows the
     /// queues' hash tag on a cluster.
-    pub fn new(store: BullmqStore, ttl: Duration) -> Self {
-        let key = format!("{}:bullmq-warden:recovery-lease", store.prefix());
+    pub fn new(store: SharedStore, ttl: Duration) -> Self {
+        let key = format!("{}:bullmq-warden:recovery-lease", store.get().prefix());
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into());
         let token = format!("{host}:{}:{:016x}", std::process::id(), fastrand::u64(..));
         Self {
@@ -51,37 +51,40 @@ impl Lease {
 
     /// Takes the lease if nobody holds it; `false` when another sidecar does.
     pub async fn acquire(&self) -> Result<bool, StoreError> {
+        let store = self.store.get();
         let reply: Option<String> = redis::cmd("SET")
             .arg(&self.key)
             .arg(&self.token)
             .arg("NX")
             .arg("PX")
             .arg(self.ttl_ms())
-            .query_async(&mut self.store.raw())
+            .query_async(&mut store.raw())
             .await
-            .map_err(|e| self.store.error(e))?;
+            .map_err(|e| store.error(e))?;
         Ok(reply.is_some())
     }
 
     /// Extends the lease; `false` when it was lost (expired or taken over).
     pub async fn renew(&self) -> Result<bool, StoreError> {
+        let store = self.store.get();
         let renewed: i64 = redis::Script::new(RENEW)
             .key(&self.key)
             .arg(&self.token)
             .arg(self.ttl_ms())
-            .invoke_async(&mut self.store.raw())
+            .invoke_async(&mut store.raw())
             .await
-            .map_err(|e| self.store.error(e))?;
+            .map_err(|e| store.error(e))?;
         Ok(renewed == 1)
     }
 
     pub async fn release(&self) -> Result<(), StoreError> {
+        let store = self.store.get();
         let _: i64 = redis::Script::new(RELEASE)
             .key(&self.key)
             .arg(&self.token)
-            .invoke_async(&mut self.store.raw())
+            .invoke_async(&mut store.raw())
             .await
-            .map_err(|e| self.store.error(e))?;
+            .map_err(|e| store.error(e))?;
         Ok(())
     }
 

@@ -87,7 +87,7 @@ impl Controller {
         retrigger: mpsc::Sender<Trigger>,
     ) -> Self {
         let config = warden.config().clone();
-        let lease = Lease::new(warden.store().clone(), config.recovery.lease_ttl);
+        let lease = Lease::new(warden.shared_store().clone(), config.recovery.lease_ttl);
         let metrics = observer.metrics();
         metrics
             .auto_recovery_enabled
@@ -337,7 +337,7 @@ impl Controller {
             }
             _ => {
                 let report = apply(
-                    self.warden.store(),
+                    &self.warden.store(),
                     &snapshot.plan,
                     self.config.recovery.prune_orphans,
                     self.config.recovery.concurrency,
@@ -404,7 +404,7 @@ impl Controller {
                 continue;
             }
             let job_id = catchup::catchup_job_id(&scheduler.scheduler_id, since_ms);
-            match catchup::fire(self.warden.store(), scheduler, &job_id).await {
+            match catchup::fire(&self.warden.store(), scheduler, &job_id).await {
                 Ok(()) => self.observer.emit(Event::CatchupFired {
                     queue: &scheduler.queue,
                     scheduler_id: &scheduler.scheduler_id,

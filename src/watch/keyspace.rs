@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 
 use backon::BackoffBuilder;
 use futures::StreamExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::bullmq_store::SharedStore;
 use crate::events::{Cause, Event, Observer};
 use crate::recovery::{SharedQueues, Trigger};
 use crate::warden::now_ms;
@@ -35,7 +36,9 @@ const LOSS_EVENTS: [&str; 8] = [
 const DETECTION_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
 pub struct KeyspaceWatcher {
-    client: redis::Client,
+    store: SharedStore,
+    /// Bumped when Sentinel moves the primary: subscribe there instead.
+    moved: watch::Receiver<u64>,
     db: u32,
     prefix: String,
     manage_config: bool,
@@ -49,7 +52,8 @@ pub struct KeyspaceWatcher {
 impl KeyspaceWatcher {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        client: redis::Client,
+        store: SharedStore,
+        moved: watch::Receiver<u64>,
         db: u32,
         prefix: String,
         manage_config: bool,
@@ -60,7 +64,8 @@ impl KeyspaceWatcher {
         backoff_max: Duration,
     ) -> Self {
         Self {
-            client,
+            store,
+            moved,
             db,
             prefix,
             manage_config,
@@ -73,7 +78,7 @@ impl KeyspaceWatcher {
     }
 
     /// Subscribes, and subscribes again after every lost connection.
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(mut self, shutdown: CancellationToken) {
         let mut delays = backon::ExponentialBuilder::default()
             .with_min_delay(self.backoff_min)
             .with_max_delay(self.backoff_max)
@@ -99,9 +104,14 @@ impl KeyspaceWatcher {
     }
 
     /// One subscription, until the connection drops (the error) or shutdown.
-    async fn session(&self, first: bool, shutdown: &CancellationToken) -> String {
-        let flags_active = self.ensure_config().await;
-        let mut pubsub = match self.client.get_async_pubsub().await {
+    async fn session(&mut self, first: bool, shutdown: &CancellationToken) -> String {
+        let client = match self.store.get().client() {
+            Ok(client) => client,
+            Err(e) => return e.to_string(),
+        };
+        self.moved.borrow_and_update();
+        let flags_active = self.ensure_config(&client).await;
+        let mut pubsub = match client.get_async_pubsub().await {
             Ok(pubsub) => pubsub,
             Err(e) => return e.to_string(),
         };
@@ -136,6 +146,8 @@ impl KeyspaceWatcher {
         loop {
             let message = tokio::select! {
                 message = messages.next() => message,
+                // Without Sentinel the sender is gone and this branch never matches.
+                Ok(()) = self.moved.changed() => return "the primary moved".into(),
                 _ = shutdown.cancelled() => return String::new(),
             };
             let Some(message) = message else {
@@ -191,9 +203,8 @@ impl KeyspaceWatcher {
 
     /// Makes sure the needed notification flags are on; `Err` says why they
     /// are not (missing and not allowed, or not to be managed).
-    async fn ensure_config(&self) -> Result<String, String> {
-        let mut conn = self
-            .client
+    async fn ensure_config(&self, client: &redis::Client) -> Result<String, String> {
+        let mut conn = client
             .get_multiplexed_async_connection()
             .await
             .map_err(|e| e.to_string())?;

@@ -7,6 +7,7 @@
 
 pub mod keyspace;
 pub mod poll;
+pub mod sentinel;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,8 +34,6 @@ pub enum WatchError {
     Webhook(#[from] crate::recovery::webhook::WebhookError),
     #[error(transparent)]
     Source(#[from] crate::source::SourceError),
-    #[error("config key redis.url: {0}")]
-    RedisUrl(String),
 }
 
 /// How long a recovery in progress may take to finish after SIGTERM.
@@ -51,8 +50,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Watc
         false => Some(http::bind(&config.http, token.as_deref()).await?),
     };
     let webhook = Webhook::from_config(&config.recovery)?;
-    let redis_client = redis::Client::open(config.redis.url.as_str())
-        .map_err(|e| WatchError::RedisUrl(e.to_string()))?;
     let source = Source::connect_lazy(&config.source).await?;
     let Some(store) = connect_redis(&config, &observer, &shutdown).await else {
         return Ok(());
@@ -84,8 +81,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Watc
     let controller_stop = CancellationToken::new();
     let controller_task = tokio::spawn(controller.run(triggers_rx, controller_stop.clone()));
 
+    let shared_store = warden.shared_store().clone();
+    let (moved_tx, moved_rx) = watch::channel(0u64);
+    if !config.redis.sentinels.is_empty() {
+        let follower = sentinel::PrimaryFollower {
+            config: config.redis.clone(),
+            store: shared_store.clone(),
+            observer: observer.clone(),
+            triggers: triggers_tx.clone(),
+            moved: moved_tx,
+            interval: config.watch.info_interval,
+        };
+        tasks.spawn(follower.run(shutdown.clone()));
+    }
     let poller = poll::Poller::new(
-        store.clone(),
+        shared_store.clone(),
         observer.clone(),
         queues.clone(),
         triggers_tx.clone(),
@@ -95,7 +105,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Watc
     );
     tasks.spawn(poller.run(shutdown.clone()));
     let keyspace = keyspace::KeyspaceWatcher::new(
-        redis_client,
+        shared_store,
+        moved_rx,
         redis_db(&config.redis.url),
         config.redis.prefix.clone(),
         config.watch.manage_keyspace_config,

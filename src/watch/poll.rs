@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::{parse_info, RedisSettings};
-use crate::bullmq_store::BullmqStore;
+use crate::bullmq_store::SharedStore;
 use crate::events::{Cause, Event, Observer, Persistence};
 use crate::recovery::{SharedQueues, Trigger};
 use crate::warden::now_ms;
@@ -42,7 +42,9 @@ impl Identity {
 }
 
 pub struct Poller {
-    store: BullmqStore,
+    store: SharedStore,
+    /// The server the identity below belongs to; Sentinel may move us.
+    server: String,
     observer: Observer,
     queues: SharedQueues,
     triggers: mpsc::Sender<Trigger>,
@@ -60,7 +62,7 @@ pub struct Poller {
 impl Poller {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        store: BullmqStore,
+        store: SharedStore,
         observer: Observer,
         queues: SharedQueues,
         triggers: mpsc::Sender<Trigger>,
@@ -70,6 +72,7 @@ impl Poller {
     ) -> Self {
         Self {
             store,
+            server: String::new(),
             observer,
             queues,
             triggers,
@@ -97,18 +100,22 @@ impl Poller {
 
     async fn poll_once(&mut self) {
         let queues: Vec<String> = self.queues.read().map(|q| q.clone()).unwrap_or_default();
-        let polled = tokio::time::timeout(
-            self.interval.max(Duration::from_secs(2)),
-            self.store.poll(&queues),
-        )
-        .await;
-        let (info_text, counts) = match polled {
+        let store = self.store.get();
+        if store.redacted_url() != self.server {
+            // Another server (Sentinel moved the primary): its run_id is not a
+            // restart, nor its counts a flush; the follower reports the failover.
+            self.server = store.redacted_url().to_owned();
+            self.identity = None;
+            self.repeat_counts.clear();
+        }
+        let deadline = self.interval.max(Duration::from_secs(2));
+        let (info_text, counts) = match tokio::time::timeout(deadline, store.poll(&queues)).await {
             Ok(Ok(result)) => result,
             Ok(Err(error)) => return self.went_down(error.to_string()),
             Err(_) => {
                 return self.went_down(format!(
                     "Redis at {} did not answer the poll in time",
-                    self.store.redacted_url()
+                    store.redacted_url()
                 ))
             }
         };
@@ -225,7 +232,7 @@ impl Poller {
 
     async fn read_settings(&mut self) {
         self.settings_read_at = Some(Instant::now());
-        let Ok(settings) = RedisSettings::read(&self.store).await else {
+        let Ok(settings) = RedisSettings::read(&self.store.get()).await else {
             return;
         };
         let persistence = settings.config.map(|config| {

@@ -529,3 +529,123 @@ pub fn http(method: &str, url: &str, headers: &[(&str, &str)]) -> (u16, String) 
 pub fn free_local_addr() -> String {
     format!("127.0.0.1:{}", free_port())
 }
+
+/// One primary, one replica and three sentinels watching them as `mymaster`.
+pub struct SentinelGroup {
+    pub primary: RedisServer,
+    pub replica: RedisServer,
+    sentinels: Vec<(u16, Child)>,
+    _dir: tempfile::TempDir,
+}
+
+impl SentinelGroup {
+    /// `replica_args` go to the replica, e.g. `["--replica-read-only", "no"]`.
+    pub fn start(replica_args: &[&str]) -> Self {
+        let primary = RedisServer::start();
+        let primary_port = primary.port().to_string();
+        let mut args = vec!["--replicaof", "127.0.0.1", primary_port.as_str()];
+        args.extend_from_slice(replica_args);
+        let replica = RedisServer::start_with(&args);
+        assert!(
+            wait_until(Duration::from_secs(10), || replica
+                .redis(&["INFO", "replication"])
+                .contains("master_link_status:up")),
+            "replica did not sync"
+        );
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut sentinels = Vec::new();
+        for index in 0..3 {
+            let port = free_port();
+            let conf = dir.path().join(format!("sentinel-{index}.conf"));
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {port}\nbind 127.0.0.1\ndir {}\n\
+                     sentinel monitor mymaster 127.0.0.1 {} 2\n\
+                     sentinel down-after-milliseconds mymaster 1000\n\
+                     sentinel failover-timeout mymaster 5000\n",
+                    dir.path().display(),
+                    primary.port()
+                ),
+            )
+            .expect("sentinel config");
+            let child = Command::new("redis-server")
+                .arg(&conf)
+                .arg("--sentinel")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server --sentinel");
+            sentinels.push((port, child));
+        }
+        let group = Self {
+            primary,
+            replica,
+            sentinels,
+            _dir: dir,
+        };
+        let replica_port = group.replica.port().to_string();
+        assert!(
+            wait_until(Duration::from_secs(30), || group.sentinels.iter().all(
+                |(port, _)| {
+                    sentinel_cli(*port, &["SENTINEL", "REPLICAS", "mymaster"])
+                        .contains(&replica_port)
+                }
+            )),
+            "sentinels did not discover the replica"
+        );
+        group
+    }
+
+    pub fn sentinel_urls(&self) -> Vec<String> {
+        self.sentinels
+            .iter()
+            .map(|(port, _)| format!("redis://127.0.0.1:{port}"))
+            .collect()
+    }
+
+    /// Promotes the replica and waits until every sentinel names it.
+    pub fn failover(&self) {
+        let port = self.sentinels[0].0;
+        let replica_port = self.replica.port().to_string();
+        assert!(
+            wait_until(Duration::from_secs(20), || {
+                sentinel_cli(port, &["SENTINEL", "FAILOVER", "mymaster"]);
+                wait_until(Duration::from_secs(3), || {
+                    sentinel_cli(port, &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", "mymaster"])
+                        .contains(&replica_port)
+                })
+            }),
+            "failover did not happen"
+        );
+        assert!(wait_until(Duration::from_secs(20), || self
+            .sentinels
+            .iter()
+            .all(|(p, _)| {
+                sentinel_cli(*p, &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", "mymaster"])
+                    .contains(&replica_port)
+            })));
+        assert!(wait_until(Duration::from_secs(10), || self
+            .replica
+            .redis(&["ROLE"])
+            .starts_with("master")));
+    }
+}
+
+impl Drop for SentinelGroup {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.sentinels {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn sentinel_cli(port: u16, args: &[&str]) -> String {
+    Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "--raw"])
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
