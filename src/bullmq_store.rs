@@ -89,6 +89,8 @@ pub struct BullmqStore {
     connection: RedisConnection,
     prefix: String,
     url: String,
+    /// Seed nodes when this is a Redis Cluster; empty for one server.
+    cluster_nodes: Vec<String>,
     redacted_url: String,
     password: Option<String>,
     queues: Arc<Mutex<HashMap<String, Queue>>>,
@@ -120,8 +122,12 @@ impl SharedStore {
 }
 
 impl BullmqStore {
-    /// Connects to the configured Redis, or to the primary the sentinels name.
+    /// Connects to the configured Redis, to the primary the sentinels name, or
+    /// to a Redis Cluster.
     pub async fn connect(config: &RedisConfig) -> Result<Self, StoreError> {
+        if !config.cluster_nodes.is_empty() {
+            return Self::connect_cluster(config).await;
+        }
         let url =
             crate::redis_target::resolve(config)
                 .await
@@ -163,6 +169,46 @@ impl BullmqStore {
             connection,
             prefix: prefix.to_owned(),
             url: url.to_owned(),
+            cluster_nodes: Vec::new(),
+            redacted_url,
+            password,
+            queues: Arc::default(),
+        })
+    }
+
+    async fn connect_cluster(config: &RedisConfig) -> Result<Self, StoreError> {
+        let seeds = config.cluster_nodes.join(",");
+        let redacted_url = config
+            .cluster_nodes
+            .iter()
+            .map(|n| redact_url(n))
+            .collect::<Vec<_>>()
+            .join(",");
+        let password = config
+            .cluster_nodes
+            .iter()
+            .find_map(|n| url::Url::parse(n).ok()?.password().map(str::to_owned));
+        let first = url::Url::parse(&config.cluster_nodes[0]).ok();
+        let options = RedisConnectionOptions {
+            cluster_nodes: config.cluster_nodes.clone(),
+            username: first
+                .as_ref()
+                .map(|u| u.username().to_owned())
+                .filter(|u| !u.is_empty()),
+            password: password.clone(),
+            ..RedisConnectionOptions::default()
+        };
+        let connection = RedisConnection::new_managed_only(&options)
+            .await
+            .map_err(|e| StoreError::Unreachable {
+                url: redacted_url.clone(),
+                reason: scrub(&e.to_string(), password.as_deref()),
+            })?;
+        Ok(Self {
+            connection,
+            prefix: config.prefix.clone(),
+            url: seeds,
+            cluster_nodes: config.cluster_nodes.clone(),
             redacted_url,
             password,
             queues: Arc::default(),
@@ -173,13 +219,36 @@ impl BullmqStore {
         &self.redacted_url
     }
 
+    /// One client per server that holds BullMQ data: the server itself, or
+    /// every primary of a cluster (keyspace notifications are node-local).
+    pub async fn primary_clients(&self) -> Result<Vec<redis::Client>, StoreError> {
+        let Some(seed) = self.cluster_nodes.first() else {
+            return Ok(vec![self.client()?]);
+        };
+        let nodes: String = redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query_async(&mut self.raw())
+            .await
+            .map_err(|e| self.error(e))?;
+        crate::redis_target::cluster_primaries(&nodes)
+            .into_iter()
+            .map(|(host, port)| {
+                redis::Client::open(crate::redis_target::with_address(seed, &host, port))
+                    .map_err(|e| self.error(e))
+            })
+            .collect()
+    }
+
     /// Whether this store talks to the server at `url`.
     pub fn is_at(&self, url: &str) -> bool {
         self.url == url
     }
 
-    /// A separate client for the same server, for subscriptions.
+    /// A separate client for the same server (the first seed on a cluster).
     pub fn client(&self) -> Result<redis::Client, StoreError> {
+        if let Some(seed) = self.cluster_nodes.first() {
+            return redis::Client::open(seed.as_str()).map_err(|e| self.error(e));
+        }
         redis::Client::open(self.url.as_str()).map_err(|e| self.error(e))
     }
 

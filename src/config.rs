@@ -49,6 +49,9 @@ pub struct RedisConfig {
     pub sentinels: Vec<String>,
     /// The primary's name in Sentinel (`sentinel monitor <name> …`).
     pub master_name: Option<String>,
+    /// Seed nodes of a Redis Cluster (with their credentials); when set, `url`
+    /// is not used and `prefix` must carry a hash tag such as `{bull}`.
+    pub cluster_nodes: Vec<String>,
 }
 
 impl Default for RedisConfig {
@@ -58,6 +61,7 @@ impl Default for RedisConfig {
             prefix: "bull".into(),
             sentinels: Vec::new(),
             master_name: None,
+            cluster_nodes: Vec::new(),
         }
     }
 }
@@ -297,6 +301,28 @@ impl Config {
                 return Err(invalid(
                     "redis.sentinels",
                     format!("{} is not a redis:// URL", redact_url(sentinel)),
+                ));
+            }
+        }
+        if !self.redis.cluster_nodes.is_empty() {
+            if !self.redis.sentinels.is_empty() {
+                return Err(invalid(
+                    "redis.cluster_nodes",
+                    "cannot be combined with redis.sentinels".into(),
+                ));
+            }
+            let tagged = self
+                .redis
+                .prefix
+                .split_once('{')
+                .is_some_and(|(_, rest)| rest.find('}').is_some_and(|end| end > 0));
+            if !tagged {
+                return Err(invalid(
+                    "redis.prefix",
+                    format!(
+                        "{:?} needs a hash tag such as \"{{bull}}\" on a cluster, so that each queue's keys share a slot",
+                        self.redis.prefix
+                    ),
                 ));
             }
         }

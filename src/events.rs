@@ -93,6 +93,8 @@ pub enum Event<'a> {
     },
     RecoveryFailed {
         trigger: Cause,
+        /// The queues the failed cycle was looking after.
+        queues: &'a [String],
         attempt: u32,
         error: String,
         /// The exponential ceiling for this retry…
@@ -272,6 +274,7 @@ impl Observer {
             }
             Event::RecoveryFailed {
                 trigger,
+                queues,
                 attempt,
                 error,
                 backoff,
@@ -285,13 +288,15 @@ impl Observer {
                     retry_in_ms = retry_in.as_millis() as u64,
                     "{error}"
                 );
-                m.recoveries
-                    .get_or_create(&RecoveryLabels {
-                        queue: String::new(),
-                        trigger: trigger.as_str(),
-                        result: "failure",
-                    })
-                    .inc();
+                for queue in queues {
+                    m.recoveries
+                        .get_or_create(&RecoveryLabels {
+                            queue: queue.clone(),
+                            trigger: trigger.as_str(),
+                            result: "failure",
+                        })
+                        .inc();
+                }
                 m.consecutive_failures.set(i64::from(attempt));
                 m.backoff_seconds.set(retry_in.as_secs_f64());
             }
@@ -380,9 +385,9 @@ impl Observer {
                         );
                     }
                     m.redis_config_readable.set(1);
-                    m.redis_aof_enabled.set(i64::from(p.aof));
-                    m.redis_rdb_save_configured.set(i64::from(p.rdb));
-                    m.redis_noeviction.set(i64::from(p.noeviction));
+                    m.redis_aof_enabled.set_known(i64::from(p.aof));
+                    m.redis_rdb_save_configured.set_known(i64::from(p.rdb));
+                    m.redis_noeviction.set_known(i64::from(p.noeviction));
                     m.redis_appendfsync.clear();
                     if !p.appendfsync.is_empty() {
                         m.redis_appendfsync
@@ -394,6 +399,10 @@ impl Observer {
                 }
                 None => {
                     m.redis_config_readable.set(0);
+                    m.redis_aof_enabled.forget();
+                    m.redis_rdb_save_configured.forget();
+                    m.redis_noeviction.forget();
+                    m.redis_appendfsync.clear();
                 }
             },
             Event::Memory { used, max } => {

@@ -53,6 +53,21 @@ pub struct VersionLabels {
 }
 
 type Gauges<L> = Family<L, Gauge>;
+
+/// A gauge without labels that is left out while its value is unknown
+/// (`set_known`, `forget`).
+#[derive(Clone, Default)]
+pub struct OptionalGauge(Family<Vec<(String, String)>, Gauge>);
+
+impl OptionalGauge {
+    pub fn set_known(&self, value: i64) {
+        self.0.get_or_create(&Vec::new()).set(value);
+    }
+
+    pub fn forget(&self) {
+        self.0.clear();
+    }
+}
 type FloatGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
 
 /// Every metric the sidecar exports; names are listed in docs/metrics.md.
@@ -69,10 +84,10 @@ pub struct Metrics {
     pub redis_failovers: Counter,
     pub redis_last_restart: Gauge,
     pub redis_loading: Gauge,
-    pub redis_aof_enabled: Gauge,
-    pub redis_rdb_save_configured: Gauge,
+    pub redis_aof_enabled: OptionalGauge,
+    pub redis_rdb_save_configured: OptionalGauge,
     pub redis_appendfsync: Gauges<PolicyLabels>,
-    pub redis_noeviction: Gauge,
+    pub redis_noeviction: OptionalGauge,
     pub redis_config_readable: Gauge,
     pub keyspace_notifications_active: Gauge,
     pub redis_used_memory: Gauge,
@@ -174,26 +189,26 @@ impl Metrics {
                 "Whether Redis is loading its dataset",
                 Gauge::default()
             ),
-            redis_aof_enabled: register!(
+            redis_aof_enabled: OptionalGauge(register!(
                 "bullmq_warden_redis_aof_enabled",
-                "Whether appendonly is on",
-                Gauge::default()
-            ),
-            redis_rdb_save_configured: register!(
+                "Whether appendonly is on (absent while CONFIG is refused)",
+                Family::<Vec<(String, String)>, Gauge>::default()
+            )),
+            redis_rdb_save_configured: OptionalGauge(register!(
                 "bullmq_warden_redis_rdb_save_configured",
-                "Whether RDB snapshots are configured (save is not empty)",
-                Gauge::default()
-            ),
+                "Whether RDB snapshots are configured (absent while CONFIG is refused)",
+                Family::<Vec<(String, String)>, Gauge>::default()
+            )),
             redis_appendfsync: register!(
                 "bullmq_warden_redis_appendfsync",
                 "The appendfsync policy in force (1 for the current one)",
                 Gauges::<PolicyLabels>::default()
             ),
-            redis_noeviction: register!(
+            redis_noeviction: OptionalGauge(register!(
                 "bullmq_warden_redis_maxmemory_policy_noeviction",
-                "Whether maxmemory-policy is noeviction, as BullMQ requires",
-                Gauge::default()
-            ),
+                "Whether maxmemory-policy is noeviction, as BullMQ requires (absent while CONFIG is refused)",
+                Family::<Vec<(String, String)>, Gauge>::default()
+            )),
             redis_config_readable: register!(
                 "bullmq_warden_redis_config_readable",
                 "Whether CONFIG GET is allowed (persistence gauges are unknown otherwise)",
@@ -275,6 +290,25 @@ impl Metrics {
                 Histogram::new(exponential_buckets(0.001, 2.0, 16))
             ),
             registry,
+        }
+    }
+
+    /// Creates a queue's labelled counters at zero, so that `increase()` sees
+    /// their first change.
+    pub fn register_queue(&self, queue: &str, triggers: &[&'static str]) {
+        let labels = QueueLabels {
+            queue: queue.to_owned(),
+        };
+        let _ = self.schedulers_restored.get_or_create(&labels);
+        let _ = self.catchup_jobs.get_or_create(&labels);
+        for trigger in triggers {
+            for result in ["success", "failure"] {
+                let _ = self.recoveries.get_or_create(&RecoveryLabels {
+                    queue: queue.to_owned(),
+                    trigger,
+                    result,
+                });
+            }
         }
     }
 

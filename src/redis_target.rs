@@ -65,7 +65,7 @@ async fn primary_address(sentinel: &str, name: &str) -> Result<(String, u16), St
 }
 
 /// `url` with its host and port replaced, keeping scheme, credentials and path.
-fn with_address(url: &str, host: &str, port: u16) -> String {
+pub fn with_address(url: &str, host: &str, port: u16) -> String {
     match url::Url::parse(url) {
         Ok(mut parsed) => {
             let _ = parsed.set_host(Some(host));
@@ -81,10 +81,45 @@ mod tests {
     use super::*;
 
     #[test]
+    fn cluster_primaries_are_read_from_cluster_nodes() {
+        let nodes = "a1 127.0.0.1:7001@17001 master - 0 0 1 connected 0-5460\n\
+                     b2 127.0.0.1:7004@17004 slave a1 0 0 1 connected\n\
+                     c3 127.0.0.1:7000@17000 myself,master - 0 0 2 connected 5461-10922\n\
+                     d4 127.0.0.1:7002@17002 master,fail - 0 0 3 disconnected";
+        assert_eq!(
+            cluster_primaries(nodes),
+            vec![
+                ("127.0.0.1".to_owned(), 7000),
+                ("127.0.0.1".to_owned(), 7001)
+            ]
+        );
+    }
+
+    #[test]
     fn the_primary_address_keeps_credentials_and_database() {
         assert_eq!(
             with_address("redis://app:pw@placeholder:6379/2", "10.1.2.3", 6390),
             "redis://app:pw@10.1.2.3:6390/2"
         );
     }
+}
+
+/// The primaries in a `CLUSTER NODES` reply, as `host:port` pairs.
+pub fn cluster_primaries(nodes: &str) -> Vec<(String, u16)> {
+    let mut primaries: Vec<(String, u16)> = nodes
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let flags = fields.get(2)?;
+            if !flags.split(',').any(|f| f == "master") || flags.contains("fail") {
+                return None;
+            }
+            // `ip:port@cport[,hostname]`
+            let address = fields.get(1)?.split('@').next()?;
+            let (host, port) = address.rsplit_once(':')?;
+            Some((host.to_owned(), port.parse().ok()?))
+        })
+        .collect();
+    primaries.sort();
+    primaries
 }

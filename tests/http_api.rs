@@ -241,3 +241,33 @@ fn a_mutating_api_on_a_public_address_without_a_token_is_refused() {
         run.stderr
     );
 }
+
+#[test]
+fn persistence_gauges_are_absent_while_config_is_refused() {
+    let redis = RedisServer::start_with(&["--rename-command", "CONFIG", "\"\""]);
+    let api = api(&redis, true, &[]);
+    assert!(support::wait_until(5 * SECOND, || api
+        .get("/metrics")
+        .1
+        .contains("bullmq_warden_redis_config_readable 0")));
+    let text = api.get("/metrics").1;
+    for unknown in [
+        "bullmq_warden_redis_aof_enabled ",
+        "bullmq_warden_redis_rdb_save_configured ",
+        "bullmq_warden_redis_maxmemory_policy_noeviction ",
+        "bullmq_warden_redis_appendfsync{",
+    ] {
+        assert!(!text.contains(unknown), "{unknown} while CONFIG is refused");
+    }
+    assert!(
+        text.contains("bullmq_warden_keyspace_notifications_active 0"),
+        "polling alone"
+    );
+    assert!(
+        text.contains("bullmq_warden_detections_total{cause=\"restart\"} 0"),
+        "counters start at zero"
+    );
+    assert!(text.contains(
+        "bullmq_warden_recoveries_total{queue=\"mail\",trigger=\"flush\",result=\"failure\"} 0"
+    ));
+}

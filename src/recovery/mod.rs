@@ -92,14 +92,12 @@ impl Controller {
         metrics
             .auto_recovery_enabled
             .set(i64::from(config.recovery.auto));
-        // Failure series exist from the start, so that increase() sees the first one.
+        // Counters exist from the start, so that increase() sees their first change.
         for cause in Cause::ALL {
             let _ = metrics
-                .recoveries
-                .get_or_create(&crate::metrics::RecoveryLabels {
-                    queue: String::new(),
-                    trigger: cause.as_str(),
-                    result: "failure",
+                .detections
+                .get_or_create(&crate::metrics::CauseLabels {
+                    cause: cause.as_str(),
                 });
         }
         Self {
@@ -197,8 +195,10 @@ impl Controller {
                     failures += 1;
                     let ceiling = delays.next().unwrap_or(self.config.recovery.backoff_max);
                     let retry_in = full_jitter(ceiling);
+                    let queues = self.queues.read().map(|q| q.clone()).unwrap_or_default();
                     self.observer.emit(Event::RecoveryFailed {
                         trigger,
+                        queues: &queues,
                         attempt: failures,
                         error,
                         backoff: ceiling,
@@ -463,7 +463,9 @@ pub fn publish_drift(observer: &Observer, snapshot: &Snapshot) {
 }
 
 fn publish_plan(observer: &Observer, desired_set: &crate::desired::DesiredSet, whole: &Plan) {
+    let triggers = Cause::ALL.map(Cause::as_str);
     for (queue, plan) in &whole.queues {
+        observer.metrics().register_queue(queue, &triggers);
         let desired = desired_set
             .schedulers
             .iter()
