@@ -219,11 +219,11 @@ impl BullmqStore {
         &self.redacted_url
     }
 
-    /// One client per server that holds BullMQ data: the server itself, or
-    /// every primary of a cluster (keyspace notifications are node-local).
-    pub async fn primary_clients(&self) -> Result<Vec<redis::Client>, StoreError> {
+    /// One client per server that holds BullMQ data, with its URL: the server
+    /// itself, or every primary of a cluster (keyspace notifications are node-local).
+    pub async fn primary_clients(&self) -> Result<Vec<(String, redis::Client)>, StoreError> {
         let Some(seed) = self.cluster_nodes.first() else {
-            return Ok(vec![self.client()?]);
+            return Ok(vec![(self.redacted_url.clone(), self.client()?)]);
         };
         let nodes: String = redis::cmd("CLUSTER")
             .arg("NODES")
@@ -233,8 +233,9 @@ impl BullmqStore {
         crate::redis_target::cluster_primaries(&nodes)
             .into_iter()
             .map(|(host, port)| {
-                redis::Client::open(crate::redis_target::with_address(seed, &host, port))
-                    .map_err(|e| self.error(e))
+                let url = crate::redis_target::with_address(seed, &host, port);
+                let client = redis::Client::open(url.as_str()).map_err(|e| self.error(e))?;
+                Ok((redact_url(&url), client))
             })
             .collect()
     }
@@ -244,12 +245,13 @@ impl BullmqStore {
         self.url == url
     }
 
-    /// A separate client for the same server (the first seed on a cluster).
-    pub fn client(&self) -> Result<redis::Client, StoreError> {
-        if let Some(seed) = self.cluster_nodes.first() {
-            return redis::Client::open(seed.as_str()).map_err(|e| self.error(e));
-        }
+    /// A separate client for the same server.
+    fn client(&self) -> Result<redis::Client, StoreError> {
         redis::Client::open(self.url.as_str()).map_err(|e| self.error(e))
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        !self.cluster_nodes.is_empty()
     }
 
     pub fn prefix(&self) -> &str {

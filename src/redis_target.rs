@@ -76,6 +76,26 @@ pub fn with_address(url: &str, host: &str, port: u16) -> String {
     }
 }
 
+/// The primaries in a `CLUSTER NODES` reply, as `host:port` pairs.
+pub fn cluster_primaries(nodes: &str) -> Vec<(String, u16)> {
+    let mut primaries: Vec<(String, u16)> = nodes
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let flags = fields.get(2)?;
+            if !flags.split(',').any(|f| f == "master") || flags.contains("fail") {
+                return None;
+            }
+            // `ip:port@cport[,hostname]`
+            let address = fields.get(1)?.split('@').next()?;
+            let (host, port) = address.rsplit_once(':')?;
+            Some((host.to_owned(), port.parse().ok()?))
+        })
+        .collect();
+    primaries.sort();
+    primaries
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,24 +122,4 @@ mod tests {
             "redis://app:pw@10.1.2.3:6390/2"
         );
     }
-}
-
-/// The primaries in a `CLUSTER NODES` reply, as `host:port` pairs.
-pub fn cluster_primaries(nodes: &str) -> Vec<(String, u16)> {
-    let mut primaries: Vec<(String, u16)> = nodes
-        .lines()
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let flags = fields.get(2)?;
-            if !flags.split(',').any(|f| f == "master") || flags.contains("fail") {
-                return None;
-            }
-            // `ip:port@cport[,hostname]`
-            let address = fields.get(1)?.split('@').next()?;
-            let (host, port) = address.rsplit_once(':')?;
-            Some((host.to_owned(), port.parse().ok()?))
-        })
-        .collect();
-    primaries.sort();
-    primaries
 }

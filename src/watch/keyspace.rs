@@ -47,6 +47,8 @@ pub struct KeyspaceWatcher {
     observer: Observer,
     backoff_min: Duration,
     backoff_max: Duration,
+    /// How often a cluster's primaries are listed again.
+    topology_interval: Duration,
 }
 
 impl KeyspaceWatcher {
@@ -62,6 +64,7 @@ impl KeyspaceWatcher {
         observer: Observer,
         backoff_min: Duration,
         backoff_max: Duration,
+        topology_interval: Duration,
     ) -> Self {
         Self {
             store,
@@ -74,6 +77,7 @@ impl KeyspaceWatcher {
             observer,
             backoff_min,
             backoff_max,
+            topology_interval,
         }
     }
 
@@ -103,36 +107,55 @@ impl KeyspaceWatcher {
         }
     }
 
-    /// One subscription, until the connection drops (the error) or shutdown.
+    /// One subscription per primary, until a connection drops or the cluster
+    /// topology changes (the returned reason), or shutdown.
     async fn session(&mut self, first: bool, shutdown: &CancellationToken) -> String {
-        let client = match self.store.get().client() {
-            Ok(client) => client,
+        let store = self.store.get();
+        let primaries = match store.primary_clients().await {
+            Ok(primaries) => primaries,
             Err(e) => return e.to_string(),
         };
         self.moved.borrow_and_update();
-        let flags_active = self.ensure_config(&client).await;
-        let mut pubsub = match client.get_async_pubsub().await {
-            Ok(pubsub) => pubsub,
-            Err(e) => return e.to_string(),
-        };
         let channel_prefix = format!("__keyspace@{}__:{}:", self.db, self.prefix);
         let patterns = [
             format!("{channel_prefix}*:repeat"),
             format!("{channel_prefix}*:repeat:*"),
             format!("{channel_prefix}*:delayed"),
         ];
-        if let Err(e) = pubsub.psubscribe(&patterns).await {
-            return e.to_string();
+        let mut streams = Vec::new();
+        let mut problems = Vec::new();
+        let mut details = Vec::new();
+        for (url, client) in &primaries {
+            match self.ensure_config(client).await {
+                Ok(detail) => details.push(detail),
+                Err(problem) => problems.push(format!("{url}: {problem}")),
+            }
+            let mut pubsub = match client.get_async_pubsub().await {
+                Ok(pubsub) => pubsub,
+                Err(e) => return format!("{url}: {e}"),
+            };
+            if let Err(e) = pubsub.psubscribe(&patterns).await {
+                return format!("{url}: {e}");
+            }
+            // A closed subscription ends the session, so it is subscribed again.
+            streams.push(
+                pubsub
+                    .into_on_message()
+                    .map(Some)
+                    .chain(futures::stream::once(async { None }))
+                    .boxed(),
+            );
         }
-        match &flags_active {
-            Ok(detail) => self.observer.emit(Event::KeyspaceNotifications {
+        if problems.is_empty() {
+            self.observer.emit(Event::KeyspaceNotifications {
                 active: true,
-                detail: detail.clone(),
-            }),
-            Err(detail) => self.observer.emit(Event::KeyspaceNotifications {
+                detail: details.join("; "),
+            });
+        } else {
+            self.observer.emit(Event::KeyspaceNotifications {
                 active: false,
-                detail: format!("{detail}; relying on polling alone"),
-            }),
+                detail: format!("{}; relying on polling alone", problems.join("; ")),
+            });
         }
         if !first {
             self.signal(
@@ -141,13 +164,26 @@ impl KeyspaceWatcher {
                 "keyspace subscription re-established; notifications may have been missed".into(),
             );
         }
+        let subscribed: Vec<String> = primaries.into_iter().map(|(url, _)| url).collect();
+        let mut topology = tokio::time::interval_at(
+            tokio::time::Instant::now() + self.topology_interval,
+            self.topology_interval,
+        );
         let mut last_logged: HashMap<String, Instant> = HashMap::new();
-        let mut messages = pubsub.on_message();
+        let mut messages = futures::stream::select_all(streams);
         loop {
             let message = tokio::select! {
-                message = messages.next() => message,
+                message = messages.next() => message.flatten(),
                 // Without Sentinel the sender is gone and this branch never matches.
                 Ok(()) = self.moved.changed() => return "the primary moved".into(),
+                _ = topology.tick(), if store.is_cluster() => {
+                    match store.primary_clients().await {
+                        Ok(now) if now.iter().map(|(url, _)| url).ne(subscribed.iter()) => {
+                            return "the cluster's primaries changed".into();
+                        }
+                        _ => continue,
+                    }
+                }
                 _ = shutdown.cancelled() => return String::new(),
             };
             let Some(message) = message else {

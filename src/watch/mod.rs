@@ -115,6 +115,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Watc
         observer.clone(),
         config.recovery.backoff_min,
         config.recovery.backoff_max,
+        config.watch.drift_interval,
     );
     tasks.spawn(keyspace.run(shutdown.clone()));
     tasks.spawn(periodic_drift_checks(

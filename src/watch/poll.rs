@@ -159,12 +159,22 @@ impl Poller {
         }
     }
 
-    /// Returns whether Redis restarted since the last poll.
+    /// Returns whether Redis restarted since the last poll. A new `run_id`
+    /// whose server started after the last good poll is a restart; one that
+    /// was up before is another server answering: a failover.
     fn observe_identity(&mut self, now: Identity, since_ms: u64) -> bool {
         let Some(before) = self.identity.replace(now.clone()) else {
             return false;
         };
-        if now.run_id != before.run_id || now.uptime_s < before.uptime_s {
+        let seconds_since_last_poll = now_ms().saturating_sub(since_ms) / 1000 + 1;
+        let new_server = now.run_id != before.run_id;
+        let started_since = now.uptime_s <= seconds_since_last_poll;
+        let restarted = if new_server {
+            started_since
+        } else {
+            now.uptime_s < before.uptime_s
+        };
+        if restarted {
             self.signal(
                 Cause::Restart,
                 None,
@@ -179,13 +189,15 @@ impl Poller {
             );
             return true;
         }
-        if now.role != before.role || now.replid != before.replid {
+        if new_server || now.role != before.role || now.replid != before.replid {
             self.signal(
                 Cause::Failover,
                 None,
                 since_ms,
                 format!(
-                    "Redis role {} → {}, replication id {} → {}",
+                    "another Redis answers: run_id {} → {}, role {} → {}, replication id {} → {}",
+                    short(&before.run_id),
+                    short(&now.run_id),
                     before.role,
                     now.role,
                     short(&before.replid),

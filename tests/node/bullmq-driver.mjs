@@ -3,7 +3,7 @@
 //
 // Usage:
 //   node tests/node/bullmq-driver.mjs <command> --major 5|6 --redis <url>
-//        [--prefix bull] --queue <name> [command flags]
+//        [--prefix bull] [--cluster] --queue <name> [command flags]
 //
 // Commands (input, when needed, is JSON on stdin; output is ONE JSON document
 // on stdout; logs go to stderr; errors exit non-zero with one stderr line):
@@ -247,11 +247,20 @@ async function main() {
 
   const major = String(required(flags, 'major'));
   if (major !== '5' && major !== '6') throw new Error(`--major must be 5 or 6, got '${major}'`);
-  const connection = redisOptions(required(flags, 'redis'));
+  const options = redisOptions(required(flags, 'redis'));
   const prefix = typeof flags.prefix === 'string' ? flags.prefix : 'bull';
   const queueName = required(flags, 'queue');
 
-  await checkRedis(connection);
+  // --cluster: the URL names one seed node of a Redis Cluster.
+  let connection = options;
+  if (flags.cluster) {
+    const { username, password } = options;
+    connection = new IORedis.Cluster([{ host: options.host, port: options.port }], {
+      redisOptions: { username, password, maxRetriesPerRequest: null },
+    });
+  } else {
+    await checkRedis(connection);
+  }
   const bullmq = await import(major === '5' ? 'bullmq5' : 'bullmq6');
   const queue = new bullmq.Queue(queueName, { connection, prefix });
   queue.on('error', (err) => log('queue error:', err.message));
@@ -260,6 +269,7 @@ async function main() {
     process.stdout.write(`${JSON.stringify(result)}\n`);
   } finally {
     await queue.close();
+    if (flags.cluster) connection.disconnect();
   }
 }
 

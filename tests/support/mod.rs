@@ -649,3 +649,127 @@ fn sentinel_cli(port: u16, args: &[&str]) -> String {
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default()
 }
+
+/// A Redis Cluster of three primaries with a replica each, made with
+/// `redis-cli --cluster create`.
+pub struct ClusterGroup {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl ClusterGroup {
+    pub fn start() -> Self {
+        let nodes: Vec<RedisServer> = (0..6)
+            .map(|_| {
+                RedisServer::start_with(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "2000",
+                ])
+            })
+            .collect();
+        let addresses: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port()))
+            .collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .expect("redis-cli --cluster create");
+        assert!(
+            created.status.success(),
+            "cluster create: {}",
+            String::from_utf8_lossy(&created.stdout)
+        );
+        let group = Self { nodes };
+        assert!(
+            wait_until(Duration::from_secs(30), || group.nodes.iter().all(|n| n
+                .redis(&["CLUSTER", "INFO"])
+                .contains("cluster_state:ok"))),
+            "cluster did not become ok"
+        );
+        group
+    }
+
+    pub fn seed_urls(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .take(3)
+            .map(|n| format!("redis://127.0.0.1:{}", n.port()))
+            .collect()
+    }
+
+    /// `redis-cli -c` against the cluster: follows redirects to the key's node.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let output = Command::new("redis-cli")
+            .args(["-c", "-p", &self.nodes[0].port().to_string(), "--raw"])
+            .args(args)
+            .output()
+            .expect("redis-cli -c");
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
+    /// The node that serves `key` now.
+    pub fn owner_of(&self, key: &str) -> &RedisServer {
+        let slot: u16 = self
+            .cli(&["CLUSTER", "KEYSLOT", key])
+            .parse()
+            .expect("slot");
+        self.nodes
+            .iter()
+            .find(|n| {
+                n.redis(&["ROLE"]).starts_with("master")
+                    && n.redis(&["CLUSTER", "NODES"]).lines().any(|line| {
+                        line.contains("myself")
+                            && line.split_whitespace().skip(8).any(|range| {
+                                let (lo, hi) = range.split_once('-').unwrap_or((range, range));
+                                matches!((lo.parse::<u16>(), hi.parse::<u16>()), (Ok(lo), Ok(hi)) if lo <= slot && slot <= hi)
+                            })
+                    })
+            })
+            .expect("a primary serves the slot")
+    }
+
+    /// FLUSHALL on every primary.
+    pub fn flush_all(&self) {
+        for node in &self.nodes {
+            if node.redis(&["ROLE"]).starts_with("master") {
+                node.redis(&["FLUSHALL"]);
+            }
+        }
+    }
+
+    /// Promotes the replica of the node serving `key` (CLUSTER FAILOVER).
+    pub fn fail_over_owner_of(&self, key: &str) -> &RedisServer {
+        let owner = self.owner_of(key);
+        let owner_id = owner.redis(&["CLUSTER", "MYID"]);
+        let replica = self
+            .nodes
+            .iter()
+            .find(|n| {
+                n.redis(&["ROLE"]).starts_with("slave")
+                    && n.redis(&["CLUSTER", "NODES"])
+                        .lines()
+                        .any(|l| l.contains("myself") && l.contains(&owner_id))
+            })
+            .expect("the owner has a replica");
+        assert!(
+            wait_until(Duration::from_secs(10), || replica
+                .redis(&["INFO", "replication"])
+                .contains("master_link_status:up")),
+            "replica in sync"
+        );
+        replica.redis(&["CLUSTER", "FAILOVER"]);
+        assert!(
+            wait_until(Duration::from_secs(20), || replica
+                .redis(&["ROLE"])
+                .starts_with("master")),
+            "replica promoted"
+        );
+        replica
+    }
+}
