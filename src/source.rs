@@ -180,36 +180,24 @@ impl Source {
     pub async fn fetch(&self) -> Result<Fetched, SourceError> {
         let started = Instant::now();
         let query = self.query.as_str();
+        // One arm per database: each has its own row type.
+        macro_rules! read_only {
+            ($begin:expr, $db:ty) => {{
+                let mut tx = $begin.await.map_err(|e| self.error(e))?;
+                let rows = sqlx::query(AssertSqlSafe(query))
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(|e| self.error(e))?;
+                rows.iter().map(decode_row::<$db>).collect()
+            }};
+        }
         let rows = match &self.pools {
-            Pools::Sqlite(pool) => {
-                let mut tx = pool.begin().await.map_err(|e| self.error(e))?;
-                let rows = sqlx::query(AssertSqlSafe(query))
-                    .fetch_all(&mut *tx)
-                    .await
-                    .map_err(|e| self.error(e))?;
-                rows.iter().map(decode_row::<Sqlite>).collect()
-            }
+            Pools::Sqlite(pool) => read_only!(pool.begin(), Sqlite),
             Pools::Postgres(pool) => {
-                let mut tx = pool
-                    .begin_with("START TRANSACTION READ ONLY")
-                    .await
-                    .map_err(|e| self.error(e))?;
-                let rows = sqlx::query(AssertSqlSafe(query))
-                    .fetch_all(&mut *tx)
-                    .await
-                    .map_err(|e| self.error(e))?;
-                rows.iter().map(decode_row::<Postgres>).collect()
+                read_only!(pool.begin_with("START TRANSACTION READ ONLY"), Postgres)
             }
             Pools::MySql(pool) => {
-                let mut tx = pool
-                    .begin_with("START TRANSACTION READ ONLY")
-                    .await
-                    .map_err(|e| self.error(e))?;
-                let rows = sqlx::query(AssertSqlSafe(query))
-                    .fetch_all(&mut *tx)
-                    .await
-                    .map_err(|e| self.error(e))?;
-                rows.iter().map(decode_row::<MySql>).collect()
+                read_only!(pool.begin_with("START TRANSACTION READ ONLY"), MySql)
             }
         };
         // Dropping a transaction rolls it back: nothing was meant to be written.

@@ -582,34 +582,6 @@ fn dashboard_queries(path: &Path) -> (Queries, LabelValues) {
 // ---------------------------------------------------------------------------
 // PromQL: the series selectors of an expression
 
-/// Words that are never metric names although no `(` follows them.
-const NOT_METRICS: &[&str] = &[
-    "and",
-    "or",
-    "unless",
-    "bool",
-    "offset",
-    "atan2",
-    "inf",
-    "nan",
-    "sum",
-    "min",
-    "max",
-    "avg",
-    "group",
-    "stddev",
-    "stdvar",
-    "count",
-    "count_values",
-    "bottomk",
-    "topk",
-    "quantile",
-    "limitk",
-    "limit_ratio",
-    "group_left",
-    "group_right",
-];
-
 /// Keywords followed by a parenthesised list of label names.
 const LABEL_LISTS: &[&str] = &[
     "by",
@@ -685,7 +657,7 @@ fn selectors(expr: &str) -> Vec<String> {
                     i = past_closing(&chars, next, ')')
                 }
                 Some('(') => {} // a function or an aggregation
-                _ if NOT_METRICS.contains(&lower.as_str()) => {}
+                _ if support::PROMQL_NON_METRIC_WORDS.contains(&lower.as_str()) => {}
                 Some('{') => {
                     let end = past_closing(&chars, next, '}');
                     found.push(format!(

@@ -10,6 +10,8 @@
 //! Every metric name in a dashboard or alert query must be in the table of
 //! `docs/metrics.md`, so renaming a metric in one place and not the others fails.
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -80,33 +82,6 @@ fn assert_success(what: &str, output: &Output) -> String {
 
 // ---------------------------------------------------------------------------
 // PromQL: metric names
-
-/// Aggregations, binary operators, modifiers and literals: words that are
-/// never metric names even when no `(` follows them.
-const PROMQL_KEYWORDS: &[&str] = &[
-    "and",
-    "or",
-    "unless",
-    "bool",
-    "offset",
-    "atan2",
-    "inf",
-    "nan",
-    "sum",
-    "min",
-    "max",
-    "avg",
-    "group",
-    "stddev",
-    "stdvar",
-    "count",
-    "count_values",
-    "bottomk",
-    "topk",
-    "quantile",
-    "limitk",
-    "limit_ratio",
-];
 
 /// Keywords followed by a parenthesised list of label names.
 const LABEL_LIST_KEYWORDS: &[&str] = &[
@@ -205,7 +180,7 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
                 if call {
                     i = skip_enclosed(&chars, next, ')');
                 }
-            } else if !call && !PROMQL_KEYWORDS.contains(&lower.as_str()) {
+            } else if !call && !support::PROMQL_NON_METRIC_WORDS.contains(&lower.as_str()) {
                 names.insert(word);
             }
         } else {

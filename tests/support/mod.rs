@@ -773,3 +773,32 @@ impl ClusterGroup {
         replica
     }
 }
+
+/// PromQL words that are never metric names although no `(` follows them
+/// (aggregations, operators, modifiers, literals).
+pub const PROMQL_NON_METRIC_WORDS: &[&str] = &[
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "offset",
+    "atan2",
+    "inf",
+    "nan",
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "group",
+    "stddev",
+    "stdvar",
+    "count",
+    "count_values",
+    "bottomk",
+    "topk",
+    "quantile",
+    "limitk",
+    "limit_ratio",
+    "group_left",
+    "group_right",
+];
