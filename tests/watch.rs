@@ -470,3 +470,92 @@ fn a_loss_while_the_database_is_down_is_restored_once_it_returns() {
     );
     assert_eq!(redis.zcard("bull:inspection:repeat"), 2);
 }
+
+/// The application's own recover endpoint: records each request and restores
+/// the schedulers with real BullMQ, as the manual's recoverTasks would.
+fn application_endpoint(
+    redis_url: String,
+    specs: serde_json::Value,
+) -> (String, std::sync::mpsc::Receiver<String>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!(
+        "http://{}/api/bullmq/recover",
+        listener.local_addr().unwrap()
+    );
+    let (requests, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::{BufRead, BufReader, Read, Write};
+        for stream in listener.incoming().map_while(Result::ok) {
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut head = String::new();
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = value.trim().parse().unwrap_or(0);
+                }
+                head.push_str(&line);
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            let redis = support::RedisServer::attach(&redis_url);
+            node(
+                6,
+                "upsert-schedulers",
+                &redis,
+                "inspection",
+                &[],
+                Some(&specs),
+            );
+            let _ = requests.send(format!("{head}\r\n{}", String::from_utf8_lossy(&body)));
+            let mut stream = stream;
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}");
+        }
+    });
+    (url, received)
+}
+
+#[test]
+fn the_webhook_strategy_asks_the_application_and_checks_the_result() {
+    let redis = RedisServer::start();
+    let specs = json!([
+        {"id": "inspection:1", "name": "a", "repeat": {"pattern": "0 * * * *"}},
+        {"id": "inspection:2", "name": "b", "repeat": {"every": 60000}}
+    ]);
+    let (url, requests) = application_endpoint(redis.url(), specs);
+    let setup = Setup::sqlite(
+        &redis,
+        &format!(
+            "{FAST_WATCH}[recovery]\n{FAST_RECOVERY}strategy = \"webhook\"\nwebhook_url = \"{url}\"\n\
+             webhook_headers = {{ \"X-Api-Key\" = \"k-123\" }}\n"
+        ),
+    );
+    setup.sql(TASKS_TABLE_SQLITE);
+    setup.sql("INSERT INTO inspection_tasks (id, name, cron, every_ms) VALUES (1, 'a', '0 * * * *', NULL), (2, 'b', NULL, 60000)");
+    let watcher = Watcher::start_env(&setup, &[("BULLMQ_WARDEN_WEBHOOK_TOKEN", "hook-secret")]);
+    assert!(
+        watcher.wait_for("recovery_finished", 1, 20 * SECOND),
+        "{}",
+        watcher.log()
+    );
+    let request = requests
+        .recv_timeout(5 * SECOND)
+        .expect("the application was called");
+    let lower = request.to_ascii_lowercase();
+    assert!(lower.starts_with("post /api/bullmq/recover"), "{request}");
+    assert!(
+        lower.contains("authorization: bearer hook-secret"),
+        "{request}"
+    );
+    assert!(lower.contains("x-api-key: k-123"), "{request}");
+    assert!(request.contains("\"missing\":2"), "{request}");
+    assert_eq!(redis.zcard("bull:inspection:repeat"), 2);
+    assert!(
+        !watcher.log().contains("hook-secret"),
+        "the token is never logged"
+    );
+}

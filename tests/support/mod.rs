@@ -63,6 +63,20 @@ impl RedisServer {
         self.port
     }
 
+    /// A handle on a server someone else started (it is not stopped on drop).
+    pub fn attach(url: &str) -> Self {
+        let port = url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("redis://host:port");
+        Self {
+            port,
+            child: None,
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
