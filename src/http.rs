@@ -31,9 +31,12 @@ pub enum HttpError {
     Bind { addr: String, reason: String },
 }
 
+/// The `Warden` once Redis has answered; until then the API routes answer 503.
+pub type WardenSlot = Arc<std::sync::OnceLock<Arc<Warden>>>;
+
 #[derive(Clone)]
 struct AppState {
-    warden: Arc<Warden>,
+    warden: WardenSlot,
     observer: Observer,
     token: Option<Arc<str>>,
     apply_lock: Arc<Mutex<()>>,
@@ -83,7 +86,7 @@ pub async fn bind(
 /// Serves until `shutdown`, then finishes the requests in flight.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    warden: Arc<Warden>,
+    warden: WardenSlot,
     observer: Observer,
     token: Option<String>,
     apply_lock: Arc<Mutex<()>>,
@@ -178,7 +181,10 @@ async fn status(
         Ok(Query(params)) => params,
         Err(rejection) => return bad_request(&rejection.body_text()),
     };
-    match state.warden.status(params.queue.as_deref()).await {
+    let Some(warden) = state.warden.get() else {
+        return not_connected();
+    };
+    match warden.status(params.queue.as_deref()).await {
         Ok(report) => Json(report).into_response(),
         Err(error) => unavailable(&error),
     }
@@ -222,9 +228,12 @@ async fn recover(
             return bad_request(&format!("dry_run must be true or false, not {other:?}"))
         }
     };
+    let Some(warden) = state.warden.get() else {
+        return not_connected();
+    };
     let _serialised = state.apply_lock.lock().await;
     let started = std::time::Instant::now();
-    match state.warden.recover(params.queue.as_deref(), dry_run).await {
+    match warden.recover(params.queue.as_deref(), dry_run).await {
         Ok(report) => {
             if !dry_run && report.success && !report.changes.is_empty() {
                 state.observer.emit(Event::RecoveryFinished {
@@ -243,6 +252,14 @@ fn bad_request(message: &str) -> Response {
     (
         StatusCode::BAD_REQUEST,
         Json(serde_json::json!({"error": message})),
+    )
+        .into_response()
+}
+
+fn not_connected() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(serde_json::json!({"error": "not connected to Redis yet"})),
     )
         .into_response()
 }

@@ -271,3 +271,35 @@ fn persistence_gauges_are_absent_while_config_is_refused() {
         "bullmq_warden_recoveries_total{queue=\"mail\",trigger=\"flush\",result=\"failure\"} 0"
     ));
 }
+
+#[test]
+fn metrics_and_health_answer_while_redis_is_down_at_start() {
+    let mut redis = RedisServer::start();
+    redis.stop();
+    let addr = support::free_local_addr();
+    let setup = Setup::sqlite(
+        &redis,
+        &format!("[http]\nlisten = \"{addr}\"\n[recovery]\n{FAST_RECOVERY}"),
+    );
+    setup.sql(TASKS_TABLE_SQLITE);
+    let watcher = Watcher::start(&setup);
+    let base = format!("http://{addr}");
+    assert!(
+        support::wait_until(10 * SECOND, || http("GET", &format!("{base}/metrics"), &[])
+            .1
+            .contains("bullmq_warden_redis_up 0")),
+        "{}",
+        watcher.log()
+    );
+    assert_eq!(http("GET", &format!("{base}/healthz"), &[]).0, 200);
+    assert_eq!(http("GET", &format!("{base}/readyz"), &[]).0, 503);
+    let (code, body) = http("GET", &format!("{base}/api/bullmq/status"), &[]);
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("not connected"), "{body}");
+    redis.start_again();
+    assert!(
+        support::wait_until(15 * SECOND, || http("GET", &format!("{base}/readyz"), &[]).0 == 200),
+        "{}",
+        watcher.log()
+    );
+}

@@ -51,7 +51,27 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Watc
     };
     let webhook = Webhook::from_config(&config.recovery)?;
     let source = Source::connect_lazy(&config.source).await?;
+    let apply_lock = Arc::new(Mutex::new(()));
+    let connected: http::WardenSlot = Arc::default();
+    let mut tasks = tokio::task::JoinSet::new();
+    // Metrics and health answer from the start, Redis or not.
+    if let Some(listener) = listener {
+        tracing::info!(
+            event = "http_listening",
+            addr = config.http.listen.as_str(),
+            "serving /metrics and the API"
+        );
+        tasks.spawn(http::serve(
+            listener,
+            connected.clone(),
+            observer.clone(),
+            token,
+            apply_lock.clone(),
+            shutdown.clone(),
+        ));
+    }
     let Some(store) = connect_redis(&config, &observer, &shutdown).await else {
+        while tasks.join_next().await.is_some() {}
         return Ok(());
     };
     tracing::info!(
@@ -61,12 +81,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Watc
         "watching"
     );
     let warden = Arc::new(Warden::from_parts(config.clone(), store.clone(), source));
+    let _ = connected.set(warden.clone());
     let queues: SharedQueues = Arc::new(std::sync::RwLock::new(vec![config.source.queue.clone()]));
-    let apply_lock = Arc::new(Mutex::new(()));
     let (triggers_tx, triggers_rx) = mpsc::channel(1024);
     let (loading_tx, loading_rx) = watch::channel(false);
 
-    let mut tasks = tokio::task::JoinSet::new();
     let controller = Controller::new(
         warden.clone(),
         observer.clone(),
@@ -123,21 +142,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Watc
         config.watch.drift_interval,
         shutdown.clone(),
     ));
-    if let Some(listener) = listener {
-        tracing::info!(
-            event = "http_listening",
-            addr = config.http.listen.as_str(),
-            "serving /metrics and the API"
-        );
-        tasks.spawn(http::serve(
-            listener,
-            warden.clone(),
-            observer.clone(),
-            token,
-            apply_lock,
-            shutdown.clone(),
-        ));
-    }
     // The manual's start-up health check, acted upon.
     let _ = triggers_tx.try_send(Trigger {
         cause: Cause::Startup,
