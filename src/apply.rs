@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use futures::stream::{self, StreamExt};
+use futures::stream::{FuturesUnordered, StreamExt};
 use serde::Serialize;
 
 use crate::bullmq_store::BullmqStore;
@@ -66,9 +66,12 @@ pub struct RecoverReport {
     pub duration_ms: u64,
 }
 
-enum Write {
-    Upsert(DesiredScheduler),
-    Remove { queue: String, scheduler_id: String },
+enum Write<'a> {
+    Upsert(&'a DesiredScheduler),
+    Remove {
+        queue: &'a str,
+        scheduler_id: &'a str,
+    },
 }
 
 /// Applies `plan`: creates and updates always, removes orphans only when `prune`.
@@ -94,7 +97,7 @@ pub async fn apply(
             report
                 .changes
                 .push(change(scheduler, Action::Create, Vec::new()));
-            writes.push(Write::Upsert(scheduler.clone()));
+            writes.push(Write::Upsert(scheduler));
         }
         for update in &queue_plan.update {
             report.changes.push(change(
@@ -102,7 +105,7 @@ pub async fn apply(
                 Action::Update,
                 update.differs.clone(),
             ));
-            writes.push(Write::Upsert(update.scheduler.clone()));
+            writes.push(Write::Upsert(&update.scheduler));
         }
         for scheduler_id in &queue_plan.orphaned {
             report.changes.push(Change {
@@ -114,8 +117,8 @@ pub async fn apply(
             });
             if prune {
                 writes.push(Write::Remove {
-                    queue: queue.clone(),
-                    scheduler_id: scheduler_id.clone(),
+                    queue,
+                    scheduler_id,
                 });
             }
         }
@@ -133,39 +136,35 @@ pub async fn apply(
         report.duration_ms = millis(started.elapsed());
         return report;
     }
-    let mut outcomes = stream::iter(writes)
-        .map(|write| async move {
-            match write {
-                Write::Upsert(scheduler) => {
-                    let result = store.upsert(&scheduler).await.map(|()| false);
-                    (scheduler.row_id, scheduler.scheduler_id, result)
-                }
-                Write::Remove {
-                    queue,
-                    scheduler_id,
-                } => {
-                    let result = store.remove(&queue, &scheduler_id).await;
-                    (String::new(), scheduler_id, result)
-                }
-            }
-        })
-        .buffer_unordered(concurrency);
+    // A hand-rolled window over FuturesUnordered: at most `concurrency` writes
+    // in flight, refilled as each one finishes.
     let mut failed_ids = std::collections::HashSet::new();
-    while let Some((row_id, scheduler_id, result)) = outcomes.next().await {
+    let mut queued = writes.into_iter();
+    let mut in_flight = FuturesUnordered::new();
+    loop {
+        while in_flight.len() < concurrency {
+            match queued.next() {
+                Some(write) => in_flight.push(carry_out(store, write)),
+                None => break,
+            }
+        }
+        let Some((row_id, scheduler_id, result)) = in_flight.next().await else {
+            break;
+        };
         match result {
             Ok(removed) => report.removed += usize::from(removed),
             Err(error) => {
-                failed_ids.insert(scheduler_id.clone());
+                failed_ids.insert(scheduler_id);
                 report.failed.push(Failure {
-                    id: row_id,
-                    scheduler_id,
+                    id: row_id.to_owned(),
+                    scheduler_id: scheduler_id.to_owned(),
                     reason: error.to_string(),
                 });
             }
         }
     }
     for c in &report.changes {
-        if failed_ids.contains(&c.scheduler_id) {
+        if failed_ids.contains(c.scheduler_id.as_str()) {
             continue;
         }
         match c.action {
@@ -178,6 +177,27 @@ pub async fn apply(
     report.success = report.failed.is_empty();
     report.duration_ms = millis(started.elapsed());
     report
+}
+
+/// One write; returns the row id, the scheduler id, and whether it removed one.
+async fn carry_out<'a>(
+    store: &BullmqStore,
+    write: Write<'a>,
+) -> (
+    &'a str,
+    &'a str,
+    Result<bool, crate::bullmq_store::StoreError>,
+) {
+    match write {
+        Write::Upsert(scheduler) => {
+            let result = store.upsert(scheduler).await.map(|()| false);
+            (&scheduler.row_id, &scheduler.scheduler_id, result)
+        }
+        Write::Remove {
+            queue,
+            scheduler_id,
+        } => ("", scheduler_id, store.remove(queue, scheduler_id).await),
+    }
 }
 
 fn change(scheduler: &DesiredScheduler, action: Action, differs: Vec<&'static str>) -> Change {

@@ -187,7 +187,10 @@ pub async fn run(warden: &Warden) -> Audit {
                 audit.push(
                     Severity::Info,
                     "drift",
-                    format!("{} schedulers in place", snapshot.desired.schedulers.len()),
+                    format!(
+                        "{} schedulers in place",
+                        plan.queues.values().map(|q| q.desired).sum::<usize>()
+                    ),
                 );
             }
             for invalid in &plan.invalid {

@@ -16,7 +16,7 @@ use serde::Serialize;
 use tokio::sync::Mutex;
 
 use crate::config::{redact_url, RedisConfig};
-use crate::desired::{job_options, DesiredScheduler, Schedule};
+use crate::desired::{DesiredScheduler, Schedule};
 
 /// How long connecting may take before Redis counts as unreachable.
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -37,11 +37,50 @@ pub enum StoreError {
 pub struct StoredScheduler {
     /// Score in the `repeat` set: the next run, epoch milliseconds.
     pub next_ms: u64,
-    /// Fields of `repeat:<id>`; `None` when the hash is gone.
-    pub hash: Option<HashMap<String, String>>,
+    /// The compared fields of `repeat:<id>`; `None` when the hash is gone.
+    pub hash: Option<SchedulerFields>,
     /// Whether the job for the next run (`repeat:<id>:<next>`) exists. Without
     /// it the scheduler never fires again.
     pub next_job_exists: bool,
+}
+
+/// The fields of a scheduler hash (`repeat:<id>`) that decide whether it
+/// matches its row; only these are read, to keep 100,000 of them small.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SchedulerFields {
+    values: [Option<String>; 9],
+}
+
+impl SchedulerFields {
+    /// Hash field names, in BullMQ's spelling.
+    pub const NAMES: [&'static str; 9] = [
+        "name",
+        "pattern",
+        "every",
+        "tz",
+        "data",
+        "opts",
+        "startDate",
+        "endDate",
+        "limit",
+    ];
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        let index = Self::NAMES.iter().position(|n| *n == name)?;
+        self.values[index].as_deref()
+    }
+}
+
+impl<K: AsRef<str>, V: Into<String>> FromIterator<(K, V)> for SchedulerFields {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(pairs: I) -> Self {
+        let mut fields = Self::default();
+        for (name, value) in pairs {
+            if let Some(index) = Self::NAMES.iter().position(|n| *n == name.as_ref()) {
+                fields.values[index] = Some(value.into());
+            }
+        }
+        fields
+    }
 }
 
 /// The schedulers of one queue.
@@ -388,20 +427,30 @@ impl BullmqStore {
         for batch in owned.chunks(READ_BATCH) {
             let mut pipe = redis::pipe();
             for (id, next_ms) in batch {
-                pipe.cmd("HGETALL").arg(format!("{repeat_key}:{id}"));
+                pipe.cmd("HMGET")
+                    .arg(format!("{repeat_key}:{id}"))
+                    .arg(&SchedulerFields::NAMES[..]);
                 pipe.cmd("EXISTS")
                     .arg(format!("{repeat_key}:{id}:{next_ms}"));
             }
-            let replies: Vec<(HashMap<String, String>, bool)> = pipe
+            let replies: Vec<(Vec<Option<String>>, bool)> = pipe
                 .query_async(&mut conn)
                 .await
                 .map_err(|e| self.error(e))?;
-            for ((id, next_ms), (hash, next_job_exists)) in batch.iter().zip(replies) {
+            for ((id, next_ms), (values, next_job_exists)) in batch.iter().zip(replies) {
+                let present = values.iter().any(Option::is_some);
+                let hash = present.then(|| {
+                    SchedulerFields::NAMES
+                        .iter()
+                        .zip(values)
+                        .filter_map(|(name, value)| Some((*name, value?)))
+                        .collect()
+                });
                 result.schedulers.insert(
                     id.clone(),
                     StoredScheduler {
                         next_ms: *next_ms,
-                        hash: (!hash.is_empty()).then_some(hash),
+                        hash,
                         next_job_exists,
                     },
                 );
@@ -437,13 +486,13 @@ impl BullmqStore {
         queue: &str,
         name: &str,
         data: serde_json::Value,
-        opts: &serde_json::Map<String, serde_json::Value>,
+        opts: bullmq::JobOptions,
         job_id: &str,
     ) -> Result<(), StoreError> {
         self.queue(queue)
             .await?
             .add(name, data)
-            .options(job_options(opts))
+            .options(opts)
             .job_id(job_id)
             .await
             .map(drop)
@@ -482,8 +531,8 @@ async fn upsert_with(queue: &Queue, scheduler: &DesiredScheduler) -> Result<(), 
             &scheduler.scheduler_id,
             repeat,
             Some(&scheduler.name),
-            Some(scheduler.data.clone()),
-            Some(job_options(&scheduler.opts)),
+            Some(scheduler.data_value()),
+            Some(scheduler.job_options()),
         )
         .await
         .map(drop)

@@ -32,9 +32,12 @@ pub struct DesiredScheduler {
     pub name: String,
     pub schedule: Schedule,
     pub tz: Option<String>,
-    pub data: Value,
-    /// Job options in the form BullMQ stores them in the scheduler hash.
-    pub opts: Map<String, Value>,
+    /// Job data as JSON text: kept as text because 100,000 parsed values
+    /// would cost several times the memory.
+    pub data: String,
+    /// Job options as JSON text, in the form BullMQ stores them in the
+    /// scheduler hash (text for the same reason as `data`).
+    pub opts: String,
     pub start_date: Option<u64>,
     pub end_date: Option<u64>,
     pub limit: Option<u64>,
@@ -69,13 +72,29 @@ impl DesiredSet {
     ) -> Self {
         let mut set = DesiredSet::default();
         for row in rows {
-            match desired_from_row(row, default_queue, template, now_ms) {
-                Ok(scheduler) => set.schedulers.push(scheduler),
-                Err(invalid) => set.invalid.push(invalid),
-            }
+            set.add(row, default_queue, template, now_ms);
         }
-        set.reject_duplicate_ids();
-        set
+        set.finish()
+    }
+
+    /// Validates one row, so rows can be taken as the database streams them.
+    pub fn add(
+        &mut self,
+        row: &SourceRow,
+        default_queue: &str,
+        template: &IdTemplate,
+        now_ms: u64,
+    ) {
+        match desired_from_row(row, default_queue, template, now_ms) {
+            Ok(scheduler) => self.schedulers.push(scheduler),
+            Err(invalid) => self.invalid.push(invalid),
+        }
+    }
+
+    /// Checks what only the whole set shows (duplicate ids).
+    pub fn finish(mut self) -> Self {
+        self.reject_duplicate_ids();
+        self
     }
 
     /// Two rows naming one scheduler cannot both win; neither is applied, so the
@@ -111,17 +130,20 @@ impl DesiredSet {
         }
     }
 
-    /// The queues that rows name, valid or not, in order.
-    pub fn queues(&self) -> Vec<String> {
-        let mut queues: Vec<String> = self
-            .schedulers
-            .iter()
-            .map(|s| s.queue.clone())
-            .chain(self.invalid.iter().filter_map(|i| i.queue.clone()))
-            .collect();
-        queues.sort();
-        queues.dedup();
-        queues
+    /// The valid rows grouped by queue (every queue an invalid row names
+    /// included), and the invalid rows.
+    pub fn into_queues(self) -> (BTreeMap<String, Vec<DesiredScheduler>>, Vec<InvalidRow>) {
+        let mut by_queue: BTreeMap<String, Vec<DesiredScheduler>> = BTreeMap::new();
+        for queue in self.invalid.iter().filter_map(|i| i.queue.clone()) {
+            by_queue.entry(queue).or_default();
+        }
+        for scheduler in self.schedulers {
+            by_queue
+                .entry(scheduler.queue.clone())
+                .or_default()
+                .push(scheduler);
+        }
+        (by_queue, self.invalid)
     }
 }
 
@@ -182,16 +204,19 @@ fn desired_from_row(
     let limit = positive_integer(row, "limit").map_err(&invalid)?;
     let data = match optional_text_any(row, &["data", "payload"]) {
         Some(text) => serde_json::from_str::<Value>(&text)
-            .map_err(|e| invalid(format!("data is not JSON: {e}")))?,
-        None => Value::Object(Map::new()),
+            .map_err(|e| invalid(format!("data is not JSON: {e}")))?
+            .to_string(),
+        None => "{}".to_owned(),
     };
     let opts = match optional_text(row, "opts") {
         Some(text) => {
             let value = serde_json::from_str::<Value>(&text)
                 .map_err(|e| invalid(format!("opts is not JSON: {e}")))?;
-            normalize_opts(&value).map_err(|reason| invalid(format!("opts: {reason}")))?
+            let normalized =
+                normalize_opts(&value).map_err(|reason| invalid(format!("opts: {reason}")))?;
+            Value::Object(normalized).to_string()
         }
-        None => Map::new(),
+        None => "{}".to_owned(),
     };
     Ok(DesiredScheduler {
         row_id,
@@ -391,8 +416,26 @@ fn u64_value(value: &Value, key: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{key} must be a non-negative integer, not {value}"))
 }
 
+impl DesiredScheduler {
+    /// The job data as a JSON value, for writing.
+    pub fn data_value(&self) -> Value {
+        // The text was produced from a parsed value, so it parses.
+        serde_json::from_str(&self.data).unwrap_or_else(|_| Value::Object(Map::new()))
+    }
+
+    /// The job options as a JSON object.
+    pub fn opts_value(&self) -> Map<String, Value> {
+        serde_json::from_str(&self.opts).unwrap_or_default()
+    }
+
+    /// BullMQ's `JobOptions` for this scheduler's jobs.
+    pub fn job_options(&self) -> JobOptions {
+        job_options(&self.opts_value())
+    }
+}
+
 /// BullMQ's `JobOptions` for a normalized `opts` map.
-pub fn job_options(opts: &Map<String, Value>) -> JobOptions {
+fn job_options(opts: &Map<String, Value>) -> JobOptions {
     let mut job = JobOptions::default();
     for (key, value) in opts {
         match key.as_str() {
@@ -551,8 +594,13 @@ mod tests {
         assert_eq!(s.queue, "inspection");
         assert_eq!(s.name, "daily-report");
         assert_eq!(s.schedule, Schedule::Pattern("0 30 9 * * 1-5".into()));
-        assert_eq!(s.data["site"], "Zürich");
-        assert_eq!(s.opts.len(), 2, "priority 0 is not stored: {:?}", s.opts);
+        assert_eq!(s.data, r#"{"site":"Zürich"}"#);
+        assert_eq!(
+            s.opts_value().len(),
+            2,
+            "priority 0 is not stored: {}",
+            s.opts
+        );
         assert_eq!(s.start_date, Some(1_767_225_600_000));
         assert_eq!(s.limit, Some(10));
     }
@@ -568,7 +616,7 @@ mod tests {
         assert_eq!(s.name, "inspection:abc");
         assert_eq!(s.queue, "inspection");
         assert_eq!(s.schedule, Schedule::EveryMs(5000));
-        assert_eq!(s.data, serde_json::json!({}));
+        assert_eq!(s.data, "{}");
     }
 
     #[test]

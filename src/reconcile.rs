@@ -3,12 +3,12 @@
 //! Pure: no I/O, so every decision the sidecar makes about drift can be tested
 //! and printed (`recover --dry-run`) before anything is written.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::bullmq_store::{QueueSchedulers, StoredScheduler};
+use crate::bullmq_store::{QueueSchedulers, SchedulerFields, StoredScheduler};
 use crate::desired::{DesiredScheduler, DesiredSet, InvalidRow, Schedule};
 use crate::template::IdTemplate;
 
@@ -23,6 +23,8 @@ pub struct Update {
 /// What one queue needs.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct QueuePlan {
+    /// Valid rows that want a scheduler in this queue.
+    pub desired: usize,
     pub create: Vec<DesiredScheduler>,
     pub update: Vec<Update>,
     pub unchanged: Vec<String>,
@@ -30,6 +32,71 @@ pub struct QueuePlan {
     pub orphaned: Vec<String>,
     pub legacy: usize,
 }
+
+impl QueuePlan {
+    /// Sorts one queue's rows against what Redis holds for it.
+    pub fn new(
+        queue: &str,
+        rows: Vec<DesiredScheduler>,
+        in_redis: &QueueSchedulers,
+        protected: &Protected,
+        template: &IdTemplate,
+    ) -> Self {
+        let wanted_ids: std::collections::HashSet<&str> =
+            rows.iter().map(|s| s.scheduler_id.as_str()).collect();
+        let orphaned = in_redis
+            .schedulers
+            .keys()
+            .filter(|id| {
+                template.may_have_rendered(id)
+                    && !wanted_ids.contains(id.as_str())
+                    && !protected
+                        .get(queue)
+                        .is_some_and(|ids| ids.contains(id.as_str()))
+            })
+            .cloned()
+            .collect();
+        drop(wanted_ids);
+        let mut plan = QueuePlan {
+            desired: rows.len(),
+            legacy: in_redis.legacy,
+            orphaned,
+            ..QueuePlan::default()
+        };
+        for scheduler in rows {
+            match in_redis.schedulers.get(&scheduler.scheduler_id) {
+                None => plan.create.push(scheduler),
+                Some(actual) => {
+                    let differs = differences(&scheduler, actual);
+                    if differs.is_empty() {
+                        plan.unchanged.push(scheduler.scheduler_id);
+                    } else {
+                        plan.update.push(Update { scheduler, differs });
+                    }
+                }
+            }
+        }
+        plan
+    }
+}
+
+/// The schedulers of invalid rows: a row that is broken today may be fixed
+/// tomorrow, so its scheduler is never reported as an orphan or pruned.
+pub fn protected_ids(invalid: &[InvalidRow]) -> Protected {
+    let mut protected = Protected::new();
+    for row in invalid {
+        if let (Some(queue), Some(id)) = (&row.queue, &row.scheduler_id) {
+            protected
+                .entry(queue.clone())
+                .or_default()
+                .insert(id.clone());
+        }
+    }
+    protected
+}
+
+/// Scheduler ids of invalid rows, by queue.
+pub type Protected = BTreeMap<String, BTreeSet<String>>;
 
 /// What the whole source needs.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -39,69 +106,29 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// `stored` holds every queue in `desired.queues()` (absent ones count as empty).
+    /// `stored` holds the schedulers of the queues the rows name (absent ones
+    /// count as empty). The rows move into the plan rather than being copied: with
+    /// 100,000 schedulers a copy is most of the sidecar's memory.
     pub fn new(
-        desired: &DesiredSet,
+        desired: DesiredSet,
         stored: &BTreeMap<String, QueueSchedulers>,
         template: &IdTemplate,
     ) -> Self {
         let empty = QueueSchedulers::default();
-        let mut wanted: BTreeMap<&str, Vec<&DesiredScheduler>> = BTreeMap::new();
-        for scheduler in &desired.schedulers {
-            wanted.entry(&scheduler.queue).or_default().push(scheduler);
+        let (mut by_queue, invalid) = desired.into_queues();
+        for queue in stored.keys() {
+            by_queue.entry(queue.clone()).or_default();
         }
-        // A row that is broken today may be fixed tomorrow: its scheduler is kept.
-        let protected: BTreeSet<(&str, &str)> = desired
-            .invalid
-            .iter()
-            .filter_map(|i| Some((i.queue.as_deref()?, i.scheduler_id.as_deref()?)))
+        let protected = protected_ids(&invalid);
+        let queues = by_queue
+            .into_iter()
+            .map(|(queue, rows)| {
+                let in_redis = stored.get(&queue).unwrap_or(&empty);
+                let plan = QueuePlan::new(&queue, rows, in_redis, &protected, template);
+                (queue, plan)
+            })
             .collect();
-        let queue_names: BTreeSet<&str> = wanted
-            .keys()
-            .copied()
-            .chain(stored.keys().map(String::as_str))
-            .collect();
-        let mut queues = BTreeMap::new();
-        for queue in queue_names {
-            let in_redis = stored.get(queue).unwrap_or(&empty);
-            let rows = wanted.get(queue).map(Vec::as_slice).unwrap_or_default();
-            let mut plan = QueuePlan {
-                legacy: in_redis.legacy,
-                ..QueuePlan::default()
-            };
-            for scheduler in rows {
-                match in_redis.schedulers.get(&scheduler.scheduler_id) {
-                    None => plan.create.push((*scheduler).clone()),
-                    Some(actual) => {
-                        let differs = differences(scheduler, actual);
-                        if differs.is_empty() {
-                            plan.unchanged.push(scheduler.scheduler_id.clone());
-                        } else {
-                            plan.update.push(Update {
-                                scheduler: (*scheduler).clone(),
-                                differs,
-                            });
-                        }
-                    }
-                }
-            }
-            let wanted_ids: BTreeSet<&str> = rows.iter().map(|s| s.scheduler_id.as_str()).collect();
-            plan.orphaned = in_redis
-                .schedulers
-                .keys()
-                .filter(|id| {
-                    template.may_have_rendered(id)
-                        && !wanted_ids.contains(id.as_str())
-                        && !protected.contains(&(queue, id.as_str()))
-                })
-                .cloned()
-                .collect();
-            queues.insert(queue.to_owned(), plan);
-        }
-        Plan {
-            queues,
-            invalid: desired.invalid.clone(),
-        }
+        Plan { queues, invalid }
     }
 
     /// Keeps only `queue`'s part of the plan.
@@ -129,7 +156,7 @@ fn differences(want: &DesiredScheduler, have: &StoredScheduler) -> Vec<&'static 
     let Some(hash) = &have.hash else {
         return vec!["scheduler hash"];
     };
-    let field = |name: &str| hash.get(name).map(String::as_str);
+    let field = |name: &str| hash.get(name);
     let number = |name: &str| {
         field(name)
             .and_then(|v| v.parse::<f64>().ok())
@@ -152,12 +179,12 @@ fn differences(want: &DesiredScheduler, have: &StoredScheduler) -> Vec<&'static 
     if field("tz") != want.tz.as_deref() {
         differs.push("tz");
     }
-    if !json_equal(&stored_json(hash, "data"), &want.data) {
+    if !json_equal(&stored_json(hash, "data"), &want.data_value()) {
         differs.push("data");
     }
     if !json_equal(
         &stored_json(hash, "opts"),
-        &Value::Object(want.opts.clone()),
+        &Value::Object(want.opts_value()),
     ) {
         differs.push("opts");
     }
@@ -177,7 +204,7 @@ fn differences(want: &DesiredScheduler, have: &StoredScheduler) -> Vec<&'static 
 }
 
 /// BullMQ leaves `data` and `opts` out of the hash when they are `{}`.
-fn stored_json(hash: &HashMap<String, String>, field: &str) -> Value {
+fn stored_json(hash: &SchedulerFields, field: &str) -> Value {
     hash.get(field)
         .and_then(|text| serde_json::from_str(text).ok())
         .unwrap_or_else(|| Value::Object(Default::default()))
@@ -203,7 +230,6 @@ fn json_equal(a: &Value, b: &Value) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     fn desired(id: &str, schedule: Schedule) -> DesiredScheduler {
         DesiredScheduler {
@@ -213,8 +239,8 @@ mod tests {
             name: "job".into(),
             schedule,
             tz: None,
-            data: json!({"a": 1}),
-            opts: json!({"attempts": 3}).as_object().cloned().unwrap(),
+            data: r#"{"a":1}"#.into(),
+            opts: r#"{"attempts":3}"#.into(),
             start_date: None,
             end_date: None,
             limit: None,
@@ -224,12 +250,7 @@ mod tests {
     fn stored(fields: &[(&str, &str)]) -> StoredScheduler {
         StoredScheduler {
             next_ms: 1,
-            hash: Some(
-                fields
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            ),
+            hash: Some(fields.iter().copied().collect()),
             next_job_exists: true,
         }
     }
@@ -253,7 +274,7 @@ mod tests {
             },
         );
         let template = IdTemplate::parse("t:{id}").unwrap();
-        Plan::new(&set, &stored, &template)
+        Plan::new(set, &stored, &template)
             .queues
             .remove("q")
             .unwrap()

@@ -78,13 +78,6 @@ impl SourceRow {
     }
 }
 
-/// The rows and how long the query took.
-#[derive(Debug)]
-pub struct Fetched {
-    pub rows: Vec<SourceRow>,
-    pub elapsed: Duration,
-}
-
 enum Pools {
     Sqlite(Pool<Sqlite>),
     Postgres(Pool<Postgres>),
@@ -176,35 +169,32 @@ impl Source {
         })
     }
 
-    /// Runs the source query inside a read-only transaction where the database has one.
-    pub async fn fetch(&self) -> Result<Fetched, SourceError> {
+    /// Runs the source query inside a read-only transaction where the database
+    /// has one, handing each row to `each` as it arrives (100,000 rows are never
+    /// held at once); returns how long the query took.
+    pub async fn fetch(&self, mut each: impl FnMut(SourceRow)) -> Result<Duration, SourceError> {
+        use futures::TryStreamExt;
         let started = Instant::now();
         let query = self.query.as_str();
         // One arm per database: each has its own row type.
         macro_rules! read_only {
             ($begin:expr, $db:ty) => {{
                 let mut tx = $begin.await.map_err(|e| self.error(e))?;
-                let rows = sqlx::query(AssertSqlSafe(query))
-                    .fetch_all(&mut *tx)
-                    .await
-                    .map_err(|e| self.error(e))?;
-                rows.iter().map(decode_row::<$db>).collect()
+                let mut rows = sqlx::query(AssertSqlSafe(query)).fetch(&mut *tx);
+                while let Some(row) = rows.try_next().await.map_err(|e| self.error(e))? {
+                    each(decode_row::<$db>(&row));
+                }
             }};
         }
-        let rows = match &self.pools {
+        match &self.pools {
             Pools::Sqlite(pool) => read_only!(pool.begin(), Sqlite),
             Pools::Postgres(pool) => {
                 read_only!(pool.begin_with("START TRANSACTION READ ONLY"), Postgres)
             }
-            Pools::MySql(pool) => {
-                read_only!(pool.begin_with("START TRANSACTION READ ONLY"), MySql)
-            }
-        };
+            Pools::MySql(pool) => read_only!(pool.begin_with("START TRANSACTION READ ONLY"), MySql),
+        }
         // Dropping a transaction rolls it back: nothing was meant to be written.
-        Ok(Fetched {
-            rows,
-            elapsed: started.elapsed(),
-        })
+        Ok(started.elapsed())
     }
 
     /// A database's own error means the query is wrong; anything else means

@@ -11,10 +11,11 @@ use futures::future::try_join_all;
 use serde::Serialize;
 
 use crate::apply::{apply, RecoverReport};
-use crate::bullmq_store::{BullmqStore, JobCounts, QueueSchedulers, SharedStore, StoreError};
+use crate::bullmq_store::{BullmqStore, JobCounts, SharedStore, StoreError};
 use crate::config::{Config, ConfigError};
+use crate::desired::DesiredScheduler;
 use crate::desired::DesiredSet;
-use crate::reconcile::Plan;
+use crate::reconcile::{protected_ids, Plan, QueuePlan};
 use crate::source::{Source, SourceError};
 use crate::template::IdTemplate;
 
@@ -56,7 +57,6 @@ pub struct StatusReport {
 
 /// What the source asks for compared with Redis.
 pub struct Snapshot {
-    pub desired: DesiredSet,
     pub plan: Plan,
     /// How long the source query took.
     pub source_elapsed: std::time::Duration,
@@ -105,47 +105,44 @@ impl Warden {
 
     /// Reads the rows and the schedulers of every queue they name (plus the
     /// default queue, and `only_queue` when given) and plans the difference.
+    /// Each queue is planned as soon as it is read, so only a few queues'
+    /// schedulers are held at a time.
     pub async fn snapshot(&self, only_queue: Option<&str>) -> Result<Snapshot, WardenError> {
-        let fetched = self.source.fetch().await?;
-        let desired = DesiredSet::from_rows(
-            &fetched.rows,
-            &self.config.source.queue,
-            &self.template,
-            now_ms(),
-        );
-        let mut queues = desired.queues();
-        queues.push(self.config.source.queue.clone());
-        queues.extend(only_queue.map(str::to_owned));
-        queues.sort();
-        queues.dedup();
+        let now = now_ms();
+        let mut desired = DesiredSet::default();
+        let source_elapsed = self
+            .source
+            .fetch(|row| desired.add(&row, &self.config.source.queue, &self.template, now))
+            .await?;
+        let (mut by_queue, mut invalid) = desired.finish().into_queues();
+        by_queue
+            .entry(self.config.source.queue.clone())
+            .or_default();
         if let Some(only) = only_queue {
-            queues.retain(|q| q == only);
+            by_queue.entry(only.to_owned()).or_default();
+            by_queue.retain(|queue, _| queue == only);
+            invalid.retain(|i| i.queue.as_deref() == Some(only));
         }
-        let stored = self.read_queues(&queues).await?;
-        let mut plan = Plan::new(&desired, &stored, &self.template);
-        if let Some(only) = only_queue {
-            plan = plan.only_queue(only);
+        let protected = protected_ids(&invalid);
+        // A few queues at a time: each read holds up to a thousand replies.
+        const QUEUES_AT_ONCE: usize = 8;
+        let store = self.store();
+        let mut queues = BTreeMap::new();
+        let mut pending = by_queue.into_iter().peekable();
+        while pending.peek().is_some() {
+            let chunk: Vec<(String, Vec<DesiredScheduler>)> =
+                pending.by_ref().take(QUEUES_AT_ONCE).collect();
+            let reads = chunk.iter().map(|(queue, _)| store.read_schedulers(queue));
+            let stored = try_join_all(reads).await?;
+            for ((queue, rows), in_redis) in chunk.into_iter().zip(stored) {
+                let plan = QueuePlan::new(&queue, rows, &in_redis, &protected, &self.template);
+                queues.insert(queue, plan);
+            }
         }
         Ok(Snapshot {
-            desired,
-            plan,
-            source_elapsed: fetched.elapsed,
+            plan: Plan { queues, invalid },
+            source_elapsed,
         })
-    }
-
-    async fn read_queues(
-        &self,
-        queues: &[String],
-    ) -> Result<BTreeMap<String, QueueSchedulers>, WardenError> {
-        let store = self.store();
-        let read = queues.iter().map(|queue| {
-            let store = store.clone();
-            async move {
-                let schedulers = store.read_schedulers(queue).await?;
-                Ok::<_, StoreError>((queue.clone(), schedulers))
-            }
-        });
-        Ok(try_join_all(read).await?.into_iter().collect())
     }
 
     /// checkQueueStatus: BullMQ's job counts per queue, with rows and drift.
@@ -157,12 +154,6 @@ impl Warden {
         for (name, counts) in counts {
             let name = &name;
             let plan = &snapshot.plan.queues[name];
-            let desired = snapshot
-                .desired
-                .schedulers
-                .iter()
-                .filter(|s| &s.queue == name)
-                .count();
             let invalid = snapshot
                 .plan
                 .invalid
@@ -173,7 +164,7 @@ impl Warden {
                 name.clone(),
                 QueueStatus {
                     counts,
-                    desired,
+                    desired: plan.desired,
                     legacy: plan.legacy,
                     drift: Drift {
                         missing: plan.create.len(),

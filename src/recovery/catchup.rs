@@ -47,8 +47,8 @@ pub async fn fire(
         .add_job(
             &scheduler.queue,
             &scheduler.name,
-            scheduler.data.clone(),
-            &scheduler.opts,
+            scheduler.data_value(),
+            scheduler.job_options(),
             job_id,
         )
         .await
@@ -66,8 +66,8 @@ mod tests {
             name: "n".into(),
             schedule: Schedule::Pattern(pattern.into()),
             tz: None,
-            data: serde_json::json!({}),
-            opts: Default::default(),
+            data: "{}".into(),
+            opts: "{}".into(),
             start_date: None,
             end_date: None,
             limit: None,

@@ -361,16 +361,13 @@ impl Controller {
             report: &report,
             duration: started.elapsed(),
         });
-        // Every planned write succeeded: what remains is what the plan left alone.
-        let mut settled = snapshot.plan.clone();
-        for queue in settled.queues.values_mut() {
-            queue.create.clear();
-            queue.update.clear();
-            if self.config.recovery.prune_orphans {
-                queue.orphaned.clear();
-            }
-        }
-        publish_plan(&self.observer, &snapshot.desired, &settled);
+        // Every planned write succeeded.
+        publish_plan(
+            &self.observer,
+            &snapshot.plan,
+            true,
+            self.config.recovery.prune_orphans,
+        );
         if self.config.recovery.catchup == Catchup::FireOnce {
             self.catch_up(&snapshot.plan, since_ms).await;
         }
@@ -459,31 +456,37 @@ impl Controller {
 
 /// Publishes the desired and drift gauges of every queue in a comparison.
 pub fn publish_drift(observer: &Observer, snapshot: &Snapshot) {
-    publish_plan(observer, &snapshot.desired, &snapshot.plan);
+    publish_plan(observer, &snapshot.plan, false, false);
 }
 
-fn publish_plan(observer: &Observer, desired_set: &crate::desired::DesiredSet, whole: &Plan) {
+/// With `settled`, the plan's writes all succeeded: nothing is missing or
+/// differs any more, and with `pruned` the orphans are gone too.
+fn publish_plan(observer: &Observer, whole: &Plan, settled: bool, pruned: bool) {
     let triggers = Cause::ALL.map(Cause::as_str);
     for (queue, plan) in &whole.queues {
         observer.metrics().register_queue(queue, &triggers);
-        let desired = desired_set
-            .schedulers
-            .iter()
-            .filter(|s| &s.queue == queue)
-            .count();
         let invalid = whole
             .invalid
             .iter()
             .filter(|i| i.queue.as_deref() == Some(queue))
             .count();
+        let (missing, mismatched) = if settled {
+            (0, 0)
+        } else {
+            (plan.create.len(), plan.update.len())
+        };
         observer.metrics().set_drift(
             queue,
-            desired,
+            plan.desired,
             plan.legacy,
             &crate::warden::Drift {
-                missing: plan.create.len(),
-                mismatched: plan.update.len(),
-                orphaned: plan.orphaned.len(),
+                missing,
+                mismatched,
+                orphaned: if settled && pruned {
+                    0
+                } else {
+                    plan.orphaned.len()
+                },
                 invalid,
             },
         );
