@@ -298,7 +298,9 @@ fn metrics_and_health_answer_while_redis_is_down_at_start() {
     assert!(body.contains("not connected"), "{body}");
     redis.start_again();
     assert!(
-        support::wait_until(15 * SECOND, || http("GET", &format!("{base}/readyz"), &[]).0 == 200),
+        support::wait_until(15 * SECOND, || http("GET", &format!("{base}/readyz"), &[])
+            .0
+            == 200),
         "{}",
         watcher.log()
     );
