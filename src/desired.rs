@@ -58,7 +58,8 @@ pub struct InvalidRow {
 /// Everything the source asks for, split into usable and rejected rows.
 #[derive(Debug, Default)]
 pub struct DesiredSet {
-    pub schedulers: Vec<DesiredScheduler>,
+    /// Valid rows by queue (queues named only by invalid rows included).
+    by_queue: BTreeMap<String, Vec<DesiredScheduler>>,
     pub invalid: Vec<InvalidRow>,
 }
 
@@ -86,65 +87,86 @@ impl DesiredSet {
         now_ms: u64,
     ) {
         match desired_from_row(row, default_queue, template, now_ms) {
-            Ok(scheduler) => self.schedulers.push(scheduler),
-            Err(invalid) => self.invalid.push(invalid),
+            Ok(scheduler) => match self.by_queue.get_mut(&scheduler.queue) {
+                Some(rows) => rows.push(scheduler),
+                None => {
+                    self.by_queue
+                        .insert(scheduler.queue.clone(), vec![scheduler]);
+                }
+            },
+            Err(invalid) => {
+                if let Some(queue) = &invalid.queue {
+                    if !self.by_queue.contains_key(queue) {
+                        self.by_queue.insert(queue.clone(), Vec::new());
+                    }
+                }
+                self.invalid.push(invalid);
+            }
         }
     }
 
     /// Checks what only the whole set shows (duplicate ids).
     pub fn finish(mut self) -> Self {
-        self.reject_duplicate_ids();
+        for rows in self.by_queue.values_mut() {
+            self.invalid.extend(reject_duplicate_ids(rows));
+        }
         self
     }
 
-    /// Two rows naming one scheduler cannot both win; neither is applied, so the
-    /// conflict is visible instead of settled by row order.
-    fn reject_duplicate_ids(&mut self) {
-        let mut rows_by_id: HashMap<(String, String), Vec<String>> = HashMap::new();
-        for s in &self.schedulers {
-            rows_by_id
-                .entry((s.queue.clone(), s.scheduler_id.clone()))
-                .or_default()
-                .push(s.row_id.clone());
-        }
-        let (kept, duplicated): (Vec<_>, Vec<_>) = std::mem::take(&mut self.schedulers)
-            .into_iter()
-            .partition(|s| rows_by_id[&(s.queue.clone(), s.scheduler_id.clone())].len() == 1);
-        self.schedulers = kept;
-        for s in duplicated {
-            let others: Vec<&str> = rows_by_id[&(s.queue.clone(), s.scheduler_id.clone())]
-                .iter()
-                .filter(|id| **id != s.row_id)
-                .map(String::as_str)
-                .collect();
-            self.invalid.push(InvalidRow {
-                id: s.row_id.clone(),
-                queue: Some(s.queue.clone()),
-                scheduler_id: Some(s.scheduler_id.clone()),
-                reason: format!(
-                    "duplicate scheduler id {:?} (also row {})",
-                    s.scheduler_id,
-                    others.join(", ")
-                ),
-            });
-        }
+    /// The valid rows, queue by queue.
+    pub fn schedulers(&self) -> impl Iterator<Item = &DesiredScheduler> {
+        self.by_queue.values().flatten()
     }
 
     /// The valid rows grouped by queue (every queue an invalid row names
     /// included), and the invalid rows.
     pub fn into_queues(self) -> (BTreeMap<String, Vec<DesiredScheduler>>, Vec<InvalidRow>) {
-        let mut by_queue: BTreeMap<String, Vec<DesiredScheduler>> = BTreeMap::new();
-        for queue in self.invalid.iter().filter_map(|i| i.queue.clone()) {
-            by_queue.entry(queue).or_default();
-        }
-        for scheduler in self.schedulers {
-            by_queue
-                .entry(scheduler.queue.clone())
-                .or_default()
-                .push(scheduler);
-        }
-        (by_queue, self.invalid)
+        (self.by_queue, self.invalid)
     }
+}
+
+/// Two rows naming one scheduler cannot both win; neither is applied, so the
+/// conflict is visible instead of settled by row order. Removes them from
+/// `rows` and returns them as invalid rows.
+fn reject_duplicate_ids(rows: &mut Vec<DesiredScheduler>) -> Vec<InvalidRow> {
+    let mut rows_by_id: HashMap<&str, Vec<&str>> = HashMap::with_capacity(rows.len());
+    for s in rows.iter() {
+        rows_by_id
+            .entry(&s.scheduler_id)
+            .or_default()
+            .push(&s.row_id);
+    }
+    let duplicated: HashMap<String, Vec<String>> = rows_by_id
+        .into_iter()
+        .filter(|(_, ids)| ids.len() > 1)
+        .map(|(id, rows)| (id.to_owned(), rows.into_iter().map(str::to_owned).collect()))
+        .collect();
+    if duplicated.is_empty() {
+        return Vec::new();
+    }
+    let mut invalid = Vec::new();
+    rows.retain(|s| {
+        let Some(row_ids) = duplicated.get(&s.scheduler_id) else {
+            return true;
+        };
+        let others: Vec<&str> = row_ids
+            .iter()
+            .filter(|id| **id != s.row_id)
+            .map(String::as_str)
+            .collect();
+        invalid.push(InvalidRow {
+            id: s.row_id.clone(),
+            queue: Some(s.queue.clone()),
+            scheduler_id: Some(s.scheduler_id.clone()),
+            reason: format!(
+                "duplicate scheduler id {:?} (also row {})",
+                s.scheduler_id,
+                others.join(", ")
+            ),
+        });
+        false
+    });
+    invalid
 }
 
 fn desired_from_row(
@@ -566,7 +588,12 @@ mod tests {
         let mut all = vec![("id", ColumnValue::Int(7))];
         all.extend_from_slice(columns);
         let set = desired(&[row(&all)]);
-        assert!(set.schedulers.is_empty(), "{:?}", set.schedulers);
+        assert_eq!(
+            set.schedulers().count(),
+            0,
+            "{:?}",
+            set.schedulers().collect::<Vec<_>>()
+        );
         assert_eq!(set.invalid[0].id, "7");
         set.invalid[0].reason.clone()
     }
@@ -589,7 +616,7 @@ mod tests {
             ("limit", ColumnValue::Int(10)),
         ])]);
         assert!(set.invalid.is_empty(), "{:?}", set.invalid);
-        let s = &set.schedulers[0];
+        let s = set.schedulers().next().unwrap();
         assert_eq!(s.scheduler_id, "inspection:1");
         assert_eq!(s.queue, "inspection");
         assert_eq!(s.name, "daily-report");
@@ -612,7 +639,7 @@ mod tests {
             ("every_ms", ColumnValue::Int(5000)),
             ("queue", ColumnValue::Null),
         ])]);
-        let s = &set.schedulers[0];
+        let s = set.schedulers().next().unwrap();
         assert_eq!(s.name, "inspection:abc");
         assert_eq!(s.queue, "inspection");
         assert_eq!(s.schedule, Schedule::EveryMs(5000));
@@ -689,7 +716,7 @@ mod tests {
             ]),
         ];
         let set = DesiredSet::from_rows(&rows, "q", &template, NOW);
-        assert_eq!(set.schedulers.len(), 1);
+        assert_eq!(set.schedulers().count(), 1);
         assert_eq!(set.invalid.len(), 2);
         assert!(
             set.invalid[0].reason.contains("also row 2"),

@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::bullmq_store::{QueueSchedulers, SchedulerFields, StoredScheduler};
-use crate::desired::{DesiredScheduler, DesiredSet, InvalidRow, Schedule};
+use crate::desired::{DesiredScheduler, InvalidRow, Schedule};
 use crate::template::IdTemplate;
 
 /// A scheduler whose stored form differs from its row.
@@ -106,38 +106,6 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// `stored` holds the schedulers of the queues the rows name (absent ones
-    /// count as empty). The rows move into the plan rather than being copied: with
-    /// 100,000 schedulers a copy is most of the sidecar's memory.
-    pub fn new(
-        desired: DesiredSet,
-        stored: &BTreeMap<String, QueueSchedulers>,
-        template: &IdTemplate,
-    ) -> Self {
-        let empty = QueueSchedulers::default();
-        let (mut by_queue, invalid) = desired.into_queues();
-        for queue in stored.keys() {
-            by_queue.entry(queue.clone()).or_default();
-        }
-        let protected = protected_ids(&invalid);
-        let queues = by_queue
-            .into_iter()
-            .map(|(queue, rows)| {
-                let in_redis = stored.get(&queue).unwrap_or(&empty);
-                let plan = QueuePlan::new(&queue, rows, in_redis, &protected, template);
-                (queue, plan)
-            })
-            .collect();
-        Plan { queues, invalid }
-    }
-
-    /// Keeps only `queue`'s part of the plan.
-    pub fn only_queue(mut self, queue: &str) -> Self {
-        self.queues.retain(|name, _| name == queue);
-        self.invalid.retain(|i| i.queue.as_deref() == Some(queue));
-        self
-    }
-
     pub fn missing(&self) -> usize {
         self.queues.values().map(|q| q.create.len()).sum()
     }
@@ -256,28 +224,18 @@ mod tests {
     }
 
     fn plan(rows: Vec<DesiredScheduler>, redis: Vec<(&str, StoredScheduler)>) -> QueuePlan {
-        let set = DesiredSet {
-            schedulers: rows,
-            invalid: vec![InvalidRow {
-                id: "9".into(),
-                queue: Some("q".into()),
-                scheduler_id: Some("t:9".into()),
-                reason: "bad".into(),
-            }],
+        let invalid = vec![InvalidRow {
+            id: "9".into(),
+            queue: Some("q".into()),
+            scheduler_id: Some("t:9".into()),
+            reason: "bad".into(),
+        }];
+        let in_redis = QueueSchedulers {
+            schedulers: redis.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+            legacy: 1,
         };
-        let mut stored = BTreeMap::new();
-        stored.insert(
-            "q".to_owned(),
-            QueueSchedulers {
-                schedulers: redis.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
-                legacy: 1,
-            },
-        );
         let template = IdTemplate::parse("t:{id}").unwrap();
-        Plan::new(set, &stored, &template)
-            .queues
-            .remove("q")
-            .unwrap()
+        QueuePlan::new("q", rows, &in_redis, &protected_ids(&invalid), &template)
     }
 
     #[test]

@@ -251,6 +251,9 @@ impl Controller {
         if !self.config.recovery.auto {
             return Ok(());
         }
+        // The comparison is taken again under the lease; two at once would
+        // double the memory of a large set.
+        drop(snapshot);
         let _serialised = self.apply_lock.clone().lock_owned().await;
         if !self.lease.acquire().await.map_err(WardenError::from)? {
             return Err(AttemptError::LeaseBusy);
