@@ -12,7 +12,7 @@ pub mod catchup;
 pub mod lease;
 pub mod webhook;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,6 +46,11 @@ pub struct Trigger {
 /// The queues the watcher looks at, refreshed from every comparison.
 pub type SharedQueues = Arc<std::sync::RwLock<Vec<String>>>;
 
+/// Queues a recovery just filled, with how many schedulers they hold now. The
+/// poll takes them as its previous counts, so a flush right after a recovery
+/// (before the poll saw the filled set) is still seen as a flush.
+pub type RestoredCounts = Arc<std::sync::Mutex<BTreeMap<String, u64>>>;
+
 /// Why one attempt did not finish the job.
 enum AttemptError {
     /// Another sidecar holds the lease.
@@ -66,6 +71,7 @@ pub struct Controller {
     lease: Lease,
     webhook: Option<Webhook>,
     queues: SharedQueues,
+    restored: RestoredCounts,
     /// Serialises recoveries with the HTTP API's `recover`.
     apply_lock: Arc<Mutex<()>>,
     redis_loading: watch::Receiver<bool>,
@@ -82,6 +88,7 @@ impl Controller {
         observer: Observer,
         webhook: Option<Webhook>,
         queues: SharedQueues,
+        restored: RestoredCounts,
         apply_lock: Arc<Mutex<()>>,
         redis_loading: watch::Receiver<bool>,
         retrigger: mpsc::Sender<Trigger>,
@@ -107,6 +114,7 @@ impl Controller {
             lease,
             webhook,
             queues,
+            restored,
             apply_lock,
             redis_loading,
             retrigger,
@@ -212,7 +220,40 @@ impl Controller {
         }
     }
 
+    /// One attempt: take the lease (when acting), compare once, restore what
+    /// differs. Comparing under the lease means a sidecar that waited for
+    /// another one sees its work instead of redoing it.
     async fn attempt(
+        &mut self,
+        trigger: Cause,
+        only_periodic: bool,
+        since_ms: u64,
+        attempt: u32,
+    ) -> Result<(), AttemptError> {
+        let _serialised = self.apply_lock.clone().lock_owned().await;
+        if !self.config.recovery.auto {
+            return self
+                .compare_and_recover(trigger, only_periodic, since_ms, attempt)
+                .await;
+        }
+        self.redis_answers()?;
+        if !self.lease.acquire().await.map_err(WardenError::from)? {
+            return Err(AttemptError::LeaseBusy);
+        }
+        self.observer.emit(Event::LeaseHeld(true));
+        let renewal = self.keep_lease_renewed();
+        let outcome = self
+            .compare_and_recover(trigger, only_periodic, since_ms, attempt)
+            .await;
+        renewal.cancel();
+        if let Err(error) = self.lease.release().await {
+            tracing::warn!(event = "lease_release_failed", "{error}");
+        }
+        self.observer.emit(Event::LeaseHeld(false));
+        outcome
+    }
+
+    async fn compare_and_recover(
         &mut self,
         trigger: Cause,
         only_periodic: bool,
@@ -251,37 +292,27 @@ impl Controller {
         if !self.config.recovery.auto {
             return Ok(());
         }
-        // The comparison is taken again under the lease; two at once would
-        // double the memory of a large set.
-        drop(snapshot);
-        let _serialised = self.apply_lock.clone().lock_owned().await;
-        if !self.lease.acquire().await.map_err(WardenError::from)? {
-            return Err(AttemptError::LeaseBusy);
+        self.recover(trigger, since_ms, attempt, snapshot).await?;
+        self.drift_seen = false;
+        Ok(())
+    }
+
+    /// While the poller sees Redis down, commands would only wait out the
+    /// client's reconnect attempts: fail at once and let the backoff pace retries.
+    fn redis_answers(&self) -> Result<(), AttemptError> {
+        if self.observer.health().redis_up.load(Ordering::Relaxed) {
+            Ok(())
+        } else {
+            Err(AttemptError::Failed(format!(
+                "Redis at {} does not answer",
+                self.warden.store().redacted_url()
+            )))
         }
-        self.observer.emit(Event::LeaseHeld(true));
-        let renewal = self.keep_lease_renewed();
-        let outcome = self.recover_holding_lease(trigger, since_ms, attempt).await;
-        renewal.cancel();
-        if let Err(error) = self.lease.release().await {
-            tracing::warn!(event = "lease_release_failed", "{error}");
-        }
-        self.observer.emit(Event::LeaseHeld(false));
-        if outcome.is_ok() {
-            self.drift_seen = false;
-        }
-        outcome
     }
 
     /// Reads rows and Redis, publishes drift and the queue list.
     async fn compare(&self) -> Result<Snapshot, AttemptError> {
-        // While the poller sees Redis down, commands would only wait out the
-        // client's reconnect attempts: fail at once and let the backoff pace retries.
-        if !self.observer.health().redis_up.load(Ordering::Relaxed) {
-            return Err(AttemptError::Failed(format!(
-                "Redis at {} does not answer",
-                self.warden.store().redacted_url()
-            )));
-        }
+        self.redis_answers()?;
         let snapshot = match tokio::time::timeout(COMPARE_TIMEOUT, self.warden.snapshot(None)).await
         {
             Ok(Ok(snapshot)) => snapshot,
@@ -308,17 +339,14 @@ impl Controller {
         Ok(snapshot)
     }
 
-    async fn recover_holding_lease(
+    /// Restores what `snapshot` found missing or different; the lease is held.
+    async fn recover(
         &self,
         trigger: Cause,
         since_ms: u64,
         attempt: u32,
+        snapshot: Snapshot,
     ) -> Result<(), AttemptError> {
-        // Compared again under the lease: another sidecar may just have finished.
-        let snapshot = self.compare().await?;
-        if snapshot.plan.is_in_sync() {
-            return Ok(());
-        }
         self.observer
             .emit(Event::RecoveryStarted { trigger, attempt });
         let started = std::time::Instant::now();
@@ -364,6 +392,13 @@ impl Controller {
             report: &report,
             duration: started.elapsed(),
         });
+        if let Ok(mut restored) = self.restored.lock() {
+            for (queue, plan) in &snapshot.plan.queues {
+                if plan.desired > 0 {
+                    restored.insert(queue.clone(), plan.desired as u64);
+                }
+            }
+        }
         // Every planned write succeeded.
         publish_plan(
             &self.observer,

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use backon::BackoffBuilder;
 use futures::StreamExt;
-use tokio::sync::{mpsc, watch};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::bullmq_store::SharedStore;
@@ -49,6 +51,8 @@ pub struct KeyspaceWatcher {
     backoff_max: Duration,
     /// How often a cluster's primaries are listed again.
     topology_interval: Duration,
+    /// Tells the poll to look at once when a subscription drops.
+    poll_now: Arc<Notify>,
 }
 
 impl KeyspaceWatcher {
@@ -65,6 +69,7 @@ impl KeyspaceWatcher {
         backoff_min: Duration,
         backoff_max: Duration,
         topology_interval: Duration,
+        poll_now: Arc<Notify>,
     ) -> Self {
         Self {
             store,
@@ -78,6 +83,7 @@ impl KeyspaceWatcher {
             backoff_min,
             backoff_max,
             topology_interval,
+            poll_now,
         }
     }
 
@@ -94,6 +100,7 @@ impl KeyspaceWatcher {
             if shutdown.is_cancelled() {
                 return;
             }
+            self.poll_now.notify_one();
             first = false;
             self.observer.emit(Event::KeyspaceNotifications {
                 active: false,
@@ -293,14 +300,19 @@ fn loss_on_scheduler_key<'k>(key: &'k str, event: &str) -> Option<&'k str> {
         return None;
     }
     let (queue, rest) = key.split_once(':')?;
+    let whole_key_gone = matches!(event, "del" | "expired" | "evicted");
     match rest {
-        "repeat" | "delayed" => Some(queue),
+        "repeat" => Some(queue),
+        // Jobs leave the delayed set all the time; only losing the set matters.
+        "delayed" => whole_key_gone.then_some(queue),
         _ => {
             let scheduler = rest.strip_prefix("repeat:")?;
             let is_job_hash = scheduler.rsplit_once(':').is_some_and(|(_, tail)| {
                 tail.len() >= 12 && tail.bytes().all(|b| b.is_ascii_digit())
             });
-            (!is_job_hash && matches!(event, "del" | "expired" | "evicted")).then_some(queue)
+            // BullMQ's own upsert deletes and rewrites the hash, so a `del`
+            // here is routine; a removed scheduler also leaves the `repeat` set.
+            (!is_job_hash && matches!(event, "expired" | "evicted")).then_some(queue)
         }
     }
 }
@@ -322,8 +334,12 @@ mod tests {
         assert_eq!(loss_on_scheduler_key("mail:repeat", "zrem"), Some("mail"));
         assert_eq!(loss_on_scheduler_key("mail:repeat", "zadd"), None);
         assert_eq!(
-            loss_on_scheduler_key("mail:repeat:inspection:1", "del"),
+            loss_on_scheduler_key("mail:repeat:inspection:1", "evicted"),
             Some("mail")
+        );
+        assert_eq!(
+            loss_on_scheduler_key("mail:repeat:inspection:1", "del"),
+            None
         );
         assert_eq!(
             loss_on_scheduler_key("mail:repeat:inspection:1", "hset"),
@@ -334,6 +350,7 @@ mod tests {
             None
         );
         assert_eq!(loss_on_scheduler_key("mail:delayed", "del"), Some("mail"));
+        assert_eq!(loss_on_scheduler_key("mail:delayed", "zrem"), None);
         assert_eq!(loss_on_scheduler_key("mail:wait", "del"), None);
     }
 }

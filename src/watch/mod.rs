@@ -22,7 +22,7 @@ use crate::events::{Cause, Event, Observer};
 use crate::http;
 use crate::metrics::Metrics;
 use crate::recovery::webhook::Webhook;
-use crate::recovery::{Controller, SharedQueues, Trigger};
+use crate::recovery::{Controller, RestoredCounts, SharedQueues, Trigger};
 use crate::source::Source;
 use crate::warden::{now_ms, Warden};
 
@@ -83,6 +83,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Watc
     let warden = Arc::new(Warden::from_parts(config.clone(), store.clone(), source));
     let _ = connected.set(warden.clone());
     let queues: SharedQueues = Arc::new(std::sync::RwLock::new(vec![config.source.queue.clone()]));
+    let restored: RestoredCounts = Arc::default();
+    let poll_now = Arc::new(tokio::sync::Notify::new());
     let (triggers_tx, triggers_rx) = mpsc::channel(1024);
     let (loading_tx, loading_rx) = watch::channel(false);
 
@@ -91,6 +93,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Watc
         observer.clone(),
         webhook,
         queues.clone(),
+        restored.clone(),
         apply_lock.clone(),
         loading_rx,
         triggers_tx.clone(),
@@ -117,6 +120,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Watc
         shared_store.clone(),
         observer.clone(),
         queues.clone(),
+        restored,
+        poll_now.clone(),
         triggers_tx.clone(),
         loading_tx,
         config.watch.info_interval,
@@ -135,6 +140,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Watc
         config.recovery.backoff_min,
         config.recovery.backoff_max,
         config.watch.drift_interval,
+        poll_now,
     );
     tasks.spawn(keyspace.run(shutdown.clone()));
     tasks.spawn(periodic_drift_checks(

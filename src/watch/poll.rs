@@ -8,13 +8,15 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, watch};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::{parse_info, RedisSettings};
 use crate::bullmq_store::SharedStore;
 use crate::events::{Cause, Event, Observer, Persistence};
-use crate::recovery::{SharedQueues, Trigger};
+use crate::recovery::{RestoredCounts, SharedQueues, Trigger};
 use crate::warden::now_ms;
 
 /// Who Redis is: a change means a restart or a failover.
@@ -47,6 +49,10 @@ pub struct Poller {
     server: String,
     observer: Observer,
     queues: SharedQueues,
+    restored: RestoredCounts,
+    /// Woken when the keyspace subscription loses its connection: Redis may
+    /// have restarted, and the next poll tells.
+    poll_now: Arc<Notify>,
     triggers: mpsc::Sender<Trigger>,
     loading: watch::Sender<bool>,
     interval: Duration,
@@ -65,6 +71,8 @@ impl Poller {
         store: SharedStore,
         observer: Observer,
         queues: SharedQueues,
+        restored: RestoredCounts,
+        poll_now: Arc<Notify>,
         triggers: mpsc::Sender<Trigger>,
         loading: watch::Sender<bool>,
         interval: Duration,
@@ -75,6 +83,8 @@ impl Poller {
             server: String::new(),
             observer,
             queues,
+            restored,
+            poll_now,
             triggers,
             loading,
             interval,
@@ -87,12 +97,20 @@ impl Poller {
         }
     }
 
+    /// Polls every `interval`, and ten times as often while Redis is away, so
+    /// that a restarted server is seen within a fraction of the interval.
     pub async fn run(mut self, shutdown: CancellationToken) {
-        let mut ticker = tokio::time::interval(self.interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let started = tokio::time::Instant::now();
+            self.poll_once().await;
+            let pause = if self.down {
+                (self.interval / 10).max(Duration::from_millis(20))
+            } else {
+                self.interval
+            };
             tokio::select! {
-                _ = ticker.tick() => self.poll_once().await,
+                _ = tokio::time::sleep_until(started + pause) => {}
+                _ = self.poll_now.notified() => {}
                 _ = shutdown.cancelled() => return,
             }
         }
@@ -223,9 +241,15 @@ impl Poller {
         since_ms: u64,
     ) {
         let mut emptied = Vec::new();
+        let restored = self
+            .restored
+            .lock()
+            .map(|mut r| std::mem::take(&mut *r))
+            .unwrap_or_default();
         for (queue, count) in counts {
             self.observer.metrics().set_job_counts(queue, count);
-            let before = self.repeat_counts.insert(queue.clone(), count.repeatable);
+            let polled_before = self.repeat_counts.insert(queue.clone(), count.repeatable);
+            let before = polled_before.max(restored.get(queue).copied());
             if before.is_some_and(|b| b > 0) && count.repeatable == 0 {
                 emptied.push(queue.clone());
             }

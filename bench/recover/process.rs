@@ -1,0 +1,134 @@
+//! Child processes that cannot outlive the benchmark, and timed runs of them.
+
+use std::fs::File;
+use std::io::{Read, Seek};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// How often a running child is checked for exit. It bounds the error of the
+/// measured wall time, so it is kept well below a millisecond.
+const EXIT_POLL: Duration = Duration::from_micros(250);
+
+/// A child process that is killed when dropped, so that a panic or an early
+/// return never leaves a `redis-server`, `node` or `bullmq-warden` running.
+pub struct ChildGuard {
+    child: Child,
+    what: String,
+}
+
+impl ChildGuard {
+    /// Spawns `command`; `what` names it in messages.
+    pub fn spawn(command: &mut Command, what: &str) -> Self {
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+        Self {
+            child,
+            what: what.to_owned(),
+        }
+    }
+
+    /// `None` while the child runs.
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.child
+            .try_wait()
+            .unwrap_or_else(|e| panic!("cannot wait for {}: {e}", self.what))
+    }
+
+    /// Waits for the child to exit. Kills it and panics after `timeout`, or as
+    /// soon as `measurable()` turns false: a client whose Redis went away may
+    /// retry forever, and the run could not be measured anyway.
+    ///
+    /// Polls rather than blocking in `wait` so that neither check needs a
+    /// second thread, at the cost of at most `EXIT_POLL` added to the wall time.
+    pub fn wait(&mut self, timeout: Duration, measurable: impl Fn() -> bool) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.exit_status() {
+                return status;
+            }
+            if !measurable() {
+                self.kill();
+                panic!("{} stopped: the run can no longer be measured", self.what);
+            }
+            if Instant::now() >= deadline {
+                self.kill();
+                panic!("{} did not finish within {timeout:?}", self.what);
+            }
+            std::thread::sleep(EXIT_POLL);
+        }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if self.exit_status().is_none() {
+            self.kill();
+        }
+    }
+}
+
+/// A child that ran to completion.
+pub struct Finished {
+    /// From just before spawning to the observed exit.
+    pub wall: Duration,
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Finished {
+    /// The last lines of stderr, for failure messages.
+    pub fn stderr_tail(&self) -> String {
+        let lines: Vec<&str> = self.stderr.lines().collect();
+        lines[lines.len().saturating_sub(10)..].join("\n")
+    }
+}
+
+/// Runs `command` to completion and times it; see `ChildGuard::wait` for
+/// `timeout` and `measurable`. stdout and stderr go to anonymous files rather
+/// than pipes: bullmq-warden's report over 100,000 schedulers is megabytes, and
+/// a full pipe would stall the measured process.
+pub fn run_timed(
+    mut command: Command,
+    stdin: Option<&Path>,
+    what: &str,
+    timeout: Duration,
+    measurable: impl Fn() -> bool,
+) -> Finished {
+    let mut stdout = tempfile::tempfile().expect("temp file for stdout");
+    let mut stderr = tempfile::tempfile().expect("temp file for stderr");
+    let input = match stdin {
+        Some(path) => {
+            Stdio::from(File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display())))
+        }
+        None => Stdio::null(),
+    };
+    command
+        .stdin(input)
+        .stdout(stdout.try_clone().expect("clone stdout file"))
+        .stderr(stderr.try_clone().expect("clone stderr file"));
+    let started = Instant::now();
+    let mut child = ChildGuard::spawn(&mut command, what);
+    let status = child.wait(timeout, measurable);
+    let wall = started.elapsed();
+    Finished {
+        wall,
+        status,
+        stdout: read_back(&mut stdout),
+        stderr: read_back(&mut stderr),
+    }
+}
+
+fn read_back(file: &mut File) -> String {
+    file.rewind().expect("rewind output file");
+    let mut text = String::new();
+    file.read_to_string(&mut text).expect("read output file");
+    text
+}
