@@ -61,7 +61,13 @@ pub struct DesiredSet {
     /// Valid rows by queue (queues named only by invalid rows included).
     by_queue: BTreeMap<String, Vec<DesiredScheduler>>,
     pub invalid: Vec<InvalidRow>,
+    /// Verdicts on (pattern, time zone) pairs: thousands of rows share a few
+    /// patterns, and parsing each row's pattern dominated reading the source.
+    cron_checks: CronChecks,
 }
+
+/// Cached results of `validate_cron` for rows without a start date.
+type CronChecks = HashMap<(String, Option<String>), Result<(), String>>;
 
 impl DesiredSet {
     /// Validates every row; `now_ms` decides which end dates are already past.
@@ -86,7 +92,7 @@ impl DesiredSet {
         template: &IdTemplate,
         now_ms: u64,
     ) {
-        match desired_from_row(row, default_queue, template, now_ms) {
+        match desired_from_row(row, default_queue, template, now_ms, &mut self.cron_checks) {
             Ok(scheduler) => match self.by_queue.get_mut(&scheduler.queue) {
                 Some(rows) => rows.push(scheduler),
                 None => {
@@ -174,6 +180,7 @@ fn desired_from_row(
     default_queue: &str,
     template: &IdTemplate,
     now_ms: u64,
+    cron_checks: &mut CronChecks,
 ) -> Result<DesiredScheduler, InvalidRow> {
     let row_id = row.id_text();
     let queue = match row.get("queue") {
@@ -222,7 +229,8 @@ fn desired_from_row(
             return Err(invalid("start_date is not before end_date".into()));
         }
     }
-    let schedule = schedule(row, tz.as_deref(), start_date, now_ms).map_err(&invalid)?;
+    let schedule =
+        schedule(row, tz.as_deref(), start_date, now_ms, cron_checks).map_err(&invalid)?;
     let limit = positive_integer(row, "limit").map_err(&invalid)?;
     let data = match optional_text_any(row, &["data", "payload"]) {
         Some(text) => serde_json::from_str::<Value>(&text)
@@ -260,6 +268,7 @@ fn schedule(
     tz: Option<&str>,
     start_date: Option<u64>,
     now_ms: u64,
+    cron_checks: &mut CronChecks,
 ) -> Result<Schedule, String> {
     let pattern = optional_text_any(row, &["pattern", "cron"]).filter(|p| !p.trim().is_empty());
     let every = positive_integer(row, "every_ms")?;
@@ -270,7 +279,16 @@ fn schedule(
         (None, None) => Err("neither a cron pattern nor every_ms is set".into()),
         (None, Some(every)) => Ok(Schedule::EveryMs(every)),
         (Some(pattern), None) => {
-            validate_cron(&pattern, tz, start_date, now_ms)?;
+            if start_date.is_some() {
+                // The first run depends on the date: nothing to share.
+                validate_cron(&pattern, tz, start_date, now_ms)?;
+            } else {
+                let key = (pattern.clone(), tz.map(str::to_owned));
+                cron_checks
+                    .entry(key)
+                    .or_insert_with(|| validate_cron(&pattern, tz, None, now_ms))
+                    .clone()?;
+            }
             Ok(Schedule::Pattern(pattern))
         }
     }
@@ -685,6 +703,21 @@ mod tests {
             reason_for(&[("every_ms", ColumnValue::Int(5)), ("queue", text("a:b"))])
                 .contains("queue")
         );
+    }
+
+    #[test]
+    fn a_shared_pattern_is_judged_once_for_every_row() {
+        let rows: Vec<SourceRow> = (1..=3)
+            .map(|id| row(&[("id", ColumnValue::Int(id)), ("cron", text("0 0 * *"))]))
+            .chain([row(&[
+                ("id", ColumnValue::Int(4)),
+                ("cron", text("0 0 * * *")),
+            ])])
+            .collect();
+        let set = desired(&rows);
+        assert_eq!(set.invalid.len(), 3, "{:?}", set.invalid);
+        assert!(set.invalid.iter().all(|i| i.reason.contains("4 fields")));
+        assert_eq!(set.schedulers().count(), 1);
     }
 
     #[test]

@@ -140,13 +140,20 @@ impl Controller {
                 let started = Instant::now();
                 let hard_deadline = started + self.config.watch.debounce_max;
                 let mut quiet_deadline = started + self.config.watch.debounce_quiet;
+                // One loss raises several signals within moments (the keyspace
+                // event, then the poll, then a reconnect); those echoes do not
+                // restart the quiet window, later signals (a flapping Redis) do.
+                let echoes_until = started + self.config.watch.debounce_quiet / 2;
                 loop {
                     tokio::select! {
                         trigger = triggers.recv() => match trigger {
                             Some(trigger) => {
                                 causes.insert(trigger.cause);
                                 since_ms = since_ms.min(trigger.since_ms);
-                                quiet_deadline = Instant::now() + self.config.watch.debounce_quiet;
+                                let now = Instant::now();
+                                if now > echoes_until {
+                                    quiet_deadline = now + self.config.watch.debounce_quiet;
+                                }
                             }
                             None => return,
                         },
