@@ -249,6 +249,9 @@ fn quiet<O: ConnectOptions>(options: O) -> O {
     options.log_statements(tracing::log::LevelFilter::Debug)
 }
 
+/// Each column as the value the database returned. The column types a task
+/// table plausibly uses are tried, most specific first; dates become RFC 3339
+/// text and JSON columns their JSON text.
 fn decode_row<DB: Database>(row: &DB::Row) -> SourceRow
 where
     usize: sqlx::ColumnIndex<DB::Row>,
@@ -265,64 +268,41 @@ where
     for<'r> chrono::NaiveDate: Decode<'r, DB> + Type<DB>,
     for<'r> Vec<u8>: Decode<'r, DB> + Type<DB>,
 {
+    let decode = |index: usize| -> ColumnValue {
+        macro_rules! attempt {
+            ($ty:ty, $convert:expr) => {
+                if let Ok(value) = row.try_get::<Option<$ty>, _>(index) {
+                    return value.map_or(ColumnValue::Null, $convert);
+                }
+            };
+        }
+        attempt!(i64, ColumnValue::Int);
+        attempt!(i32, |v| ColumnValue::Int(v.into()));
+        attempt!(i16, |v| ColumnValue::Int(v.into()));
+        attempt!(bool, ColumnValue::Bool);
+        attempt!(String, ColumnValue::Text);
+        attempt!(f64, ColumnValue::Float);
+        attempt!(f32, |v| ColumnValue::Float(v.into()));
+        attempt!(serde_json::Value, |v| ColumnValue::Text(v.to_string()));
+        attempt!(chrono::DateTime<chrono::Utc>, |v| ColumnValue::Text(
+            v.to_rfc3339()
+        ));
+        attempt!(chrono::NaiveDateTime, |v| ColumnValue::Text(
+            v.format("%Y-%m-%d %H:%M:%S%.f").to_string()
+        ));
+        attempt!(chrono::NaiveDate, |v| ColumnValue::Text(v.to_string()));
+        attempt!(Vec<u8>, |bytes| ColumnValue::Text(
+            String::from_utf8_lossy(&bytes).into_owned()
+        ));
+        ColumnValue::Null
+    };
     let columns = row
         .columns()
         .iter()
         .enumerate()
-        .map(|(index, column)| {
-            (
-                column.name().to_ascii_lowercase(),
-                decode_value::<DB>(row, index),
-            )
-        })
+        .map(|(index, column)| (column.name().to_ascii_lowercase(), decode(index)))
         .collect();
     SourceRow { columns }
-}
-
-/// Tries the column types a task table plausibly uses, most specific first;
-/// dates become RFC 3339 text and JSON columns their JSON text.
-fn decode_value<DB: Database>(row: &DB::Row, index: usize) -> ColumnValue
-where
-    usize: sqlx::ColumnIndex<DB::Row>,
-    for<'r> i64: Decode<'r, DB> + Type<DB>,
-    for<'r> i32: Decode<'r, DB> + Type<DB>,
-    for<'r> i16: Decode<'r, DB> + Type<DB>,
-    for<'r> f64: Decode<'r, DB> + Type<DB>,
-    for<'r> f32: Decode<'r, DB> + Type<DB>,
-    for<'r> bool: Decode<'r, DB> + Type<DB>,
-    for<'r> String: Decode<'r, DB> + Type<DB>,
-    for<'r> serde_json::Value: Decode<'r, DB> + Type<DB>,
-    for<'r> chrono::DateTime<chrono::Utc>: Decode<'r, DB> + Type<DB>,
-    for<'r> chrono::NaiveDateTime: Decode<'r, DB> + Type<DB>,
-    for<'r> chrono::NaiveDate: Decode<'r, DB> + Type<DB>,
-    for<'r> Vec<u8>: Decode<'r, DB> + Type<DB>,
-{
-    macro_rules! attempt {
-        ($ty:ty, $convert:expr) => {
-            if let Ok(value) = row.try_get::<Option<$ty>, _>(index) {
-                return value.map_or(ColumnValue::Null, $convert);
-            }
-        };
-    }
-    attempt!(i64, ColumnValue::Int);
-    attempt!(i32, |v| ColumnValue::Int(v.into()));
-    attempt!(i16, |v| ColumnValue::Int(v.into()));
-    attempt!(bool, ColumnValue::Bool);
-    attempt!(String, ColumnValue::Text);
-    attempt!(f64, ColumnValue::Float);
-    attempt!(f32, |v| ColumnValue::Float(v.into()));
-    attempt!(serde_json::Value, |v| ColumnValue::Text(v.to_string()));
-    attempt!(chrono::DateTime<chrono::Utc>, |v| ColumnValue::Text(
-        v.to_rfc3339()
-    ));
-    attempt!(chrono::NaiveDateTime, |v| ColumnValue::Text(
-        v.format("%Y-%m-%d %H:%M:%S%.f").to_string()
-    ));
-    attempt!(chrono::NaiveDate, |v| ColumnValue::Text(v.to_string()));
-    attempt!(Vec<u8>, |bytes| ColumnValue::Text(
-        String::from_utf8_lossy(&bytes).into_owned()
-    ));
-    ColumnValue::Null
 }
 
 /// Creates the SQLite file from `seed` when it does not exist yet.

@@ -17,6 +17,8 @@
 //! it, and Redis starts from the rendered redis.conf with the container's own
 //! command line.
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -62,46 +64,12 @@ fn read(relative: &str) -> String {
 
 /// Runs a tool from the repository root; a missing tool fails loudly, naming
 /// the package to install.
-fn run_tool(tool: &str, package: &str, args: &[&str]) -> Output {
-    Command::new(tool)
-        .args(args)
-        .current_dir(repo())
-        .output()
-        .unwrap_or_else(|e| panic!("{}", missing_tool(tool, package, &e)))
-}
-
-fn missing_tool(tool: &str, package: &str, error: &std::io::Error) -> String {
-    format!(
-        "cannot run `{tool}` ({error}). It is needed to check the deployment files: install the \
-         Debian package `{package}` (apt-get install {package}), or run scripts/ensure-services, \
-         which installs it"
-    )
-}
-
 fn kubectl(args: &[&str]) -> Output {
-    run_tool("kubectl", "kubernetes-client", args)
+    support::run_tool("kubectl", "kubernetes-client", args)
 }
 
 fn promtool(args: &[&str]) -> Output {
-    run_tool("promtool", "prometheus", args)
-}
-
-fn text_of(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-fn assert_success(what: &str, output: &Output) -> String {
-    let text = text_of(output);
-    assert!(
-        output.status.success(),
-        "{what} failed ({}):\n{text}",
-        output.status
-    );
-    text
+    support::run_tool("promtool", "prometheus", args)
 }
 
 // ---------------------------------------------------------------------------
@@ -110,7 +78,7 @@ fn assert_success(what: &str, output: &Output) -> String {
 /// The objects `kubectl kustomize DIR` renders, as JSON.
 fn render(dir: &str) -> Vec<Value> {
     let output = kubectl(&["kustomize", dir]);
-    assert_success(&format!("kubectl kustomize {dir}"), &output);
+    support::assert_success(&format!("kubectl kustomize {dir}"), &output);
     let scratch = tempfile::tempdir().expect("temporary directory");
     let yaml = scratch.path().join("rendered.yaml");
     std::fs::write(&yaml, &output.stdout).expect("write the rendered manifests");
@@ -126,7 +94,7 @@ fn render(dir: &str) -> Vec<Value> {
         "json",
         "bullmq-warden.test/rendered=true",
     ]);
-    let json = assert_success(&format!("kubectl annotate --local ({dir})"), &output);
+    let json = support::assert_success(&format!("kubectl annotate --local ({dir})"), &output);
     let mut objects = Vec::new();
     let stdout = String::from_utf8_lossy(&output.stdout);
     for value in serde_json::Deserializer::from_str(&stdout).into_iter::<Value>() {
@@ -849,12 +817,12 @@ fn the_binary_accepts_the_pods_configuration() {
         Some(EXIT_REDIS_UNREACHABLE),
         "{OVERLAY}: `bullmq-warden status` with the pod's configuration should get as far as \
          Redis (exit 5); exit 2 is a configuration error:\n{}",
-        text_of(&output)
+        support::text_of(&output)
     );
     assert!(
-        text_of(&output).contains("127.0.0.1:1"),
+        support::text_of(&output).contains("127.0.0.1:1"),
         "{}",
-        text_of(&output)
+        support::text_of(&output)
     );
 
     // The base's placeholders fail closed, naming the key to fill in. The file
@@ -869,12 +837,12 @@ fn the_binary_accepts_the_pods_configuration() {
         exit_code(&output),
         Some(EXIT_CONFIG),
         "{BASE}: the placeholder database URL should be a configuration error:\n{}",
-        text_of(&output)
+        support::text_of(&output)
     );
     assert!(
-        text_of(&output).contains("source.url"),
+        support::text_of(&output).contains("source.url"),
         "{}",
-        text_of(&output)
+        support::text_of(&output)
     );
 
     // The compose and systemd configurations load too.
@@ -892,7 +860,7 @@ fn the_binary_accepts_the_pods_configuration() {
             exit_code(&output),
             Some(EXIT_REDIS_UNREACHABLE),
             "{file}: expected Redis unreachable (5), not a configuration error:\n{}",
-            text_of(&output)
+            support::text_of(&output)
         );
     }
 }
@@ -957,8 +925,8 @@ fn redis_cli(port: u16, args: &[&str]) -> String {
     let port = port.to_string();
     let mut all = vec!["-p", port.as_str()];
     all.extend_from_slice(args);
-    let output = run_tool("redis-cli", "redis-tools", &all);
-    assert_success(&format!("redis-cli {args:?}"), &output)
+    let output = support::run_tool("redis-cli", "redis-tools", &all);
+    support::assert_success(&format!("redis-cli {args:?}"), &output)
         .trim()
         .to_owned()
 }
@@ -1019,10 +987,10 @@ fn the_pod_runs_redis_and_the_sidecar_as_configured() {
         .stdout(stdout)
         .stderr(stderr)
         .spawn()
-        .unwrap_or_else(|e| panic!("{}", missing_tool("sh", "dash", &e)));
+        .unwrap_or_else(|e| panic!("{}", support::missing_tool("sh", "dash", &e)));
     let mut redis = Running(redis);
     // redis-server itself must exist: fail with the package name if not.
-    run_tool("redis-server", "redis-server", &["--version"]);
+    support::run_tool("redis-server", "redis-server", &["--version"]);
     wait_for(
         "redis-server from the rendered redis.conf",
         Duration::from_secs(10),
@@ -1082,8 +1050,12 @@ fn the_pod_runs_redis_and_the_sidecar_as_configured() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let output = refused.wait_with_output().expect("output");
-    assert!(!output.status.success(), "{}", text_of(&output));
-    assert!(text_of(&output).contains("token"), "{}", text_of(&output));
+    assert!(!output.status.success(), "{}", support::text_of(&output));
+    assert!(
+        support::text_of(&output).contains("token"),
+        "{}",
+        support::text_of(&output)
+    );
 
     // With it, the probes and the metrics answer.
     let watch_log = dir.join("watch.log");
@@ -1126,8 +1098,12 @@ fn the_pod_runs_redis_and_the_sidecar_as_configured() {
     let output = warden(&pod, dir, &["check", "--json"], &overrides)
         .output()
         .expect("run bullmq-warden check");
-    let audit: Value = serde_json::from_slice(&output.stdout)
-        .unwrap_or_else(|e| panic!("check --json printed no JSON ({e}):\n{}", text_of(&output)));
+    let audit: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "check --json printed no JSON ({e}):\n{}",
+            support::text_of(&output)
+        )
+    });
     let complaints: Vec<&Value> = audit["findings"]
         .as_array()
         .into_iter()
@@ -1137,12 +1113,15 @@ fn the_pod_runs_redis_and_the_sidecar_as_configured() {
     assert!(
         output.status.success() && complaints.is_empty(),
         "bullmq-warden check on the pod's Redis and configuration: {complaints:#?}\n{}",
-        text_of(&output)
+        support::text_of(&output)
     );
 
     // SIGTERM (what the kubelet sends) stops it cleanly.
     let pid = watcher.0.id().to_string();
-    assert_success("kill -TERM", &run_tool("kill", "procps", &["-TERM", &pid]));
+    support::assert_success(
+        "kill -TERM",
+        &support::run_tool("kill", "procps", &["-TERM", &pid]),
+    );
     let start = Instant::now();
     let status = loop {
         if let Some(status) = watcher.0.try_wait().expect("poll") {
@@ -1162,16 +1141,16 @@ fn the_pod_runs_redis_and_the_sidecar_as_configured() {
 
 #[test]
 fn prometheus_rule_is_generated_from_the_alert_rules_and_not_stale() {
-    let output = run_tool("bash", "bash", &[RENDER_RULE, "--stdout"]);
-    assert_success(&format!("{RENDER_RULE} --stdout"), &output);
+    let output = support::run_tool("bash", "bash", &[RENDER_RULE, "--stdout"]);
+    support::assert_success(&format!("{RENDER_RULE} --stdout"), &output);
     let generated = String::from_utf8_lossy(&output.stdout);
     let committed = read(PROMETHEUS_RULE);
     assert!(
         generated == committed,
         "{PROMETHEUS_RULE} is stale: run {RENDER_RULE} and commit the result.\n--- generated:\n{generated}"
     );
-    let check = run_tool("bash", "bash", &[RENDER_RULE, "--check"]);
-    assert_success(&format!("{RENDER_RULE} --check"), &check);
+    let check = support::run_tool("bash", "bash", &[RENDER_RULE, "--check"]);
+    support::assert_success(&format!("{RENDER_RULE} --check"), &check);
 
     // Its spec is a valid rule file with every alert of alerts/.
     let spec = committed
@@ -1185,7 +1164,7 @@ fn prometheus_rule_is_generated_from_the_alert_rules_and_not_stale() {
     let scratch = tempfile::tempdir().expect("temporary directory");
     let path = scratch.path().join("spec.rules.yml");
     std::fs::write(&path, &groups).expect("write the spec");
-    let text = assert_success(
+    let text = support::assert_success(
         "promtool check rules on the PrometheusRule's spec",
         &promtool(&["check", "rules", &path.to_string_lossy()]),
     );
@@ -1197,7 +1176,7 @@ fn prometheus_rule_is_generated_from_the_alert_rules_and_not_stale() {
     );
 
     // The runbook links can point elsewhere, and only they change.
-    let output = run_tool(
+    let output = support::run_tool(
         "bash",
         "bash",
         &[
@@ -1208,7 +1187,7 @@ fn prometheus_rule_is_generated_from_the_alert_rules_and_not_stale() {
         ],
     );
     let moved = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert_success("--runbook-url-prefix", &output);
+    support::assert_success("--runbook-url-prefix", &output);
     assert_eq!(
         moved.matches("https://wiki.example.com/runbook#").count(),
         alerts.len()
@@ -1278,20 +1257,20 @@ fn systemd_unit_verifies_and_is_hardened() {
     assert_ne!(patched, unit, "{UNIT}: ExecStart not found");
     std::fs::write(&copy, patched).expect("write the unit");
     let copy = copy.to_string_lossy().into_owned();
-    let output = run_tool("systemd-analyze", "systemd", &["verify", &copy]);
-    let text = text_of(&output);
+    let output = support::run_tool("systemd-analyze", "systemd", &["verify", &copy]);
+    let text = support::text_of(&output);
     assert!(
         output.status.success() && text.trim().is_empty(),
         "systemd-analyze verify {UNIT} ({}):\n{text}",
         output.status
     );
     // The hardening, as systemd itself scores it: at most 2.0 ("OK").
-    let output = run_tool(
+    let output = support::run_tool(
         "systemd-analyze",
         "systemd",
         &["security", "--offline=yes", "--threshold=20", &copy],
     );
-    let text = text_of(&output);
+    let text = support::text_of(&output);
     assert!(
         output.status.success(),
         "systemd-analyze security scores {UNIT} above 2.0:\n{}",
@@ -1311,8 +1290,8 @@ fn compose_file_is_valid_and_runs_redis_as_bullmq_advises() {
         let mut args = vec!["-f", COMPOSE];
         args.extend_from_slice(profile);
         args.extend(["config", "-q"]);
-        let output = run_tool("docker-compose", "docker-compose", &args);
-        let text = text_of(&output);
+        let output = support::run_tool("docker-compose", "docker-compose", &args);
+        let text = support::text_of(&output);
         assert!(
             output.status.success() && text.trim().is_empty(),
             "docker-compose {} ({}):\n{text}",
@@ -1320,7 +1299,7 @@ fn compose_file_is_valid_and_runs_redis_as_bullmq_advises() {
             output.status
         );
     }
-    let output = run_tool(
+    let output = support::run_tool(
         "docker-compose",
         "docker-compose",
         &[
@@ -1332,7 +1311,7 @@ fn compose_file_is_valid_and_runs_redis_as_bullmq_advises() {
             "--services",
         ],
     );
-    let services = assert_success("docker-compose config --services", &output);
+    let services = support::assert_success("docker-compose config --services", &output);
     for service in ["redis", "bullmq-warden", "prometheus"] {
         assert!(
             services.lines().any(|l| l.trim() == service),
@@ -1375,7 +1354,7 @@ fn compose_file_is_valid_and_runs_redis_as_bullmq_advises() {
         prometheus.replace(mounted, &repo().join(RULES).to_string_lossy()),
     )
     .expect("write prometheus.yml");
-    assert_success(
+    support::assert_success(
         &format!("promtool check config {COMPOSE_PROMETHEUS}"),
         &promtool(&["check", "config", &config.to_string_lossy()]),
     );

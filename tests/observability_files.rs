@@ -14,7 +14,7 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use serde_json::Value;
 
@@ -40,44 +40,12 @@ fn read(relative: &str) -> String {
 
 /// Runs a tool from the repository root; a missing tool fails loudly, naming
 /// the package to install.
-fn run_tool(tool: &str, package: &str, args: &[&str]) -> Output {
-    Command::new(tool)
-        .args(args)
-        .current_dir(repo())
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run `{tool}` ({e}). It is needed to check the monitoring files: install \
-                 the Debian package `{package}` (apt-get install {package}), or run \
-                 scripts/ensure-services, which installs it"
-            )
-        })
-}
-
 fn promtool(args: &[&str]) -> Output {
-    run_tool("promtool", "prometheus", args)
+    support::run_tool("promtool", "prometheus", args)
 }
 
 fn amtool(args: &[&str]) -> Output {
-    run_tool("amtool", "prometheus-alertmanager", args)
-}
-
-fn text_of(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-fn assert_success(what: &str, output: &Output) -> String {
-    let text = text_of(output);
-    assert!(
-        output.status.success(),
-        "{what} failed ({}):\n{text}",
-        output.status
-    );
-    text
+    support::run_tool("amtool", "prometheus-alertmanager", args)
 }
 
 // ---------------------------------------------------------------------------
@@ -480,7 +448,7 @@ fn anchors(markdown: &str) -> BTreeSet<String> {
 #[test]
 fn alert_rules_pass_promtool_and_their_unit_tests() {
     let check = promtool(&["check", "rules", RULES]);
-    let text = assert_success(&format!("promtool check rules {RULES}"), &check);
+    let text = support::assert_success(&format!("promtool check rules {RULES}"), &check);
     let alerts = alerts();
     assert!(
         text.contains(&format!("SUCCESS: {} rules found", alerts.len())),
@@ -503,7 +471,7 @@ fn alert_rules_pass_promtool_and_their_unit_tests() {
     assert!(!test_files.is_empty(), "no promtool tests in {RULE_TESTS}");
     let mut args = vec!["test", "rules"];
     args.extend(test_files.iter().map(String::as_str));
-    assert_success("promtool test rules", &promtool(&args));
+    support::assert_success("promtool test rules", &promtool(&args));
 
     // Every alert has a case where it fires and one where it does not.
     let mut fires = BTreeSet::new();
@@ -635,7 +603,7 @@ fn every_alert_is_labelled_annotated_and_has_a_runbook_section() {
 
 #[test]
 fn alertmanager_example_is_valid_and_routes_by_severity() {
-    assert_success(
+    support::assert_success(
         &format!("amtool check-config {ALERTMANAGER}"),
         &amtool(&["check-config", ALERTMANAGER]),
     );
@@ -659,7 +627,7 @@ fn alertmanager_example_is_valid_and_routes_by_severity() {
             &severity,
             "queue=inspection",
         ]);
-        assert_success(
+        support::assert_success(
             &format!("routing {} ({}) to {receiver}", alert.name, alert.severity),
             &output,
         );
@@ -788,7 +756,7 @@ fn dashboard_is_well_formed_and_its_queries_parse() {
     // JSON is valid YAML.
     std::fs::write(&path, file.to_string()).expect("write the queries");
     let path_text = path.to_string_lossy().into_owned();
-    assert_success(
+    support::assert_success(
         "promtool check rules on the dashboard's queries",
         &promtool(&["check", "rules", &path_text]),
     );

@@ -816,3 +816,40 @@ pub const PROMQL_NON_METRIC_WORDS: &[&str] = &[
     "group_left",
     "group_right",
 ];
+
+/// Runs a command-line tool from the repository root; a missing tool fails
+/// the test with the Debian package that brings it.
+pub fn run_tool(tool: &str, package: &str, args: &[&str]) -> Output {
+    Command::new(tool)
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap_or_else(|e| panic!("{}", missing_tool(tool, package, &e)))
+}
+
+pub fn missing_tool(tool: &str, package: &str, error: &std::io::Error) -> String {
+    format!(
+        "cannot run `{tool}` ({error}). The tests need it: install the Debian package \
+         `{package}` (apt-get install {package}), or run scripts/ensure-services, which installs it"
+    )
+}
+
+/// A tool's stdout and stderr together.
+pub fn text_of(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Panics with the tool's output unless it succeeded; returns the output.
+pub fn assert_success(what: &str, output: &Output) -> String {
+    let text = text_of(output);
+    assert!(
+        output.status.success(),
+        "{what} failed ({}):\n{text}",
+        output.status
+    );
+    text
+}
