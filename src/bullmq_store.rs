@@ -330,14 +330,6 @@ impl BullmqStore {
         Ok(queue)
     }
 
-    pub async fn ping(&self) -> Result<(), StoreError> {
-        redis::cmd("PING")
-            .query_async::<String>(&mut self.raw())
-            .await
-            .map(drop)
-            .map_err(|e| self.error(e))
-    }
-
     /// BullMQ's job counts for many queues in one round trip: the commands
     /// of `getJobCounts()` and `getJobSchedulersCount()`, on BullMQ's key names.
     pub async fn job_counts(

@@ -156,19 +156,6 @@ impl Source {
         &self.redacted_url
     }
 
-    /// Whether the database answers.
-    pub async fn ping(&self) -> Result<(), SourceError> {
-        let outcome = match &self.pools {
-            Pools::Sqlite(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop),
-            Pools::Postgres(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop),
-            Pools::MySql(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop),
-        };
-        outcome.map_err(|e| SourceError::Connect {
-            url: self.redacted_url.clone(),
-            reason: one_line(&e),
-        })
-    }
-
     /// Runs the source query inside a read-only transaction where the database
     /// has one, handing each row to `each` as it arrives (100,000 rows are never
     /// held at once); returns how long the query took.

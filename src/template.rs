@@ -3,8 +3,6 @@
 //! The literal text before the first placeholder marks which schedulers in Redis
 //! belong to the database: only those are ever reported as orphans or pruned.
 
-use std::fmt;
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Part {
     Literal(String),
@@ -100,18 +98,6 @@ impl IdTemplate {
     }
 }
 
-impl fmt::Display for IdTemplate {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for part in &self.parts {
-            match part {
-                Part::Literal(text) => write!(f, "{}", text.replace('{', "{{").replace('}', "}}"))?,
-                Part::Column(column) => write!(f, "{{{column}}}")?,
-            }
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,7 +117,6 @@ mod tests {
         assert_eq!(id, "inspection:reports:42");
         assert!(template.may_have_rendered("inspection:x"));
         assert!(!template.may_have_rendered("app-made"));
-        assert_eq!(template.to_string(), "inspection:{queue}:{id}");
     }
 
     #[test]

@@ -99,10 +99,6 @@ impl Warden {
         &self.store
     }
 
-    pub fn source(&self) -> &Source {
-        &self.source
-    }
-
     /// Reads the rows and the schedulers of every queue they name (plus the
     /// default queue, and `only_queue` when given) and plans the difference.
     /// Each queue is planned as soon as it is read, so only a few queues'

@@ -582,40 +582,6 @@ fn dashboard_queries(path: &Path) -> (Queries, LabelValues) {
 // ---------------------------------------------------------------------------
 // PromQL: the series selectors of an expression
 
-/// Keywords followed by a parenthesised list of label names.
-const LABEL_LISTS: &[&str] = &[
-    "by",
-    "without",
-    "on",
-    "ignoring",
-    "group_left",
-    "group_right",
-];
-
-/// Index just past the `close` matching the delimiter at `start`, stepping
-/// over quoted strings.
-fn past_closing(chars: &[char], start: usize, close: char) -> usize {
-    let mut i = start + 1;
-    while i < chars.len() {
-        match chars[i] {
-            c if c == close => return i + 1,
-            quote @ ('"' | '\'' | '`') => {
-                i += 1;
-                while i < chars.len() && chars[i] != quote {
-                    i += if chars[i] == '\\' && quote != '`' {
-                        2
-                    } else {
-                        1
-                    };
-                }
-                i += 1;
-            }
-            _ => i += 1,
-        }
-    }
-    i
-}
-
 /// Every series selector of an expression, as written: `name`, `name{…}` or
 /// `{…}`. Functions, keywords, label lists, ranges, strings and numbers are
 /// skipped. (`tests/observability_files.rs` checks the names against
@@ -628,11 +594,11 @@ fn selectors(expr: &str) -> Vec<String> {
     while i < chars.len() {
         let c = chars[i];
         if matches!(c, '"' | '\'' | '`') {
-            i = past_closing(&chars, i, c);
+            i = support::promql_skip_enclosed(&chars, i, c);
         } else if c == '[' {
-            i = past_closing(&chars, i, ']');
+            i = support::promql_skip_enclosed(&chars, i, ']');
         } else if c == '{' {
-            let end = past_closing(&chars, i, '}');
+            let end = support::promql_skip_enclosed(&chars, i, '}');
             found.push(chars[i..end].iter().collect());
             i = end;
         } else if c.is_ascii_digit()
@@ -653,13 +619,13 @@ fn selectors(expr: &str) -> Vec<String> {
                 next += 1;
             }
             match chars.get(next) {
-                Some('(') if LABEL_LISTS.contains(&lower.as_str()) => {
-                    i = past_closing(&chars, next, ')')
+                Some('(') if support::PROMQL_LABEL_LIST_KEYWORDS.contains(&lower.as_str()) => {
+                    i = support::promql_skip_enclosed(&chars, next, ')')
                 }
                 Some('(') => {} // a function or an aggregation
                 _ if support::PROMQL_NON_METRIC_WORDS.contains(&lower.as_str()) => {}
                 Some('{') => {
-                    let end = past_closing(&chars, next, '}');
+                    let end = support::promql_skip_enclosed(&chars, next, '}');
                     found.push(format!(
                         "{word}{}",
                         chars[next..end].iter().collect::<String>()

@@ -51,43 +51,6 @@ fn amtool(args: &[&str]) -> Output {
 // ---------------------------------------------------------------------------
 // PromQL: metric names
 
-/// Keywords followed by a parenthesised list of label names.
-const LABEL_LIST_KEYWORDS: &[&str] = &[
-    "by",
-    "without",
-    "on",
-    "ignoring",
-    "group_left",
-    "group_right",
-];
-
-/// Skips from an opening delimiter at `start` to just past its closing one,
-/// stepping over quoted strings on the way.
-fn skip_enclosed(chars: &[char], start: usize, close: char) -> usize {
-    let mut i = start + 1;
-    while i < chars.len() {
-        match chars[i] {
-            c if c == close => return i + 1,
-            '"' | '\'' | '`' => i = skip_string(chars, i),
-            _ => i += 1,
-        }
-    }
-    i
-}
-
-fn skip_string(chars: &[char], start: usize) -> usize {
-    let quote = chars[start];
-    let mut i = start + 1;
-    while i < chars.len() {
-        match chars[i] {
-            '\\' if quote != '`' => i += 2,
-            c if c == quote => return i + 1,
-            _ => i += 1,
-        }
-    }
-    i
-}
-
 fn is_ident_start(c: char) -> bool {
     c.is_ascii_alphabetic() || c == '_' || c == ':'
 }
@@ -106,11 +69,11 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
     while i < chars.len() {
         let c = chars[i];
         if c == '"' || c == '\'' || c == '`' {
-            i = skip_string(&chars, i);
+            i = support::promql_skip_string(&chars, i);
         } else if c == '{' {
-            i = skip_enclosed(&chars, i, '}');
+            i = support::promql_skip_enclosed(&chars, i, '}');
         } else if c == '[' {
-            i = skip_enclosed(&chars, i, ']');
+            i = support::promql_skip_enclosed(&chars, i, ']');
         } else if c == '#' {
             while i < chars.len() && chars[i] != '\n' {
                 i += 1;
@@ -119,7 +82,7 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
             // Grafana variable: $name or ${name}.
             i += 1;
             if i < chars.len() && chars[i] == '{' {
-                i = skip_enclosed(&chars, i, '}');
+                i = support::promql_skip_enclosed(&chars, i, '}');
             } else {
                 while i < chars.len() && is_ident_char(chars[i]) {
                     i += 1;
@@ -144,9 +107,9 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
                 next += 1;
             }
             let call = chars.get(next) == Some(&'(');
-            if LABEL_LIST_KEYWORDS.contains(&lower.as_str()) {
+            if support::PROMQL_LABEL_LIST_KEYWORDS.contains(&lower.as_str()) {
                 if call {
-                    i = skip_enclosed(&chars, next, ')');
+                    i = support::promql_skip_enclosed(&chars, next, ')');
                 }
             } else if !call && !support::PROMQL_NON_METRIC_WORDS.contains(&lower.as_str()) {
                 names.insert(word);
