@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, watch, Mutex};
 use tokio::time::{sleep, sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
-use crate::apply::{apply, RecoverReport};
+use crate::apply::apply;
 use crate::config::{Catchup, Config, Strategy};
 use crate::desired::DesiredScheduler;
 use crate::events::{Cause, Event, Observer};
@@ -371,7 +371,12 @@ impl Controller {
                         after.plan.mismatched()
                     )));
                 }
-                webhook_report(&snapshot.plan)
+                // The application did the writes: the report is the plan it
+                // was asked to carry out (the dry run's report), now done.
+                let mut report = apply(&self.warden.store(), &snapshot.plan, false, 1, true).await;
+                report.dry_run = false;
+                report.recovered_tasks = report.created + report.updated;
+                report
             }
             _ => {
                 let report = apply(
@@ -535,36 +540,6 @@ fn publish_plan(observer: &Observer, whole: &Plan, settled: bool, pruned: bool) 
                 invalid,
             },
         );
-    }
-}
-
-/// What a webhook recovery restored, from the plan it was asked to fix.
-fn webhook_report(plan: &Plan) -> RecoverReport {
-    let created = plan.missing();
-    let updated = plan.mismatched();
-    RecoverReport {
-        success: true,
-        recovered_tasks: created + updated,
-        created,
-        updated,
-        changes: plan
-            .queues
-            .iter()
-            .flat_map(|(queue, q)| {
-                q.create
-                    .iter()
-                    .map(move |s| (queue, s))
-                    .chain(q.update.iter().map(move |u| (queue, &u.scheduler)))
-            })
-            .map(|(queue, s)| crate::apply::Change {
-                queue: queue.clone(),
-                scheduler_id: s.scheduler_id.clone(),
-                row_id: Some(s.row_id.clone()),
-                action: crate::apply::Action::Create,
-                differs: Vec::new(),
-            })
-            .collect(),
-        ..RecoverReport::default()
     }
 }
 
