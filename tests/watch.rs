@@ -554,6 +554,8 @@ fn the_webhook_strategy_asks_the_application_and_checks_the_result() {
     assert!(lower.contains("x-api-key: k-123"), "{request}");
     assert!(request.contains("\"missing\":2"), "{request}");
     assert_eq!(redis.zcard("bull:inspection:repeat"), 2);
+    let finished = &watcher.events("recovery_finished")[0];
+    assert_eq!(finished["created"], 2, "{finished}");
     assert!(
         !watcher.log().contains("hook-secret"),
         "the token is never logged"
