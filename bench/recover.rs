@@ -11,6 +11,7 @@
 mod probe;
 #[path = "recover/process.rs"]
 mod process;
+#[allow(dead_code)] // restarting a server is for the watch benchmark
 #[path = "recover/redis_server.rs"]
 mod redis_server;
 #[path = "recover/report.rs"]

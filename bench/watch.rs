@@ -12,15 +12,20 @@
 #[path = "recover/process.rs"]
 mod process;
 #[allow(dead_code)]
+#[path = "recover/redis_server.rs"]
+mod redis_server;
+#[allow(dead_code)]
 #[path = "recover/workload.rs"]
 mod workload;
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use process::ChildGuard;
+use redis_server::RedisServer;
 use serde_json::Value;
 
 const QUEUE_REPEAT: &str = "bull:inspection:repeat";
@@ -30,7 +35,7 @@ fn main() {
     let schedulers: usize = env_number("BENCH_WATCH_SCHEDULERS", 10_000);
     let trials: usize = env_number("BENCH_WATCH_TRIALS", 20);
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut redis = Redis::start(dir.path());
+    let mut redis = Redis::start();
     let source = dir.path().join("tasks.db");
     workload::write_sqlite_source(&workload::tasks(schedulers), &source);
     let config = dir.path().join("warden.toml");
@@ -45,25 +50,26 @@ fn main() {
     .expect("write config");
     let log = dir.path().join("watch.log");
     let _watcher = start_watcher(&config, &log);
-    let mut events = EventLog::new(log);
+    let mut events = EventLog::new(&log);
     assert!(
         events
             .wait_for("recovery_finished", Duration::from_secs(120))
             .is_some(),
         "start-up recovery did not finish"
     );
-    wait_restored(&redis, schedulers, Duration::from_secs(60));
+    wait_restored(&mut redis, schedulers, Duration::from_secs(60));
 
     println!(
         "bullmq-warden watch, default settings (poll 1s, debounce 2s quiet / 15s max), \
          {schedulers} schedulers, {trials} trials per loss\n"
     );
-    println!("| loss | detected p50 ms | p99 ms | decision p50 ms | p99 ms | restored p50 s | p99 s | target |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| loss | detected p50 ms | p99 ms | decision p50 ms | p99 ms | writes p50 ms | p99 ms | restored p50 s | p99 s | target |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for kind in [Loss::Delete, Loss::Flush, Loss::Restart] {
         let mut detected = Vec::new();
         let mut decided = Vec::new();
         let mut restored = Vec::new();
+        let mut writes = Vec::new();
         for _ in 0..trials {
             // Quiet before each trial, so the debounce window starts fresh.
             std::thread::sleep(Duration::from_millis(500));
@@ -76,15 +82,21 @@ fn main() {
             let decision = events
                 .wait_for("drift_confirmed", Duration::from_secs(30))
                 .expect("a recovery was decided");
-            let back = wait_restored(&redis, schedulers, Duration::from_secs(60));
-            events.wait_for("recovery_finished", Duration::from_secs(30));
-            detected.push(millis_between(lost_at, detection));
-            decided.push(millis_between(lost_at, decision));
+            let back = wait_restored(&mut redis, schedulers, Duration::from_secs(60));
+            let finished = events.wait_for("recovery_finished", Duration::from_secs(30));
+            detected.push(millis_between(lost_at, detection.at));
+            decided.push(millis_between(lost_at, decision.at));
             restored.push(back.duration_since(answering_at).as_secs_f64());
+            writes.push(
+                finished
+                    .and_then(|line| line.fields["duration_ms"].as_f64())
+                    .unwrap_or(f64::NAN),
+            );
         }
         let (d50, d99) = (percentile(&detected, 50.0), percentile(&detected, 99.0));
         let (c50, c99) = (percentile(&decided, 50.0), percentile(&decided, 99.0));
         let (r50, r99) = (percentile(&restored, 50.0), percentile(&restored, 99.0));
+        let (w50, w99) = (percentile(&writes, 50.0), percentile(&writes, 99.0));
         let detect_target_ms = match kind {
             Loss::Delete => 100.0,
             Loss::Flush | Loss::Restart => 1000.0,
@@ -96,7 +108,7 @@ fn main() {
             format!("detect ≤ {detect_target_ms} ms, restore ≤ {restore_target_s} s")
         };
         println!(
-            "| {} | {d50:.0} | {d99:.0} | {c50:.0} | {c99:.0} | {r50:.2} | {r99:.2} | {verdict} |",
+            "| {} | {d50:.0} | {d99:.0} | {c50:.0} | {c99:.0} | {w50:.0} | {w99:.0} | {r50:.2} | {r99:.2} | {verdict} |",
             kind.name()
         );
     }
@@ -134,78 +146,45 @@ impl Loss {
     }
 }
 
-/// The benchmark's own redis-server, restartable on the same port.
+/// The benchmark's own redis-server with one connection of its own, made
+/// again after a restart.
 struct Redis {
-    port: u16,
-    dir: PathBuf,
-    process: Option<ChildGuard>,
+    server: RedisServer,
+    connection: redis::Connection,
 }
 
 impl Redis {
-    fn start(dir: &Path) -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("free port");
-        let mut redis = Self {
-            port,
-            dir: dir.to_owned(),
-            process: None,
-        };
-        redis.spawn();
-        redis
+    fn start() -> Self {
+        let server = RedisServer::start();
+        let connection = server.connect().expect("connect to the benchmark's Redis");
+        Self { server, connection }
     }
 
     fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    fn spawn(&mut self) -> Instant {
-        let mut command = Command::new("redis-server");
-        command
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(&self.dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        self.process = Some(ChildGuard::spawn(&mut command, "redis-server"));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if self.try_cmd(&["PING"]).is_some_and(|pong| pong == "PONG") {
-                return Instant::now();
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        panic!("redis-server did not answer on port {}", self.port);
+        self.server.url()
     }
 
     fn restart(&mut self) -> Instant {
-        // Dropping the guard kills the server: everything in memory is gone.
-        self.process = None;
-        self.spawn()
+        let answering = self.server.restart();
+        self.connection = self
+            .server
+            .connect()
+            .expect("connect to the restarted Redis");
+        answering
     }
 
-    fn try_cmd(&self, args: &[&str]) -> Option<String> {
-        let output = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string(), "--raw"])
-            .args(args)
-            .output()
-            .ok()?;
-        output
-            .status
-            .success()
-            .then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    fn cmd(&mut self, args: &[&str]) {
+        let mut command = redis::cmd(args[0]);
+        command.arg(&args[1..]);
+        let () = command
+            .query(&mut self.connection)
+            .unwrap_or_else(|e| panic!("{args:?} failed: {e}"));
     }
 
-    fn cmd(&self, args: &[&str]) -> String {
-        self.try_cmd(args)
-            .unwrap_or_else(|| panic!("redis-cli {args:?} failed"))
-    }
-
-    fn zcard(&self, key: &str) -> usize {
-        self.try_cmd(&["ZCARD", key])
-            .and_then(|n| n.parse().ok())
+    fn zcard(&mut self, key: &str) -> usize {
+        redis::cmd("ZCARD")
+            .arg(key)
+            .query(&mut self.connection)
             .unwrap_or(0)
     }
 }
@@ -224,43 +203,58 @@ fn start_watcher(config: &Path, log: &Path) -> ChildGuard {
     ChildGuard::spawn(&mut command, "bullmq-warden watch")
 }
 
-/// The watcher's log, read from where the last look ended.
+/// The watcher's log, read from where the last look ended. Only new bytes
+/// are read: parsing the whole log every few milliseconds would take CPU
+/// from the watcher and Redis while they restore.
 struct EventLog {
-    path: PathBuf,
-    seen: usize,
+    reader: BufReader<File>,
+    /// A line the watcher has not finished writing yet.
+    partial: String,
 }
 
 impl EventLog {
-    fn new(path: PathBuf) -> Self {
-        Self { path, seen: 0 }
+    fn new(path: &Path) -> Self {
+        Self {
+            reader: BufReader::new(File::open(path).expect("open the watcher's log")),
+            partial: String::new(),
+        }
     }
 
-    fn lines(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.path)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|line| serde_json::from_str(line).ok())
-            .collect()
+    /// The next complete line, if the watcher has written one.
+    fn next_line(&mut self) -> Option<Value> {
+        loop {
+            let read = self
+                .reader
+                .read_line(&mut self.partial)
+                .expect("read the watcher's log");
+            if read == 0 || !self.partial.ends_with('\n') {
+                return None;
+            }
+            let line = std::mem::take(&mut self.partial);
+            if let Ok(value) = serde_json::from_str(&line) {
+                return Some(value);
+            }
+        }
     }
 
     fn skip_to_end(&mut self) {
-        self.seen = self.lines().len();
+        while self.next_line().is_some() {}
     }
 
-    /// The log time of the next `event` after the last one looked at.
-    fn wait_for(&mut self, event: &str, timeout: Duration) -> Option<SystemTime> {
+    /// The next `event` after the last one looked at.
+    fn wait_for(&mut self, event: &str, timeout: Duration) -> Option<LogLine> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            let lines = self.lines();
-            if let Some(offset) = lines[self.seen.min(lines.len())..]
-                .iter()
-                .position(|line| line["event"] == event)
-            {
-                let line = &lines[self.seen + offset];
-                self.seen += offset + 1;
+            while let Some(line) = self.next_line() {
+                if line["event"] != event {
+                    continue;
+                }
                 let stamp = line["timestamp"].as_str().unwrap_or_default();
                 let time = chrono::DateTime::parse_from_rfc3339(stamp).ok()?;
-                return Some(SystemTime::from(time));
+                return Some(LogLine {
+                    at: SystemTime::from(time),
+                    fields: line,
+                });
             }
             std::thread::sleep(Duration::from_millis(2));
         }
@@ -268,8 +262,15 @@ impl EventLog {
     }
 }
 
+/// One event of the watcher's log.
+struct LogLine {
+    at: SystemTime,
+    /// The whole line: the event's fields are at its top level.
+    fields: Value,
+}
+
 /// Waits until every scheduler and its next job are back; returns when.
-fn wait_restored(redis: &Redis, schedulers: usize, timeout: Duration) -> Instant {
+fn wait_restored(redis: &mut Redis, schedulers: usize, timeout: Duration) -> Instant {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if redis.zcard(QUEUE_REPEAT) == schedulers && redis.zcard(QUEUE_DELAYED) >= schedulers {

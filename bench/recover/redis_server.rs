@@ -12,7 +12,7 @@ pub struct RedisServer {
     port: u16,
     // Declared before the data dir so the server stops before its dir is removed.
     process: ChildGuard,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl RedisServer {
@@ -29,21 +29,27 @@ impl RedisServer {
 
     fn try_start(port: u16) -> Option<Self> {
         let dir = tempfile::tempdir().expect("temp dir for redis-server");
-        let mut command = Command::new("redis-server");
-        command
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
         let mut server = Self {
             port,
-            process: ChildGuard::spawn(&mut command, "redis-server"),
-            _dir: dir,
+            process: spawn_server(port, dir.path()),
+            dir,
         };
         // Dropping a server that never answered stops its process.
         server.wait_until_ready().then_some(server)
+    }
+
+    /// Kills the server (everything in memory is gone, as nothing is
+    /// persisted) and starts it again, empty, on the same port; returns the
+    /// moment it answers again.
+    pub fn restart(&mut self) -> Instant {
+        self.process.kill();
+        self.process = spawn_server(self.port, self.dir.path());
+        assert!(
+            self.wait_until_ready(),
+            "redis-server did not come back on port {}",
+            self.port
+        );
+        Instant::now()
     }
 
     /// `redis://127.0.0.1:<port>/0`.
@@ -78,10 +84,23 @@ impl RedisServer {
             if pong.is_ok() {
                 return self.process.exit_status().is_none();
             }
-            std::thread::sleep(Duration::from_millis(20));
+            // Short: a restart's measurements start when it answers.
+            std::thread::sleep(Duration::from_millis(2));
         }
         false
     }
+}
+
+fn spawn_server(port: u16, dir: &std::path::Path) -> ChildGuard {
+    let mut command = Command::new("redis-server");
+    command
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    ChildGuard::spawn(&mut command, "redis-server")
 }
 
 fn free_port() -> u16 {
