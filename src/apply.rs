@@ -68,6 +68,8 @@ pub struct RecoverReport {
 
 enum Write<'a> {
     Upsert(&'a DesiredScheduler),
+    /// A create whose next run's job survived the loss of its scheduler.
+    UpsertAfterOrphan(&'a DesiredScheduler),
     Remove {
         queue: &'a str,
         scheduler_id: &'a str,
@@ -93,11 +95,22 @@ pub async fn apply(
         report.unchanged += queue_plan.unchanged.len();
         report.orphaned += queue_plan.orphaned.len();
         report.legacy += queue_plan.legacy;
-        for scheduler in &queue_plan.create {
+        // Unknown (a failed read) means the upsert finds out for itself.
+        let orphaned_next_jobs = match dry_run || queue_plan.create.is_empty() {
+            true => Vec::new(),
+            false => store
+                .orphaned_next_jobs(queue, &queue_plan.create)
+                .await
+                .unwrap_or_default(),
+        };
+        for (index, scheduler) in queue_plan.create.iter().enumerate() {
             report
                 .changes
                 .push(change(scheduler, Action::Create, Vec::new()));
-            writes.push(Write::Upsert(scheduler));
+            writes.push(match orphaned_next_jobs.get(index) {
+                Some(true) => Write::UpsertAfterOrphan(scheduler),
+                _ => Write::Upsert(scheduler),
+            });
         }
         for update in &queue_plan.update {
             report.changes.push(change(
@@ -191,6 +204,10 @@ async fn carry_out<'a>(
     match write {
         Write::Upsert(scheduler) => {
             let result = store.upsert(scheduler).await.map(|()| false);
+            (&scheduler.row_id, &scheduler.scheduler_id, result)
+        }
+        Write::UpsertAfterOrphan(scheduler) => {
+            let result = store.upsert_after_orphan(scheduler).await.map(|()| false);
             (&scheduler.row_id, &scheduler.scheduler_id, result)
         }
         Write::Remove {

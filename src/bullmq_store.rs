@@ -345,10 +345,33 @@ impl BullmqStore {
         Ok(counts_from_replies(queues, &replies))
     }
 
+    /// A plain connection to the server, besides BullMQ's managed one, for
+    /// the watcher's poll: the managed connection reconnects with a backoff
+    /// that cannot be tuned, so after a restart it may take a second to
+    /// notice that Redis is back; the poll dials again on every tick instead.
+    /// `None` for a cluster, where the poll uses the cluster connection.
+    pub async fn dedicated_connection(
+        &self,
+        timeout: std::time::Duration,
+    ) -> Result<Option<redis::aio::MultiplexedConnection>, StoreError> {
+        if self.is_cluster() {
+            return Ok(None);
+        }
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout));
+        self.client()?
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map(Some)
+            .map_err(|e| self.error(e))
+    }
+
     /// `INFO` (the sections the watcher reads) and the job counts of every
-    /// queue, in one round trip.
+    /// queue, in one round trip on `connection`.
     pub async fn poll(
         &self,
+        connection: &mut impl redis::aio::ConnectionLike,
         queues: &[String],
     ) -> Result<(String, BTreeMap<String, JobCounts>), StoreError> {
         let mut pipe = redis::pipe();
@@ -360,7 +383,7 @@ impl BullmqStore {
             .arg("keyspace");
         self.add_count_commands(&mut pipe, queues);
         let (info, replies): (String, Vec<u64>) = pipe
-            .query_async::<Vec<redis::Value>>(&mut self.raw())
+            .query_async::<Vec<redis::Value>>(connection)
             .await
             .and_then(|values| {
                 let mut values = values.into_iter();
@@ -461,15 +484,75 @@ impl BullmqStore {
         let queue = self.queue(&scheduler.queue).await?;
         match upsert_with(&queue, scheduler).await {
             Err(bullmq::Error::Script { code, .. }) if code == SCHEDULER_JOB_ID_COLLISION => {
-                if let Some(job_id) = next_cron_job_id(scheduler) {
-                    queue.remove(&job_id).await.map_err(|e| self.error(e))?;
-                }
+                self.remove_orphaned_next_job(&queue, scheduler).await?;
                 upsert_with(&queue, scheduler)
                     .await
                     .map_err(|e| self.error(e))
             }
             other => other.map_err(|e| self.error(e)),
         }
+    }
+
+    /// `upsert` for a scheduler known to have an orphaned next job: removes
+    /// it first, sparing BullMQ's refused attempt.
+    pub async fn upsert_after_orphan(
+        &self,
+        scheduler: &DesiredScheduler,
+    ) -> Result<(), StoreError> {
+        let queue = self.queue(&scheduler.queue).await?;
+        self.remove_orphaned_next_job(&queue, scheduler).await?;
+        self.upsert(scheduler).await
+    }
+
+    async fn remove_orphaned_next_job(
+        &self,
+        queue: &Queue,
+        scheduler: &DesiredScheduler,
+    ) -> Result<(), StoreError> {
+        if let Some(job_id) = next_cron_job_id(scheduler) {
+            queue.remove(&job_id).await.map_err(|e| self.error(e))?;
+        }
+        Ok(())
+    }
+
+    /// For each of `missing` (schedulers absent from the `repeat` set of
+    /// `queue`), whether the job an upsert now would create already exists:
+    /// the set lost its members while the delayed jobs survived. One `ZCARD`
+    /// when the delayed set is empty, as after a flush or a restart.
+    pub async fn orphaned_next_jobs(
+        &self,
+        queue: &str,
+        missing: &[DesiredScheduler],
+    ) -> Result<Vec<bool>, StoreError> {
+        let keys = self.keys(queue);
+        let mut conn = self.raw();
+        let delayed: u64 = redis::cmd("ZCARD")
+            .arg(keys.delayed())
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.error(e))?;
+        if delayed == 0 {
+            return Ok(vec![false; missing.len()]);
+        }
+        let mut found = Vec::with_capacity(missing.len());
+        for batch in missing.chunks(READ_BATCH) {
+            let job_ids: Vec<Option<String>> = batch.iter().map(next_cron_job_id).collect();
+            let mut pipe = redis::pipe();
+            for job_id in job_ids.iter().flatten() {
+                pipe.cmd("EXISTS").arg(keys.job_key(job_id));
+            }
+            let mut exists = pipe
+                .query_async::<Vec<bool>>(&mut conn)
+                .await
+                .map_err(|e| self.error(e))?
+                .into_iter();
+            found.extend(
+                job_ids
+                    .iter()
+                    .map(|id| id.is_some() && exists.next().unwrap_or(false)),
+            );
+        }
+        Ok(found)
     }
 
     /// Adds one job now with BullMQ's add script; a known `job_id` adds nothing.

@@ -44,11 +44,13 @@ fn the_readme_acl_user_can_recover_report_and_watch() {
 
     let watcher = Watcher::start_env(&setup, &env);
     assert!(watcher.wait_for("keyspace_notifications", 1, Duration::from_secs(10)));
-    assert_eq!(
-        watcher.events("keyspace_notifications")[0]["active"],
-        true,
-        "{}",
-        watcher.log()
+    let subscribed = &watcher.events("keyspace_notifications")[0];
+    assert_eq!(subscribed["active"], true, "{}", watcher.log());
+    assert!(
+        subscribed["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("flushes tracked")),
+        "{subscribed}"
     );
     std::thread::sleep(Duration::from_millis(600));
     redis.redis(&["DEL", "bull:inspection:repeat"]);

@@ -362,9 +362,14 @@ fn a_deleted_scheduler_set_whose_next_jobs_survived_is_restored() {
     // The set goes, the hashes and delayed jobs stay: BullMQ's upsert alone
     // refuses this (job id collision) until the orphaned next job is removed.
     redis.redis(&["DEL", "bull:reports:repeat"]);
+    redis.redis(&["CONFIG", "RESETSTAT"]);
     let (code, report) = setup.recover();
     assert_eq!(code, 0, "{report}");
     assert_eq!(report["created"], 1);
+    // The orphan is found before writing: BullMQ's removeJob, then one
+    // upsert, and no refused upsert in between.
+    let stats = redis.redis(&["INFO", "commandstats"]);
+    assert!(stats.contains("cmdstat_evalsha:calls=2,"), "{stats}");
     assert_eq!(redis.zcard("bull:reports:repeat"), 1);
     assert_eq!(
         redis.zcard("bull:reports:delayed"),

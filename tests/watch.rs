@@ -127,6 +127,44 @@ fn flushall_is_detected_within_a_poll_and_restored() {
 }
 
 #[test]
+fn a_flush_is_reported_by_client_tracking_without_waiting_for_the_poll() {
+    let redis = RedisServer::start();
+    let setup = watched(&redis, "");
+    // Polls this rare would see the flush only long after the test gave up.
+    let rare_polls = [
+        ("BULLMQ_WARDEN__WATCH__INFO_INTERVAL", "120s"),
+        ("BULLMQ_WARDEN__WATCH__DRIFT_INTERVAL", "120s"),
+    ];
+    let watcher = Watcher::start_env(&setup, &rare_polls);
+    assert!(
+        watcher.wait_for("recovery_finished", 1, 10 * SECOND),
+        "start-up recovery: {}",
+        watcher.log()
+    );
+    assert!(watcher.wait_for("keyspace_notifications", 1, 10 * SECOND));
+    let subscribed = &watcher.events("keyspace_notifications")[0];
+    assert!(
+        subscribed["message"]
+            .as_str()
+            .is_some_and(|d| d.contains("flushes tracked")),
+        "{subscribed}"
+    );
+    redis.redis(&["FLUSHALL"]);
+    assert!(
+        watcher.wait_for("recovery_finished", 2, 10 * SECOND),
+        "{}",
+        watcher.log()
+    );
+    assert_eq!(
+        watcher.events("detected")[0]["cause"],
+        "flush",
+        "{}",
+        watcher.log()
+    );
+    assert_eq!(schedulers(&redis), 4);
+}
+
+#[test]
 fn deleting_one_queues_scheduler_set_is_seen_by_keyspace_notifications() {
     let redis = RedisServer::start();
     let setup = watched(&redis, "");

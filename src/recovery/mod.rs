@@ -9,6 +9,7 @@
 //! it settles.
 
 pub mod catchup;
+pub mod debounce;
 pub mod lease;
 pub mod webhook;
 
@@ -28,6 +29,7 @@ use crate::desired::DesiredScheduler;
 use crate::events::{Cause, Event, Observer};
 use crate::reconcile::Plan;
 use crate::warden::{now_ms, Snapshot, Warden, WardenError};
+use debounce::Debounce;
 use lease::Lease;
 use webhook::Webhook;
 
@@ -35,12 +37,24 @@ use webhook::Webhook;
 const COMPARE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A signal that the schedulers may need a look.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Trigger {
     pub cause: Cause,
     /// Best estimate of when a loss began (epoch ms): the last moment the
     /// watcher saw Redis intact. Used to find runs missed during the outage.
     pub since_ms: u64,
+    /// The queue the signal is about, when it names one.
+    pub queue: Option<String>,
+}
+
+impl Trigger {
+    pub fn new(cause: Cause, since_ms: u64) -> Self {
+        Self {
+            cause,
+            since_ms,
+            queue: None,
+        }
+    }
 }
 
 /// The queues the watcher looks at, refreshed from every comparison.
@@ -137,27 +151,23 @@ impl Controller {
             let mut causes = BTreeSet::from([first.cause]);
             let mut since_ms = first.since_ms;
             if !matches!(first.cause, Cause::Startup | Cause::Manual) {
-                let started = Instant::now();
-                let hard_deadline = started + self.config.watch.debounce_max;
-                let mut quiet_deadline = started + self.config.watch.debounce_quiet;
-                // One loss raises several signals within moments (the keyspace
-                // event, then the poll, then a reconnect); those echoes do not
-                // restart the quiet window, later signals (a flapping Redis) do.
-                let echoes_until = started + self.config.watch.debounce_quiet / 2;
+                let mut window = Debounce::open(
+                    &first,
+                    Instant::now(),
+                    self.config.watch.debounce_quiet,
+                    self.config.watch.debounce_max,
+                );
                 loop {
                     tokio::select! {
                         trigger = triggers.recv() => match trigger {
                             Some(trigger) => {
                                 causes.insert(trigger.cause);
                                 since_ms = since_ms.min(trigger.since_ms);
-                                let now = Instant::now();
-                                if now > echoes_until {
-                                    quiet_deadline = now + self.config.watch.debounce_quiet;
-                                }
+                                window.observe(&trigger, Instant::now());
                             }
                             None => return,
                         },
-                        _ = sleep_until(quiet_deadline.min(hard_deadline)) => break,
+                        _ = sleep_until(window.deadline()) => break,
                         _ = shutdown.cancelled() => return,
                     }
                 }
@@ -284,10 +294,9 @@ impl Controller {
                     snapshot.plan.mismatched()
                 ),
             });
-            let _ = self.retrigger.try_send(Trigger {
-                cause: Cause::Drift,
-                since_ms: now_ms(),
-            });
+            let _ = self
+                .retrigger
+                .try_send(Trigger::new(Cause::Drift, now_ms()));
             return Ok(());
         }
         self.observer.emit(Event::DriftConfirmed {

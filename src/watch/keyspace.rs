@@ -12,6 +12,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
+use super::flushes::{FlushNotice, FlushTracking};
 use crate::bullmq_store::SharedStore;
 use crate::events::{Cause, Event, Observer};
 use crate::recovery::{SharedQueues, Trigger};
@@ -38,55 +39,32 @@ const LOSS_EVENTS: [&str; 8] = [
 const DETECTION_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
 pub struct KeyspaceWatcher {
-    store: SharedStore,
+    pub store: SharedStore,
     /// Bumped when Sentinel moves the primary: subscribe there instead.
-    moved: watch::Receiver<u64>,
-    db: u32,
-    prefix: String,
-    manage_config: bool,
-    queues: SharedQueues,
-    triggers: mpsc::Sender<Trigger>,
-    observer: Observer,
-    backoff_min: Duration,
-    backoff_max: Duration,
+    pub moved: watch::Receiver<u64>,
+    pub db: u32,
+    pub prefix: String,
+    pub manage_config: bool,
+    pub queues: SharedQueues,
+    pub triggers: mpsc::Sender<Trigger>,
+    pub observer: Observer,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
     /// How often a cluster's primaries are listed again.
-    topology_interval: Duration,
-    /// Tells the poll to look at once when a subscription drops.
-    poll_now: Arc<Notify>,
+    pub topology_interval: Duration,
+    /// Tells the poll to look at once when a subscription drops or a flush
+    /// is reported.
+    pub poll_now: Arc<Notify>,
+}
+
+/// What a session's connections report.
+enum Notice {
+    Keyspace(redis::Msg),
+    Flushed,
+    Closed,
 }
 
 impl KeyspaceWatcher {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        store: SharedStore,
-        moved: watch::Receiver<u64>,
-        db: u32,
-        prefix: String,
-        manage_config: bool,
-        queues: SharedQueues,
-        triggers: mpsc::Sender<Trigger>,
-        observer: Observer,
-        backoff_min: Duration,
-        backoff_max: Duration,
-        topology_interval: Duration,
-        poll_now: Arc<Notify>,
-    ) -> Self {
-        Self {
-            store,
-            moved,
-            db,
-            prefix,
-            manage_config,
-            queues,
-            triggers,
-            observer,
-            backoff_min,
-            backoff_max,
-            topology_interval,
-            poll_now,
-        }
-    }
-
     /// Subscribes, and subscribes again after every lost connection.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut delays = backon::ExponentialBuilder::default()
@@ -132,6 +110,8 @@ impl KeyspaceWatcher {
         let mut streams = Vec::new();
         let mut problems = Vec::new();
         let mut details = Vec::new();
+        // Tracking lasts as long as its connection: kept until the session ends.
+        let mut trackings = Vec::new();
         for (url, client) in &primaries {
             match self.ensure_config(client).await {
                 Ok(detail) => details.push(detail),
@@ -148,10 +128,25 @@ impl KeyspaceWatcher {
             streams.push(
                 pubsub
                     .into_on_message()
-                    .map(Some)
-                    .chain(futures::stream::once(async { None }))
+                    .map(Notice::Keyspace)
+                    .chain(futures::stream::once(async { Notice::Closed }))
                     .boxed(),
             );
+            match FlushTracking::start(client).await {
+                Ok((tracking, notices)) => {
+                    trackings.push(tracking);
+                    details.push("flushes tracked".into());
+                    streams.push(
+                        notices
+                            .map(|notice| match notice {
+                                FlushNotice::Flushed => Notice::Flushed,
+                                FlushNotice::Closed => Notice::Closed,
+                            })
+                            .boxed(),
+                    );
+                }
+                Err(problem) => details.push(format!("{url}: {problem}")),
+            }
         }
         if problems.is_empty() {
             self.observer.emit(Event::KeyspaceNotifications {
@@ -179,8 +174,8 @@ impl KeyspaceWatcher {
         let mut last_logged: HashMap<String, Instant> = HashMap::new();
         let mut messages = futures::stream::select_all(streams);
         loop {
-            let message = tokio::select! {
-                message = messages.next() => message.flatten(),
+            let notice = tokio::select! {
+                notice = messages.next() => notice.unwrap_or(Notice::Closed),
                 // Without Sentinel the sender is gone and this branch never matches.
                 Ok(()) = self.moved.changed() => return "the primary moved".into(),
                 _ = topology.tick(), if store.is_cluster() => {
@@ -193,8 +188,15 @@ impl KeyspaceWatcher {
                 }
                 _ = shutdown.cancelled() => return String::new(),
             };
-            let Some(message) = message else {
-                return "connection closed".into();
+            let message = match notice {
+                Notice::Keyspace(message) => message,
+                Notice::Closed => return "connection closed".into(),
+                Notice::Flushed => {
+                    // The poll compares the counts and reports the flush.
+                    tracing::debug!(event = "flush_notice", "a database was flushed");
+                    self.poll_now.notify_one();
+                    continue;
+                }
             };
             let event: String = message.get_payload().unwrap_or_default();
             let Some(key) = message.get_channel_name().strip_prefix(&channel_prefix) else {
@@ -226,6 +228,7 @@ impl KeyspaceWatcher {
                 let _ = self.triggers.try_send(Trigger {
                     cause: Cause::Keyspace,
                     since_ms: now_ms(),
+                    queue: Some(queue.to_owned()),
                 });
             }
         }
@@ -241,6 +244,7 @@ impl KeyspaceWatcher {
         let _ = self.triggers.try_send(Trigger {
             cause,
             since_ms: now_ms(),
+            queue: queue.map(str::to_owned),
         });
     }
 

@@ -5,6 +5,7 @@
 //! failovers, lost connections) and a periodic full comparison. The HTTP server
 //! shares the same `Warden`, metrics and apply lock.
 
+pub mod flushes;
 pub mod keyspace;
 pub mod poll;
 pub mod sentinel;
@@ -116,32 +117,32 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Watc
         };
         tasks.spawn(follower.run(shutdown.clone()));
     }
-    let poller = poll::Poller::new(
-        shared_store.clone(),
-        observer.clone(),
-        queues.clone(),
+    let poller = poll::Poller {
+        store: shared_store.clone(),
+        observer: observer.clone(),
+        queues: queues.clone(),
         restored,
-        poll_now.clone(),
-        triggers_tx.clone(),
-        loading_tx,
-        config.watch.info_interval,
-        config.watch.drift_interval,
-    );
+        poll_now: poll_now.clone(),
+        triggers: triggers_tx.clone(),
+        loading: loading_tx,
+        interval: config.watch.info_interval,
+        settings_interval: config.watch.drift_interval,
+    };
     tasks.spawn(poller.run(shutdown.clone()));
-    let keyspace = keyspace::KeyspaceWatcher::new(
-        shared_store,
-        moved_rx,
-        redis_db(&config.redis.url),
-        config.redis.prefix.clone(),
-        config.watch.manage_keyspace_config,
-        queues.clone(),
-        triggers_tx.clone(),
-        observer.clone(),
-        config.recovery.backoff_min,
-        config.recovery.backoff_max,
-        config.watch.drift_interval,
+    let keyspace = keyspace::KeyspaceWatcher {
+        store: shared_store,
+        moved: moved_rx,
+        db: redis_db(&config.redis.url),
+        prefix: config.redis.prefix.clone(),
+        manage_config: config.watch.manage_keyspace_config,
+        queues: queues.clone(),
+        triggers: triggers_tx.clone(),
+        observer: observer.clone(),
+        backoff_min: config.recovery.backoff_min,
+        backoff_max: config.recovery.backoff_max,
+        topology_interval: config.watch.drift_interval,
         poll_now,
-    );
+    };
     tasks.spawn(keyspace.run(shutdown.clone()));
     tasks.spawn(periodic_drift_checks(
         triggers_tx.clone(),
@@ -149,10 +150,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Watc
         shutdown.clone(),
     ));
     // The manual's start-up health check, acted upon.
-    let _ = triggers_tx.try_send(Trigger {
-        cause: Cause::Startup,
-        since_ms: now_ms(),
-    });
+    let _ = triggers_tx.try_send(Trigger::new(Cause::Startup, now_ms()));
 
     shutdown.cancelled().await;
     tracing::info!(
@@ -215,7 +213,7 @@ async fn periodic_drift_checks(
     loop {
         tokio::select! {
             _ = ticker.tick() => {
-                let _ = triggers.try_send(Trigger { cause: Cause::Drift, since_ms: now_ms() });
+                let _ = triggers.try_send(Trigger::new(Cause::Drift, now_ms()));
             }
             _ = shutdown.cancelled() => return,
         }

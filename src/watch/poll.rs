@@ -44,66 +44,45 @@ impl Identity {
 }
 
 pub struct Poller {
-    store: SharedStore,
+    pub store: SharedStore,
+    pub observer: Observer,
+    pub queues: SharedQueues,
+    pub restored: RestoredCounts,
+    /// Woken when Redis may have changed under the watcher (the keyspace
+    /// subscription dropped, a flush was reported): the poll looks at once.
+    pub poll_now: Arc<Notify>,
+    pub triggers: mpsc::Sender<Trigger>,
+    pub loading: watch::Sender<bool>,
+    pub interval: Duration,
+    /// How often persistence settings are read again.
+    pub settings_interval: Duration,
+}
+
+/// What earlier polls saw, to compare the next one with.
+#[derive(Default)]
+struct Seen {
     /// The server the identity below belongs to; Sentinel may move us.
     server: String,
-    observer: Observer,
-    queues: SharedQueues,
-    restored: RestoredCounts,
-    /// Woken when the keyspace subscription loses its connection: Redis may
-    /// have restarted, and the next poll tells.
-    poll_now: Arc<Notify>,
-    triggers: mpsc::Sender<Trigger>,
-    loading: watch::Sender<bool>,
-    interval: Duration,
-    settings_interval: Duration,
     identity: Option<Identity>,
     repeat_counts: BTreeMap<String, u64>,
     /// When the last poll succeeded (epoch ms): where an outage begins.
     last_ok_ms: Option<u64>,
     down: bool,
     settings_read_at: Option<Instant>,
+    /// The poll's own connection to a single server; `None` until dialled
+    /// (again) and for a cluster.
+    connection: Option<redis::aio::MultiplexedConnection>,
 }
 
 impl Poller {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        store: SharedStore,
-        observer: Observer,
-        queues: SharedQueues,
-        restored: RestoredCounts,
-        poll_now: Arc<Notify>,
-        triggers: mpsc::Sender<Trigger>,
-        loading: watch::Sender<bool>,
-        interval: Duration,
-        settings_interval: Duration,
-    ) -> Self {
-        Self {
-            store,
-            server: String::new(),
-            observer,
-            queues,
-            restored,
-            poll_now,
-            triggers,
-            loading,
-            interval,
-            settings_interval,
-            identity: None,
-            repeat_counts: BTreeMap::new(),
-            last_ok_ms: None,
-            down: false,
-            settings_read_at: None,
-        }
-    }
-
     /// Polls every `interval`, and ten times as often while Redis is away, so
     /// that a restarted server is seen within a fraction of the interval.
-    pub async fn run(mut self, shutdown: CancellationToken) {
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut seen = Seen::default();
         loop {
             let started = tokio::time::Instant::now();
-            self.poll_once().await;
-            let pause = if self.down {
+            self.poll_once(&mut seen).await;
+            let pause = if seen.down {
                 (self.interval / 10).max(Duration::from_millis(20))
             } else {
                 self.interval
@@ -116,31 +95,45 @@ impl Poller {
         }
     }
 
-    async fn poll_once(&mut self) {
+    async fn poll_once(&self, seen: &mut Seen) {
         let queues: Vec<String> = self.queues.read().map(|q| q.clone()).unwrap_or_default();
         let store = self.store.get();
-        if store.redacted_url() != self.server {
+        if store.redacted_url() != seen.server {
             // Another server (Sentinel moved the primary): its run_id is not a
             // restart, nor its counts a flush; the follower reports the failover.
-            self.server = store.redacted_url().to_owned();
-            self.identity = None;
-            self.repeat_counts.clear();
+            seen.server = store.redacted_url().to_owned();
+            seen.identity = None;
+            seen.repeat_counts.clear();
+            seen.connection = None;
         }
         let deadline = self.interval.max(Duration::from_secs(2));
-        let (info_text, counts) = match tokio::time::timeout(deadline, store.poll(&queues)).await {
+        let polled = tokio::time::timeout(deadline, async {
+            if seen.connection.is_none() {
+                seen.connection = store.dedicated_connection(deadline).await?;
+            }
+            match seen.connection.as_mut() {
+                Some(connection) => store.poll(connection, &queues).await,
+                None => store.poll(&mut store.raw(), &queues).await,
+            }
+        })
+        .await;
+        let (info_text, counts) = match polled {
             Ok(Ok(result)) => result,
-            Ok(Err(error)) => return self.went_down(error.to_string()),
+            Ok(Err(error)) => return self.went_down(seen, error.to_string()),
             Err(_) => {
-                return self.went_down(format!(
-                    "Redis at {} did not answer the poll in time",
-                    store.redacted_url()
-                ))
+                return self.went_down(
+                    seen,
+                    format!(
+                        "Redis at {} did not answer the poll in time",
+                        store.redacted_url()
+                    ),
+                )
             }
         };
         let info = parse_info(&info_text);
-        let since_ms = self.last_ok_ms.unwrap_or_else(now_ms);
-        if self.down {
-            self.down = false;
+        let since_ms = seen.last_ok_ms.unwrap_or_else(now_ms);
+        if seen.down {
+            seen.down = false;
             self.observer.emit(Event::RedisUp(true, None));
             self.signal(
                 Cause::Reconnect,
@@ -149,9 +142,9 @@ impl Poller {
                 "connection to Redis restored".into(),
             );
         }
-        let restarted = self.observe_identity(Identity::from_info(&info), since_ms);
+        let restarted = self.observe_identity(seen, Identity::from_info(&info), since_ms);
         self.observe_loading(&info);
-        self.observe_counts(&counts, restarted, since_ms);
+        self.observe_counts(seen, &counts, restarted, since_ms);
         let number = |k: &str| {
             info.get(k)
                 .and_then(|v| v.parse::<u64>().ok())
@@ -161,18 +154,19 @@ impl Poller {
             used: number("used_memory"),
             max: number("maxmemory"),
         });
-        let settings_due = self
+        let settings_due = seen
             .settings_read_at
             .is_none_or(|at| at.elapsed() >= self.settings_interval);
         if restarted || settings_due {
-            self.read_settings().await;
+            self.read_settings(seen).await;
         }
-        self.last_ok_ms = Some(now_ms());
+        seen.last_ok_ms = Some(now_ms());
     }
 
-    fn went_down(&mut self, error: String) {
-        if !self.down {
-            self.down = true;
+    fn went_down(&self, seen: &mut Seen, error: String) {
+        seen.connection = None;
+        if !seen.down {
+            seen.down = true;
             self.observer.emit(Event::RedisUp(false, Some(error)));
         }
     }
@@ -180,8 +174,8 @@ impl Poller {
     /// Returns whether Redis restarted since the last poll. A new `run_id`
     /// whose server started after the last good poll is a restart; one that
     /// was up before is another server answering: a failover.
-    fn observe_identity(&mut self, now: Identity, since_ms: u64) -> bool {
-        let Some(before) = self.identity.replace(now.clone()) else {
+    fn observe_identity(&self, seen: &mut Seen, now: Identity, since_ms: u64) -> bool {
+        let Some(before) = seen.identity.replace(now.clone()) else {
             return false;
         };
         let seconds_since_last_poll = now_ms().saturating_sub(since_ms) / 1000 + 1;
@@ -226,7 +220,7 @@ impl Poller {
         false
     }
 
-    fn observe_loading(&mut self, info: &HashMap<String, String>) {
+    fn observe_loading(&self, info: &HashMap<String, String>) {
         let loading = info.get("loading").is_some_and(|v| v == "1");
         if *self.loading.borrow() != loading {
             self.observer.emit(Event::RedisLoading(loading));
@@ -235,7 +229,8 @@ impl Poller {
     }
 
     fn observe_counts(
-        &mut self,
+        &self,
+        seen: &mut Seen,
         counts: &BTreeMap<String, crate::bullmq_store::JobCounts>,
         restarted: bool,
         since_ms: u64,
@@ -248,7 +243,7 @@ impl Poller {
             .unwrap_or_default();
         for (queue, count) in counts {
             self.observer.metrics().set_job_counts(queue, count);
-            let polled_before = self.repeat_counts.insert(queue.clone(), count.repeatable);
+            let polled_before = seen.repeat_counts.insert(queue.clone(), count.repeatable);
             let before = polled_before.max(restored.get(queue).copied());
             if before.is_some_and(|b| b > 0) && count.repeatable == 0 {
                 emptied.push(queue.clone());
@@ -266,8 +261,8 @@ impl Poller {
         }
     }
 
-    async fn read_settings(&mut self) {
-        self.settings_read_at = Some(Instant::now());
+    async fn read_settings(&self, seen: &mut Seen) {
+        seen.settings_read_at = Some(Instant::now());
         let Ok(settings) = RedisSettings::read(&self.store.get()).await else {
             return;
         };
@@ -289,7 +284,11 @@ impl Poller {
             queue,
             detail,
         });
-        let _ = self.triggers.try_send(Trigger { cause, since_ms });
+        let _ = self.triggers.try_send(Trigger {
+            cause,
+            since_ms,
+            queue: queue.map(str::to_owned),
+        });
     }
 }
 

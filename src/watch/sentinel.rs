@@ -58,10 +58,9 @@ impl PrimaryFollower {
                     queue: None,
                     detail,
                 });
-                let _ = self.triggers.try_send(Trigger {
-                    cause: Cause::Failover,
-                    since_ms: now_ms(),
-                });
+                let _ = self
+                    .triggers
+                    .try_send(Trigger::new(Cause::Failover, now_ms()));
             }
             Err(error) => tracing::warn!(
                 event = "primary_unreachable",
