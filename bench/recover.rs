@@ -6,13 +6,16 @@
 //! `cargo bench --bench recover` prints one Markdown table; `bench/README.md`
 //! explains the columns, the environment variables and the targets.
 
-// The crate root is `bench/recover.rs`, so its modules are named by path.
+// The crate root is `bench/recover.rs`, so its modules are named by path:
+// its own under `recover/`, those shared by the benchmarks (each using only
+// part of them) under `shared/`.
 #[path = "recover/probe.rs"]
 mod probe;
-#[path = "recover/process.rs"]
+#[allow(dead_code)]
+#[path = "shared/process.rs"]
 mod process;
-#[allow(dead_code)] // restarting a server is for the watch benchmark
-#[path = "recover/redis_server.rs"]
+#[allow(dead_code)]
+#[path = "shared/redis_server.rs"]
 mod redis_server;
 #[path = "recover/report.rs"]
 mod report;
@@ -20,7 +23,8 @@ mod report;
 mod runs;
 #[path = "recover/settings.rs"]
 mod settings;
-#[path = "recover/workload.rs"]
+#[allow(dead_code)]
+#[path = "shared/workload.rs"]
 mod workload;
 
 use std::time::{Duration, Instant};

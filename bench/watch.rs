@@ -8,25 +8,24 @@
 //!
 //! `cargo bench --bench watch` prints one table; bench/README.md explains it.
 
-#[allow(dead_code)] // the recovery benchmark uses the rest of these modules
-#[path = "recover/process.rs"]
+// Modules shared by the benchmarks; each uses only part of them.
+#[allow(dead_code)]
+#[path = "shared/process.rs"]
 mod process;
 #[allow(dead_code)]
-#[path = "recover/redis_server.rs"]
+#[path = "shared/redis_server.rs"]
 mod redis_server;
 #[allow(dead_code)]
-#[path = "recover/workload.rs"]
+#[path = "shared/watcher.rs"]
+mod watcher;
+#[allow(dead_code)]
+#[path = "shared/workload.rs"]
 mod workload;
 
-use std::fs::File;
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use process::ChildGuard;
 use redis_server::RedisServer;
-use serde_json::Value;
+use watcher::{start_watcher, EventLog};
 
 const QUEUE_REPEAT: &str = "bull:inspection:repeat";
 const QUEUE_DELAYED: &str = "bull:inspection:delayed";
@@ -187,86 +186,6 @@ impl Redis {
             .query(&mut self.connection)
             .unwrap_or(0)
     }
-}
-
-/// Runs `bullmq-warden watch` with JSON logs written to `log`.
-fn start_watcher(config: &Path, log: &Path) -> ChildGuard {
-    let file = std::fs::File::create(log).expect("log file");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_bullmq-warden"));
-    command
-        .arg("--config")
-        .arg(config)
-        .args(["--log-format", "json", "watch"])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(file);
-    ChildGuard::spawn(&mut command, "bullmq-warden watch")
-}
-
-/// The watcher's log, read from where the last look ended. Only new bytes
-/// are read: parsing the whole log every few milliseconds would take CPU
-/// from the watcher and Redis while they restore.
-struct EventLog {
-    reader: BufReader<File>,
-    /// A line the watcher has not finished writing yet.
-    partial: String,
-}
-
-impl EventLog {
-    fn new(path: &Path) -> Self {
-        Self {
-            reader: BufReader::new(File::open(path).expect("open the watcher's log")),
-            partial: String::new(),
-        }
-    }
-
-    /// The next complete line, if the watcher has written one.
-    fn next_line(&mut self) -> Option<Value> {
-        loop {
-            let read = self
-                .reader
-                .read_line(&mut self.partial)
-                .expect("read the watcher's log");
-            if read == 0 || !self.partial.ends_with('\n') {
-                return None;
-            }
-            let line = std::mem::take(&mut self.partial);
-            if let Ok(value) = serde_json::from_str(&line) {
-                return Some(value);
-            }
-        }
-    }
-
-    fn skip_to_end(&mut self) {
-        while self.next_line().is_some() {}
-    }
-
-    /// The next `event` after the last one looked at.
-    fn wait_for(&mut self, event: &str, timeout: Duration) -> Option<LogLine> {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            while let Some(line) = self.next_line() {
-                if line["event"] != event {
-                    continue;
-                }
-                let stamp = line["timestamp"].as_str().unwrap_or_default();
-                let time = chrono::DateTime::parse_from_rfc3339(stamp).ok()?;
-                return Some(LogLine {
-                    at: SystemTime::from(time),
-                    fields: line,
-                });
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        None
-    }
-}
-
-/// One event of the watcher's log.
-struct LogLine {
-    at: SystemTime,
-    /// The whole line: the event's fields are at its top level.
-    fields: Value,
 }
 
 /// Waits until every scheduler and its next job are back; returns when.

@@ -184,10 +184,13 @@ async fn status(
     let Some(warden) = state.warden.get() else {
         return not_connected();
     };
-    match warden.status(params.queue.as_deref()).await {
+    let response = match warden.status(params.queue.as_deref()).await {
         Ok(report) => Json(report).into_response(),
         Err(error) => unavailable(&error),
-    }
+    };
+    // The comparison behind it held every row and scheduler.
+    crate::memory::release_freed_memory();
+    response
 }
 
 #[derive(Deserialize)]
@@ -233,7 +236,7 @@ async fn recover(
     };
     let _serialised = state.apply_lock.lock().await;
     let started = std::time::Instant::now();
-    match warden.recover(params.queue.as_deref(), dry_run).await {
+    let response = match warden.recover(params.queue.as_deref(), dry_run).await {
         Ok(report) => {
             if !dry_run && report.success && !report.changes.is_empty() {
                 state.observer.emit(Event::RecoveryFinished {
@@ -245,7 +248,9 @@ async fn recover(
             Json(report).into_response()
         }
         Err(error) => unavailable(&error),
-    }
+    };
+    crate::memory::release_freed_memory();
+    response
 }
 
 fn bad_request(message: &str) -> Response {

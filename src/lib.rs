@@ -14,7 +14,8 @@
 //! - [`watch`]: the sidecar's signal sources (keyspace notifications, INFO poll);
 //! - [`recovery`]: debounce, single-flight, backoff, lease and catch-up;
 //! - [`http`]: `/metrics`, health and the REST API;
-//! - [`cli`]: the command line.
+//! - [`cli`]: the command line;
+//! - [`memory`]: the allocator and when it returns memory to the system.
 
 pub mod apply;
 pub mod audit;
@@ -24,6 +25,7 @@ pub mod config;
 pub mod desired;
 pub mod events;
 pub mod http;
+pub mod memory;
 pub mod metrics;
 pub mod reconcile;
 pub mod recovery;

@@ -1,7 +1,8 @@
-// mimalloc hands freed memory back to the system: after restoring 100,000
-// schedulers the sidecar returns to its idle size instead of keeping the peak.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+// Runs before the Rust runtime's first allocation; see `memory`.
+#[cfg(target_os = "linux")]
+#[used]
+#[unsafe(link_section = ".init_array")]
+static TUNE_ALLOCATOR: extern "C" fn() = bullmq_warden::memory::tune_allocator;
 
 fn main() -> std::process::ExitCode {
     bullmq_warden::cli::main()

@@ -211,6 +211,9 @@ impl Source {
 /// How long a first connection may take before the database counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a source connection may sit unused before it is closed.
+const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// One direct connection: unlike the pool, it reports why a database is
 /// unreachable (refused, unknown host, bad password) instead of a pool timeout.
 async fn probe<O>(options: &O) -> Result<(), sqlx::Error>
@@ -224,10 +227,14 @@ where
     sqlx::Connection::close(connection).await
 }
 
+/// The source is read once per drift check or recovery. Between reads an idle
+/// connection would only hold memory (SQLite's page cache and worker thread)
+/// in a sidecar that should stay small, so it is closed soon after.
 fn pool_options<DB: Database>() -> PoolOptions<DB> {
     PoolOptions::new()
         .max_connections(2)
         .min_connections(0)
+        .idle_timeout(IDLE_CONNECTION_TIMEOUT)
         .acquire_timeout(CONNECT_TIMEOUT)
 }
 

@@ -173,6 +173,9 @@ impl Controller {
                 }
             }
             self.cycle(&causes, since_ms, &shutdown).await;
+            // The comparison held every row and scheduler; an idle sidecar
+            // should not keep that peak.
+            crate::memory::release_freed_memory();
         }
     }
 

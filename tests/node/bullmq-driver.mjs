@@ -128,6 +128,20 @@ async function counts({ queue }) {
   return { ...(await queue.getJobCounts()), isPaused: await queue.isPaused() };
 }
 
+// The manual's checkQueueStatus over many queues, one after another (the
+// scale benchmark's baseline): counts per state and the scheduler count.
+async function countsAll({ bullmq, connection, prefix, flags }) {
+  const names = String(required(flags, 'queues')).split(',');
+  const start = performance.now();
+  const counts = {};
+  for (const name of names) {
+    const queue = new bullmq.Queue(name, { connection, prefix });
+    counts[name] = { ...(await queue.getJobCounts()), repeatable: await queue.getJobSchedulersCount() };
+    await queue.close();
+  }
+  return { queues: names.length, elapsedMs: performance.now() - start };
+}
+
 async function populateStates({ bullmq, connection, prefix, queueName, queue }) {
   const token = randomUUID();
   // No processor, autorun off: jobs are only fetched by our getNextJob calls.
@@ -232,6 +246,7 @@ const COMMANDS = {
   'upsert-schedulers': upsertSchedulers,
   schedulers,
   counts,
+  'counts-all': countsAll,
   'populate-states': populateStates,
   worker: runWorker,
   'add-legacy-repeatable': addLegacyRepeatable,

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use sqlx::{Connection, QueryBuilder, Sqlite};
 
-/// The one queue all schedulers go to.
+/// The queue all schedulers go to, unless they are spread over several.
 pub const QUEUE: &str = "inspection";
 
 /// BullMQ's key prefix (the default of both BullMQ and bullmq-warden).
@@ -117,16 +117,30 @@ pub fn write_node_input(tasks: &[Task], path: &Path) {
     std::fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
 }
 
-/// Creates the SQLite source bullmq-warden reads: the manual's table with `tasks` in it.
+/// Creates the SQLite source bullmq-warden reads: the manual's table with
+/// `tasks` in it, all in `QUEUE`.
 pub fn write_sqlite_source(tasks: &[Task], path: &Path) {
+    write_sqlite_source_across(tasks, path, 1);
+}
+
+/// The queue names of `write_sqlite_source_across`: `QUEUE` alone for one.
+pub fn queue_names(queues: usize) -> Vec<String> {
+    match queues {
+        0 | 1 => vec![QUEUE.to_owned()],
+        n => (0..n).map(|q| format!("{QUEUE}-{q:03}")).collect(),
+    }
+}
+
+/// Like `write_sqlite_source`, with the rows dealt round-robin over `queues` queues.
+pub fn write_sqlite_source_across(tasks: &[Task], path: &Path, queues: usize) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
-    runtime.block_on(fill_sqlite(tasks, path));
+    runtime.block_on(fill_sqlite(tasks, path, &queue_names(queues)));
 }
 
-async fn fill_sqlite(tasks: &[Task], path: &Path) {
+async fn fill_sqlite(tasks: &[Task], path: &Path, queues: &[String]) {
     let options = SqliteConnectOptions::new()
         .filename(path)
         .create_if_missing(true);
@@ -153,7 +167,7 @@ async fn fill_sqlite(tasks: &[Task], path: &Path) {
                 .push_bind(task.tz)
                 .push_bind(task.payload.to_string())
                 .push_bind(task.opts.as_ref().map(Value::to_string))
-                .push_bind(QUEUE)
+                .push_bind(queues[task.id as usize % queues.len()].clone())
                 .push_bind(true);
         });
         insert.build().execute(&mut *tx).await.expect("insert rows");

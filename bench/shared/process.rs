@@ -10,11 +10,17 @@ use std::time::{Duration, Instant};
 /// measured wall time, so it is kept well below a millisecond.
 const EXIT_POLL: Duration = Duration::from_micros(250);
 
+/// How often a running child's peak memory is read; rarer than the exit
+/// check, as each read costs the machine a little.
+const MEMORY_POLL: Duration = Duration::from_millis(10);
+
 /// A child process that is killed when dropped, so that a panic or an early
 /// return never leaves a `redis-server`, `node` or `bullmq-warden` running.
 pub struct ChildGuard {
     child: Child,
     what: String,
+    /// The highest resident set size seen while waiting (Linux), KiB.
+    peak_rss_kib: Option<u64>,
 }
 
 impl ChildGuard {
@@ -26,7 +32,12 @@ impl ChildGuard {
         Self {
             child,
             what: what.to_owned(),
+            peak_rss_kib: None,
         }
+    }
+
+    pub fn id(&self) -> u32 {
+        self.child.id()
     }
 
     /// `None` while the child runs.
@@ -44,7 +55,14 @@ impl ChildGuard {
     /// second thread, at the cost of at most `EXIT_POLL` added to the wall time.
     pub fn wait(&mut self, timeout: Duration, measurable: impl Fn() -> bool) -> ExitStatus {
         let deadline = Instant::now() + timeout;
+        let mut memory_read_at: Option<Instant> = None;
         loop {
+            if memory_read_at.is_none_or(|at| at.elapsed() >= MEMORY_POLL) {
+                memory_read_at = Some(Instant::now());
+                if let Some(peak) = peak_rss_kib(self.child.id()) {
+                    self.peak_rss_kib = Some(peak);
+                }
+            }
             if let Some(status) = self.exit_status() {
                 return status;
             }
@@ -74,10 +92,32 @@ impl Drop for ChildGuard {
     }
 }
 
+/// A process's resident memory now and at its peak (`VmRSS`, `VmHWM` in
+/// `/proc/<pid>/status`), KiB; `None` where that file does not exist.
+pub fn rss_kib(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    rss_kib(pid).map(|(_, peak)| peak)
+}
+
 /// A child that ran to completion.
 pub struct Finished {
     /// From just before spawning to the observed exit.
     pub wall: Duration,
+    /// Its peak resident set size, read every 10 ms while it ran (Linux), KiB.
+    pub peak_rss_kib: Option<u64>,
     pub status: ExitStatus,
     pub stdout: String,
     pub stderr: String,
@@ -120,6 +160,7 @@ pub fn run_timed(
     let wall = started.elapsed();
     Finished {
         wall,
+        peak_rss_kib: child.peak_rss_kib,
         status,
         stdout: read_back(&mut stdout),
         stderr: read_back(&mut stderr),
