@@ -246,6 +246,36 @@ fn a_scheduler_removed_with_its_row_disabled_in_the_window_stays_removed() {
 }
 
 #[test]
+fn the_subscription_returns_promptly_after_each_of_many_restarts() {
+    let mut redis = RedisServer::start();
+    let setup = watched(&redis, "");
+    // Backing off further after every restart would wait 1, 2, 4, 8 and
+    // then 16 s before subscribing again.
+    let backoff = [
+        ("BULLMQ_WARDEN__RECOVERY__BACKOFF_MIN", "1s"),
+        ("BULLMQ_WARDEN__RECOVERY__BACKOFF_MAX", "60s"),
+    ];
+    let watcher = Watcher::start_env(&setup, &backoff);
+    assert!(watcher.wait_for("recovery_finished", 1, 10 * SECOND));
+    let active = || {
+        watcher
+            .events("keyspace_notifications")
+            .iter()
+            .filter(|e| e["active"] == true)
+            .count()
+    };
+    assert!(support::wait_until(10 * SECOND, || active() == 1));
+    for restart in 1..=5 {
+        redis.start_again();
+        assert!(
+            support::wait_until(8 * SECOND, || active() == restart + 1),
+            "restart {restart}: {}",
+            watcher.log()
+        );
+    }
+}
+
+#[test]
 fn five_restarts_in_three_seconds_give_at_most_two_recoveries() {
     let mut redis = RedisServer::start();
     let setup = watched(&redis, "");

@@ -67,16 +67,22 @@ enum Notice {
 impl KeyspaceWatcher {
     /// Subscribes, and subscribes again after every lost connection.
     pub async fn run(mut self, shutdown: CancellationToken) {
-        let mut delays = backon::ExponentialBuilder::default()
+        let backoff = backon::ExponentialBuilder::default()
             .with_min_delay(self.backoff_min)
             .with_max_delay(self.backoff_max)
-            .without_max_times()
-            .build();
+            .without_max_times();
+        let mut delays = backoff.build();
         let mut first = true;
         loop {
-            let error = self.session(first, &shutdown).await;
+            let mut established = false;
+            let error = self.session(first, &mut established, &shutdown).await;
             if shutdown.is_cancelled() {
                 return;
+            }
+            // Only failures in a row back off further: after a restart the
+            // subscription is back within `backoff_min`, however many came before.
+            if established {
+                delays = backoff.build();
             }
             self.poll_now.notify_one();
             first = false;
@@ -93,8 +99,14 @@ impl KeyspaceWatcher {
     }
 
     /// One subscription per primary, until a connection drops or the cluster
-    /// topology changes (the returned reason), or shutdown.
-    async fn session(&mut self, first: bool, shutdown: &CancellationToken) -> String {
+    /// topology changes (the returned reason), or shutdown. `established` tells
+    /// whether every subscription was made before the session ended.
+    async fn session(
+        &mut self,
+        first: bool,
+        established: &mut bool,
+        shutdown: &CancellationToken,
+    ) -> String {
         let store = self.store.get();
         let primaries = match store.primary_clients().await {
             Ok(primaries) => primaries,
@@ -173,6 +185,7 @@ impl KeyspaceWatcher {
         );
         let mut last_logged: HashMap<String, Instant> = HashMap::new();
         let mut messages = futures::stream::select_all(streams);
+        *established = true;
         loop {
             let notice = tokio::select! {
                 notice = messages.next() => notice.unwrap_or(Notice::Closed),
