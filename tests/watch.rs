@@ -32,7 +32,12 @@ fn schedulers(redis: &RedisServer) -> usize {
 
 /// Starts a watcher and waits until its start-up recovery is done.
 fn started(setup: &Setup, redis: &RedisServer) -> Watcher {
-    let watcher = Watcher::start(setup);
+    started_env(setup, redis, &[])
+}
+
+/// `started`, with environment overrides of the configuration.
+fn started_env(setup: &Setup, redis: &RedisServer, env: &[(&str, &str)]) -> Watcher {
+    let watcher = Watcher::start_env(setup, env);
     assert!(
         watcher.wait_for("recovery_finished", 1, 10 * SECOND),
         "start-up recovery: {}",
@@ -106,10 +111,22 @@ fn a_restart_without_persistence_is_detected_and_restored() {
 }
 
 #[test]
-fn flushall_is_detected_within_a_poll_and_restored() {
+fn flushall_is_reported_by_client_tracking_without_waiting_for_the_poll_and_restored() {
     let redis = RedisServer::start();
     let setup = watched(&redis, "");
-    let watcher = started(&setup, &redis);
+    // Polls this rare would see the flush only long after the test gave up.
+    let rare_polls = [
+        ("BULLMQ_WARDEN__WATCH__INFO_INTERVAL", "120s"),
+        ("BULLMQ_WARDEN__WATCH__DRIFT_INTERVAL", "120s"),
+    ];
+    let watcher = started_env(&setup, &redis, &rare_polls);
+    let subscribed = &watcher.events("keyspace_notifications")[0];
+    assert!(
+        subscribed["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("flushes tracked")),
+        "{subscribed}"
+    );
     redis.redis(&["FLUSHALL"]);
     assert!(
         watcher.wait_for("recovery_finished", 2, 10 * SECOND),
@@ -124,44 +141,6 @@ fn flushall_is_detected_within_a_poll_and_restored() {
     );
     assert_eq!(schedulers(&redis), 4);
     assert_one_next_job_each(&redis);
-}
-
-#[test]
-fn a_flush_is_reported_by_client_tracking_without_waiting_for_the_poll() {
-    let redis = RedisServer::start();
-    let setup = watched(&redis, "");
-    // Polls this rare would see the flush only long after the test gave up.
-    let rare_polls = [
-        ("BULLMQ_WARDEN__WATCH__INFO_INTERVAL", "120s"),
-        ("BULLMQ_WARDEN__WATCH__DRIFT_INTERVAL", "120s"),
-    ];
-    let watcher = Watcher::start_env(&setup, &rare_polls);
-    assert!(
-        watcher.wait_for("recovery_finished", 1, 10 * SECOND),
-        "start-up recovery: {}",
-        watcher.log()
-    );
-    assert!(watcher.wait_for("keyspace_notifications", 1, 10 * SECOND));
-    let subscribed = &watcher.events("keyspace_notifications")[0];
-    assert!(
-        subscribed["message"]
-            .as_str()
-            .is_some_and(|d| d.contains("flushes tracked")),
-        "{subscribed}"
-    );
-    redis.redis(&["FLUSHALL"]);
-    assert!(
-        watcher.wait_for("recovery_finished", 2, 10 * SECOND),
-        "{}",
-        watcher.log()
-    );
-    assert_eq!(
-        watcher.events("detected")[0]["cause"],
-        "flush",
-        "{}",
-        watcher.log()
-    );
-    assert_eq!(schedulers(&redis), 4);
 }
 
 #[test]
