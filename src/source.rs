@@ -15,7 +15,7 @@ use sqlx::mysql::{MySql, MySqlConnectOptions};
 use sqlx::pool::PoolOptions;
 use sqlx::postgres::{PgConnectOptions, Postgres};
 use sqlx::sqlite::{Sqlite, SqliteConnectOptions};
-use sqlx::{AssertSqlSafe, Column, ConnectOptions, Database, Decode, Pool, Row, Type};
+use sqlx::{AssertSqlSafe, Column, ConnectOptions, Database, Decode, Pool, Row, Type, ValueRef};
 
 use crate::config::{redact_url, SourceConfig};
 
@@ -263,10 +263,19 @@ where
     for<'r> Vec<u8>: Decode<'r, DB> + Type<DB>,
 {
     let decode = |index: usize| -> ColumnValue {
+        // The value's own type picks the decoder: trying each in turn would
+        // build (and format) an error for every mismatch, on every column of
+        // every row.
+        let type_info = match row.try_get_raw(index) {
+            Ok(raw) if !raw.is_null() => raw.type_info().into_owned(),
+            _ => return ColumnValue::Null,
+        };
         macro_rules! attempt {
             ($ty:ty, $convert:expr) => {
-                if let Ok(value) = row.try_get::<Option<$ty>, _>(index) {
-                    return value.map_or(ColumnValue::Null, $convert);
+                if <$ty as Type<DB>>::compatible(&type_info) {
+                    if let Ok(value) = row.try_get::<Option<$ty>, _>(index) {
+                        return value.map_or(ColumnValue::Null, $convert);
+                    }
                 }
             };
         }
