@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use futures::stream::{FuturesUnordered, StreamExt};
 use serde::Serialize;
 
-use crate::bullmq_store::BullmqStore;
+use crate::bullmq_store::{BullmqStore, OrphanedJob};
 use crate::desired::{DesiredScheduler, InvalidRow};
 use crate::reconcile::Plan;
 
@@ -69,7 +69,7 @@ pub struct RecoverReport {
 enum Write<'a> {
     Upsert(&'a DesiredScheduler),
     /// A create whose next run's job survived the loss of its scheduler.
-    UpsertAfterOrphan(&'a DesiredScheduler),
+    UpsertAfterOrphan(&'a DesiredScheduler, OrphanedJob),
     Remove {
         queue: &'a str,
         scheduler_id: &'a str,
@@ -96,7 +96,7 @@ pub async fn apply(
         report.orphaned += queue_plan.orphaned.len();
         report.legacy += queue_plan.legacy;
         // Unknown (a failed read) means the upsert finds out for itself.
-        let orphaned_next_jobs = match dry_run || queue_plan.create.is_empty() {
+        let mut orphaned_next_jobs = match dry_run || queue_plan.create.is_empty() {
             true => Vec::new(),
             false => store
                 .orphaned_next_jobs(queue, &queue_plan.create)
@@ -107,10 +107,12 @@ pub async fn apply(
             report
                 .changes
                 .push(change(scheduler, Action::Create, Vec::new()));
-            writes.push(match orphaned_next_jobs.get(index) {
-                Some(true) => Write::UpsertAfterOrphan(scheduler),
-                _ => Write::Upsert(scheduler),
-            });
+            writes.push(
+                match orphaned_next_jobs.get_mut(index).and_then(Option::take) {
+                    Some(orphan) => Write::UpsertAfterOrphan(scheduler, orphan),
+                    None => Write::Upsert(scheduler),
+                },
+            );
         }
         for update in &queue_plan.update {
             report.changes.push(change(
@@ -206,8 +208,11 @@ async fn carry_out<'a>(
             let result = store.upsert(scheduler).await.map(|()| false);
             (&scheduler.row_id, &scheduler.scheduler_id, result)
         }
-        Write::UpsertAfterOrphan(scheduler) => {
-            let result = store.upsert_after_orphan(scheduler).await.map(|()| false);
+        Write::UpsertAfterOrphan(scheduler, orphan) => {
+            let result = store
+                .upsert_after_orphan(scheduler, &orphan)
+                .await
+                .map(|()| false);
             (&scheduler.row_id, &scheduler.scheduler_id, result)
         }
         Write::Remove {

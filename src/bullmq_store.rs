@@ -493,14 +493,22 @@ impl BullmqStore {
         }
     }
 
-    /// `upsert` for a scheduler known to have an orphaned next job: removes
-    /// it first, sparing BullMQ's refused attempt.
+    /// `upsert` for a scheduler whose next run's job survived it: removes that
+    /// job first, sparing BullMQ's refused attempt. A job already due is left
+    /// to run — it is that run, not a duplicate — and the upsert picks the
+    /// run after it.
     pub async fn upsert_after_orphan(
         &self,
         scheduler: &DesiredScheduler,
+        orphan: &OrphanedJob,
     ) -> Result<(), StoreError> {
-        let queue = self.queue(&scheduler.queue).await?;
-        self.remove_orphaned_next_job(&queue, scheduler).await?;
+        if orphan.run_at_ms > crate::warden::now_ms() {
+            let queue = self.queue(&scheduler.queue).await?;
+            queue
+                .remove_without_children(&orphan.job_id)
+                .await
+                .map_err(|e| self.error(e))?;
+        }
         self.upsert(scheduler).await
     }
 
@@ -509,21 +517,25 @@ impl BullmqStore {
         queue: &Queue,
         scheduler: &DesiredScheduler,
     ) -> Result<(), StoreError> {
-        if let Some(job_id) = next_cron_job_id(scheduler) {
-            queue.remove(&job_id).await.map_err(|e| self.error(e))?;
+        let mut next_runs = NextRuns::new(crate::warden::now_ms());
+        if let Some(orphan) = next_runs.job_of(scheduler) {
+            queue
+                .remove(&orphan.job_id)
+                .await
+                .map_err(|e| self.error(e))?;
         }
         Ok(())
     }
 
     /// For each of `missing` (schedulers absent from the `repeat` set of
-    /// `queue`), whether the job an upsert now would create already exists:
+    /// `queue`), the job an upsert now would create, when it already exists:
     /// the set lost its members while the delayed jobs survived. One `ZCARD`
     /// when the delayed set is empty, as after a flush or a restart.
     pub async fn orphaned_next_jobs(
         &self,
         queue: &str,
         missing: &[DesiredScheduler],
-    ) -> Result<Vec<bool>, StoreError> {
+    ) -> Result<Vec<Option<OrphanedJob>>, StoreError> {
         let keys = self.keys(queue);
         let mut conn = self.raw();
         let delayed: u64 = redis::cmd("ZCARD")
@@ -532,25 +544,26 @@ impl BullmqStore {
             .await
             .map_err(|e| self.error(e))?;
         if delayed == 0 {
-            return Ok(vec![false; missing.len()]);
+            return Ok(vec![None; missing.len()]);
         }
+        let mut next_runs = NextRuns::new(crate::warden::now_ms());
         let mut found = Vec::with_capacity(missing.len());
         for batch in missing.chunks(READ_BATCH) {
-            let job_ids: Vec<Option<String>> = batch.iter().map(next_cron_job_id).collect();
+            let jobs: Vec<Option<OrphanedJob>> =
+                batch.iter().map(|s| next_runs.job_of(s)).collect();
             let mut pipe = redis::pipe();
-            for job_id in job_ids.iter().flatten() {
-                pipe.cmd("EXISTS").arg(keys.job_key(job_id));
+            for job in jobs.iter().flatten() {
+                pipe.cmd("EXISTS").arg(keys.job_key(&job.job_id));
             }
             let mut exists = pipe
                 .query_async::<Vec<bool>>(&mut conn)
                 .await
                 .map_err(|e| self.error(e))?
                 .into_iter();
-            found.extend(
-                job_ids
-                    .iter()
-                    .map(|id| id.is_some() && exists.next().unwrap_or(false)),
-            );
+            found.extend(jobs.into_iter().map(|job| {
+                let job = job?;
+                exists.next().unwrap_or(false).then_some(job)
+            }));
         }
         Ok(found)
     }
@@ -613,19 +626,53 @@ async fn upsert_with(queue: &Queue, scheduler: &DesiredScheduler) -> Result<(), 
         .map(drop)
 }
 
-/// The id BullMQ gives the next run's job of a cron scheduler created now.
-fn next_cron_job_id(scheduler: &DesiredScheduler) -> Option<String> {
-    let Schedule::Pattern(pattern) = &scheduler.schedule else {
-        return None;
-    };
-    let next = bullmq::job_scheduler::next_cron_millis(
-        pattern,
-        crate::warden::now_ms(),
-        scheduler.tz.as_deref(),
-        scheduler.start_date,
-    )
-    .ok()??;
-    Some(format!("repeat:{}:{next}", scheduler.scheduler_id))
+/// The job BullMQ would create for a scheduler's next run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrphanedJob {
+    pub job_id: String,
+    pub run_at_ms: u64,
+}
+
+/// Next runs of cron schedulers created at one instant. Parsing a pattern
+/// costs far more than the write it precedes, and thousands of rows share a
+/// handful of patterns, so each (pattern, time zone, start) is computed once.
+struct NextRuns {
+    now_ms: u64,
+    computed: HashMap<(String, Option<String>, Option<u64>), Option<u64>>,
+}
+
+impl NextRuns {
+    fn new(now_ms: u64) -> Self {
+        Self {
+            now_ms,
+            computed: HashMap::new(),
+        }
+    }
+
+    /// The job of `scheduler`'s next run; `None` for interval schedulers and
+    /// patterns that never fire.
+    fn job_of(&mut self, scheduler: &DesiredScheduler) -> Option<OrphanedJob> {
+        let Schedule::Pattern(pattern) = &scheduler.schedule else {
+            return None;
+        };
+        let key = (pattern.clone(), scheduler.tz.clone(), scheduler.start_date);
+        let now_ms = self.now_ms;
+        let run_at_ms = *self.computed.entry(key).or_insert_with(|| {
+            bullmq::job_scheduler::next_cron_millis(
+                pattern,
+                now_ms,
+                scheduler.tz.as_deref(),
+                scheduler.start_date,
+            )
+            .ok()
+            .flatten()
+        });
+        let run_at_ms = run_at_ms?;
+        Some(OrphanedJob {
+            job_id: format!("repeat:{}:{run_at_ms}", scheduler.scheduler_id),
+            run_at_ms,
+        })
+    }
 }
 
 /// Commands per queue in `add_count_commands`.
