@@ -70,6 +70,8 @@ enum Write<'a> {
     Upsert(&'a DesiredScheduler),
     /// A create whose next run's job survived the loss of its scheduler.
     UpsertAfterOrphan(&'a DesiredScheduler, OrphanedJob),
+    /// An update whose next job is in Redis but in no queue any more.
+    ReplaceStranded(&'a DesiredScheduler, &'a str),
     Remove {
         queue: &'a str,
         scheduler_id: &'a str,
@@ -120,7 +122,10 @@ pub async fn apply(
                 Action::Update,
                 update.differs.clone(),
             ));
-            writes.push(Write::Upsert(&update.scheduler));
+            writes.push(match &update.stranded_job_id {
+                Some(job_id) => Write::ReplaceStranded(&update.scheduler, job_id),
+                None => Write::Upsert(&update.scheduler),
+            });
         }
         for scheduler_id in &queue_plan.orphaned {
             report.changes.push(Change {
@@ -211,6 +216,13 @@ async fn carry_out<'a>(
         Write::UpsertAfterOrphan(scheduler, orphan) => {
             let result = store
                 .upsert_after_orphan(scheduler, &orphan)
+                .await
+                .map(|()| false);
+            (&scheduler.row_id, &scheduler.scheduler_id, result)
+        }
+        Write::ReplaceStranded(scheduler, job_id) => {
+            let result = store
+                .replace_stranded(scheduler, job_id)
                 .await
                 .map(|()| false);
             (&scheduler.row_id, &scheduler.scheduler_id, result)

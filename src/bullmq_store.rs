@@ -39,10 +39,40 @@ pub struct StoredScheduler {
     pub next_ms: u64,
     /// The compared fields of `repeat:<id>`; `None` when the hash is gone.
     pub hash: Option<SchedulerFields>,
-    /// Whether the job for the next run (`repeat:<id>:<next>`) exists. Without
-    /// it the scheduler never fires again.
-    pub next_job_exists: bool,
+    /// The state of the job for the next run (`repeat:<id>:<next>`).
+    pub next_job: NextJob,
 }
+
+/// Whether a scheduler's next run will happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextJob {
+    /// In the delayed set, or due and possibly already taken from it.
+    Queued,
+    /// Gone: the scheduler never fires again.
+    Missing,
+    /// Its hash survives but the delayed set lost it (the set was deleted or
+    /// evicted): nothing would ever move it on, so the scheduler never fires
+    /// again, and BullMQ refuses to replace it while the scheduler points at it.
+    Stranded,
+}
+
+impl NextJob {
+    /// Judges a next job by what Redis holds. A job due within
+    /// `PROMOTION_MARGIN_MS` may already have left the delayed set, as the
+    /// workers' clocks and ours differ; only one further away must be in it.
+    fn judge(exists: bool, in_delayed: bool, next_ms: u64, now_ms: u64) -> Self {
+        match (exists, in_delayed) {
+            (false, _) => NextJob::Missing,
+            (true, false) if next_ms > now_ms.saturating_add(PROMOTION_MARGIN_MS) => {
+                NextJob::Stranded
+            }
+            (true, _) => NextJob::Queued,
+        }
+    }
+}
+
+/// How far ahead a next run must be before its job has to be in the delayed set.
+pub const PROMOTION_MARGIN_MS: u64 = 60_000;
 
 /// The fields of a scheduler hash (`repeat:<id>`) that decide whether it
 /// matches its row; only these are read, to keep 100,000 of them small.
@@ -121,6 +151,17 @@ impl JobCounts {
             ("waiting-children", self.waiting_children),
         ]
     }
+}
+
+/// What one poll read.
+#[derive(Debug, Default)]
+pub struct Polled {
+    pub info: String,
+    pub counts: BTreeMap<String, JobCounts>,
+    /// Per queue, the schedulers whose next run is more than
+    /// `PROMOTION_MARGIN_MS` away: each has a job in the delayed set, so an
+    /// empty delayed set beside them means their next jobs were lost.
+    pub runs_far_ahead: BTreeMap<String, u64>,
 }
 
 #[derive(Clone)]
@@ -367,13 +408,14 @@ impl BullmqStore {
             .map_err(|e| self.error(e))
     }
 
-    /// `INFO` (the sections the watcher reads) and the job counts of every
-    /// queue, in one round trip on `connection`.
+    /// `INFO` (the sections the watcher reads), the job counts of every
+    /// queue, and how many of each queue's schedulers must have their next
+    /// job in the delayed set: one round trip on `connection`.
     pub async fn poll(
         &self,
         connection: &mut impl redis::aio::ConnectionLike,
         queues: &[String],
-    ) -> Result<(String, BTreeMap<String, JobCounts>), StoreError> {
+    ) -> Result<Polled, StoreError> {
         let mut pipe = redis::pipe();
         pipe.cmd("INFO")
             .arg("server")
@@ -382,7 +424,14 @@ impl BullmqStore {
             .arg("replication")
             .arg("keyspace");
         self.add_count_commands(&mut pipe, queues);
-        let (info, replies): (String, Vec<u64>) = pipe
+        let beyond_margin = crate::warden::now_ms().saturating_add(PROMOTION_MARGIN_MS);
+        for queue in queues {
+            pipe.cmd("ZCOUNT")
+                .arg(self.keys(queue).repeat())
+                .arg(format!("({beyond_margin}"))
+                .arg("+inf");
+        }
+        let (info, mut replies): (String, Vec<u64>) = pipe
             .query_async::<Vec<redis::Value>>(connection)
             .await
             .and_then(|values| {
@@ -395,7 +444,12 @@ impl BullmqStore {
                 Ok((info, counts))
             })
             .map_err(|e| self.error(e))?;
-        Ok((info, counts_from_replies(queues, &replies)))
+        let far_ahead = replies.split_off(replies.len().min(queues.len() * COUNT_COMMANDS));
+        Ok(Polled {
+            info,
+            counts: counts_from_replies(queues, &replies),
+            runs_far_ahead: queues.iter().cloned().zip(far_ahead).collect(),
+        })
     }
 
     fn add_count_commands(&self, pipe: &mut redis::Pipeline, queues: &[String]) {
@@ -428,6 +482,7 @@ impl BullmqStore {
             .map_err(|e| self.error(e))?;
         let mut result = QueueSchedulers::default();
         let repeat_key = keys.repeat();
+        let delayed_key = keys.delayed();
         let owned: Vec<(String, u64)> = members
             .into_iter()
             .filter_map(|(id, score)| {
@@ -447,12 +502,16 @@ impl BullmqStore {
                     .arg(&SchedulerFields::NAMES[..]);
                 pipe.cmd("EXISTS")
                     .arg(format!("{repeat_key}:{id}:{next_ms}"));
+                pipe.cmd("ZSCORE")
+                    .arg(&delayed_key)
+                    .arg(format!("repeat:{id}:{next_ms}"));
             }
-            let replies: Vec<(Vec<Option<String>>, bool)> = pipe
+            let replies: Vec<(Vec<Option<String>>, bool, Option<String>)> = pipe
                 .query_async(&mut conn)
                 .await
                 .map_err(|e| self.error(e))?;
-            for ((id, next_ms), (values, next_job_exists)) in batch.iter().zip(replies) {
+            let now_ms = crate::warden::now_ms();
+            for ((id, next_ms), (values, exists, delayed_score)) in batch.iter().zip(replies) {
                 let present = values.iter().any(Option::is_some);
                 let hash = present.then(|| {
                     SchedulerFields::NAMES
@@ -466,7 +525,7 @@ impl BullmqStore {
                     StoredScheduler {
                         next_ms: *next_ms,
                         hash,
-                        next_job_exists,
+                        next_job: NextJob::judge(exists, delayed_score.is_some(), *next_ms, now_ms),
                     },
                 );
             }
@@ -496,7 +555,8 @@ impl BullmqStore {
     /// `upsert` for a scheduler whose next run's job survived it: removes that
     /// job first, sparing BullMQ's refused attempt. A job already due is left
     /// to run — it is that run, not a duplicate — and the upsert picks the
-    /// run after it.
+    /// run after it. A scheduler's job has no children, so BullMQ's child
+    /// handling is skipped.
     pub async fn upsert_after_orphan(
         &self,
         scheduler: &DesiredScheduler,
@@ -509,6 +569,29 @@ impl BullmqStore {
                 .await
                 .map_err(|e| self.error(e))?;
         }
+        self.upsert(scheduler).await
+    }
+
+    /// `upsert` for a scheduler whose next job is stranded (see
+    /// `NextJob::Stranded`). BullMQ neither re-queues such a job nor replaces
+    /// it while the scheduler points at it, so the scheduler is removed with
+    /// `removeJobScheduler` (which leaves the stranded job, as it is in no
+    /// set), the job with `removeJob`, and the scheduler created afresh. Its
+    /// iteration count starts again, which matters only with a `limit`.
+    pub async fn replace_stranded(
+        &self,
+        scheduler: &DesiredScheduler,
+        stranded_job_id: &str,
+    ) -> Result<(), StoreError> {
+        let queue = self.queue(&scheduler.queue).await?;
+        queue
+            .remove_job_scheduler(&scheduler.scheduler_id)
+            .await
+            .map_err(|e| self.error(e))?;
+        queue
+            .remove_without_children(stranded_job_id)
+            .await
+            .map_err(|e| self.error(e))?;
         self.upsert(scheduler).await
     }
 

@@ -15,7 +15,8 @@ use crate::metrics::{CauseLabels, Metrics, PolicyLabels, QueueLabels, RecoveryLa
 pub enum Cause {
     /// A Redis restart: new run_id, or uptime going backwards.
     Restart,
-    /// A scheduler set emptied without a restart (FLUSHALL, FLUSHDB, DEL).
+    /// A scheduler set, or the delayed set its next jobs wait in, emptied
+    /// without a restart (FLUSHALL, FLUSHDB, DEL, eviction).
     Flush,
     /// A role or replication id change.
     Failover,

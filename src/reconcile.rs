@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::bullmq_store::{QueueSchedulers, SchedulerFields, StoredScheduler};
+use crate::bullmq_store::{NextJob, QueueSchedulers, SchedulerFields, StoredScheduler};
 use crate::desired::{DesiredScheduler, InvalidRow, Schedule};
 use crate::template::IdTemplate;
 
@@ -18,6 +18,10 @@ pub struct Update {
     pub scheduler: DesiredScheduler,
     /// Which fields differ (`pattern`, `data`, `next job`, …).
     pub differs: Vec<&'static str>,
+    /// The id of a next job that BullMQ would refuse to replace, which the
+    /// write must remove first (see `NextJob::Stranded`).
+    #[serde(skip)]
+    pub stranded_job_id: Option<String>,
 }
 
 /// What one queue needs.
@@ -71,7 +75,14 @@ impl QueuePlan {
                     if differs.is_empty() {
                         plan.unchanged.push(scheduler.scheduler_id);
                     } else {
-                        plan.update.push(Update { scheduler, differs });
+                        let stranded_job_id = (actual.next_job == NextJob::Stranded).then(|| {
+                            format!("repeat:{}:{}", scheduler.scheduler_id, actual.next_ms)
+                        });
+                        plan.update.push(Update {
+                            scheduler,
+                            differs,
+                            stranded_job_id,
+                        });
                     }
                 }
             }
@@ -122,7 +133,10 @@ impl Plan {
 /// Field names whose stored value differs from the row's.
 fn differences(want: &DesiredScheduler, have: &StoredScheduler) -> Vec<&'static str> {
     let Some(hash) = &have.hash else {
-        return vec!["scheduler hash"];
+        return match have.next_job {
+            NextJob::Queued => vec!["scheduler hash"],
+            NextJob::Missing | NextJob::Stranded => vec!["scheduler hash", "next job"],
+        };
     };
     let field = |name: &str| hash.get(name);
     let number = |name: &str| {
@@ -165,7 +179,7 @@ fn differences(want: &DesiredScheduler, have: &StoredScheduler) -> Vec<&'static 
     if number("limit") != want.limit {
         differs.push("limit");
     }
-    if !have.next_job_exists {
+    if have.next_job != NextJob::Queued {
         differs.push("next job");
     }
     differs
@@ -219,7 +233,7 @@ mod tests {
         StoredScheduler {
             next_ms: 1,
             hash: Some(fields.iter().copied().collect()),
-            next_job_exists: true,
+            next_job: NextJob::Queued,
         }
     }
 
@@ -279,16 +293,27 @@ mod tests {
             ("data", r#"{"a":1}"#),
             ("opts", r#"{"attempts":3}"#),
         ]);
-        broken.next_job_exists = false;
+        broken.next_job = NextJob::Missing;
+        let queue = plan(
+            vec![desired("1", Schedule::EveryMs(1000))],
+            vec![("t:1", broken.clone())],
+        );
+        assert_eq!(queue.update[0].differs, vec!["next job"]);
+        assert_eq!(queue.update[0].stranded_job_id, None);
+        broken.next_job = NextJob::Stranded;
         let queue = plan(
             vec![desired("1", Schedule::EveryMs(1000))],
             vec![("t:1", broken)],
         );
         assert_eq!(queue.update[0].differs, vec!["next job"]);
+        assert_eq!(
+            queue.update[0].stranded_job_id.as_deref(),
+            Some("repeat:t:1:1")
+        );
         let gone = StoredScheduler {
             next_ms: 1,
             hash: None,
-            next_job_exists: true,
+            next_job: NextJob::Queued,
         };
         let queue = plan(
             vec![desired("1", Schedule::EveryMs(1000))],

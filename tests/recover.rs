@@ -208,6 +208,45 @@ fn schedulers_whose_next_job_was_deleted_are_repaired() {
 }
 
 #[test]
+fn schedulers_whose_delayed_set_was_deleted_are_repaired() {
+    let redis = RedisServer::start();
+    let setup = Setup::sqlite(&redis, "");
+    setup.sql(TASKS_TABLE_SQLITE);
+    // Runs months apart: always more than a minute away, so their jobs must
+    // be waiting in the delayed set.
+    setup.sql(
+        "INSERT INTO inspection_tasks (id, name, cron) VALUES
+         (1, 'new-year', '0 0 1 1 *'), (2, 'mid-year', '0 12 1 7 *');",
+    );
+    setup.recover();
+    let mut jobs = redis.zmembers("bull:inspection:delayed");
+    jobs.sort();
+    assert_eq!(jobs.len(), 2);
+    // The set goes; the job hashes stay, pointed at by their schedulers, but
+    // nothing would ever move them on.
+    redis.redis(&["DEL", "bull:inspection:delayed"]);
+    let status = setup.warden(&["status", "--json"]).json();
+    assert_eq!(
+        status["queues"]["inspection"]["drift"]["mismatched"], 2,
+        "{status}"
+    );
+
+    let (code, report) = setup.recover();
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["updated"], 2, "{report}");
+    assert_eq!(
+        report["changes"][0]["differs"],
+        serde_json::json!(["next job"])
+    );
+    let mut requeued = redis.zmembers("bull:inspection:delayed");
+    requeued.sort();
+    assert_eq!(requeued, jobs, "the same runs are queued again");
+    assert_eq!(redis.zcard("bull:inspection:repeat"), 2);
+    let (_, settled) = setup.recover();
+    assert_eq!(settled["unchanged"], 2, "{settled}");
+}
+
+#[test]
 fn status_reports_counts_rows_and_drift_per_queue() {
     let redis = RedisServer::start();
     let setup = seeded(&redis, "");

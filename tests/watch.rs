@@ -175,6 +175,37 @@ fn deleting_one_queues_scheduler_set_is_seen_by_keyspace_notifications() {
 }
 
 #[test]
+fn a_deleted_delayed_set_is_seen_by_the_poll_and_its_stranded_jobs_replaced() {
+    let redis = RedisServer::start();
+    let setup = watched(&redis, "");
+    // Only the poll can see it: the drift check comes too late to count.
+    let watcher = started_env(
+        &setup,
+        &redis,
+        &[("BULLMQ_WARDEN__WATCH__DRIFT_INTERVAL", "120s")],
+    );
+    // The weekly scheduler's job hash survives, still its scheduler's next
+    // job, but nothing would ever move it on.
+    redis.redis(&["DEL", "bull:reports:delayed"]);
+    assert!(
+        watcher.wait_for("recovery_finished", 2, 10 * SECOND),
+        "{}",
+        watcher.log()
+    );
+    let detected = watcher.events("detected");
+    assert!(
+        detected
+            .iter()
+            .any(|e| e["cause"] == "flush" && e["queue"] == "reports"),
+        "{detected:?}"
+    );
+    let finished = &watcher.events("recovery_finished")[1];
+    assert_eq!(finished["updated"], 1, "{finished}");
+    assert_eq!(redis.zcard("bull:reports:delayed"), 1);
+    assert_one_next_job_each(&redis);
+}
+
+#[test]
 fn one_removed_scheduler_whose_row_stays_enabled_comes_back() {
     let redis = RedisServer::start();
     let setup = watched(&redis, "");

@@ -117,7 +117,6 @@ impl KeyspaceWatcher {
         let patterns = [
             format!("{channel_prefix}*:repeat"),
             format!("{channel_prefix}*:repeat:*"),
-            format!("{channel_prefix}*:delayed"),
         ];
         let mut streams = Vec::new();
         let mut problems = Vec::new();
@@ -310,18 +309,15 @@ fn missing_flags(flags: &str) -> String {
 }
 
 /// The queue whose schedulers an event may have removed, for events on
-/// `<queue>:repeat`, `<queue>:repeat:<scheduler id>` or `<queue>:delayed`.
-/// Job hashes (`repeat:<id>:<millis>`) come and go with every run: ignored.
+/// `<queue>:repeat` or `<queue>:repeat:<scheduler id>`. Job hashes
+/// (`repeat:<id>:<millis>`) come and go with every run: ignored.
 fn loss_on_scheduler_key<'k>(key: &'k str, event: &str) -> Option<&'k str> {
     if !LOSS_EVENTS.contains(&event) {
         return None;
     }
     let (queue, rest) = key.split_once(':')?;
-    let whole_key_gone = matches!(event, "del" | "expired" | "evicted");
     match rest {
         "repeat" => Some(queue),
-        // Jobs leave the delayed set all the time; only losing the set matters.
-        "delayed" => whole_key_gone.then_some(queue),
         _ => {
             let scheduler = rest.strip_prefix("repeat:")?;
             let is_job_hash = scheduler.rsplit_once(':').is_some_and(|(_, tail)| {
@@ -366,8 +362,7 @@ mod tests {
             loss_on_scheduler_key("mail:repeat:inspection:1:1790000000000", "del"),
             None
         );
-        assert_eq!(loss_on_scheduler_key("mail:delayed", "del"), Some("mail"));
-        assert_eq!(loss_on_scheduler_key("mail:delayed", "zrem"), None);
+        assert_eq!(loss_on_scheduler_key("mail:delayed", "del"), None);
         assert_eq!(loss_on_scheduler_key("mail:wait", "del"), None);
     }
 }

@@ -2,10 +2,13 @@
 //!
 //! It catches what keyspace notifications cannot: restarts (a new run_id or a
 //! falling uptime), failovers (role or replication id), FLUSHALL/FLUSHDB (no
-//! per-key event; a scheduler set drops to zero) and a lost connection. It also
-//! keeps the metrics current, so a scrape costs the same for 1 queue or 1,000.
+//! per-key event; a scheduler set drops to zero), a delayed set emptied under
+//! schedulers that need it (watched here rather than by notification: every
+//! delayed job of every queue would be an event) and a lost connection. It
+//! also keeps the metrics current, so a scrape costs the same for 1 queue or
+//! 1,000.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use std::sync::Arc;
@@ -14,7 +17,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::{parse_info, RedisSettings};
-use crate::bullmq_store::SharedStore;
+use crate::bullmq_store::{Polled, SharedStore};
 use crate::events::{Cause, Event, Observer, Persistence};
 use crate::recovery::{RestoredCounts, SharedQueues, Trigger};
 use crate::warden::now_ms;
@@ -65,6 +68,9 @@ struct Seen {
     server: String,
     identity: Option<Identity>,
     repeat_counts: BTreeMap<String, u64>,
+    /// Queues whose delayed set was last seen empty beside schedulers that
+    /// need it; reported once until it holds jobs again.
+    stranded: BTreeSet<String>,
     /// When the last poll succeeded (epoch ms): where an outage begins.
     last_ok_ms: Option<u64>,
     down: bool,
@@ -104,6 +110,7 @@ impl Poller {
             seen.server = store.redacted_url().to_owned();
             seen.identity = None;
             seen.repeat_counts.clear();
+            seen.stranded.clear();
             seen.connection = None;
         }
         let deadline = self.interval.max(Duration::from_secs(2));
@@ -117,7 +124,7 @@ impl Poller {
             }
         })
         .await;
-        let (info_text, counts) = match polled {
+        let polled = match polled {
             Ok(Ok(result)) => result,
             Ok(Err(error)) => return self.went_down(seen, error.to_string()),
             Err(_) => {
@@ -130,7 +137,7 @@ impl Poller {
                 )
             }
         };
-        let info = parse_info(&info_text);
+        let info = parse_info(&polled.info);
         let since_ms = seen.last_ok_ms.unwrap_or_else(now_ms);
         if seen.down {
             seen.down = false;
@@ -144,7 +151,7 @@ impl Poller {
         }
         let restarted = self.observe_identity(seen, Identity::from_info(&info), since_ms);
         self.observe_loading(&info);
-        self.observe_counts(seen, &counts, restarted, since_ms);
+        self.observe_counts(seen, &polled, restarted, since_ms);
         let number = |k: &str| {
             info.get(k)
                 .and_then(|v| v.parse::<u64>().ok())
@@ -228,36 +235,53 @@ impl Poller {
         }
     }
 
-    fn observe_counts(
-        &self,
-        seen: &mut Seen,
-        counts: &BTreeMap<String, crate::bullmq_store::JobCounts>,
-        restarted: bool,
-        since_ms: u64,
-    ) {
+    /// Finds sets emptied without a restart: a scheduler set, or the
+    /// delayed set that holds the schedulers' next jobs (a restart empties
+    /// both and is reported as such). Each is reported once, when first seen.
+    fn observe_counts(&self, seen: &mut Seen, polled: &Polled, restarted: bool, since_ms: u64) {
         let mut emptied = Vec::new();
+        let mut stranded = Vec::new();
         let restored = self
             .restored
             .lock()
             .map(|mut r| std::mem::take(&mut *r))
             .unwrap_or_default();
-        for (queue, count) in counts {
+        for (queue, count) in &polled.counts {
             self.observer.metrics().set_job_counts(queue, count);
             let polled_before = seen.repeat_counts.insert(queue.clone(), count.repeatable);
             let before = polled_before.max(restored.get(queue).copied());
             if before.is_some_and(|b| b > 0) && count.repeatable == 0 {
                 emptied.push(queue.clone());
             }
-        }
-        if !restarted && !emptied.is_empty() {
-            for queue in &emptied {
-                self.signal(
-                    Cause::Flush,
-                    Some(queue),
-                    since_ms,
-                    "the scheduler set is empty (FLUSHALL, FLUSHDB or DEL)".into(),
-                );
+            let waiting = polled.runs_far_ahead.get(queue).copied().unwrap_or(0);
+            if count.delayed == 0 && waiting > 0 {
+                if seen.stranded.insert(queue.clone()) {
+                    stranded.push((queue.clone(), waiting));
+                }
+            } else {
+                seen.stranded.remove(queue);
             }
+        }
+        if restarted {
+            return;
+        }
+        for queue in &emptied {
+            self.signal(
+                Cause::Flush,
+                Some(queue),
+                since_ms,
+                "the scheduler set is empty (FLUSHALL, FLUSHDB or DEL)".into(),
+            );
+        }
+        for (queue, waiting) in &stranded {
+            self.signal(
+                Cause::Flush,
+                Some(queue),
+                since_ms,
+                format!(
+                    "the delayed set is empty, yet {waiting} schedulers wait for runs over a minute away: their next jobs were deleted or evicted"
+                ),
+            );
         }
     }
 
