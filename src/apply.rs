@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use futures::stream::{FuturesUnordered, StreamExt};
 use serde::Serialize;
 
-use crate::bullmq_store::{BullmqStore, OrphanedJob};
+use crate::bullmq_store::{BullmqStore, NextRunJob};
 use crate::desired::{DesiredScheduler, InvalidRow};
 use crate::reconcile::Plan;
 
@@ -69,7 +69,7 @@ pub struct RecoverReport {
 enum Write<'a> {
     Upsert(&'a DesiredScheduler),
     /// A create whose next run's job survived the loss of its scheduler.
-    UpsertAfterOrphan(&'a DesiredScheduler, OrphanedJob),
+    UpsertAfterOrphan(&'a DesiredScheduler, NextRunJob),
     /// An update whose next job is in Redis but in no queue any more.
     ReplaceStranded(&'a DesiredScheduler, &'a str),
     Remove {

@@ -40,12 +40,12 @@ pub struct StoredScheduler {
     /// The compared fields of `repeat:<id>`; `None` when the hash is gone.
     pub hash: Option<SchedulerFields>,
     /// The state of the job for the next run (`repeat:<id>:<next>`).
-    pub next_job: NextJob,
+    pub next_job: NextJobState,
 }
 
 /// Whether a scheduler's next run will happen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NextJob {
+pub enum NextJobState {
     /// In the delayed set, or due and possibly already taken from it.
     Queued,
     /// Gone: the scheduler never fires again.
@@ -56,17 +56,17 @@ pub enum NextJob {
     Stranded,
 }
 
-impl NextJob {
+impl NextJobState {
     /// Judges a next job by what Redis holds. A job due within
     /// `PROMOTION_MARGIN_MS` may already have left the delayed set, as the
     /// workers' clocks and ours differ; only one further away must be in it.
     fn judge(exists: bool, in_delayed: bool, next_ms: u64, now_ms: u64) -> Self {
         match (exists, in_delayed) {
-            (false, _) => NextJob::Missing,
+            (false, _) => NextJobState::Missing,
             (true, false) if next_ms > now_ms.saturating_add(PROMOTION_MARGIN_MS) => {
-                NextJob::Stranded
+                NextJobState::Stranded
             }
-            (true, _) => NextJob::Queued,
+            (true, _) => NextJobState::Queued,
         }
     }
 }
@@ -467,8 +467,9 @@ impl BullmqStore {
         }
     }
 
-    /// Reads every scheduler of a queue: the `repeat` set, then each hash and
-    /// next-run job in pipelined batches.
+    /// Reads every scheduler of a queue: the `repeat` set, then each hash,
+    /// next-run job and that job's place in the delayed set, in pipelined
+    /// batches.
     pub async fn read_schedulers(&self, queue: &str) -> Result<QueueSchedulers, StoreError> {
         let keys = self.keys(queue);
         let mut conn = self.raw();
@@ -525,7 +526,12 @@ impl BullmqStore {
                     StoredScheduler {
                         next_ms: *next_ms,
                         hash,
-                        next_job: NextJob::judge(exists, delayed_score.is_some(), *next_ms, now_ms),
+                        next_job: NextJobState::judge(
+                            exists,
+                            delayed_score.is_some(),
+                            *next_ms,
+                            now_ms,
+                        ),
                     },
                 );
             }
@@ -560,7 +566,7 @@ impl BullmqStore {
     pub async fn upsert_after_orphan(
         &self,
         scheduler: &DesiredScheduler,
-        orphan: &OrphanedJob,
+        orphan: &NextRunJob,
     ) -> Result<(), StoreError> {
         if orphan.run_at_ms > crate::warden::now_ms() {
             let queue = self.queue(&scheduler.queue).await?;
@@ -573,7 +579,7 @@ impl BullmqStore {
     }
 
     /// `upsert` for a scheduler whose next job is stranded (see
-    /// `NextJob::Stranded`). BullMQ neither re-queues such a job nor replaces
+    /// `NextJobState::Stranded`). BullMQ neither re-queues such a job nor replaces
     /// it while the scheduler points at it, so the scheduler is removed with
     /// `removeJobScheduler` (which leaves the stranded job, as it is in no
     /// set), the job with `removeJob`, and the scheduler created afresh. Its
@@ -603,7 +609,7 @@ impl BullmqStore {
         let mut next_runs = NextRuns::new(crate::warden::now_ms());
         if let Some(orphan) = next_runs.job_of(scheduler) {
             queue
-                .remove(&orphan.job_id)
+                .remove_without_children(&orphan.job_id)
                 .await
                 .map_err(|e| self.error(e))?;
         }
@@ -618,7 +624,7 @@ impl BullmqStore {
         &self,
         queue: &str,
         missing: &[DesiredScheduler],
-    ) -> Result<Vec<Option<OrphanedJob>>, StoreError> {
+    ) -> Result<Vec<Option<NextRunJob>>, StoreError> {
         let keys = self.keys(queue);
         let mut conn = self.raw();
         let delayed: u64 = redis::cmd("ZCARD")
@@ -632,8 +638,7 @@ impl BullmqStore {
         let mut next_runs = NextRuns::new(crate::warden::now_ms());
         let mut found = Vec::with_capacity(missing.len());
         for batch in missing.chunks(READ_BATCH) {
-            let jobs: Vec<Option<OrphanedJob>> =
-                batch.iter().map(|s| next_runs.job_of(s)).collect();
+            let jobs: Vec<Option<NextRunJob>> = batch.iter().map(|s| next_runs.job_of(s)).collect();
             let mut pipe = redis::pipe();
             for job in jobs.iter().flatten() {
                 pipe.cmd("EXISTS").arg(keys.job_key(&job.job_id));
@@ -709,9 +714,9 @@ async fn upsert_with(queue: &Queue, scheduler: &DesiredScheduler) -> Result<(), 
         .map(drop)
 }
 
-/// The job BullMQ would create for a scheduler's next run.
+/// The job BullMQ creates for a scheduler's next run.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OrphanedJob {
+pub struct NextRunJob {
     pub job_id: String,
     pub run_at_ms: u64,
 }
@@ -734,7 +739,7 @@ impl NextRuns {
 
     /// The job of `scheduler`'s next run; `None` for interval schedulers and
     /// patterns that never fire.
-    fn job_of(&mut self, scheduler: &DesiredScheduler) -> Option<OrphanedJob> {
+    fn job_of(&mut self, scheduler: &DesiredScheduler) -> Option<NextRunJob> {
         let Schedule::Pattern(pattern) = &scheduler.schedule else {
             return None;
         };
@@ -751,7 +756,7 @@ impl NextRuns {
             .flatten()
         });
         let run_at_ms = run_at_ms?;
-        Some(OrphanedJob {
+        Some(NextRunJob {
             job_id: format!("repeat:{}:{run_at_ms}", scheduler.scheduler_id),
             run_at_ms,
         })

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::bullmq_store::{NextJob, QueueSchedulers, SchedulerFields, StoredScheduler};
+use crate::bullmq_store::{NextJobState, QueueSchedulers, SchedulerFields, StoredScheduler};
 use crate::desired::{DesiredScheduler, InvalidRow, Schedule};
 use crate::template::IdTemplate;
 
@@ -19,7 +19,7 @@ pub struct Update {
     /// Which fields differ (`pattern`, `data`, `next job`, …).
     pub differs: Vec<&'static str>,
     /// The id of a next job that BullMQ would refuse to replace, which the
-    /// write must remove first (see `NextJob::Stranded`).
+    /// write must remove first (see `NextJobState::Stranded`).
     #[serde(skip)]
     pub stranded_job_id: Option<String>,
 }
@@ -75,9 +75,10 @@ impl QueuePlan {
                     if differs.is_empty() {
                         plan.unchanged.push(scheduler.scheduler_id);
                     } else {
-                        let stranded_job_id = (actual.next_job == NextJob::Stranded).then(|| {
-                            format!("repeat:{}:{}", scheduler.scheduler_id, actual.next_ms)
-                        });
+                        let stranded_job_id =
+                            (actual.next_job == NextJobState::Stranded).then(|| {
+                                format!("repeat:{}:{}", scheduler.scheduler_id, actual.next_ms)
+                            });
                         plan.update.push(Update {
                             scheduler,
                             differs,
@@ -134,8 +135,8 @@ impl Plan {
 fn differences(want: &DesiredScheduler, have: &StoredScheduler) -> Vec<&'static str> {
     let Some(hash) = &have.hash else {
         return match have.next_job {
-            NextJob::Queued => vec!["scheduler hash"],
-            NextJob::Missing | NextJob::Stranded => vec!["scheduler hash", "next job"],
+            NextJobState::Queued => vec!["scheduler hash"],
+            NextJobState::Missing | NextJobState::Stranded => vec!["scheduler hash", "next job"],
         };
     };
     let field = |name: &str| hash.get(name);
@@ -179,7 +180,7 @@ fn differences(want: &DesiredScheduler, have: &StoredScheduler) -> Vec<&'static 
     if number("limit") != want.limit {
         differs.push("limit");
     }
-    if have.next_job != NextJob::Queued {
+    if have.next_job != NextJobState::Queued {
         differs.push("next job");
     }
     differs
@@ -233,7 +234,7 @@ mod tests {
         StoredScheduler {
             next_ms: 1,
             hash: Some(fields.iter().copied().collect()),
-            next_job: NextJob::Queued,
+            next_job: NextJobState::Queued,
         }
     }
 
@@ -293,14 +294,14 @@ mod tests {
             ("data", r#"{"a":1}"#),
             ("opts", r#"{"attempts":3}"#),
         ]);
-        broken.next_job = NextJob::Missing;
+        broken.next_job = NextJobState::Missing;
         let queue = plan(
             vec![desired("1", Schedule::EveryMs(1000))],
             vec![("t:1", broken.clone())],
         );
         assert_eq!(queue.update[0].differs, vec!["next job"]);
         assert_eq!(queue.update[0].stranded_job_id, None);
-        broken.next_job = NextJob::Stranded;
+        broken.next_job = NextJobState::Stranded;
         let queue = plan(
             vec![desired("1", Schedule::EveryMs(1000))],
             vec![("t:1", broken)],
@@ -313,7 +314,7 @@ mod tests {
         let gone = StoredScheduler {
             next_ms: 1,
             hash: None,
-            next_job: NextJob::Queued,
+            next_job: NextJobState::Queued,
         };
         let queue = plan(
             vec![desired("1", Schedule::EveryMs(1000))],

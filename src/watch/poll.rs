@@ -8,7 +8,7 @@
 //! also keeps the metrics current, so a scrape costs the same for 1 queue or
 //! 1,000.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use std::sync::Arc;
@@ -46,6 +46,13 @@ impl Identity {
     }
 }
 
+/// Polls in a row that must see a delayed set empty beside schedulers that
+/// need it before that is reported. The two counts are read one after the
+/// other, not atomically, so a poll that reads them while a queue is being
+/// filled (a recovery, the application adding schedulers) can see the
+/// scheduler but not yet its job; a real loss is still there at the next poll.
+const STRANDED_AFTER_POLLS: u32 = 2;
+
 pub struct Poller {
     pub store: SharedStore,
     pub observer: Observer,
@@ -68,9 +75,9 @@ struct Seen {
     server: String,
     identity: Option<Identity>,
     repeat_counts: BTreeMap<String, u64>,
-    /// Queues whose delayed set was last seen empty beside schedulers that
-    /// need it; reported once until it holds jobs again.
-    stranded: BTreeSet<String>,
+    /// Per queue, how many polls in a row saw its delayed set empty beside
+    /// schedulers that need it.
+    stranded_polls: BTreeMap<String, u32>,
     /// When the last poll succeeded (epoch ms): where an outage begins.
     last_ok_ms: Option<u64>,
     down: bool,
@@ -110,7 +117,7 @@ impl Poller {
             seen.server = store.redacted_url().to_owned();
             seen.identity = None;
             seen.repeat_counts.clear();
-            seen.stranded.clear();
+            seen.stranded_polls.clear();
             seen.connection = None;
         }
         let deadline = self.interval.max(Duration::from_secs(2));
@@ -237,7 +244,7 @@ impl Poller {
 
     /// Finds sets emptied without a restart: a scheduler set, or the
     /// delayed set that holds the schedulers' next jobs (a restart empties
-    /// both and is reported as such). Each is reported once, when first seen.
+    /// both and is reported as such). Each is reported once.
     fn observe_counts(&self, seen: &mut Seen, polled: &Polled, restarted: bool, since_ms: u64) {
         let mut emptied = Vec::new();
         let mut stranded = Vec::new();
@@ -255,11 +262,13 @@ impl Poller {
             }
             let waiting = polled.runs_far_ahead.get(queue).copied().unwrap_or(0);
             if count.delayed == 0 && waiting > 0 {
-                if seen.stranded.insert(queue.clone()) {
+                let polls = seen.stranded_polls.entry(queue.clone()).or_default();
+                *polls += 1;
+                if *polls == STRANDED_AFTER_POLLS {
                     stranded.push((queue.clone(), waiting));
                 }
             } else {
-                seen.stranded.remove(queue);
+                seen.stranded_polls.remove(queue);
             }
         }
         if restarted {
