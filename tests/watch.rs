@@ -144,6 +144,41 @@ fn flushall_is_reported_by_client_tracking_without_waiting_for_the_poll_and_rest
 }
 
 #[test]
+fn the_subscription_pauses_while_the_watcher_writes_and_resumes_after() {
+    let redis = RedisServer::start();
+    let setup = watched(&redis, "");
+    // Enough schedulers that the writes last long enough to be watched.
+    setup.sql(
+        "WITH RECURSIVE n(i) AS (SELECT 101 UNION ALL SELECT i + 1 FROM n WHERE i < 3100)
+         INSERT INTO inspection_tasks (id, name, cron, queue)
+         SELECT i, 'bulk', '0 0 1 1 *', 'bulk' FROM n;",
+    );
+    let watcher = Watcher::start(&setup);
+    let patterns = || redis.redis(&["PUBSUB", "NUMPAT"]);
+    assert!(
+        support::wait_until(10 * SECOND, || patterns() == "2"),
+        "{}",
+        watcher.log()
+    );
+    assert!(watcher.wait_for("recovery_finished", 1, 30 * SECOND));
+    std::thread::sleep(Duration::from_millis(600));
+    redis.redis(&["FLUSHALL"]);
+    let mut seen = std::collections::BTreeSet::new();
+    let restored = support::wait_until(30 * SECOND, || {
+        seen.insert(patterns());
+        watcher.count("recovery_finished") >= 2
+    });
+    assert!(restored, "{}", watcher.log());
+    assert!(seen.contains("0"), "never paused: {seen:?}");
+    assert!(
+        support::wait_until(5 * SECOND, || patterns() == "2"),
+        "not resumed: {}",
+        watcher.log()
+    );
+    assert_eq!(redis.zcard("bull:bulk:repeat"), 3000);
+}
+
+#[test]
 fn deleting_one_queues_scheduler_set_is_seen_by_keyspace_notifications() {
     let redis = RedisServer::start();
     let setup = watched(&redis, "");

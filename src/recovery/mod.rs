@@ -93,6 +93,36 @@ pub struct Controller {
     retrigger: mpsc::Sender<Trigger>,
     /// When periodic checks first saw unexplained drift.
     drift_seen: bool,
+    own_writes: OwnWrites,
+}
+
+/// Tells the keyspace watcher while a recovery writes, so that it can stop
+/// listening: nearly every notification then would be the echo of those
+/// writes, and reading them took CPU from the writes and from Redis.
+#[derive(Clone)]
+pub struct OwnWrites(Arc<watch::Sender<bool>>);
+
+impl OwnWrites {
+    /// The flag and a receiver for the keyspace watcher.
+    pub fn new() -> (Self, watch::Receiver<bool>) {
+        let (sender, receiver) = watch::channel(false);
+        (Self(Arc::new(sender)), receiver)
+    }
+
+    /// Raises the flag until the returned guard is dropped, also when the
+    /// writes are abandoned at shutdown.
+    fn begin(&self) -> OwnWritesGuard<'_> {
+        self.0.send_replace(true);
+        OwnWritesGuard(self)
+    }
+}
+
+struct OwnWritesGuard<'a>(&'a OwnWrites);
+
+impl Drop for OwnWritesGuard<'_> {
+    fn drop(&mut self) {
+        self.0 .0.send_replace(false);
+    }
 }
 
 impl Controller {
@@ -106,6 +136,7 @@ impl Controller {
         apply_lock: Arc<Mutex<()>>,
         redis_loading: watch::Receiver<bool>,
         retrigger: mpsc::Sender<Trigger>,
+        own_writes: OwnWrites,
     ) -> Self {
         let config = warden.config().clone();
         let lease = Lease::new(warden.shared_store().clone(), config.recovery.lease_ttl);
@@ -133,6 +164,7 @@ impl Controller {
             redis_loading,
             retrigger,
             drift_seen: false,
+            own_writes,
         }
     }
 
@@ -391,6 +423,7 @@ impl Controller {
                 report
             }
             _ => {
+                let _writing = self.own_writes.begin();
                 let report = apply(
                     &self.warden.store(),
                     &snapshot.plan,

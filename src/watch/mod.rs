@@ -23,7 +23,7 @@ use crate::events::{Cause, Event, Observer};
 use crate::http;
 use crate::metrics::Metrics;
 use crate::recovery::webhook::Webhook;
-use crate::recovery::{Controller, RestoredCounts, SharedQueues, Trigger};
+use crate::recovery::{Controller, OwnWrites, RestoredCounts, SharedQueues, Trigger};
 use crate::source::Source;
 use crate::warden::{now_ms, Warden};
 
@@ -88,6 +88,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Watc
     let poll_now = Arc::new(tokio::sync::Notify::new());
     let (triggers_tx, triggers_rx) = mpsc::channel(1024);
     let (loading_tx, loading_rx) = watch::channel(false);
+    let (own_writes, own_writes_rx) = OwnWrites::new();
 
     let controller = Controller::new(
         warden.clone(),
@@ -98,6 +99,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Watc
         apply_lock.clone(),
         loading_rx,
         triggers_tx.clone(),
+        own_writes,
     );
     // The controller finishes a recovery in progress before it stops, so it
     // gets its own token, cancelled after the signal sources have stopped.
@@ -142,6 +144,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Watc
         backoff_max: config.recovery.backoff_max,
         topology_interval: config.watch.drift_interval,
         poll_now,
+        own_writes: own_writes_rx,
     };
     tasks.spawn(keyspace.run(shutdown.clone()));
     tasks.spawn(periodic_drift_checks(
