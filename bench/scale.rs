@@ -317,7 +317,7 @@ impl Table {
     fn poll(&mut self, poll: &PollLatency) {
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         self.rows.push(format!(
-            "| one poll of {} queues (INFO and 9 counts each), p50 / p99 ms | {:.2} / {:.2} | - | - | - | one round trip: {:.1}x a PING ({:.2} ms) |",
+            "| one poll of {} queues (INFO and 10 counts each), p50 / p99 ms | {:.2} / {:.2} | - | - | - | one round trip: {:.1}x a PING ({:.2} ms) |",
             poll.queues,
             ms(poll.p50),
             ms(poll.p99),
