@@ -49,6 +49,17 @@ fn started_env(setup: &Setup, redis: &RedisServer, env: &[(&str, &str)]) -> Watc
     watcher
 }
 
+/// The watcher reported a loss of `queue` with `cause`.
+fn assert_detected(watcher: &Watcher, cause: &str, queue: &str) {
+    let detected = watcher.events("detected");
+    assert!(
+        detected
+            .iter()
+            .any(|e| e["cause"] == cause && e["queue"] == queue),
+        "{detected:?}"
+    );
+}
+
 /// Each scheduler has exactly one job for its next run: no duplicates.
 fn assert_one_next_job_each(redis: &RedisServer) {
     for (queue, ids) in [
@@ -189,13 +200,7 @@ fn deleting_one_queues_scheduler_set_is_seen_by_keyspace_notifications() {
         "{}",
         watcher.log()
     );
-    let detected = watcher.events("detected");
-    assert!(
-        detected
-            .iter()
-            .any(|e| e["cause"] == "keyspace" && e["queue"] == "reports"),
-        "{detected:?}"
-    );
+    assert_detected(&watcher, "keyspace", "reports");
     assert_eq!(redis.zcard("bull:reports:repeat"), 1);
     let finished = &watcher.events("recovery_finished")[1];
     // The poll also sees the set emptied; either signal may name the cycle.
@@ -227,13 +232,7 @@ fn a_deleted_delayed_set_is_seen_by_the_poll_and_its_stranded_jobs_replaced() {
         "{}",
         watcher.log()
     );
-    let detected = watcher.events("detected");
-    assert!(
-        detected
-            .iter()
-            .any(|e| e["cause"] == "flush" && e["queue"] == "reports"),
-        "{detected:?}"
-    );
+    assert_detected(&watcher, "flush", "reports");
     let finished = &watcher.events("recovery_finished")[1];
     assert_eq!(finished["updated"], 1, "{finished}");
     assert_eq!(redis.zcard("bull:reports:delayed"), 1);
