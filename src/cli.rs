@@ -106,6 +106,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .on_thread_park(crate::memory::collect_when_idle)
         .enable_all()
         .build()
     {

@@ -189,7 +189,7 @@ async fn status(
         Err(error) => unavailable(&error),
     };
     // The comparison behind it held every row and scheduler.
-    crate::memory::release_freed_memory();
+    crate::memory::release_after_comparison();
     response
 }
 
@@ -249,7 +249,7 @@ async fn recover(
         }
         Err(error) => unavailable(&error),
     };
-    crate::memory::release_freed_memory();
+    crate::memory::release_after_comparison();
     response
 }
 

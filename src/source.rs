@@ -212,7 +212,7 @@ impl Source {
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a source connection may sit unused before it is closed.
-const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(2);
+pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One direct connection: unlike the pool, it reports why a database is
 /// unreachable (refused, unknown host, bad password) instead of a pool timeout.

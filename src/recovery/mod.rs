@@ -207,7 +207,7 @@ impl Controller {
             self.cycle(&causes, since_ms, &shutdown).await;
             // The comparison held every row and scheduler; an idle sidecar
             // should not keep that peak.
-            crate::memory::release_freed_memory();
+            crate::memory::release_after_comparison();
         }
     }
 
