@@ -72,7 +72,12 @@ impl NextJobState {
 }
 
 /// How far ahead a next run must be before its job has to be in the delayed set.
-pub const PROMOTION_MARGIN_MS: u64 = 60_000;
+const PROMOTION_MARGIN_MS: u64 = 60_000;
+
+/// The id BullMQ gives the job of a scheduler's run at `run_at_ms`.
+pub fn scheduler_job_id(scheduler_id: &str, run_at_ms: u64) -> String {
+    format!("repeat:{scheduler_id}:{run_at_ms}")
+}
 
 /// The fields of a scheduler hash (`repeat:<id>`) that decide whether it
 /// matches its row; only these are read, to keep 100,000 of them small.
@@ -501,11 +506,9 @@ impl BullmqStore {
                 pipe.cmd("HMGET")
                     .arg(format!("{repeat_key}:{id}"))
                     .arg(&SchedulerFields::NAMES[..]);
-                pipe.cmd("EXISTS")
-                    .arg(format!("{repeat_key}:{id}:{next_ms}"));
-                pipe.cmd("ZSCORE")
-                    .arg(&delayed_key)
-                    .arg(format!("repeat:{id}:{next_ms}"));
+                let job_id = scheduler_job_id(id, *next_ms);
+                pipe.cmd("EXISTS").arg(keys.job_key(&job_id));
+                pipe.cmd("ZSCORE").arg(&delayed_key).arg(job_id);
             }
             let replies: Vec<(Vec<Option<String>>, bool, Option<String>)> = pipe
                 .query_async(&mut conn)
@@ -757,7 +760,7 @@ impl NextRuns {
         });
         let run_at_ms = run_at_ms?;
         Some(NextRunJob {
-            job_id: format!("repeat:{}:{run_at_ms}", scheduler.scheduler_id),
+            job_id: scheduler_job_id(&scheduler.scheduler_id, run_at_ms),
             run_at_ms,
         })
     }

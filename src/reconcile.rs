@@ -8,7 +8,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::bullmq_store::{NextJobState, QueueSchedulers, SchedulerFields, StoredScheduler};
+use crate::bullmq_store::{
+    scheduler_job_id, NextJobState, QueueSchedulers, SchedulerFields, StoredScheduler,
+};
 use crate::desired::{DesiredScheduler, InvalidRow, Schedule};
 use crate::template::IdTemplate;
 
@@ -75,10 +77,8 @@ impl QueuePlan {
                     if differs.is_empty() {
                         plan.unchanged.push(scheduler.scheduler_id);
                     } else {
-                        let stranded_job_id =
-                            (actual.next_job == NextJobState::Stranded).then(|| {
-                                format!("repeat:{}:{}", scheduler.scheduler_id, actual.next_ms)
-                            });
+                        let stranded_job_id = (actual.next_job == NextJobState::Stranded)
+                            .then(|| scheduler_job_id(&scheduler.scheduler_id, actual.next_ms));
                         plan.update.push(Update {
                             scheduler,
                             differs,
