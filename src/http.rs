@@ -25,8 +25,8 @@ pub const API_TOKEN_ENV: &str = "BULLMQ_WARDEN_API_TOKEN";
 pub enum HttpError {
     #[error("config key http.listen: {0}")]
     Unsafe(String),
-    #[error("cannot read http.token_file {path}: {reason}")]
-    Token { path: String, reason: String },
+    #[error("API token from {origin} {reason}")]
+    Token { origin: String, reason: String },
     #[error("cannot listen on http.listen {addr}: {reason}")]
     Bind { addr: String, reason: String },
 }
@@ -42,38 +42,101 @@ struct AppState {
     apply_lock: Arc<Mutex<()>>,
 }
 
-/// The bearer token for mutating routes: the environment wins over the file.
-pub fn api_token(config: &HttpConfig) -> Result<Option<String>, HttpError> {
-    if let Ok(token) = std::env::var(API_TOKEN_ENV) {
-        if !token.is_empty() {
-            return Ok(Some(token));
+/// A token shorter than this is taken for a placeholder on an address that
+/// other hosts reach: real tokens come from a generator (`openssl rand -hex 32`).
+const MIN_TOKEN_BYTES: usize = 16;
+
+/// The API's bearer token, with where it came from so errors can name the
+/// source without ever showing the value.
+pub struct ApiToken {
+    secret: String,
+    origin: String,
+}
+
+impl ApiToken {
+    /// An empty token would let a request without `Authorization` through,
+    /// so it is a configuration error wherever it comes from.
+    fn new(raw: &str, origin: String) -> Result<Self, HttpError> {
+        let secret = raw.trim();
+        if secret.is_empty() {
+            return Err(HttpError::Token {
+                origin,
+                reason: "is empty; set a random token (e.g. `openssl rand -hex 32`) or unset it"
+                    .into(),
+            });
+        }
+        Ok(Self {
+            secret: secret.to_owned(),
+            origin,
+        })
+    }
+
+    /// Why the token looks like a placeholder, if it does.
+    fn placeholder(&self) -> Option<&'static str> {
+        if self.secret.to_ascii_uppercase().contains("CHANGE-ME") {
+            Some("is a placeholder (it contains CHANGE-ME)")
+        } else if self.secret.len() < MIN_TOKEN_BYTES {
+            Some("is too short to be a real secret (fewer than 16 bytes)")
+        } else {
+            None
         }
     }
-    match &config.token_file {
-        Some(path) => std::fs::read_to_string(path)
-            .map(|t| Some(t.trim().to_owned()))
-            .map_err(|e| HttpError::Token {
-                path: path.display().to_string(),
-                reason: e.to_string(),
-            }),
-        None => Ok(None),
+
+    pub fn into_secret(self) -> String {
+        self.secret
     }
 }
 
-/// Binds the listener. A mutating API reachable from other hosts must have a token.
+/// The bearer token for the API: the environment wins over the file.
+pub fn api_token(config: &HttpConfig) -> Result<Option<ApiToken>, HttpError> {
+    if let Some(value) = std::env::var_os(API_TOKEN_ENV) {
+        let origin = format!("environment variable {API_TOKEN_ENV}");
+        let Some(text) = value.to_str() else {
+            return Err(HttpError::Token {
+                origin,
+                reason: "is not UTF-8".into(),
+            });
+        };
+        return ApiToken::new(text, origin).map(Some);
+    }
+    let Some(path) = &config.token_file else {
+        return Ok(None);
+    };
+    let origin = format!("http.token_file {}", path.display());
+    match std::fs::read_to_string(path) {
+        Ok(text) => ApiToken::new(&text, origin).map(Some),
+        Err(error) => Err(HttpError::Token {
+            origin,
+            reason: format!("cannot be read: {error}"),
+        }),
+    }
+}
+
+/// Binds the listener. An API reachable from other hosts must have a real token.
 pub async fn bind(
     config: &HttpConfig,
-    token: Option<&str>,
+    token: Option<&ApiToken>,
 ) -> Result<tokio::net::TcpListener, HttpError> {
     let addr: SocketAddr = config
         .listen
         .parse()
         .map_err(|_| HttpError::Unsafe(format!("{:?} is not an address", config.listen)))?;
-    if !addr.ip().is_loopback() && token.is_none() {
-        return Err(HttpError::Unsafe(format!(
-            "{addr} is reachable from other hosts and POST /api/bullmq/recover would need no token; \
-             set {API_TOKEN_ENV} or http.token_file"
-        )));
+    if !addr.ip().is_loopback() {
+        let Some(token) = token else {
+            return Err(HttpError::Unsafe(format!(
+                "{addr} is reachable from other hosts and POST /api/bullmq/recover would need no token; \
+                 set {API_TOKEN_ENV} or http.token_file"
+            )));
+        };
+        if let Some(reason) = token.placeholder() {
+            return Err(HttpError::Token {
+                origin: token.origin.clone(),
+                reason: format!(
+                    "{reason}, and http.listen {addr} is reachable from other hosts; \
+                     use a random one (e.g. `openssl rand -hex 32`)"
+                ),
+            });
+        }
     }
     tokio::net::TcpListener::bind(addr)
         .await

@@ -48,7 +48,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Watc
     let token = http::api_token(&config.http)?;
     let listener = match config.http.listen.is_empty() {
         true => None,
-        false => Some(http::bind(&config.http, token.as_deref()).await?),
+        false => Some(http::bind(&config.http, token.as_ref()).await?),
     };
     let webhook = Webhook::from_config(&config.recovery)?;
     let source = Source::connect_lazy(&config.source).await?;
@@ -66,7 +66,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Watc
             listener,
             connected.clone(),
             observer.clone(),
-            token,
+            token.map(http::ApiToken::into_secret),
             apply_lock.clone(),
             shutdown.clone(),
         ));
