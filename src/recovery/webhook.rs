@@ -22,8 +22,8 @@ pub struct Webhook {
 pub enum WebhookError {
     #[error("webhook {url}: {reason}")]
     Request { url: String, reason: String },
-    #[error("cannot read recovery.webhook_token_file {path}: {reason}")]
-    Token { path: String, reason: String },
+    #[error("webhook token from {origin} {reason}")]
+    Token { origin: String, reason: String },
 }
 
 impl Webhook {
@@ -32,22 +32,14 @@ impl Webhook {
         let Some(url) = config.webhook_url.clone() else {
             return Ok(None);
         };
-        let token = match (std::env::var(WEBHOOK_TOKEN_ENV), &config.webhook_token_file) {
-            (Ok(token), _) => Some(token),
-            (Err(_), Some(path)) => Some(
-                std::fs::read_to_string(path)
-                    .map_err(|e| WebhookError::Token {
-                        path: path.display().to_string(),
-                        reason: e.to_string(),
-                    })?
-                    .trim()
-                    .to_owned(),
-            ),
-            (Err(_), None) => None,
-        };
+        let token = webhook_token(config.webhook_token_file.as_deref())?;
         let client = reqwest::Client::builder()
             .timeout(config.webhook_timeout)
             .connect_timeout(Duration::from_secs(5))
+            // The token and custom headers are meant for this URL alone: a
+            // redirect to another origin must not carry them, nor a Referer.
+            .redirect(reqwest::redirect::Policy::none())
+            .referer(false)
             .build()
             .map_err(|e| WebhookError::Request {
                 url: redact_url(&url),
@@ -86,11 +78,67 @@ impl Webhook {
         let response = request
             .send()
             .await
-            .map_err(|e| error(e.without_url().to_string()))?;
-        if response.status().is_success() {
+            .map_err(|e| error(with_causes(&e.without_url())))?;
+        let status = response.status();
+        if status.is_success() {
             Ok(())
+        } else if status.is_redirection() {
+            Err(error(format!(
+                "answered {status}; redirects are not followed, so that the token and headers \
+                 never reach another address: configure the final URL"
+            )))
         } else {
-            Err(error(format!("answered {}", response.status())))
+            Err(error(format!("answered {status}")))
         }
     }
+}
+
+/// The webhook's bearer token: the environment wins over the file. An empty
+/// one would send a bare `Bearer` header, so it is a configuration error.
+fn webhook_token(file: Option<&std::path::Path>) -> Result<Option<String>, WebhookError> {
+    let (text, origin) = match (std::env::var_os(WEBHOOK_TOKEN_ENV), file) {
+        (Some(value), _) => (
+            value.into_string().map_err(|_| WebhookError::Token {
+                origin: format!("environment variable {WEBHOOK_TOKEN_ENV}"),
+                reason: "is not UTF-8".into(),
+            })?,
+            format!("environment variable {WEBHOOK_TOKEN_ENV}"),
+        ),
+        (None, Some(path)) => {
+            let origin = format!("recovery.webhook_token_file {}", path.display());
+            match std::fs::read_to_string(path) {
+                Ok(text) => (text, origin),
+                Err(e) => {
+                    return Err(WebhookError::Token {
+                        origin,
+                        reason: format!("cannot be read: {e}"),
+                    })
+                }
+            }
+        }
+        (None, None) => return Ok(None),
+    };
+    match text.trim() {
+        "" => Err(WebhookError::Token {
+            origin,
+            reason: "is empty; set the token or unset it".into(),
+        }),
+        token => Ok(Some(token.to_owned())),
+    }
+}
+
+/// The error with every cause behind it: reqwest's own message is only
+/// "error sending request", the reason (refused, TLS, timeout) is in its sources.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        let message = inner.to_string();
+        if !text.contains(&message) {
+            text.push_str(": ");
+            text.push_str(&message);
+        }
+        cause = inner.source();
+    }
+    text
 }
