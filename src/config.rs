@@ -80,6 +80,10 @@ pub struct SourceConfig {
     /// SQL file that creates and fills a new SQLite source; ignored when the
     /// database file already exists. Meant for demos and first trials.
     pub sqlite_seed: Option<PathBuf>,
+    /// A row with a text value larger than this (data, opts or any other
+    /// column) is invalid: one huge payload would be parsed and held on
+    /// every comparison.
+    pub max_value_bytes: usize,
 }
 
 impl Default for SourceConfig {
@@ -90,6 +94,7 @@ impl Default for SourceConfig {
             queue: "inspection".into(),
             scheduler_id: "inspection:{id}".into(),
             sqlite_seed: None,
+            max_value_bytes: 1024 * 1024,
         }
     }
 }
@@ -345,6 +350,23 @@ impl Config {
                 ),
             ));
         }
+        if self
+            .source
+            .query
+            .as_deref()
+            .is_some_and(crate::source::more_than_one_statement)
+        {
+            return Err(invalid(
+                "source.query",
+                "must be a single statement (a second one after ';' could write)".into(),
+            ));
+        }
+        if self.source.max_value_bytes == 0 {
+            return Err(invalid(
+                "source.max_value_bytes",
+                "must be at least 1 (bytes)".into(),
+            ));
+        }
         if self.source.queue.trim().is_empty() {
             return Err(invalid("source.queue", "must not be empty".into()));
         }
@@ -431,8 +453,20 @@ fn read_table(path: &Path) -> Result<toml::Table, ConfigError> {
     })?;
     text.parse::<toml::Table>().map_err(|e| ConfigError::Parse {
         path: path.display().to_string(),
-        reason: one_line(&e.to_string()),
+        reason: parse_error_without_source(&e, &text),
     })
+}
+
+/// The parser's message with the line and column, but without the snippet of
+/// the file it would quote: that line may hold a password or a token.
+fn parse_error_without_source(error: &toml::de::Error, text: &str) -> String {
+    let place = error.span().map(|span| {
+        let before = text.get(..span.start).unwrap_or(text);
+        let line = before.matches('\n').count() + 1;
+        let column = before.len() - before.rfind('\n').map_or(0, |at| at + 1) + 1;
+        format!("line {line}, column {column}: ")
+    });
+    format!("{}{}", place.unwrap_or_default(), one_line(error.message()))
 }
 
 /// `BULLMQ_WARDEN__REDIS__URL=…` sets `[redis] url`. Values that read as TOML
@@ -487,22 +521,54 @@ fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// Replaces the password of a URL with `***`, so URLs can be logged and shown.
-/// Text that does not parse as a URL is reduced to its scheme.
+/// Replaces the secrets of a URL with `***` — the password, and query
+/// parameters that carry one (`?password=`, a webhook's `?key=`) — so URLs can
+/// be logged and shown. Text that does not parse as a URL is reduced to its scheme.
 pub fn redact_url(raw: &str) -> String {
-    match url::Url::parse(raw) {
-        Ok(mut parsed) => {
-            if parsed.password().is_some() {
-                // Only fails for URLs that cannot carry credentials at all.
-                let _ = parsed.set_password(Some("***"));
-            }
-            parsed.to_string()
-        }
-        Err(_) => {
-            let scheme = raw.split(':').next().unwrap_or_default();
-            format!("{scheme}:(unparsable URL)")
-        }
+    let Ok(mut parsed) = url::Url::parse(raw) else {
+        let scheme = raw.split(':').next().unwrap_or_default();
+        return format!("{scheme}:(unparsable URL)");
+    };
+    if parsed.password().is_some() {
+        // Only fails for URLs that cannot carry credentials at all.
+        let _ = parsed.set_password(Some("***"));
     }
+    if parsed
+        .query_pairs()
+        .any(|(name, _)| is_secret_parameter(&name))
+    {
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(name, value)| {
+                let value = if is_secret_parameter(&name) {
+                    "***".to_owned()
+                } else {
+                    value.into_owned()
+                };
+                (name.into_owned(), value)
+            })
+            .collect();
+        parsed.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    parsed.to_string()
+}
+
+/// Query parameter names that hold credentials in the URLs people write:
+/// libpq's `password`/`sslpassword`, `pass`, `pwd`, API `key`s, `token`s,
+/// `secret`s, signatures and `auth` values.
+fn is_secret_parameter(name: &str) -> bool {
+    const MARKERS: [&str; 8] = [
+        "pass",
+        "pwd",
+        "token",
+        "key",
+        "secret",
+        "auth",
+        "sig",
+        "credential",
+    ];
+    let name = name.to_ascii_lowercase();
+    MARKERS.iter().any(|marker| name.contains(marker))
 }
 
 #[cfg(test)]
@@ -604,6 +670,44 @@ mod tests {
         );
         assert_eq!(redact_url("redis://redis:6379"), "redis://redis:6379");
         assert!(!redact_url("redis://u:pw@[bad").contains("pw"));
+    }
+
+    #[test]
+    fn secrets_in_query_strings_are_redacted() {
+        for (url, secret) in [
+            ("postgres://db/tasks?user=u&password=hunter2", "hunter2"),
+            (
+                "postgres://db/tasks?sslpassword=hunter2&sslmode=require",
+                "hunter2",
+            ),
+            ("mysql://db/t?pwd=hunter2", "hunter2"),
+            ("https://app/hook?key=k-123", "k-123"),
+            ("https://app/hook?api_key=k-123&x=1", "k-123"),
+            ("https://app/hook?access_token=t-1", "t-1"),
+            ("https://app/hook?Secret=s-1", "s-1"),
+            ("redis://u:pw@h:6379/0?pass=pw2", "pw2"),
+        ] {
+            let shown = redact_url(url);
+            assert!(!shown.contains(secret), "{url} -> {shown}");
+            assert!(shown.contains("***"), "{url} -> {shown}");
+        }
+        assert_eq!(
+            redact_url("postgres://db/tasks?sslmode=require"),
+            "postgres://db/tasks?sslmode=require"
+        );
+    }
+
+    #[test]
+    fn a_toml_syntax_error_never_quotes_the_line() {
+        let err = load_str(
+            "[redis]\nprefix = \"bull\"\nurl = \"redis://u:hunter2@h:6379\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(!err.contains("hunter2"), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
     }
 
     #[test]

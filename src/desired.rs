@@ -55,6 +55,18 @@ pub struct InvalidRow {
     pub reason: String,
 }
 
+/// What a row is judged against, beyond its own values.
+pub struct RowRules<'a> {
+    /// Queue for rows without a `queue` column (or a NULL one).
+    pub default_queue: &'a str,
+    pub template: &'a IdTemplate,
+    /// Decides which end dates are already past.
+    pub now_ms: u64,
+    /// A larger text value makes the row invalid: one oversized payload
+    /// would otherwise be parsed and held on every comparison.
+    pub max_value_bytes: usize,
+}
+
 /// Everything the source asks for, split into usable and rejected rows.
 #[derive(Debug, Default)]
 pub struct DesiredSet {
@@ -70,29 +82,19 @@ pub struct DesiredSet {
 type CronChecks = HashMap<(String, Option<String>), Result<(), String>>;
 
 impl DesiredSet {
-    /// Validates every row; `now_ms` decides which end dates are already past.
-    pub fn from_rows(
-        rows: &[SourceRow],
-        default_queue: &str,
-        template: &IdTemplate,
-        now_ms: u64,
-    ) -> Self {
+    /// Validates every row.
+    #[cfg(test)]
+    pub(crate) fn from_rows(rows: &[SourceRow], rules: &RowRules) -> Self {
         let mut set = DesiredSet::default();
         for row in rows {
-            set.add(row, default_queue, template, now_ms);
+            set.add(row, rules);
         }
         set.finish()
     }
 
     /// Validates one row, so rows can be taken as the database streams them.
-    pub fn add(
-        &mut self,
-        row: &SourceRow,
-        default_queue: &str,
-        template: &IdTemplate,
-        now_ms: u64,
-    ) {
-        match desired_from_row(row, default_queue, template, now_ms, &mut self.cron_checks) {
+    pub fn add(&mut self, row: &SourceRow, rules: &RowRules) {
+        match desired_from_row(row, rules, &mut self.cron_checks) {
             Ok(scheduler) => match self.by_queue.get_mut(&scheduler.queue) {
                 Some(rows) => rows.push(scheduler),
                 None => {
@@ -120,7 +122,8 @@ impl DesiredSet {
     }
 
     /// The valid rows, queue by queue.
-    pub fn schedulers(&self) -> impl Iterator<Item = &DesiredScheduler> {
+    #[cfg(test)]
+    pub(crate) fn schedulers(&self) -> impl Iterator<Item = &DesiredScheduler> {
         self.by_queue.values().flatten()
     }
 
@@ -177,15 +180,22 @@ fn reject_duplicate_ids(rows: &mut Vec<DesiredScheduler>) -> Vec<InvalidRow> {
 
 fn desired_from_row(
     row: &SourceRow,
-    default_queue: &str,
-    template: &IdTemplate,
-    now_ms: u64,
+    rules: &RowRules,
     cron_checks: &mut CronChecks,
 ) -> Result<DesiredScheduler, InvalidRow> {
+    let (template, now_ms) = (rules.template, rules.now_ms);
     let row_id = row.id_text();
+    if let Some(reason) = oversized_value(row, rules.max_value_bytes) {
+        return Err(InvalidRow {
+            id: shortened(&row_id),
+            queue: None,
+            scheduler_id: None,
+            reason,
+        });
+    }
     let queue = match row.get("queue") {
         Some(value) => value.as_text().map(|t| t.into_owned()).unwrap_or_default(),
-        None => default_queue.to_owned(),
+        None => rules.default_queue.to_owned(),
     };
     let lookup = |column: &str| -> Option<std::borrow::Cow<'_, str>> {
         if column == "queue" {
@@ -512,6 +522,26 @@ fn remove_on_finish(value: &Value) -> Option<RemoveOnFinish> {
     }
 }
 
+/// The first text value over `max` bytes, named with its column.
+fn oversized_value(row: &SourceRow, max: usize) -> Option<String> {
+    row.columns.iter().find_map(|(column, value)| match value {
+        ColumnValue::Text(text) if text.len() > max => Some(format!(
+            "column {column:?} holds {} bytes, over source.max_value_bytes ({max})",
+            text.len()
+        )),
+        _ => None,
+    })
+}
+
+/// An oversized id is reported by its beginning.
+fn shortened(id: &str) -> String {
+    const SHOWN: usize = 64;
+    match id.char_indices().nth(SHOWN) {
+        Some((end, _)) => format!("{}…", &id[..end]),
+        None => id.to_owned(),
+    }
+}
+
 fn optional_text(row: &SourceRow, column: &str) -> Option<String> {
     row.get(column)
         .and_then(ColumnValue::as_text)
@@ -599,7 +629,36 @@ mod tests {
 
     fn desired(rows: &[SourceRow]) -> DesiredSet {
         let template = IdTemplate::parse("inspection:{id}").unwrap();
-        DesiredSet::from_rows(rows, "inspection", &template, NOW)
+        DesiredSet::from_rows(rows, &rules(&template))
+    }
+
+    fn rules(template: &IdTemplate) -> RowRules<'_> {
+        RowRules {
+            default_queue: "inspection",
+            template,
+            now_ms: NOW,
+            max_value_bytes: 1024,
+        }
+    }
+
+    #[test]
+    fn an_oversized_value_makes_its_row_invalid_and_no_other() {
+        let big = "x".repeat(1025);
+        let set = desired(&[
+            row(&[
+                ("id", ColumnValue::Int(1)),
+                ("cron", text("0 * * * *")),
+                ("payload", text(&format!("\"{big}\""))),
+            ]),
+            row(&[("id", ColumnValue::Int(2)), ("cron", text("0 * * * *"))]),
+        ]);
+        assert_eq!(set.schedulers().count(), 1);
+        assert_eq!(set.invalid[0].id, "1");
+        assert!(
+            set.invalid[0].reason.contains("source.max_value_bytes"),
+            "{}",
+            set.invalid[0].reason
+        );
     }
 
     fn reason_for(columns: &[(&str, ColumnValue)]) -> String {
@@ -748,7 +807,11 @@ mod tests {
                 ("every_ms", ColumnValue::Int(9)),
             ]),
         ];
-        let set = DesiredSet::from_rows(&rows, "q", &template, NOW);
+        let rules = RowRules {
+            default_queue: "q",
+            ..rules(&template)
+        };
+        let set = DesiredSet::from_rows(&rows, &rules);
         assert_eq!(set.schedulers().count(), 1);
         assert_eq!(set.invalid.len(), 2);
         assert!(

@@ -14,7 +14,7 @@ use crate::apply::{apply, RecoverReport};
 use crate::bullmq_store::{BullmqStore, JobCounts, SharedStore, StoreError};
 use crate::config::{Config, ConfigError};
 use crate::desired::DesiredScheduler;
-use crate::desired::DesiredSet;
+use crate::desired::{DesiredSet, RowRules};
 use crate::reconcile::{protected_ids, Plan, QueuePlan};
 use crate::source::{Source, SourceError};
 use crate::template::IdTemplate;
@@ -104,12 +104,14 @@ impl Warden {
     /// Each queue is planned as soon as it is read, so only a few queues'
     /// schedulers are held at a time.
     pub async fn snapshot(&self, only_queue: Option<&str>) -> Result<Snapshot, WardenError> {
-        let now = now_ms();
         let mut desired = DesiredSet::default();
-        let source_elapsed = self
-            .source
-            .fetch(|row| desired.add(&row, &self.config.source.queue, &self.template, now))
-            .await?;
+        let rules = RowRules {
+            default_queue: &self.config.source.queue,
+            template: &self.template,
+            now_ms: now_ms(),
+            max_value_bytes: self.config.source.max_value_bytes,
+        };
+        let source_elapsed = self.source.fetch(|row| desired.add(&row, &rules)).await?;
         let (mut by_queue, mut invalid) = desired.finish().into_queues();
         by_queue
             .entry(self.config.source.queue.clone())
