@@ -3,11 +3,12 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 
 use crate::apply::{Action, RecoverReport};
 use crate::audit::{self, Severity};
 use crate::config::{Config, CONFIG_PATH_ENV};
+use crate::logging::{printable, LogFormat};
 use crate::warden::{StatusReport, Warden, WardenError};
 
 /// Exit codes, stable for scripts and orchestrators.
@@ -48,12 +49,6 @@ pub struct Cli {
 
     #[command(subcommand)]
     pub command: Command,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum LogFormat {
-    Plain,
-    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -104,7 +99,7 @@ pub enum Command {
 /// Parses arguments, runs the command and maps the outcome to an exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    crate::logging::init(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .on_thread_park(crate::memory::collect_when_idle)
         .enable_all()
@@ -118,18 +113,6 @@ pub fn main() -> ExitCode {
     };
     let code = runtime.block_on(run(cli));
     ExitCode::from(code)
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Plain => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
 }
 
 async fn run(cli: Cli) -> u8 {
@@ -183,7 +166,10 @@ async fn run(cli: Cli) -> u8 {
         Command::RemoveSchedulers { queue, all, .. } => {
             match warden.remove_schedulers(&queue, all).await {
                 Ok(removed) => {
-                    println!("removed {removed} job schedulers from queue {queue}");
+                    println!(
+                        "removed {removed} job schedulers from queue {}",
+                        printable(&queue)
+                    );
                     exit::OK
                 }
                 Err(e) => fail(&e),
@@ -200,7 +186,7 @@ async fn run(cli: Cli) -> u8 {
                         Severity::Warning => "warning",
                         Severity::Error => "error  ",
                     };
-                    println!("{label} {:<18} {}", f.check, f.message);
+                    println!("{label} {:<18} {}", f.check, printable(&f.message));
                 }
             }
             if audit.has_errors() {
@@ -222,7 +208,7 @@ async fn watch(config: Config) -> u8 {
     match crate::watch::run(config, shutdown).await {
         Ok(()) => exit::OK,
         Err(error) => {
-            eprintln!("bullmq-warden: {error}");
+            eprintln!("bullmq-warden: {}", printable(&error.to_string()));
             match error {
                 WatchError::Http(crate::http::HttpError::Bind { .. }) => exit::FAILURE,
                 WatchError::Source(_) => exit::SOURCE_UNREACHABLE,
@@ -251,7 +237,7 @@ async fn cancel_on_signal(shutdown: tokio_util::sync::CancellationToken) {
 
 /// Prints the one-line error and picks its exit code.
 fn fail(error: &WardenError) -> u8 {
-    eprintln!("bullmq-warden: {error}");
+    eprintln!("bullmq-warden: {}", printable(&error.to_string()));
     match error {
         WardenError::Config(_) => exit::USAGE,
         WardenError::Store(_) => exit::REDIS_UNREACHABLE,
@@ -279,7 +265,7 @@ fn print_status(report: &StatusReport, json: bool) {
         let c = &q.counts;
         println!(
             "{:<24} {:>8} {:>7} {:>9} {:>7} {:>8} {:>11} {:>7} {:>9} {:>10} {:>8} {:>8} {:>11} {:>8} {:>8}",
-            name, c.waiting, c.active, c.completed, c.failed, c.delayed, c.prioritized, c.paused,
+            printable(name), c.waiting, c.active, c.completed, c.failed, c.delayed, c.prioritized, c.paused,
             c.waiting_children, c.repeatable, q.desired, q.drift.missing, q.drift.mismatched,
             q.drift.orphaned, q.drift.invalid
         );
@@ -307,14 +293,23 @@ fn print_recover(report: &RecoverReport, json: bool) {
         };
         println!(
             "{verb:<13} {}/{}{differs}",
-            change.queue, change.scheduler_id
+            printable(&change.queue),
+            printable(&change.scheduler_id)
         );
     }
     for invalid in &report.invalid {
-        println!("invalid row   {}: {}", invalid.id, invalid.reason);
+        println!(
+            "invalid row   {}: {}",
+            printable(&invalid.id),
+            printable(&invalid.reason)
+        );
     }
     for failure in &report.failed {
-        println!("failed        {}: {}", failure.scheduler_id, failure.reason);
+        println!(
+            "failed        {}: {}",
+            printable(&failure.scheduler_id),
+            printable(&failure.reason)
+        );
     }
     println!(
         "{}: {} created, {} updated, {} unchanged, {} removed, {} invalid, {} failed in {} ms",

@@ -15,6 +15,7 @@
 //! - [`recovery`]: debounce, single-flight, backoff, lease and catch-up;
 //! - [`http`]: `/metrics`, health and the REST API;
 //! - [`cli`]: the command line;
+//! - `logging`: log output, with values from outside kept to one line;
 //! - [`memory`]: the allocator and when it returns memory to the system.
 
 pub mod apply;
@@ -25,6 +26,7 @@ pub mod config;
 pub mod desired;
 pub mod events;
 pub mod http;
+mod logging;
 pub mod memory;
 pub mod metrics;
 pub mod reconcile;
