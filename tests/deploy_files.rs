@@ -1033,10 +1033,9 @@ fn the_pod_runs_redis_and_the_sidecar_as_configured() {
         ("BULLMQ_WARDEN__WATCH__DRIFT_INTERVAL", "1s"),
     ];
 
-    // Without the Secret's token the sidecar refuses to serve on 0.0.0.0.
-    let mut no_token = overrides.to_vec();
-    no_token.push((TOKEN_ENV, ""));
-    let mut refused = warden(&pod, dir, &["watch"], &no_token)
+    // With the Secret's placeholder token the sidecar refuses to serve on
+    // 0.0.0.0: the example must not ship a token that works.
+    let mut refused = warden(&pod, dir, &["watch"], &overrides)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -1045,19 +1044,21 @@ fn the_pod_runs_redis_and_the_sidecar_as_configured() {
     while refused.try_wait().expect("poll").is_none() {
         if start.elapsed() > Duration::from_secs(10) {
             let _ = refused.kill();
-            panic!("bullmq-warden watch served on {listen} without an API token");
+            panic!("bullmq-warden watch served on {listen} with the shipped placeholder token");
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     let output = refused.wait_with_output().expect("output");
     assert!(!output.status.success(), "{}", support::text_of(&output));
     assert!(
-        support::text_of(&output).contains("token"),
+        support::text_of(&output).contains("placeholder"),
         "{}",
         support::text_of(&output)
     );
 
-    // With it, the probes and the metrics answer.
+    // With a real token, the probes and the metrics answer.
+    let mut overrides = overrides.to_vec();
+    overrides.push((TOKEN_ENV, "0f3c9a7e5b2d4c6e8a1f3b5d7c9e2a4b"));
     let watch_log = dir.join("watch.log");
     let (stdout, stderr) = log_file(&watch_log);
     let watcher = warden(&pod, dir, &["watch"], &overrides)
