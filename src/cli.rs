@@ -8,7 +8,8 @@ use clap::{Parser, Subcommand};
 use crate::apply::{Action, RecoverReport};
 use crate::audit::{self, Severity};
 use crate::config::{Config, CONFIG_PATH_ENV};
-use crate::logging::{printable, LogFormat};
+use crate::logging::LogFormat;
+use crate::text::printable;
 use crate::warden::{StatusReport, Warden, WardenError};
 
 /// Exit codes, stable for scripts and orchestrators.

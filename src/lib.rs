@@ -16,6 +16,7 @@
 //! - [`http`]: `/metrics`, health and the REST API;
 //! - [`cli`]: the command line;
 //! - `logging`: log output, with values from outside kept to one line;
+//! - `text`: escaping text from outside for a terminal or a log line;
 //! - [`memory`]: the allocator and when it returns memory to the system.
 
 pub mod apply;
@@ -34,5 +35,6 @@ pub mod recovery;
 pub mod redis_target;
 pub mod source;
 pub mod template;
+mod text;
 pub mod warden;
 pub mod watch;

@@ -12,6 +12,8 @@ use std::io::Write;
 
 use tracing_subscriber::fmt::MakeWriter;
 
+use crate::text;
+
 /// Which shape log lines take on stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -83,48 +85,12 @@ fn one_log_line(text: &str) -> String {
     for c in body.chars() {
         match c {
             '\x1b' | '\t' => line.push(c),
-            c if needs_escape(c) => push_escaped(&mut line, c),
+            c if text::needs_escape(c) => text::push_escaped(&mut line, c),
             c => line.push(c),
         }
     }
     line.push_str(end);
     line
-}
-
-/// Control characters, and the Unicode marks that reorder or break what a
-/// terminal shows (bidirectional overrides, line and paragraph separators).
-pub(crate) fn needs_escape(c: char) -> bool {
-    c.is_control()
-        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{2028}' | '\u{2029}')
-        || ('\u{202a}'..='\u{202e}').contains(&c)
-        || ('\u{2066}'..='\u{2069}').contains(&c)
-}
-
-pub(crate) fn push_escaped(out: &mut String, c: char) {
-    match c {
-        '\n' => out.push_str("\\n"),
-        '\r' => out.push_str("\\r"),
-        '\t' => out.push_str("\\t"),
-        c => out.push_str(&format!("\\u{{{:x}}}", u32::from(c))),
-    }
-}
-
-/// `text` fit for a terminal: every character [`needs_escape`] names is
-/// written as an escape, so a row's value cannot move the cursor, recolour
-/// the screen or start a line of its own.
-pub(crate) fn printable(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.chars().any(needs_escape) {
-        return std::borrow::Cow::Borrowed(text);
-    }
-    let mut out = String::with_capacity(text.len() + 8);
-    for c in text.chars() {
-        if needs_escape(c) {
-            push_escaped(&mut out, c);
-        } else {
-            out.push(c);
-        }
-    }
-    std::borrow::Cow::Owned(out)
 }
 
 #[cfg(test)]
@@ -142,12 +108,5 @@ mod tests {
             "\x1b[2mts\x1b[0m ok\n"
         );
         assert_eq!(one_log_line("a\u{202e}b\n"), "a\\u{202e}b\n");
-    }
-
-    #[test]
-    fn printable_escapes_what_would_steer_a_terminal() {
-        assert_eq!(printable("inspection:1"), "inspection:1");
-        assert_eq!(printable("x\n\x1b[31mred"), "x\\n\\u{1b}[31mred");
-        assert_eq!(printable("a\tb\u{7f}"), "a\\tb\\u{7f}");
     }
 }
