@@ -27,6 +27,49 @@ pub enum ConfigError {
     Env { var: String, reason: String },
 }
 
+impl ConfigError {
+    /// Serde's own messages quote the value they could not take (`invalid
+    /// type: string "redis://app:secret@…", expected a sequence`), and so
+    /// may a value given to the wrong key: every URL in the reason is redacted.
+    fn without_url_secrets(self) -> Self {
+        match self {
+            ConfigError::Read { path, reason } => ConfigError::Read {
+                path,
+                reason: redact_urls_in(&reason),
+            },
+            ConfigError::Parse { path, reason } => ConfigError::Parse {
+                path,
+                reason: redact_urls_in(&reason),
+            },
+            ConfigError::Invalid { key, reason } => ConfigError::Invalid {
+                key,
+                reason: redact_urls_in(&reason),
+            },
+            ConfigError::Env { var, reason } => ConfigError::Env {
+                var,
+                reason: redact_urls_in(&reason),
+            },
+        }
+    }
+}
+
+/// `text` with every `scheme://…` word passed through [`redact_url`]. A word
+/// ends at whitespace or a quote, which is how messages delimit values.
+fn redact_urls_in(text: &str) -> String {
+    let is_delimiter = |c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '`');
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let start = rest[..at].rfind(is_delimiter).map_or(0, |i| i + 1);
+        let end = rest[at..].find(is_delimiter).map_or(rest.len(), |i| at + i);
+        out.push_str(&rest[..start]);
+        out.push_str(&redact_url(&rest[start..end]));
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -256,7 +299,15 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 
 impl Config {
     /// Loads the file (if any), applies environment overrides, then validates.
+    /// No error shows a URL's secrets, whichever message quoted the value.
     pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        Self::load_unscrubbed(path, env).map_err(ConfigError::without_url_secrets)
+    }
+
+    fn load_unscrubbed(
         path: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {

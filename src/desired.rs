@@ -102,7 +102,8 @@ impl DesiredSet {
                         .insert(scheduler.queue.clone(), vec![scheduler]);
                 }
             },
-            Err(invalid) => {
+            Err(mut invalid) => {
+                invalid.reason = one_line(invalid.reason);
                 if let Some(queue) = &invalid.queue {
                     if !self.by_queue.contains_key(queue) {
                         self.by_queue.insert(queue.clone(), Vec::new());
@@ -116,7 +117,11 @@ impl DesiredSet {
     /// Checks what only the whole set shows (duplicate ids).
     pub fn finish(mut self) -> Self {
         for rows in self.by_queue.values_mut() {
-            self.invalid.extend(reject_duplicate_ids(rows));
+            self.invalid
+                .extend(reject_duplicate_ids(rows).into_iter().map(|mut invalid| {
+                    invalid.reason = one_line(invalid.reason);
+                    invalid
+                }));
         }
         self
     }
@@ -131,6 +136,15 @@ impl DesiredSet {
     /// included), and the invalid rows.
     pub fn into_queues(self) -> (BTreeMap<String, Vec<DesiredScheduler>>, Vec<InvalidRow>) {
         (self.by_queue, self.invalid)
+    }
+}
+
+/// A reason is read on one line of a report, a log or a terminal; values
+/// quoted in it (a cron parser's message, a row id) may hold line breaks.
+fn one_line(reason: String) -> String {
+    match crate::text::printable(&reason) {
+        std::borrow::Cow::Borrowed(_) => reason,
+        std::borrow::Cow::Owned(escaped) => escaped,
     }
 }
 
@@ -185,14 +199,6 @@ fn desired_from_row(
 ) -> Result<DesiredScheduler, InvalidRow> {
     let (template, now_ms) = (rules.template, rules.now_ms);
     let row_id = row.id_text();
-    if let Some(reason) = oversized_value(row, rules.max_value_bytes) {
-        return Err(InvalidRow {
-            id: shortened(&row_id),
-            queue: None,
-            scheduler_id: None,
-            reason,
-        });
-    }
     let queue = match row.get("queue") {
         Some(value) => value.as_text().map(|t| t.into_owned()).unwrap_or_default(),
         None => rules.default_queue.to_owned(),
@@ -203,13 +209,18 @@ fn desired_from_row(
         }
         row.get(column).and_then(ColumnValue::as_text)
     };
+    // Rendered even for a row that is rejected: its scheduler in Redis is
+    // then kept, not taken for an orphan.
     let scheduler_id = template.render(lookup).ok();
     let invalid = |reason: String| InvalidRow {
-        id: row_id.clone(),
+        id: shortened(&row_id),
         queue: Some(queue.clone()),
         scheduler_id: scheduler_id.clone(),
         reason,
     };
+    if let Some(reason) = oversized_value(row, rules.max_value_bytes) {
+        return Err(invalid(reason));
+    }
     if row.get("id").is_none() {
         return Err(invalid("row has no id column (or it is NULL)".into()));
     }
@@ -420,7 +431,7 @@ fn normalize_backoff(value: &Value) -> Result<Value, String> {
         .keys()
         .find(|k| !matches!(k.as_str(), "type" | "delay"))
     {
-        return Err(format!("backoff.{key} is not supported (type, delay)"));
+        return Err(format!("backoff.{key:?} is not supported (type, delay)"));
     }
     let kind = object
         .get("type")
@@ -447,7 +458,7 @@ fn normalize_keep(value: &Value, key: &str) -> Result<Value, String> {
             for (field, v) in object {
                 if !matches!(field.as_str(), "age" | "count" | "limit") {
                     return Err(format!(
-                        "{key}.{field} is not supported (age, count, limit)"
+                        "{key}.{field:?} is not supported (age, count, limit)"
                     ));
                 }
                 out.insert(field.clone(), Value::from(u64_value(v, key)?));
@@ -565,7 +576,7 @@ fn positive_integer(row: &SourceRow, column: &str) -> Result<Option<u64>, String
     match parsed {
         Some(n) if n > 0 => Ok(Some(n)),
         _ => Err(format!(
-            "{column} must be a positive integer, not {}",
+            "{column} must be a positive integer, not {:?}",
             value.as_text().unwrap_or_default()
         )),
     }
