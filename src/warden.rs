@@ -187,6 +187,7 @@ impl Warden {
             self.config.recovery.prune_orphans,
             self.config.recovery.concurrency,
             dry_run,
+            None,
         )
         .await)
     }
