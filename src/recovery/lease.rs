@@ -1,4 +1,5 @@
-//! A lease in Redis so that one sidecar of several restores the schedulers.
+//! A lease in Redis so that one writer of several restores the schedulers:
+//! the watchers of several sidecars, and `recover` from the CLI or the HTTP API.
 //!
 //! `SET key token NX PX ttl` takes it; renewal and release only act when the
 //! key still holds this writer's token, so a writer whose lease expired can
@@ -32,6 +33,29 @@ end
 return 0
 "#;
 
+/// How often a writer waiting for the lease tries again.
+const RETRY_EVERY: Duration = Duration::from_millis(200);
+
+/// Another writer kept the lease for as long as this one would wait.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the recovery lease {key} is held by {holder}: another bullmq-warden is restoring \
+     schedulers; gave up after waiting {waited:?} (config key recovery.lease_wait)"
+)]
+pub struct LeaseBusy {
+    key: String,
+    holder: String,
+    waited: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    #[error(transparent)]
+    Busy(#[from] LeaseBusy),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 #[derive(Clone)]
 pub struct Lease {
     store: SharedStore,
@@ -42,7 +66,8 @@ pub struct Lease {
 
 impl Lease {
     /// The lease key lives under the BullMQ prefix so that it follows the
-    /// queues' hash tag on a cluster.
+    /// queues' hash tag on a cluster. The token names host and process, so
+    /// that an operator told who holds the lease can find that writer.
     pub fn new(store: SharedStore, ttl: Duration) -> Self {
         let key = format!("{}:bullmq-warden:recovery-lease", store.get().prefix());
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into());
@@ -58,6 +83,30 @@ impl Lease {
     /// Takes the lease if nobody holds it; `None` when another writer does.
     pub async fn try_acquire(&self) -> Result<Option<Held>, StoreError> {
         Ok(self.acquire().await?.then(|| Held::start(self.clone())))
+    }
+
+    /// Takes the lease, waiting up to `wait` for another writer to finish.
+    pub async fn acquire_within(&self, wait: Duration) -> Result<Held, LeaseError> {
+        let deadline = Instant::now() + wait;
+        loop {
+            if let Some(held) = self.try_acquire().await? {
+                return Ok(held);
+            }
+            let now = Instant::now();
+            if now < deadline {
+                sleep(RETRY_EVERY.min(deadline - now)).await;
+                continue;
+            }
+            // Released since the last try: try again rather than blame nobody.
+            if let Some(holder) = self.holder().await? {
+                return Err(LeaseBusy {
+                    key: self.key.clone(),
+                    holder,
+                    waited: wait,
+                }
+                .into());
+            }
+        }
     }
 
     async fn acquire(&self) -> Result<bool, StoreError> {
