@@ -49,7 +49,7 @@ pub struct LeaseBusy {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum LeaseError {
+pub(crate) enum LeaseError {
     #[error(transparent)]
     Busy(#[from] LeaseBusy),
     #[error(transparent)]
@@ -81,12 +81,12 @@ impl Lease {
     }
 
     /// Takes the lease if nobody holds it; `None` when another writer does.
-    pub async fn try_acquire(&self) -> Result<Option<Held>, StoreError> {
+    pub(crate) async fn try_acquire(&self) -> Result<Option<Held>, StoreError> {
         Ok(self.acquire().await?.then(|| Held::start(self.clone())))
     }
 
     /// Takes the lease, waiting up to `wait` for another writer to finish.
-    pub async fn acquire_within(&self, wait: Duration) -> Result<Held, LeaseError> {
+    pub(crate) async fn acquire_within(&self, wait: Duration) -> Result<Held, LeaseError> {
         let deadline = Instant::now() + wait;
         loop {
             if let Some(held) = self.try_acquire().await? {
@@ -196,7 +196,7 @@ impl Held {
     }
 
     /// Why the lease was lost, once it was.
-    pub fn lost(&self) -> Option<&str> {
+    pub(crate) fn lost(&self) -> Option<&str> {
         self.lost.get().map(String::as_str)
     }
 
@@ -205,7 +205,7 @@ impl Held {
     /// taken over is noticed within a bounded number of writes rather than at
     /// the next renewal. A failed read decides nothing: the renewals give up
     /// once the lease cannot have outlived its ttl.
-    pub async fn confirm(&self) -> Option<&str> {
+    pub(crate) async fn confirm(&self) -> Option<&str> {
         if self.lost().is_none() {
             match self.lease.holder().await {
                 Ok(Some(holder)) if holder == self.lease.token => {}
@@ -219,7 +219,7 @@ impl Held {
     }
 
     /// Stops renewing and deletes the lease if it is still this writer's.
-    pub async fn release(self) -> Result<(), StoreError> {
+    pub(crate) async fn release(self) -> Result<(), StoreError> {
         let Self {
             lease,
             _renewal: renewal,
