@@ -3,6 +3,10 @@
 //! Redis runs one script at a time and serves its clients in turns, so a few
 //! dozen requests in flight keep it fully busy while other clients of the same
 //! Redis still get answered quickly; thousands would only queue up in front of them.
+//!
+//! Writes go out only while the recovery lease is this writer's: once it is
+//! lost another writer may be at work, and two writers racing over the same
+//! schedulers make BullMQ refuse each other's upserts.
 
 use std::time::{Duration, Instant};
 
@@ -12,6 +16,12 @@ use serde::Serialize;
 use crate::bullmq_store::{BullmqStore, NextRunJob};
 use crate::desired::{DesiredScheduler, InvalidRow};
 use crate::reconcile::Plan;
+use crate::recovery::lease::Held;
+
+/// Writes started between two checks that the lease is still ours: a lost
+/// lease stops the writer within this many writes (plus those in flight),
+/// for one GET per this many scripts.
+const LEASE_CHECK_EVERY: usize = 128;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -34,6 +44,9 @@ pub struct Change {
     pub action: Action,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub differs: Vec<&'static str>,
+    /// Not written: the writes stopped first (the report's `stopped` says why).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub not_done: bool,
 }
 
 /// A write that Redis refused or that could not be sent.
@@ -63,6 +76,10 @@ pub struct RecoverReport {
     pub invalid: Vec<InvalidRow>,
     pub failed: Vec<Failure>,
     pub changes: Vec<Change>,
+    /// Why the writes stopped before the plan was carried out: the recovery
+    /// lease was lost. The changes marked `notDone` were not written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<String>,
     pub duration_ms: u64,
 }
 
@@ -78,13 +95,31 @@ enum Write<'a> {
     },
 }
 
-/// Applies `plan`: creates and updates always, removes orphans only when `prune`.
+impl<'a> Write<'a> {
+    /// The queue and scheduler the write is about.
+    fn target(self) -> (&'a str, &'a str) {
+        match self {
+            Write::Upsert(s) | Write::UpsertAfterOrphan(s, _) | Write::ReplaceStranded(s, _) => {
+                (&s.queue, &s.scheduler_id)
+            }
+            Write::Remove {
+                queue,
+                scheduler_id,
+            } => (queue, scheduler_id),
+        }
+    }
+}
+
+/// Applies `plan`: creates and updates always, removes orphans only when
+/// `prune`. A real run writes only while it holds `lease` (a dry run writes
+/// nothing and needs none).
 pub async fn apply(
     store: &BullmqStore,
     plan: &Plan,
     prune: bool,
     concurrency: usize,
     dry_run: bool,
+    lease: Option<&Held>,
 ) -> RecoverReport {
     let started = Instant::now();
     let mut report = RecoverReport {
@@ -134,6 +169,7 @@ pub async fn apply(
                 row_id: None,
                 action: if prune { Action::Remove } else { Action::Keep },
                 differs: Vec::new(),
+                not_done: false,
             });
             if prune {
                 writes.push(Write::Remove {
@@ -157,15 +193,23 @@ pub async fn apply(
         return report;
     }
     // A hand-rolled window over FuturesUnordered: at most `concurrency` writes
-    // in flight, refilled as each one finishes.
+    // in flight, refilled as each one finishes — until the lease is lost;
+    // the writes in flight then finish (each is one atomic script).
     let mut failed_ids = std::collections::HashSet::new();
-    let mut queued = writes.into_iter();
+    let mut queued = writes.into_iter().peekable();
+    let mut started_writes = 0usize;
     let mut in_flight = FuturesUnordered::new();
     loop {
-        while in_flight.len() < concurrency {
-            match queued.next() {
-                Some(write) => in_flight.push(carry_out(store, write)),
-                None => break,
+        while in_flight.len() < concurrency && report.stopped.is_none() {
+            if queued.peek().is_none() {
+                break;
+            }
+            report.stopped = lease_lost(lease, started_writes).await;
+            if report.stopped.is_none() {
+                if let Some(write) = queued.next() {
+                    started_writes += 1;
+                    in_flight.push(carry_out(store, write));
+                }
             }
         }
         let Some((row_id, scheduler_id, result)) = in_flight.next().await else {
@@ -183,8 +227,10 @@ pub async fn apply(
             }
         }
     }
-    for c in &report.changes {
-        if failed_ids.contains(c.scheduler_id.as_str()) {
+    let not_done: std::collections::HashSet<(&str, &str)> = queued.map(Write::target).collect();
+    for c in &mut report.changes {
+        c.not_done = not_done.contains(&(c.queue.as_str(), c.scheduler_id.as_str()));
+        if c.not_done || failed_ids.contains(c.scheduler_id.as_str()) {
             continue;
         }
         match c.action {
@@ -194,9 +240,22 @@ pub async fn apply(
         }
     }
     report.recovered_tasks = report.created + report.updated;
-    report.success = report.failed.is_empty();
+    report.success = report.failed.is_empty() && report.stopped.is_none();
     report.duration_ms = millis(started.elapsed());
     report
+}
+
+/// Why the lease is no longer ours, if it is not: asks Redis before the
+/// first write and every `LEASE_CHECK_EVERY` writes, and hears from the
+/// renewals in between.
+async fn lease_lost(lease: Option<&Held>, started_writes: usize) -> Option<String> {
+    let lease = lease?;
+    let reason = if started_writes.is_multiple_of(LEASE_CHECK_EVERY) {
+        lease.confirm().await
+    } else {
+        lease.lost()
+    };
+    reason.map(|reason| format!("{reason}; stopped writing after {started_writes} writes"))
 }
 
 /// One write; returns the row id, the scheduler id, and whether it removed one.
@@ -241,6 +300,7 @@ fn change(scheduler: &DesiredScheduler, action: Action, differs: Vec<&'static st
         row_id: Some(scheduler.row_id.clone()),
         action,
         differs,
+        not_done: false,
     }
 }
 

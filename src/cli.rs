@@ -28,6 +28,9 @@ pub mod exit {
     pub const REDIS_UNREACHABLE: u8 = 5;
     /// The source database could not be reached or its query failed.
     pub const SOURCE_UNREACHABLE: u8 = 6;
+    /// `recover` did not get the recovery lease within `recovery.lease_wait`
+    /// (another bullmq-warden is restoring), or lost it and stopped writing.
+    pub const LEASE: u8 = 7;
 }
 
 #[derive(Debug, Parser)]
@@ -36,7 +39,8 @@ pub mod exit {
     version,
     about = "Watches the Redis behind BullMQ and restores job schedulers from a SQL source of truth",
     after_help = "Exit codes: 0 ok, 1 failure, 2 usage or config error, 3 invalid rows skipped, \
-                  4 check found problems, 5 Redis unreachable, 6 source database unreachable.\n\
+                  4 check found problems, 5 Redis unreachable, 6 source database unreachable, \
+                  7 recovery lease held by another bullmq-warden (or lost while writing).\n\
                   Every config key can be set as BULLMQ_WARDEN__<SECTION>__<KEY>, e.g. BULLMQ_WARDEN__REDIS__URL."
 )]
 pub struct Cli {
@@ -154,7 +158,9 @@ async fn run(cli: Cli) -> u8 {
         } => match warden.recover(queue.as_deref(), dry_run).await {
             Ok(report) => {
                 print_recover(&report, json);
-                if !report.success {
+                if report.stopped.is_some() {
+                    exit::LEASE
+                } else if !report.success {
                     exit::FAILURE
                 } else if !report.invalid.is_empty() {
                     exit::INVALID_ROWS
@@ -243,6 +249,7 @@ fn fail(error: &WardenError) -> u8 {
         WardenError::Config(_) => exit::USAGE,
         WardenError::Store(_) => exit::REDIS_UNREACHABLE,
         WardenError::Source(_) => exit::SOURCE_UNREACHABLE,
+        WardenError::LeaseBusy(_) => exit::LEASE,
     }
 }
 
@@ -279,6 +286,7 @@ fn print_recover(report: &RecoverReport, json: bool) {
     }
     for change in &report.changes {
         let verb = match (change.action, report.dry_run) {
+            _ if change.not_done => "not done",
             (Action::Create, true) => "would create",
             (Action::Create, false) => "created",
             (Action::Update, true) => "would update",
@@ -311,6 +319,10 @@ fn print_recover(report: &RecoverReport, json: bool) {
             printable(&failure.scheduler_id),
             printable(&failure.reason)
         );
+    }
+    if let Some(reason) = &report.stopped {
+        let not_done = report.changes.iter().filter(|c| c.not_done).count();
+        println!("stopped       {reason}; {not_done} changes not done");
     }
     println!(
         "{}: {} created, {} updated, {} unchanged, {} removed, {} invalid, {} failed in {} ms",

@@ -166,6 +166,10 @@ pub struct RecoveryConfig {
     /// How long the recovery lease lasts unless renewed.
     #[serde(with = "duration_text")]
     pub lease_ttl: Duration,
+    /// How long `recover` (CLI or HTTP) waits for another writer's lease
+    /// before it gives up.
+    #[serde(with = "duration_text")]
+    pub lease_wait: Duration,
     /// The application's recover endpoint, for `strategy = "webhook"`.
     pub webhook_url: Option<String>,
     /// Extra request headers for the webhook.
@@ -189,6 +193,7 @@ impl Default for RecoveryConfig {
             backoff_min: Duration::from_millis(500),
             backoff_max: Duration::from_secs(60),
             lease_ttl: Duration::from_secs(30),
+            lease_wait: Duration::from_secs(30),
             webhook_url: None,
             webhook_headers: BTreeMap::new(),
             webhook_token_file: None,
@@ -264,6 +269,10 @@ impl Default for HttpConfig {
         }
     }
 }
+
+/// The longest `recovery.lease_wait`; an HTTP client or a script would
+/// rather hear that the lease is busy than hang.
+const MAX_LEASE_WAIT: Duration = Duration::from_secs(600);
 
 /// Durations written as `500ms`, `2s`, `15m` or `1h`.
 mod duration_text {
@@ -462,6 +471,12 @@ impl Config {
         }
         if self.recovery.lease_ttl < Duration::from_secs(1) {
             return Err(invalid("recovery.lease_ttl", "must be at least 1s".into()));
+        }
+        if self.recovery.lease_wait > MAX_LEASE_WAIT {
+            return Err(invalid(
+                "recovery.lease_wait",
+                "must be at most 10m: a caller waiting longer is better told to retry".into(),
+            ));
         }
         for (key, value) in [
             ("watch.info_interval", self.watch.info_interval),
@@ -707,6 +722,10 @@ mod tests {
         assert!(err.to_string().contains("debounce_quiet"), "{err}");
         let err = load_str("[recovery]\nstrategy = \"webhook\"\n", &[]).unwrap_err();
         assert!(err.to_string().contains("recovery.webhook_url"), "{err}");
+        let err = load_str("[recovery]\nlease_wait = \"11m\"\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("recovery.lease_wait"), "{err}");
+        let config = load_str("[recovery]\nlease_wait = \"0s\"\n", &[]).unwrap();
+        assert_eq!(config.recovery.lease_wait, Duration::ZERO);
     }
 
     #[test]

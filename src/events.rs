@@ -108,6 +108,11 @@ pub enum Event<'a> {
         recheck_in: Duration,
     },
     LeaseHeld(bool),
+    /// The lease was lost during a recovery, which stopped writing; the
+    /// attempt counts as failed and is retried.
+    LeaseLost {
+        reason: &'a str,
+    },
     CatchupFired {
         queue: &'a str,
         scheduler_id: &'a str,
@@ -311,6 +316,10 @@ impl Observer {
             Event::LeaseHeld(held) => {
                 tracing::debug!(event = "lease", held, "recovery lease");
                 m.lease_held.set(i64::from(held));
+            }
+            Event::LeaseLost { reason } => {
+                tracing::warn!(event = "lease_lost", "{reason}");
+                m.lease_held.set(0);
             }
             Event::CatchupFired {
                 queue,

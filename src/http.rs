@@ -310,6 +310,12 @@ async fn recover(
             }
             Json(report).into_response()
         }
+        // Another writer holds the lease: a conflict to retry, not an outage.
+        Err(error @ WardenError::LeaseBusy(_)) => (
+            StatusCode::CONFLICT,
+            Json(serde_json::json!({"error": error.to_string()})),
+        )
+            .into_response(),
         Err(error) => unavailable(&error),
     };
     crate::memory::release_after_comparison();

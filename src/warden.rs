@@ -16,6 +16,7 @@ use crate::config::{Config, ConfigError};
 use crate::desired::DesiredScheduler;
 use crate::desired::{DesiredSet, RowRules};
 use crate::reconcile::{protected_ids, Plan, QueuePlan};
+use crate::recovery::lease::{Lease, LeaseBusy, LeaseError};
 use crate::source::{Source, SourceError};
 use crate::template::IdTemplate;
 
@@ -27,6 +28,17 @@ pub enum WardenError {
     Source(#[from] SourceError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    LeaseBusy(#[from] LeaseBusy),
+}
+
+impl From<LeaseError> for WardenError {
+    fn from(error: LeaseError) -> Self {
+        match error {
+            LeaseError::Busy(busy) => WardenError::LeaseBusy(busy),
+            LeaseError::Store(error) => WardenError::Store(error),
+        }
+    }
 }
 
 /// Drift between the rows and Redis for one queue.
@@ -177,20 +189,46 @@ impl Warden {
     }
 
     /// recoverTasks: brings Redis in line with the rows; idempotent.
+    ///
+    /// Writes under the same lease as the watchers' recoveries, waiting up to
+    /// `recovery.lease_wait` for it, and compares only once it holds it, so
+    /// that it sees what the writer before it did. A dry run takes no lease.
     pub async fn recover(
         &self,
         only_queue: Option<&str>,
         dry_run: bool,
     ) -> Result<RecoverReport, WardenError> {
-        let snapshot = self.snapshot(only_queue).await?;
-        Ok(apply(
-            &self.store(),
-            &snapshot.plan,
-            self.config.recovery.prune_orphans,
-            self.config.recovery.concurrency,
-            dry_run,
-        )
-        .await)
+        let recovery = &self.config.recovery;
+        if dry_run {
+            let snapshot = self.snapshot(only_queue).await?;
+            return Ok(apply(
+                &self.store(),
+                &snapshot.plan,
+                recovery.prune_orphans,
+                recovery.concurrency,
+                true,
+                None,
+            )
+            .await);
+        }
+        let lease = Lease::new(self.store.clone(), recovery.lease_ttl)
+            .acquire_within(recovery.lease_wait)
+            .await?;
+        let outcome = match self.snapshot(only_queue).await {
+            Ok(snapshot) => Ok(apply(
+                &self.store(),
+                &snapshot.plan,
+                recovery.prune_orphans,
+                recovery.concurrency,
+                false,
+                Some(&lease),
+            )
+            .await),
+            Err(error) => Err(error),
+        };
+        // A release that fails leaves the lease to expire after its ttl.
+        let _ = lease.release().await;
+        outcome
     }
 
     /// removeAllRepeatableTasks: removes the queue's job schedulers through

@@ -30,7 +30,7 @@ use crate::events::{Cause, Event, Observer};
 use crate::reconcile::Plan;
 use crate::warden::{now_ms, Snapshot, Warden, WardenError};
 use debounce::Debounce;
-use lease::Lease;
+use lease::{Held, Lease};
 use webhook::Webhook;
 
 /// A comparison that takes longer is abandoned and retried: something hangs.
@@ -69,6 +69,9 @@ pub type RestoredCounts = Arc<std::sync::Mutex<BTreeMap<String, u64>>>;
 enum AttemptError {
     /// Another sidecar holds the lease.
     LeaseBusy,
+    /// The lease was lost while writing, so the writes stopped: another
+    /// sidecar may be writing now.
+    LeaseLost(String),
     Failed(String),
 }
 
@@ -233,7 +236,7 @@ impl Controller {
             if !self.wait_while_loading(shutdown).await {
                 return;
             }
-            match self
+            let error = match self
                 .attempt(trigger, only_periodic, since_ms, failures + 1)
                 .await
             {
@@ -250,24 +253,28 @@ impl Controller {
                     if !pause(recheck, shutdown).await {
                         return;
                     }
+                    continue;
                 }
-                Err(AttemptError::Failed(error)) => {
-                    failures += 1;
-                    let ceiling = delays.next().unwrap_or(self.config.recovery.backoff_max);
-                    let retry_in = full_jitter(ceiling);
-                    let queues = self.queues.read().map(|q| q.clone()).unwrap_or_default();
-                    self.observer.emit(Event::RecoveryFailed {
-                        trigger,
-                        queues: &queues,
-                        attempt: failures,
-                        error,
-                        backoff: ceiling,
-                        retry_in,
-                    });
-                    if !pause(retry_in, shutdown).await {
-                        return;
-                    }
+                Err(AttemptError::LeaseLost(reason)) => {
+                    self.observer.emit(Event::LeaseLost { reason: &reason });
+                    reason
                 }
+                Err(AttemptError::Failed(error)) => error,
+            };
+            failures += 1;
+            let ceiling = delays.next().unwrap_or(self.config.recovery.backoff_max);
+            let retry_in = full_jitter(ceiling);
+            let queues = self.queues.read().map(|q| q.clone()).unwrap_or_default();
+            self.observer.emit(Event::RecoveryFailed {
+                trigger,
+                queues: &queues,
+                attempt: failures,
+                error,
+                backoff: ceiling,
+                retry_in,
+            });
+            if !pause(retry_in, shutdown).await {
+                return;
             }
         }
     }
@@ -285,32 +292,32 @@ impl Controller {
         let _serialised = self.apply_lock.clone().lock_owned().await;
         if !self.config.recovery.auto {
             return self
-                .compare_and_recover(trigger, only_periodic, since_ms, attempt)
+                .compare_and_recover(trigger, only_periodic, since_ms, attempt, None)
                 .await;
         }
         self.redis_answers()?;
-        if !self.lease.acquire().await.map_err(WardenError::from)? {
+        let Some(lease) = self.lease.try_acquire().await.map_err(WardenError::from)? else {
             return Err(AttemptError::LeaseBusy);
-        }
+        };
         self.observer.emit(Event::LeaseHeld(true));
-        let renewal = self.keep_lease_renewed();
         let outcome = self
-            .compare_and_recover(trigger, only_periodic, since_ms, attempt)
+            .compare_and_recover(trigger, only_periodic, since_ms, attempt, Some(&lease))
             .await;
-        renewal.cancel();
-        if let Err(error) = self.lease.release().await {
+        if let Err(error) = lease.release().await {
             tracing::warn!(event = "lease_release_failed", "{error}");
         }
         self.observer.emit(Event::LeaseHeld(false));
         outcome
     }
 
+    /// Acts on what differs only with `lease` (automatic recovery is on).
     async fn compare_and_recover(
         &mut self,
         trigger: Cause,
         only_periodic: bool,
         since_ms: u64,
         attempt: u32,
+        lease: Option<&Held>,
     ) -> Result<(), AttemptError> {
         let snapshot = self.compare().await?;
         if snapshot.plan.is_in_sync() {
@@ -340,10 +347,11 @@ impl Controller {
             mismatched: snapshot.plan.mismatched(),
             acting: self.config.recovery.auto,
         });
-        if !self.config.recovery.auto {
+        let Some(lease) = lease else {
             return Ok(());
-        }
-        self.recover(trigger, since_ms, attempt, snapshot).await?;
+        };
+        self.recover(trigger, since_ms, attempt, snapshot, lease)
+            .await?;
         self.drift_seen = false;
         Ok(())
     }
@@ -390,13 +398,15 @@ impl Controller {
         Ok(snapshot)
     }
 
-    /// Restores what `snapshot` found missing or different; the lease is held.
+    /// Restores what `snapshot` found missing or different, while `lease`
+    /// stays this sidecar's.
     async fn recover(
         &self,
         trigger: Cause,
         since_ms: u64,
         attempt: u32,
         snapshot: Snapshot,
+        lease: &Held,
     ) -> Result<(), AttemptError> {
         self.observer
             .emit(Event::RecoveryStarted { trigger, attempt });
@@ -417,7 +427,8 @@ impl Controller {
                 }
                 // The application did the writes: the report is the plan it
                 // was asked to carry out (the dry run's report), now done.
-                let mut report = apply(&self.warden.store(), &snapshot.plan, false, 1, true).await;
+                let mut report =
+                    apply(&self.warden.store(), &snapshot.plan, false, 1, true, None).await;
                 report.dry_run = false;
                 report.recovered_tasks = report.created + report.updated;
                 report
@@ -430,8 +441,12 @@ impl Controller {
                     self.config.recovery.prune_orphans,
                     self.config.recovery.concurrency,
                     false,
+                    Some(lease),
                 )
                 .await;
+                if let Some(reason) = report.stopped {
+                    return Err(AttemptError::LeaseLost(reason));
+                }
                 if let Some(failure) = report.failed.first() {
                     return Err(AttemptError::Failed(format!(
                         "{} of {} writes failed, first: {}: {}",
@@ -463,7 +478,8 @@ impl Controller {
             true,
             self.config.recovery.prune_orphans,
         );
-        if self.config.recovery.catchup == Catchup::FireOnce {
+        // Catch-up jobs are writes too: none once the lease is gone.
+        if self.config.recovery.catchup == Catchup::FireOnce && lease.confirm().await.is_none() {
             self.catch_up(&snapshot.plan, since_ms).await;
         }
         Ok(())
@@ -509,32 +525,6 @@ impl Controller {
                 ),
             }
         }
-    }
-
-    /// Renews the lease every third of its lifetime until cancelled.
-    fn keep_lease_renewed(&self) -> CancellationToken {
-        let stop = CancellationToken::new();
-        let every = self.lease.ttl() / 3;
-        let lease = self.lease.clone();
-        let token = stop.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = sleep(every) => {
-                        match lease.renew().await {
-                            Ok(true) => {}
-                            Ok(false) => {
-                                tracing::warn!(event = "lease_lost", "the recovery lease expired during a recovery");
-                                return;
-                            }
-                            Err(error) => tracing::warn!(event = "lease_renew_failed", "{error}"),
-                        }
-                    }
-                    _ = token.cancelled() => return,
-                }
-            }
-        });
-        stop
     }
 
     /// Waits while Redis loads its dataset; `false` when the watcher stops.
