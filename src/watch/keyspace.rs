@@ -314,8 +314,8 @@ impl KeyspaceWatcher {
         }
     }
 
-    /// Subscribes to `patterns` and the probe key on every primary, and
-    /// tracks flushes where the server allows it.
+    /// Subscribes to `patterns` on every primary, and to the probe key where
+    /// the flags cannot be read; tracks flushes where the server allows it.
     async fn subscribe(
         &self,
         primaries: &[(String, redis::Client)],
@@ -324,10 +324,12 @@ impl KeyspaceWatcher {
         let mut session = Session::default();
         let probe_channel = Probe::new(self.db, &self.prefix, Vec::new()).channel;
         for (url, client) in primaries {
+            let mut probed = false;
             match self.ensure_config(client).await {
                 Ok(Flags::Known(detail)) => session.details.push(detail),
                 Ok(Flags::Unreadable(reason)) => {
-                    session.unreadable.push(format!("{url}: {reason}"))
+                    probed = true;
+                    session.unreadable.push(format!("{url}: {reason}"));
                 }
                 Err(problem) => session.problems.push(format!("{url}: {problem}")),
             }
@@ -341,10 +343,12 @@ impl KeyspaceWatcher {
                 .map_err(|e| format!("{url}: {e}"))?;
             // Subscribed as a pattern without wildcards: its permission in
             // the ACL is then the literal name.
-            subscription
-                .psubscribe(&probe_channel)
-                .await
-                .map_err(|e| format!("{url}: {e}"))?;
+            if probed {
+                subscription
+                    .psubscribe(&probe_channel)
+                    .await
+                    .map_err(|e| format!("{url}: {e}"))?;
+            }
             session.subscriptions.push(subscription);
             // A closed subscription ends the session, so it is subscribed again.
             session.streams.push(
