@@ -42,6 +42,11 @@ const DETECTION_LOG_INTERVAL: Duration = Duration::from_secs(1);
 /// the write runs, so they arrive within milliseconds when they arrive at all.
 const PROBE_WAIT: Duration = Duration::from_secs(2);
 
+/// How long the probe key lives. Not a single millisecond: Redis deletes a
+/// key whose expiry has passed by the time PEXPIRE runs, publishing `del`
+/// instead of `expire`, and on a busy server that millisecond can pass.
+const PROBE_TTL_MS: u64 = 20;
+
 /// The notifications the probe's writes cause, with the flag each one needs:
 /// `ZADD` (z), `PEXPIRE` (g) and the key expiring (x). Evictions (e) cannot
 /// be provoked.
@@ -81,9 +86,10 @@ enum Flags {
 }
 
 /// A key under the prefix that is written once per session when the flags
-/// cannot be read, to see whether its notifications arrive. Its name ends in
-/// neither `repeat` nor `repeat:<id>`, so it never looks like a scheduler key,
-/// and `bullmq-warden` holds no `:`, so no BullMQ queue can own it.
+/// cannot be read, to see whether its notifications arrive. Under the prefix
+/// because the ACL grants no other key; BullMQ writes no `<queue>:probe`, and
+/// the name ends in neither `repeat` nor `repeat:<id>`, so its notifications
+/// never look like a scheduler's.
 struct Probe {
     key: String,
     channel: String,
@@ -94,13 +100,16 @@ struct Probe {
 
 impl Probe {
     fn new(db: u32, prefix: &str, unreadable: Vec<String>) -> Self {
-        let key = format!("{prefix}:bullmq-warden:probe");
         Self {
-            channel: format!("__keyspace@{db}__:{key}"),
-            key,
+            key: format!("{prefix}:bullmq-warden:probe"),
+            channel: Self::channel(db, prefix),
             unreadable,
             seen: Vec::new(),
         }
+    }
+
+    fn channel(db: u32, prefix: &str) -> String {
+        format!("__keyspace@{db}__:{prefix}:bullmq-warden:probe")
     }
 
     /// Writes the key so that each of `PROBE_EVENTS` is published once.
@@ -114,12 +123,12 @@ impl Probe {
             .ignore()
             .cmd("PEXPIRE")
             .arg(&self.key)
-            .arg(1)
+            .arg(PROBE_TTL_MS)
             .ignore()
             .query_async::<()>(&mut conn)
             .await
             .map_err(|e| store.error(e).to_string())?;
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(3 * PROBE_TTL_MS)).await;
         // Reading an expired key deletes it and publishes `expired`.
         redis::cmd("EXISTS")
             .arg(&self.key)
@@ -322,7 +331,7 @@ impl KeyspaceWatcher {
         patterns: &[String],
     ) -> Result<Session, String> {
         let mut session = Session::default();
-        let probe_channel = Probe::new(self.db, &self.prefix, Vec::new()).channel;
+        let probe_channel = Probe::channel(self.db, &self.prefix);
         for (url, client) in primaries {
             let mut probed = false;
             match self.ensure_config(client).await {
