@@ -65,6 +65,12 @@ impl RedisSettings {
             .query_async(&mut conn)
             .await
             .map_err(|e| store.error(e))?;
+        if may_run(&mut conn, &["config", "get", "appendonly"]).await == Some(false) {
+            return Ok(Self {
+                config: None,
+                info: parse_info(&info_text),
+            });
+        }
         let mut config = HashMap::new();
         for key in ["appendonly", "appendfsync", "save", "maxmemory-policy"] {
             let reply: Result<Vec<String>, _> = redis::cmd("CONFIG")
@@ -93,6 +99,23 @@ impl RedisSettings {
     }
 }
 
+/// Asks Redis whether this account may run `command` (`["config", "get",
+/// "save"]`), without running it: a refused command is written to the ACL
+/// log, and the least-privilege account is refused CONFIG on every poll.
+/// `None` when Redis cannot tell (before 7.0, or the command is renamed).
+pub(crate) async fn may_run(
+    conn: &mut impl redis::aio::ConnectionLike,
+    command: &[&str],
+) -> Option<bool> {
+    let verdict: redis::RedisResult<i64> = redis::Script::new(ACL_CHECK)
+        .arg(command)
+        .invoke_async(conn)
+        .await;
+    verdict.ok().map(|v| v == 1)
+}
+
+const ACL_CHECK: &str = "return redis.acl_check_cmd(unpack(ARGV)) and 1 or 0";
+
 /// `INFO` text as key/value pairs.
 pub fn parse_info(text: &str) -> HashMap<String, String> {
     text.lines()
@@ -120,11 +143,7 @@ pub fn audit_settings(settings: &RedisSettings, audit: &mut Audit) {
         audit.push(Severity::Info, "redis-version", format!("Redis {version}"));
     }
     let Some(config) = &settings.config else {
-        audit.push(
-            Severity::Warning,
-            "config-access",
-            "CONFIG GET is not allowed (managed Redis?): persistence and eviction settings were not audited",
-        );
+        audit_from_info(&settings.info, audit);
         return;
     };
     let get = |key: &str| config.get(key).map(String::as_str).unwrap_or_default();
@@ -161,6 +180,42 @@ pub fn audit_settings(settings: &RedisSettings, audit: &mut Audit) {
             format!("maxmemory-policy is {policy}; BullMQ requires noeviction, or Redis may evict schedulers"),
         );
     }
+}
+
+/// What `INFO` tells of the settings when CONFIG GET is not granted (the
+/// least-privilege ACL, managed Redis): whether AOF is on and the eviction
+/// policy. What only CONFIG shows is named in one warning.
+fn audit_from_info(info: &HashMap<String, String>, audit: &mut Audit) {
+    let mut unverified = Vec::new();
+    match info.get("aof_enabled").map(String::as_str) {
+        Some("1") => unverified.push("appendfsync (how often the AOF reaches disk)"),
+        Some(_) => {
+            audit.push(
+                Severity::Warning,
+                "persistence",
+                "AOF is off (INFO aof_enabled:0): unless RDB snapshots are configured, a restart loses every scheduler; BullMQ recommends appendonly yes",
+            );
+            unverified.push("save (whether RDB snapshots are configured)");
+        }
+        None => unverified.push("appendonly and save (whether Redis persists at all)"),
+    }
+    match info.get("maxmemory_policy") {
+        Some(policy) if policy != "noeviction" => audit.push(
+            Severity::Error,
+            "eviction-policy",
+            format!("maxmemory-policy is {policy}; BullMQ requires noeviction, or Redis may evict schedulers"),
+        ),
+        Some(_) => {}
+        None => unverified.push("maxmemory-policy (must be noeviction)"),
+    }
+    audit.push(
+        Severity::Warning,
+        "config-access",
+        format!(
+            "CONFIG GET is not granted (least-privilege ACL or managed Redis), so INFO was read instead; not verified: {}",
+            unverified.join(", ")
+        ),
+    );
 }
 
 /// Runs every check; connection failures become findings, not errors.
@@ -276,6 +331,32 @@ mod tests {
                 ("persistence", Severity::Error),
                 ("eviction-policy", Severity::Error)
             ]
+        );
+    }
+
+    #[test]
+    fn without_config_info_shows_aof_and_the_eviction_policy() {
+        let info = |text: &str| RedisSettings {
+            config: None,
+            info: parse_info(&format!("redis_version:7.0.15\r\n{text}")),
+        };
+        let safe = info("aof_enabled:1\r\nmaxmemory_policy:noeviction\r\n");
+        assert_eq!(checks(&safe), vec![("config-access", Severity::Warning)]);
+        let bare = info("aof_enabled:0\r\nmaxmemory_policy:allkeys-lru\r\n");
+        assert_eq!(
+            checks(&bare),
+            vec![
+                ("persistence", Severity::Warning),
+                ("eviction-policy", Severity::Error),
+                ("config-access", Severity::Warning)
+            ]
+        );
+        let mut audit = Audit::default();
+        audit_settings(&safe, &mut audit);
+        let access = audit.findings.last().map(|f| f.message.as_str());
+        assert!(
+            access.is_some_and(|m| m.contains("not granted") && m.contains("appendfsync")),
+            "{access:?}"
         );
     }
 

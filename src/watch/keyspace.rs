@@ -38,6 +38,20 @@ const LOSS_EVENTS: [&str; 8] = [
 /// counts as a trigger.
 const DETECTION_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How long the probe key's notifications may take. They are published while
+/// the write runs, so they arrive within milliseconds when they arrive at all.
+const PROBE_WAIT: Duration = Duration::from_secs(2);
+
+/// How long the probe key lives. Not a single millisecond: Redis deletes a
+/// key whose expiry has passed by the time PEXPIRE runs, publishing `del`
+/// instead of `expire`, and on a busy server that millisecond can pass.
+const PROBE_TTL_MS: u64 = 20;
+
+/// The notifications the probe's writes cause, with the flag each one needs:
+/// `ZADD` (z), `PEXPIRE` (g) and the key expiring (x). Evictions (e) cannot
+/// be provoked.
+const PROBE_EVENTS: [(&str, char); 3] = [("zadd", 'z'), ("expire", 'g'), ("expired", 'x')];
+
 pub struct KeyspaceWatcher {
     pub store: SharedStore,
     /// Bumped when Sentinel moves the primary: subscribe there instead.
@@ -61,6 +75,108 @@ pub struct KeyspaceWatcher {
     /// deletion by someone else in those moments is still found by the poll
     /// (an emptied set) or by the next drift check.
     pub own_writes: watch::Receiver<bool>,
+}
+
+/// What is known of the server's notification flags.
+enum Flags {
+    /// CONFIG GET showed them sufficient, or CONFIG SET made them so.
+    Known(String),
+    /// CONFIG GET is not granted (the least-privilege ACL): only a probe tells.
+    Unreadable(String),
+}
+
+/// A key under the prefix that is written once per session when the flags
+/// cannot be read, to see whether its notifications arrive. Under the prefix
+/// because the ACL grants no other key; BullMQ writes no `<queue>:probe`, and
+/// the name ends in neither `repeat` nor `repeat:<id>`, so its notifications
+/// never look like a scheduler's.
+struct Probe {
+    key: String,
+    channel: String,
+    /// Why the flags were not read, per server.
+    unreadable: Vec<String>,
+    seen: Vec<&'static str>,
+}
+
+impl Probe {
+    fn new(db: u32, prefix: &str, unreadable: Vec<String>) -> Self {
+        Self {
+            key: format!("{prefix}:bullmq-warden:probe"),
+            channel: Self::channel(db, prefix),
+            unreadable,
+            seen: Vec::new(),
+        }
+    }
+
+    fn channel(db: u32, prefix: &str) -> String {
+        format!("__keyspace@{db}__:{prefix}:bullmq-warden:probe")
+    }
+
+    /// Writes the key so that each of `PROBE_EVENTS` is published once.
+    async fn write(&self, store: &crate::bullmq_store::BullmqStore) -> Result<(), String> {
+        let mut conn = store.raw();
+        redis::pipe()
+            .cmd("ZADD")
+            .arg(&self.key)
+            .arg(0)
+            .arg("probe")
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(&self.key)
+            .arg(PROBE_TTL_MS)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| store.error(e).to_string())?;
+        tokio::time::sleep(Duration::from_millis(3 * PROBE_TTL_MS)).await;
+        // Reading an expired key deletes it and publishes `expired`.
+        redis::cmd("EXISTS")
+            .arg(&self.key)
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| store.error(e).to_string())
+    }
+
+    /// Notes a notification; `true` once every probed one has arrived.
+    fn observe(&mut self, event: &str) -> bool {
+        if let Some((name, _)) = PROBE_EVENTS.iter().find(|(name, _)| *name == event) {
+            if !self.seen.contains(name) {
+                self.seen.push(name);
+            }
+        }
+        self.seen.len() == PROBE_EVENTS.len()
+    }
+
+    /// The flags whose notifications did not arrive.
+    fn missing(&self) -> String {
+        PROBE_EVENTS
+            .iter()
+            .filter(|(name, _)| !self.seen.contains(name))
+            .map(|(_, flag)| *flag)
+            .collect()
+    }
+
+    fn detail(&self, outcome: &str) -> String {
+        format!(
+            "{}; {outcome} for the probe key {}",
+            self.unreadable.join("; "),
+            self.key
+        )
+    }
+}
+
+/// The subscriptions of one session and what setting them up found.
+#[derive(Default)]
+struct Session {
+    subscriptions: Vec<redis::aio::PubSubSink>,
+    streams: Vec<futures::stream::BoxStream<'static, Notice>>,
+    /// Tracking lasts as long as its connection: kept until the session ends.
+    trackings: Vec<FlushTracking>,
+    details: Vec<String>,
+    /// Servers whose flags are known to lack what is needed.
+    problems: Vec<String>,
+    /// Servers whose flags could not be read.
+    unreadable: Vec<String>,
 }
 
 /// What a session's connections report.
@@ -124,59 +240,11 @@ impl KeyspaceWatcher {
             format!("{channel_prefix}*:repeat"),
             format!("{channel_prefix}*:repeat:*"),
         ];
-        let mut streams = Vec::new();
-        let mut subscriptions = Vec::new();
-        let mut problems = Vec::new();
-        let mut details = Vec::new();
-        // Tracking lasts as long as its connection: kept until the session ends.
-        let mut trackings = Vec::new();
-        for (url, client) in &primaries {
-            match self.ensure_config(client).await {
-                Ok(detail) => details.push(detail),
-                Err(problem) => problems.push(format!("{url}: {problem}")),
-            }
-            let (mut subscription, messages) = match client.get_async_pubsub().await {
-                Ok(pubsub) => pubsub.split(),
-                Err(e) => return format!("{url}: {e}"),
-            };
-            if let Err(e) = subscription.psubscribe(&patterns).await {
-                return format!("{url}: {e}");
-            }
-            subscriptions.push(subscription);
-            // A closed subscription ends the session, so it is subscribed again.
-            streams.push(
-                messages
-                    .map(Notice::Keyspace)
-                    .chain(futures::stream::once(async { Notice::Closed }))
-                    .boxed(),
-            );
-            match FlushTracking::start(client).await {
-                Ok((tracking, notices)) => {
-                    trackings.push(tracking);
-                    details.push("flushes tracked".into());
-                    streams.push(
-                        notices
-                            .map(|notice| match notice {
-                                FlushNotice::Flushed => Notice::Flushed,
-                                FlushNotice::Closed => Notice::Closed,
-                            })
-                            .boxed(),
-                    );
-                }
-                Err(problem) => details.push(format!("{url}: {problem}")),
-            }
-        }
-        if problems.is_empty() {
-            self.observer.emit(Event::KeyspaceNotifications {
-                active: true,
-                detail: details.join("; "),
-            });
-        } else {
-            self.observer.emit(Event::KeyspaceNotifications {
-                active: false,
-                detail: format!("{}; relying on polling alone", problems.join("; ")),
-            });
-        }
+        let mut session = match self.subscribe(&primaries, &patterns).await {
+            Ok(session) => session,
+            Err(reason) => return reason,
+        };
+        let mut probe = self.report_flags(&store, &mut session).await;
         if !first {
             self.signal(
                 Cause::Reconnect,
@@ -189,8 +257,9 @@ impl KeyspaceWatcher {
             tokio::time::Instant::now() + self.topology_interval,
             self.topology_interval,
         );
+        let probe_deadline = tokio::time::Instant::now() + PROBE_WAIT;
         let mut last_logged: HashMap<String, Instant> = HashMap::new();
-        let mut messages = futures::stream::select_all(streams);
+        let mut messages = futures::stream::select_all(std::mem::take(&mut session.streams));
         *established = true;
         loop {
             let notice = tokio::select! {
@@ -199,7 +268,7 @@ impl KeyspaceWatcher {
                 Ok(()) = self.moved.changed() => return "the primary moved".into(),
                 Ok(()) = self.own_writes.changed() => {
                     let writing = *self.own_writes.borrow_and_update();
-                    for subscription in &mut subscriptions {
+                    for subscription in &mut session.subscriptions {
                         let outcome = match writing {
                             true => subscription.punsubscribe(&patterns).await,
                             false => subscription.psubscribe(&patterns).await,
@@ -209,6 +278,12 @@ impl KeyspaceWatcher {
                         }
                     }
                     tracing::debug!(event = "keyspace_paused", paused = writing, "own writes");
+                    continue;
+                }
+                _ = tokio::time::sleep_until(probe_deadline), if probe.is_some() => {
+                    if let Some(probe) = probe.take() {
+                        self.probe_failed(&probe);
+                    }
                     continue;
                 }
                 _ = topology.tick(), if store.is_cluster() => {
@@ -232,38 +307,163 @@ impl KeyspaceWatcher {
                 }
             };
             let event: String = message.get_payload().unwrap_or_default();
+            if let Some(pending) = probe.as_mut() {
+                if message.get_channel_name() == pending.channel && pending.observe(&event) {
+                    self.observer.emit(Event::KeyspaceNotifications {
+                        active: true,
+                        detail: pending.detail("notifications arrived"),
+                    });
+                    probe = None;
+                }
+            }
             let Some(key) = message.get_channel_name().strip_prefix(&channel_prefix) else {
                 continue;
             };
-            let Some(queue) = loss_on_scheduler_key(key, &event) else {
-                continue;
+            self.on_event(key, &event, &mut last_logged);
+        }
+    }
+
+    /// Subscribes to `patterns` on every primary, and to the probe key where
+    /// the flags cannot be read; tracks flushes where the server allows it.
+    async fn subscribe(
+        &self,
+        primaries: &[(String, redis::Client)],
+        patterns: &[String],
+    ) -> Result<Session, String> {
+        let mut session = Session::default();
+        let probe_channel = Probe::channel(self.db, &self.prefix);
+        for (url, client) in primaries {
+            let mut probed = false;
+            match self.ensure_config(client).await {
+                Ok(Flags::Known(detail)) => session.details.push(detail),
+                Ok(Flags::Unreadable(reason)) => {
+                    probed = true;
+                    session.unreadable.push(format!("{url}: {reason}"));
+                }
+                Err(problem) => session.problems.push(format!("{url}: {problem}")),
+            }
+            let (mut subscription, messages) = match client.get_async_pubsub().await {
+                Ok(pubsub) => pubsub.split(),
+                Err(e) => return Err(format!("{url}: {e}")),
             };
-            let watched = self
-                .queues
-                .read()
-                .map(|queues| queues.iter().any(|q| q == queue))
-                .unwrap_or(false);
-            if !watched {
-                continue;
+            subscription
+                .psubscribe(patterns)
+                .await
+                .map_err(|e| format!("{url}: {e}"))?;
+            // Subscribed as a pattern without wildcards: its permission in
+            // the ACL is then the literal name.
+            if probed {
+                subscription
+                    .psubscribe(&probe_channel)
+                    .await
+                    .map_err(|e| format!("{url}: {e}"))?;
             }
-            let now = Instant::now();
-            let log = last_logged
-                .get(queue)
-                .is_none_or(|at| now.duration_since(*at) >= DETECTION_LOG_INTERVAL);
-            if log {
-                last_logged.insert(queue.to_owned(), now);
-                self.signal(
-                    Cause::Keyspace,
-                    Some(queue),
-                    format!("{event} on {}:{key}", self.prefix),
-                );
-            } else {
-                let _ = self.triggers.try_send(Trigger {
-                    cause: Cause::Keyspace,
-                    since_ms: now_ms(),
-                    queue: Some(queue.to_owned()),
+            session.subscriptions.push(subscription);
+            // A closed subscription ends the session, so it is subscribed again.
+            session.streams.push(
+                messages
+                    .map(Notice::Keyspace)
+                    .chain(futures::stream::once(async { Notice::Closed }))
+                    .boxed(),
+            );
+            match FlushTracking::start(client).await {
+                Ok((tracking, notices)) => {
+                    session.trackings.push(tracking);
+                    session.details.push("flushes tracked".into());
+                    session.streams.push(
+                        notices
+                            .map(|notice| match notice {
+                                FlushNotice::Flushed => Notice::Flushed,
+                                FlushNotice::Closed => Notice::Closed,
+                            })
+                            .boxed(),
+                    );
+                }
+                Err(problem) => session.details.push(format!("{url}: {problem}")),
+            }
+        }
+        Ok(session)
+    }
+
+    /// Reports whether notifications flow. Where the flags could not be read
+    /// the answer waits for the probe, which is returned once written.
+    async fn report_flags(
+        &self,
+        store: &crate::bullmq_store::BullmqStore,
+        session: &mut Session,
+    ) -> Option<Probe> {
+        if !session.problems.is_empty() {
+            self.observer.emit(Event::KeyspaceNotifications {
+                active: false,
+                detail: format!("{}; relying on polling alone", session.problems.join("; ")),
+            });
+            return None;
+        }
+        if session.unreadable.is_empty() {
+            self.observer.emit(Event::KeyspaceNotifications {
+                active: true,
+                detail: session.details.join("; "),
+            });
+            return None;
+        }
+        let mut unreadable = std::mem::take(&mut session.unreadable);
+        unreadable.extend(session.details.iter().cloned());
+        let probe = Probe::new(self.db, &self.prefix, unreadable);
+        match probe.write(store).await {
+            Ok(()) => Some(probe),
+            Err(e) => {
+                self.observer.emit(Event::KeyspaceNotifications {
+                    active: false,
+                    detail: probe.detail(&format!("cannot write ({e}); relying on polling alone")),
                 });
+                None
             }
+        }
+    }
+
+    fn probe_failed(&self, probe: &Probe) {
+        self.observer.emit(Event::KeyspaceNotifications {
+            active: false,
+            detail: probe.detail(&format!(
+                "no notification needing the flags {:?} arrived within {PROBE_WAIT:?} \
+                 (set notify-keyspace-events {NEEDED_FLAGS} in the Redis configuration); \
+                 relying on polling alone",
+                probe.missing()
+            )),
+        });
+    }
+
+    /// Turns a notification on `<prefix>:<key>` into a trigger when it may
+    /// mean a watched queue lost schedulers.
+    fn on_event(&self, key: &str, event: &str, last_logged: &mut HashMap<String, Instant>) {
+        let Some(queue) = loss_on_scheduler_key(key, event) else {
+            return;
+        };
+        let watched = self
+            .queues
+            .read()
+            .map(|queues| queues.iter().any(|q| q == queue))
+            .unwrap_or(false);
+        if !watched {
+            return;
+        }
+        let now = Instant::now();
+        let log = last_logged
+            .get(queue)
+            .is_none_or(|at| now.duration_since(*at) >= DETECTION_LOG_INTERVAL);
+        if log {
+            last_logged.insert(queue.to_owned(), now);
+            self.signal(
+                Cause::Keyspace,
+                Some(queue),
+                format!("{event} on {}:{key}", self.prefix),
+            );
+        } else {
+            let _ = self.triggers.try_send(Trigger {
+                cause: Cause::Keyspace,
+                since_ms: now_ms(),
+                queue: Some(queue.to_owned()),
+            });
         }
     }
 
@@ -283,23 +483,36 @@ impl KeyspaceWatcher {
 
     /// Makes sure the needed notification flags are on; `Err` says why they
     /// are not (missing and not allowed, or not to be managed).
-    async fn ensure_config(&self, client: &redis::Client) -> Result<String, String> {
+    async fn ensure_config(&self, client: &redis::Client) -> Result<Flags, String> {
         let mut conn = client
             .get_multiplexed_async_connection()
             .await
             .map_err(|e| e.to_string())?;
-        let current: Vec<String> = redis::cmd("CONFIG")
+        let read = ["config", "get", "notify-keyspace-events"];
+        if crate::audit::may_run(&mut conn, &read).await == Some(false) {
+            return Ok(Flags::Unreadable(
+                "cannot read notify-keyspace-events: CONFIG GET is not granted".into(),
+            ));
+        }
+        let reply: Result<Vec<String>, _> = redis::cmd("CONFIG")
             .arg("GET")
             .arg("notify-keyspace-events")
             .query_async(&mut conn)
-            .await
-            .map_err(|e| format!("cannot read notify-keyspace-events ({e})"))?;
+            .await;
+        let current = match reply {
+            Ok(current) => current,
+            Err(e) => {
+                return Ok(Flags::Unreadable(format!(
+                    "cannot read notify-keyspace-events ({e})"
+                )))
+            }
+        };
         let flags = current.get(1).cloned().unwrap_or_default();
         let missing = missing_flags(&flags);
         if missing.is_empty() {
-            return Ok(format!(
+            return Ok(Flags::Known(format!(
                 "notify-keyspace-events {flags:?} covers scheduler keys"
-            ));
+            )));
         }
         if !self.manage_config {
             return Err(format!(
@@ -307,6 +520,12 @@ impl KeyspaceWatcher {
             ));
         }
         let wanted = format!("{flags}{missing}");
+        let write = ["config", "set", "notify-keyspace-events", wanted.as_str()];
+        if crate::audit::may_run(&mut conn, &write).await == Some(false) {
+            return Err(format!(
+                "notify-keyspace-events {flags:?} lacks {missing:?} and CONFIG SET is not granted"
+            ));
+        }
         redis::cmd("CONFIG")
             .arg("SET")
             .arg("notify-keyspace-events")
@@ -316,7 +535,9 @@ impl KeyspaceWatcher {
             .map_err(|e| {
                 format!("notify-keyspace-events lacks {missing:?} and CONFIG SET failed ({e})")
             })?;
-        Ok(format!("set notify-keyspace-events to {wanted:?}"))
+        Ok(Flags::Known(format!(
+            "set notify-keyspace-events to {wanted:?}"
+        )))
     }
 }
 

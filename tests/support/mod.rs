@@ -14,6 +14,8 @@ pub struct RedisServer {
     port: u16,
     child: Option<Child>,
     dir: tempfile::TempDir,
+    /// The extra arguments it was started with, kept for `start_again`.
+    extra: Vec<String>,
 }
 
 impl RedisServer {
@@ -29,20 +31,21 @@ impl RedisServer {
                 port: free_port(),
                 child: None,
                 dir: tempfile::tempdir().expect("temp dir"),
+                extra: extra.iter().map(|a| a.to_string()).collect(),
             };
-            if server.spawn(extra) {
+            if server.spawn() {
                 return server;
             }
         }
         panic!("could not start redis-server");
     }
 
-    fn spawn(&mut self, extra: &[&str]) -> bool {
+    fn spawn(&mut self) -> bool {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .args(["--dir", &self.dir.path().display().to_string()])
-            .args(extra)
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -74,6 +77,7 @@ impl RedisServer {
             port,
             child: None,
             dir: tempfile::tempdir().expect("temp dir"),
+            extra: Vec::new(),
         }
     }
 
@@ -112,11 +116,12 @@ impl RedisServer {
             .collect()
     }
 
-    /// Starts the server again on the same port, empty (no persistence).
+    /// Starts the server again on the same port and with the same
+    /// arguments, empty (no persistence).
     pub fn start_again(&mut self) {
         self.stop();
         for _ in 0..50 {
-            if self.spawn(&[]) {
+            if self.spawn() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(100));
