@@ -595,10 +595,20 @@ fn alertmanager_example_is_valid_and_routes_by_severity() {
             &output,
         );
     }
+    // Grouped and inhibited per Redis (tests/alerting_e2e.rs runs the
+    // inhibition in a real Alertmanager).
     let config = read(ALERTMANAGER);
-    for needle in ["inhibit_rules:", "group_by: [alertname, queue]"] {
+    for needle in [
+        "inhibit_rules:",
+        "group_by: [alertname, job, instance]",
+        "equal: [job, instance, queue]",
+    ] {
         assert!(config.contains(needle), "{ALERTMANAGER} lacks {needle}");
     }
+    assert!(
+        !config.contains("equal: [queue]"),
+        "{ALERTMANAGER}: an inhibition by queue alone lets one Redis silence another"
+    );
 }
 
 #[test]
