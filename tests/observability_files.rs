@@ -669,7 +669,10 @@ fn dashboard_is_well_formed_and_its_queries_parse() {
     );
     // job, then instance narrowed by job, then queue narrowed by both.
     for (name, query) in [
-        ("job", "label_values(bullmq_warden_build_info, job)".to_owned()),
+        (
+            "job",
+            "label_values(bullmq_warden_build_info, job)".to_owned(),
+        ),
         (
             "instance",
             r#"label_values(bullmq_warden_build_info{job=~"$job"}, instance)"#.to_owned(),
@@ -680,7 +683,10 @@ fn dashboard_is_well_formed_and_its_queries_parse() {
         ),
     ] {
         let variable = variable(&dashboard, name);
-        assert_eq!(variable["type"], "query", "{DASHBOARD}: {name} variable type");
+        assert_eq!(
+            variable["type"], "query",
+            "{DASHBOARD}: {name} variable type"
+        );
         assert_eq!(
             variable["multi"], true,
             "{DASHBOARD}: {name} variable must be multi-value"
@@ -921,14 +927,22 @@ fn rendered_mixin_files_are_not_stale() {
         &support::run_tool(
             "bash",
             "bash",
-            &[RENDER_MIXIN, "--output-dir", &moved_text, "--config", config],
+            &[
+                RENDER_MIXIN,
+                "--output-dir",
+                &moved_text,
+                "--config",
+                config,
+            ],
         ),
     );
     let (default, _) = runbook_url_parts();
     let rules = std::fs::read_to_string(moved.join(RULES)).expect("rendered rules");
     let dashboard = std::fs::read_to_string(moved.join(DASHBOARD)).expect("rendered dashboard");
     assert_eq!(
-        rules.matches("runbook_url: \"https://wiki.example.com/runbook/").count(),
+        rules
+            .matches("runbook_url: \"https://wiki.example.com/runbook/")
+            .count(),
         alerts().len(),
         "{RENDER_MIXIN} --config: not every runbook_url moved:\n{rules}"
     );
