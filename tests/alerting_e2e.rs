@@ -32,6 +32,10 @@
 //!    selector in them (metric name with its label matchers) returns series.
 //!    The expressions are read from the files, so a renamed metric or label
 //!    value fails here.
+//!
+//! A second test posts alerts of two Redis servers with a queue of the same
+//! name straight to Alertmanager (example configuration) and checks that one
+//! Redis's loss alert inhibits only that Redis's drift alert.
 
 mod support;
 
@@ -79,6 +83,16 @@ fn watch_toml(debounce_quiet: &str, listen: &str) -> String {
 
 /// GET `target` (path and query) from `addr`; the status and the body.
 fn http_get(addr: &str, target: &str) -> Result<(u16, String), String> {
+    http_request(addr, "GET", target, None)
+}
+
+/// One request to `addr`, with a JSON body if given; the status and the body.
+fn http_request(
+    addr: &str,
+    method: &str,
+    target: &str,
+    json: Option<&str>,
+) -> Result<(u16, String), String> {
     let socket: std::net::SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
     let mut stream = TcpStream::connect_timeout(&socket, 2 * SECOND)
         .map_err(|e| format!("connect {addr}: {e}"))?;
@@ -86,8 +100,20 @@ fn http_get(addr: &str, target: &str) -> Result<(u16, String), String> {
         .set_read_timeout(Some(10 * SECOND))
         .and_then(|()| stream.set_write_timeout(Some(2 * SECOND)))
         .map_err(|e| e.to_string())?;
-    write!(stream, "GET {target} HTTP/1.0\r\nHost: {addr}\r\n\r\n")
-        .map_err(|e| format!("send to {addr}: {e}"))?;
+    let body = json.unwrap_or_default();
+    let content = if json.is_some() {
+        format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        )
+    } else {
+        String::new()
+    };
+    write!(
+        stream,
+        "{method} {target} HTTP/1.0\r\nHost: {addr}\r\n{content}\r\n{body}"
+    )
+    .map_err(|e| format!("send to {addr}: {e}"))?;
     let mut raw = Vec::new();
     stream
         .read_to_end(&mut raw)
@@ -573,7 +599,11 @@ fn dashboard_queries(path: &Path) -> (Queries, LabelValues) {
             let (metric, label) = args
                 .rsplit_once(',')
                 .unwrap_or_else(|| panic!("{file}: {query} names no label"));
-            label_values.push((metric.trim().to_owned(), label.trim().to_owned()));
+            let place = format!("{file} variable {:?}", variable["name"]);
+            label_values.push((
+                substitute(metric.trim(), &values, &place),
+                label.trim().to_owned(),
+            ));
         }
     }
     (queries, label_values)
@@ -774,8 +804,28 @@ fn watcher_scheduler_counts(addr: &str) -> BTreeMap<String, f64> {
         .collect()
 }
 
+/// Alertmanager with `config`, its data and log under `dir`, clustering off.
+fn start_alertmanager(dir: &Path, config: &Path) -> Daemon {
+    let storage = dir.join("alertmanager-data");
+    Daemon::start(
+        "alertmanager",
+        "prometheus-alertmanager",
+        "prometheus-alertmanager",
+        dir,
+        |addr| {
+            vec![
+                format!("--config.file={}", config.display()),
+                format!("--storage.path={}", storage.display()),
+                format!("--web.listen-address={addr}"),
+                "--cluster.listen-address=".into(),
+                "--log.level=warn".into(),
+            ]
+        },
+    )
+}
+
 // ---------------------------------------------------------------------------
-// The test
+// The tests
 
 #[test]
 fn lost_schedules_page_through_alertmanager_and_every_dashboard_and_alert_query_has_series() {
@@ -815,22 +865,7 @@ fn lost_schedules_page_through_alertmanager_and_every_dashboard_and_alert_query_
         ),
     )
     .expect("write the Alertmanager config");
-    let am_storage = dir.path().join("alertmanager-data");
-    let alertmanager = Daemon::start(
-        "alertmanager",
-        "prometheus-alertmanager",
-        "prometheus-alertmanager",
-        dir.path(),
-        |addr| {
-            vec![
-                format!("--config.file={}", am_config.display()),
-                format!("--storage.path={}", am_storage.display()),
-                format!("--web.listen-address={addr}"),
-                "--cluster.listen-address=".into(),
-                "--log.level=warn".into(),
-            ]
-        },
-    );
+    let alertmanager = start_alertmanager(dir.path(), &am_config);
 
     let mut rule_files = Vec::new();
     let mut alert_names_in_files = BTreeSet::new();
@@ -1168,5 +1203,119 @@ fn lost_schedules_page_through_alertmanager_and_every_dashboard_and_alert_query_
     );
     drop(watcher);
     drop(prometheus);
+    drop(alertmanager);
+}
+
+/// Alerts of one Redis, as Prometheus would send them: the sidecar's target
+/// labels (`job`, `instance`) name the Redis, and the queue is `inspection`.
+fn alert_of(alertname: &str, instance: &str, severity: &str) -> Value {
+    serde_json::json!({
+        "labels": {
+            "alertname": alertname,
+            "job": JOB,
+            "instance": instance,
+            "queue": QUEUES[0],
+            "severity": severity,
+        },
+        "annotations": {"summary": format!("{alertname} on {instance}")},
+    })
+}
+
+/// Alertmanager's view of the alert named `alertname` from `instance`.
+fn am_alert(alerts: &Value, alertname: &str, instance: &str) -> Option<Value> {
+    alerts
+        .as_array()?
+        .iter()
+        .find(|a| a["labels"]["alertname"] == alertname && a["labels"]["instance"] == instance)
+        .cloned()
+}
+
+fn inhibited(alert: &Value) -> bool {
+    alert["status"]["inhibitedBy"]
+        .as_array()
+        .is_some_and(|by| !by.is_empty())
+}
+
+/// Two Redis servers, each with a queue named `inspection`: the first lost
+/// every scheduler of it, the second misses a few. The example configuration
+/// must silence the drift alert of the first Redis only, and page the second's.
+#[test]
+fn one_redis_losing_its_schedules_does_not_silence_another_redis() {
+    const A: &str = "redis-a:9464";
+    const B: &str = "redis-b:9464";
+    let dir = tempfile::tempdir().expect("temp dir");
+    let receiver = WebhookReceiver::start();
+    let config = dir.path().join("alertmanager.yml");
+    std::fs::write(
+        &config,
+        alertmanager_config(
+            &read(&repo_path("alerts/alertmanager.example.yml")),
+            receiver.port,
+        ),
+    )
+    .expect("write the Alertmanager config");
+    let alertmanager = start_alertmanager(dir.path(), &config);
+
+    let alerts = serde_json::json!([
+        alert_of(LOST, A, "critical"),
+        alert_of(MISSING, A, "critical"),
+        alert_of(MISSING, B, "critical"),
+    ]);
+    let (status, body) = http_request(
+        &alertmanager.addr,
+        "POST",
+        "/api/v2/alerts",
+        Some(&alerts.to_string()),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(status, 200, "POST /api/v2/alerts: {body}");
+
+    // Once A's drift alert is inhibited, the inhibitor knows the loss alert,
+    // so B's state below is its final one.
+    let seen = wait_for(
+        &format!("Alertmanager to inhibit {MISSING} of {A} by its {LOST}"),
+        20 * SECOND,
+        || {
+            let alerts = get_json(&alertmanager.addr, "/api/v2/alerts", &[]);
+            am_alert(&alerts, MISSING, A)
+                .is_some_and(|a| inhibited(&a))
+                .then(|| alerts.clone())
+                .ok_or(alerts.to_string())
+        },
+    );
+    let other = am_alert(&seen, MISSING, B)
+        .unwrap_or_else(|| panic!("Alertmanager lost {MISSING} of {B}: {seen}"));
+    assert!(
+        !inhibited(&other) && other["status"]["state"] == "active",
+        "{MISSING} of {B} was silenced by the other Redis's {LOST}: {other}"
+    );
+    let lost = am_alert(&seen, LOST, A).expect("the loss alert");
+    assert_eq!(lost["status"]["state"], "active", "{lost}");
+
+    // The pager hears of B's missing schedulers, and never of A's.
+    let instances_with = |alertname: &str| -> BTreeSet<String> {
+        receiver
+            .posts()
+            .iter()
+            .flat_map(|p| p.json()["alerts"].as_array().cloned().unwrap_or_default())
+            .filter(|a| a["labels"]["alertname"] == alertname)
+            .filter_map(|a| a["labels"]["instance"].as_str().map(str::to_owned))
+            .collect()
+    };
+    wait_for(
+        &format!("pages for {LOST} of {A} and {MISSING} of {B}"),
+        20 * SECOND,
+        || {
+            (instances_with(LOST).contains(A) && instances_with(MISSING).contains(B))
+                .then_some(())
+                .ok_or_else(|| receiver.summary())
+        },
+    );
+    assert_eq!(
+        instances_with(MISSING),
+        BTreeSet::from([B.to_owned()]),
+        "{MISSING} of {A} was paged although its {LOST} inhibits it:\n{}",
+        receiver.summary()
+    );
     drop(alertmanager);
 }

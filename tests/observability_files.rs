@@ -9,6 +9,10 @@
 //!
 //! Every metric name in a dashboard or alert query must be in the table of
 //! `docs/metrics.md`, so renaming a metric in one place and not the others fails.
+//!
+//! Alerts and dashboard are rendered from the jsonnet mixin in `mixin/` by
+//! `scripts/render-mixin` (`jsonnet`, Debian package `jsonnet`); the committed
+//! files must be exactly what it renders.
 
 mod support;
 
@@ -25,6 +29,16 @@ const DASHBOARD: &str = "dashboards/bullmq-warden.json";
 const METRICS_DOC: &str = "docs/metrics.md";
 const RUNBOOK: &str = "docs/runbook.md";
 const DATASOURCE_UID: &str = "${datasource}";
+const RENDER_MIXIN: &str = "scripts/render-mixin";
+/// The files `scripts/render-mixin` writes, relative to the repository.
+const RENDERED: &[&str] = &[
+    RULES,
+    DASHBOARD,
+    "deploy/kubernetes/base/prometheusrule.yaml",
+];
+/// The label matchers every dashboard query carries, so that the `job` and
+/// `instance` variables pick one sidecar (and so one Redis).
+const SIDECAR_MATCHERS: &str = r#"job=~"$job", instance=~"$instance""#;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -46,6 +60,31 @@ fn promtool(args: &[&str]) -> Output {
 
 fn amtool(args: &[&str]) -> Output {
     support::run_tool("amtool", "prometheus-alertmanager", args)
+}
+
+fn jsonnet(args: &[&str]) -> Output {
+    support::run_tool("jsonnet", "jsonnet", args)
+}
+
+/// `_config.runbookURLPattern` of the mixin, split at its `%s`.
+fn runbook_url_parts() -> (String, String) {
+    let output = jsonnet(&[
+        "-S",
+        "-e",
+        "(import 'mixin/mixin.libsonnet')._config.runbookURLPattern",
+    ]);
+    let pattern = support::assert_success("jsonnet: the mixin's runbookURLPattern", &output);
+    let pattern = pattern.trim();
+    let (before, after) = pattern
+        .split_once("%s")
+        .unwrap_or_else(|| panic!("mixin: runbookURLPattern {pattern:?} has no %s"));
+    (before.to_owned(), after.to_owned())
+}
+
+/// The runbook anchor a URL made from the mixin's runbookURLPattern names.
+fn runbook_anchor<'a>(url: &'a str, (before, after): &(String, String)) -> Option<&'a str> {
+    url.strip_prefix(before.as_str())?
+        .strip_suffix(after.as_str())
 }
 
 // ---------------------------------------------------------------------------
@@ -484,6 +523,11 @@ fn alert_rules_pass_promtool_and_their_unit_tests() {
 fn every_alert_is_labelled_annotated_and_has_a_runbook_section() {
     let alerts = alerts();
     assert!(alerts.len() >= 9, "only {} alerts in {RULES}", alerts.len());
+    let pattern = runbook_url_parts();
+    assert!(
+        pattern.0.starts_with("https://") && pattern.0.ends_with("docs/runbook.md#"),
+        "mixin: runbookURLPattern must be an absolute link to docs/runbook.md#%s by default, got {pattern:?}"
+    );
     let runbook = read(RUNBOOK);
     let anchors = anchors(&runbook);
     let mut names = BTreeSet::new();
@@ -504,15 +548,12 @@ fn every_alert_is_labelled_annotated_and_has_a_runbook_section() {
             !alert.description.is_empty(),
             "{RULES}: {name} has no description"
         );
-        let anchor = alert
-            .runbook_url
-            .strip_prefix("docs/runbook.md#")
-            .unwrap_or_else(|| {
-                panic!(
-                    "{RULES}: {name} runbook_url {:?} must be docs/runbook.md#<anchor>",
-                    alert.runbook_url
-                )
-            });
+        let anchor = runbook_anchor(&alert.runbook_url, &pattern).unwrap_or_else(|| {
+            panic!(
+                "{RULES}: {name} runbook_url {:?} is not made from the mixin's runbookURLPattern {pattern:?}",
+                alert.runbook_url
+            )
+        });
         assert_eq!(
             anchor,
             name.to_lowercase(),
@@ -595,10 +636,20 @@ fn alertmanager_example_is_valid_and_routes_by_severity() {
             &output,
         );
     }
+    // Grouped and inhibited per Redis (tests/alerting_e2e.rs runs the
+    // inhibition in a real Alertmanager).
     let config = read(ALERTMANAGER);
-    for needle in ["inhibit_rules:", "group_by: [alertname, queue]"] {
+    for needle in [
+        "inhibit_rules:",
+        "group_by: [alertname, job, instance]",
+        "equal: [job, instance, queue]",
+    ] {
         assert!(config.contains(needle), "{ALERTMANAGER} lacks {needle}");
     }
+    assert!(
+        !config.contains("equal: [queue]"),
+        "{ALERTMANAGER}: an inhibition by queue alone lets one Redis silence another"
+    );
 }
 
 #[test]
@@ -616,17 +667,36 @@ fn dashboard_is_well_formed_and_its_queries_parse() {
         datasource["query"], "prometheus",
         "{DASHBOARD}: datasource variable plugin"
     );
-    let queue = variable(&dashboard, "queue");
-    assert_eq!(queue["type"], "query", "{DASHBOARD}: queue variable type");
-    assert_eq!(
-        queue["multi"], true,
-        "{DASHBOARD}: queue variable must be multi-value"
-    );
-    assert_eq!(
-        variable_query(queue),
-        Some("label_values(bullmq_job_count, queue)"),
-        "{DASHBOARD}: queue variable query"
-    );
+    // job, then instance narrowed by job, then queue narrowed by both.
+    for (name, query) in [
+        (
+            "job",
+            "label_values(bullmq_warden_build_info, job)".to_owned(),
+        ),
+        (
+            "instance",
+            r#"label_values(bullmq_warden_build_info{job=~"$job"}, instance)"#.to_owned(),
+        ),
+        (
+            "queue",
+            format!("label_values(bullmq_job_count{{{SIDECAR_MATCHERS}}}, queue)"),
+        ),
+    ] {
+        let variable = variable(&dashboard, name);
+        assert_eq!(
+            variable["type"], "query",
+            "{DASHBOARD}: {name} variable type"
+        );
+        assert_eq!(
+            variable["multi"], true,
+            "{DASHBOARD}: {name} variable must be multi-value"
+        );
+        assert_eq!(
+            variable_query(variable),
+            Some(query.as_str()),
+            "{DASHBOARD}: {name} variable query"
+        );
+    }
     for variable in dashboard["templating"]["list"].as_array().unwrap() {
         if variable["type"] == "query" {
             assert_uses_datasource_variable(
@@ -673,6 +743,10 @@ fn dashboard_is_well_formed_and_its_queries_parse() {
                 !expr.trim().is_empty(),
                 "{DASHBOARD}: panel {title:?} has an empty query"
             );
+            assert!(
+                expr.contains(SIDECAR_MATCHERS),
+                "{DASHBOARD}: panel {title:?} queries {expr:?} without {SIDECAR_MATCHERS}"
+            );
             assert_uses_datasource_variable(
                 &format!("a target of {title:?}"),
                 &target["datasource"],
@@ -709,6 +783,7 @@ fn dashboard_is_well_formed_and_its_queries_parse() {
                 .replace("$__interval", "1m")
                 .replace("$__range", "1h")
                 .replace("$instance", ".*")
+                .replace("$job", ".*")
                 .replace("$queue", ".*");
             serde_json::json!({"record": format!("dashboard_query_{i}"), "expr": expr})
         })
@@ -723,6 +798,161 @@ fn dashboard_is_well_formed_and_its_queries_parse() {
         "promtool check rules on the dashboard's queries",
         &promtool(&["check", "rules", &path_text]),
     );
+}
+
+/// The "last restart" and "last recovery" stats. Their gauges are 0 until
+/// the first event; the panels must show "never" then, not a date in 1970.
+/// promtool evaluates each panel's query over a sidecar that has seen the
+/// event and one that has not.
+#[test]
+fn dashboard_timestamps_say_never_before_the_first_event() {
+    let dashboard = dashboard();
+    let stats: Vec<&Value> = all_panels(&dashboard)
+        .into_iter()
+        .filter(|p| p["fieldConfig"]["defaults"]["unit"] == "dateTimeFromNow")
+        .collect();
+    let titles: Vec<&str> = stats.iter().filter_map(|p| p["title"].as_str()).collect();
+    assert_eq!(
+        titles,
+        ["Last Redis restart", "Last successful recovery"],
+        "{DASHBOARD}: the date panels"
+    );
+    let mut series = Vec::new();
+    let mut tests = Vec::new();
+    for panel in &stats {
+        let title = panel["title"].as_str().unwrap_or_default();
+        assert_eq!(
+            panel["fieldConfig"]["defaults"]["noValue"], "never",
+            "{DASHBOARD}: {title:?} must say \"never\" when there is no value"
+        );
+        let expr = panel["targets"][0]["expr"]
+            .as_str()
+            .unwrap_or_default()
+            .replace("$job", ".*")
+            .replace("$instance", ".*");
+        for metric in metric_names(&expr) {
+            for (instance, values) in [("fresh", "0x10"), ("seen", "1700000000x10")] {
+                series.push(serde_json::json!({
+                    "series": format!("{metric}{{job=\"bullmq-warden\", instance=\"{instance}\"}}"),
+                    "values": values,
+                }));
+            }
+        }
+        // Only the sidecar that saw the event has a value, in milliseconds.
+        tests.push(serde_json::json!({
+            "expr": format!("count({expr})"), "eval_time": "5m",
+            "exp_samples": [{"labels": "{}", "value": 1}],
+        }));
+        tests.push(serde_json::json!({
+            "expr": format!("max({expr})"), "eval_time": "5m",
+            "exp_samples": [{"labels": "{}", "value": 1_700_000_000_000_i64}],
+        }));
+    }
+    let file = serde_json::json!({
+        "rule_files": [],
+        "evaluation_interval": "1m",
+        "tests": [{"interval": "1m", "input_series": series, "promql_expr_test": tests}],
+    });
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("dashboard-dates.yml");
+    std::fs::write(&path, file.to_string()).expect("write the promtool test");
+    support::assert_success(
+        "promtool test rules on the dashboard's date panels",
+        &promtool(&["test", "rules", &path.to_string_lossy()]),
+    );
+}
+
+/// Panels an alert is about link to its runbook section, through the
+/// mixin's runbookURLPattern, and every alert has such a panel.
+#[test]
+fn dashboard_panels_link_to_the_runbook() {
+    let dashboard = dashboard();
+    let pattern = runbook_url_parts();
+    let anchors = anchors(&read(RUNBOOK));
+    let mut linked = BTreeSet::new();
+    let dashboard_links = dashboard["links"].as_array().into_iter().flatten();
+    let panel_links = all_panels(&dashboard)
+        .into_iter()
+        .flat_map(|p| p["links"].as_array().into_iter().flatten());
+    for link in dashboard_links.chain(panel_links) {
+        let url = link["url"].as_str().unwrap_or_default();
+        let anchor = runbook_anchor(url, &pattern).unwrap_or_else(|| {
+            panic!("{DASHBOARD}: link {url:?} is not made from the runbookURLPattern {pattern:?}")
+        });
+        assert!(
+            anchors.contains(anchor),
+            "{DASHBOARD}: link {url:?} names no section of {RUNBOOK}"
+        );
+        assert_eq!(link["targetBlank"], true, "{DASHBOARD}: {link}");
+        linked.insert(anchor.to_owned());
+    }
+    for alert in alerts() {
+        assert!(
+            linked.contains(&alert.name.to_lowercase()),
+            "{DASHBOARD}: no panel links to the runbook of {}",
+            alert.name
+        );
+    }
+}
+
+/// The committed alerts, dashboard and PrometheusRule are what the mixin
+/// renders now; `_config` overrides reach every runbook link.
+#[test]
+fn rendered_mixin_files_are_not_stale() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let out = dir.path().join("default");
+    let out_text = out.to_string_lossy().into_owned();
+    support::assert_success(
+        &format!("{RENDER_MIXIN} --output-dir"),
+        &support::run_tool("bash", "bash", &[RENDER_MIXIN, "--output-dir", &out_text]),
+    );
+    for file in RENDERED {
+        let rendered = std::fs::read_to_string(out.join(file))
+            .unwrap_or_else(|e| panic!("{RENDER_MIXIN} wrote no {file}: {e}"));
+        assert!(
+            rendered == read(file),
+            "{file} is stale: run {RENDER_MIXIN} and commit the result (edit mixin/, not {file})"
+        );
+    }
+    support::assert_success(
+        &format!("{RENDER_MIXIN} --check"),
+        &support::run_tool("bash", "bash", &[RENDER_MIXIN, "--check"]),
+    );
+
+    let moved = dir.path().join("moved");
+    let moved_text = moved.to_string_lossy().into_owned();
+    let config = r#"{runbookURLPattern: "https://wiki.example.com/runbook/%s"}"#;
+    support::assert_success(
+        &format!("{RENDER_MIXIN} --config"),
+        &support::run_tool(
+            "bash",
+            "bash",
+            &[
+                RENDER_MIXIN,
+                "--output-dir",
+                &moved_text,
+                "--config",
+                config,
+            ],
+        ),
+    );
+    let (default, _) = runbook_url_parts();
+    let rules = std::fs::read_to_string(moved.join(RULES)).expect("rendered rules");
+    let dashboard = std::fs::read_to_string(moved.join(DASHBOARD)).expect("rendered dashboard");
+    assert_eq!(
+        rules
+            .matches("runbook_url: \"https://wiki.example.com/runbook/")
+            .count(),
+        alerts().len(),
+        "{RENDER_MIXIN} --config: not every runbook_url moved:\n{rules}"
+    );
+    for (file, text) in [(RULES, &rules), (DASHBOARD, &dashboard)] {
+        assert!(
+            !text.contains(&default),
+            "{RENDER_MIXIN} --config: {file} still links to {default}"
+        );
+    }
+    assert!(dashboard.contains("https://wiki.example.com/runbook/bullmqscheduleslost"));
 }
 
 #[test]
