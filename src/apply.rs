@@ -13,7 +13,7 @@ use crate::bullmq_store::{BullmqStore, NextRunJob};
 use crate::desired::{DesiredScheduler, InvalidRow};
 use crate::reconcile::Plan;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     Create,
@@ -24,7 +24,7 @@ pub enum Action {
 }
 
 /// One scheduler the plan touches (or would touch, in a dry run).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Change {
     pub queue: String,
@@ -33,11 +33,12 @@ pub struct Change {
     pub row_id: Option<String>,
     pub action: Action,
     #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<String>)]
     pub differs: Vec<&'static str>,
 }
 
 /// A write that Redis refused or that could not be sent.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Failure {
     pub id: String,
@@ -46,7 +47,7 @@ pub struct Failure {
 }
 
 /// The manual's `recoverTasks()` result, with the detail an operator needs.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RecoverReport {
     pub success: bool,
