@@ -208,3 +208,19 @@ fn many_idle_clients_cannot_use_up_the_file_descriptors() {
     assert!(!log.contains("Too many open files"), "{log}");
     assert_eq!(healthz.0, 200, "{log}");
 }
+
+/// SIGTERM closes idle keep-alive connections at once instead of waiting for
+/// their idle timeout, and the watcher exits cleanly.
+#[test]
+fn shutdown_does_not_wait_for_idle_connections() {
+    let redis = RedisServer::start();
+    let (mut watcher, _setup, addr) = watcher(&redis, "idle_timeout = \"1h\"");
+    let mut kept = TcpStream::connect(&addr).unwrap();
+    kept.write_all(HEALTHZ).unwrap();
+    assert!(read_healthz(&mut kept).starts_with("HTTP/1.1 200"));
+    let _silent = TcpStream::connect(&addr).unwrap();
+    let started = Instant::now();
+    assert_eq!(watcher.terminate(), Some(0), "{}", watcher.log());
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(closed_after(&mut kept, Duration::from_secs(1)).is_some());
+}
