@@ -168,7 +168,7 @@ impl Observer {
     }
 
     /// The status the API serves, kept by the poll and every comparison.
-    pub fn latest_status(&self) -> &crate::watch::latest::LatestStatus {
+    pub(crate) fn latest_status(&self) -> &crate::watch::latest::LatestStatus {
         &self.latest
     }
 

@@ -127,7 +127,7 @@ pub async fn serve(
     paths(status, recover),
     modifiers(&BearerToken),
 )]
-pub struct ApiDoc;
+struct ApiDoc;
 
 /// The `bearer` scheme the routes name; a token is needed once one is
 /// configured (`BULLMQ_WARDEN_API_TOKEN` or `http.token_file`).
@@ -145,7 +145,7 @@ impl utoipa::Modify for BearerToken {
 }
 
 /// The OpenAPI document, as `docs/openapi.json` holds it.
-pub fn openapi_document() -> String {
+fn openapi_document() -> String {
     let mut text = ApiDoc::openapi()
         .to_pretty_json()
         .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));

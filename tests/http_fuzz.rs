@@ -86,6 +86,8 @@ fn the_api_answers_every_generated_request_as_its_schema_says() {
         .args(["--report", "json", "--report-json-path"])
         .arg(&report)
         .env("NO_COLOR", "1")
+        // Its cache and reports stay out of the repository.
+        .current_dir(setup.dir.path())
         .output()
         .expect("run schemathesis");
     let output = support::text_of(&run);

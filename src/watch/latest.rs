@@ -17,7 +17,7 @@ use crate::warden::{now_ms, QueueStatus, StatusReport};
 /// The status of `status --json`, with when it was read.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct ServedStatus {
+pub(crate) struct ServedStatus {
     #[serde(flatten)]
     pub report: StatusReport,
     /// When rows and Redis were last compared, or brought in line by a
@@ -33,7 +33,7 @@ pub struct ServedStatus {
 
 /// Why there is no status to serve.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
-pub enum NotServed {
+pub(crate) enum NotServed {
     #[error("rows and Redis have not been compared yet")]
     NotCompared,
     #[error("queue {0:?} was compared but not polled yet; ask again in a moment")]
@@ -53,7 +53,7 @@ struct Board {
 
 /// Written by the poll and by every comparison, read by the API.
 #[derive(Default)]
-pub struct LatestStatus {
+pub(crate) struct LatestStatus {
     board: RwLock<Board>,
     /// Woken by every poll: a comparison that found a new queue is followed
     /// by a poll that counts it within `watch.info_interval`.
@@ -72,7 +72,7 @@ impl LatestStatus {
 
     /// Like `served`, but a queue compared and not polled yet is waited for,
     /// for at most two polls (of at most `wait` each).
-    pub async fn served_after_poll(
+    pub(crate) async fn served_after_poll(
         &self,
         only_queue: Option<&str>,
         wait: std::time::Duration,
@@ -98,7 +98,7 @@ impl LatestStatus {
     }
 
     /// The status of every compared queue, or of `only_queue`.
-    pub fn served(&self, only_queue: Option<&str>) -> Result<ServedStatus, NotServed> {
+    pub(crate) fn served(&self, only_queue: Option<&str>) -> Result<ServedStatus, NotServed> {
         let board = self.board.read().map_err(|_| NotServed::NotCompared)?;
         let (Some(compared_at), Some(polled_at)) = (board.compared_at, board.polled_at) else {
             return Err(NotServed::NotCompared);

@@ -7,7 +7,7 @@
 
 pub mod flushes;
 pub mod keyspace;
-pub mod latest;
+pub(crate) mod latest;
 pub mod poll;
 pub mod sentinel;
 
