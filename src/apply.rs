@@ -23,7 +23,7 @@ use crate::recovery::lease::Held;
 /// for one GET per this many scripts.
 const LEASE_CHECK_EVERY: usize = 128;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     Create,
@@ -34,7 +34,7 @@ pub enum Action {
 }
 
 /// One scheduler the plan touches (or would touch, in a dry run).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Change {
     pub queue: String,
@@ -43,6 +43,7 @@ pub struct Change {
     pub row_id: Option<String>,
     pub action: Action,
     #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<String>)]
     pub differs: Vec<&'static str>,
     /// Not written: the writes stopped first (the report's `stopped` says why).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -50,7 +51,7 @@ pub struct Change {
 }
 
 /// A write that Redis refused or that could not be sent.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Failure {
     pub id: String,
@@ -59,7 +60,7 @@ pub struct Failure {
 }
 
 /// The manual's `recoverTasks()` result, with the detail an operator needs.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RecoverReport {
     pub success: bool,

@@ -127,7 +127,7 @@ pub struct QueueSchedulers {
 }
 
 /// Job counts as BullMQ's `getJobCounts()` reports them, plus the scheduler count.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct JobCounts {
     pub waiting: u64,
     pub active: u64,

@@ -259,6 +259,19 @@ pub struct HttpConfig {
     /// File holding the bearer token for mutating routes (the environment
     /// variable BULLMQ_WARDEN_API_TOKEN takes precedence).
     pub token_file: Option<PathBuf>,
+    /// With a token configured, `GET /api/bullmq/status` needs it too: the
+    /// status names every queue and how many schedulers it should hold.
+    pub status_requires_token: bool,
+    /// A request's headers must arrive within this time from its first byte,
+    /// or the connection is closed: a half-sent request holds no slot for long.
+    #[serde(with = "duration_text")]
+    pub header_read_timeout: Duration,
+    /// A connection with no request under way is closed after this time.
+    #[serde(with = "duration_text")]
+    pub idle_timeout: Duration,
+    /// Connections served at once; further ones wait until one closes, so
+    /// that clients can never take every file descriptor of the process.
+    pub max_connections: usize,
 }
 
 impl Default for HttpConfig {
@@ -266,6 +279,10 @@ impl Default for HttpConfig {
         Self {
             listen: "127.0.0.1:9464".into(),
             token_file: None,
+            status_requires_token: true,
+            header_read_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 128,
         }
     }
 }
@@ -502,6 +519,20 @@ impl Config {
                 ),
             ));
         }
+        for (key, value) in [
+            ("http.header_read_timeout", self.http.header_read_timeout),
+            ("http.idle_timeout", self.http.idle_timeout),
+        ] {
+            if value < Duration::from_millis(100) {
+                return Err(invalid(key, "must be at least 100ms".into()));
+            }
+        }
+        if self.http.max_connections == 0 || self.http.max_connections > 65_536 {
+            return Err(invalid(
+                "http.max_connections",
+                "must be between 1 and 65536".into(),
+            ));
+        }
         Ok(())
     }
 
@@ -726,6 +757,24 @@ mod tests {
         assert!(err.to_string().contains("recovery.lease_wait"), "{err}");
         let config = load_str("[recovery]\nlease_wait = \"0s\"\n", &[]).unwrap();
         assert_eq!(config.recovery.lease_wait, Duration::ZERO);
+    }
+
+    #[test]
+    fn http_limits_are_validated_by_key() {
+        let config = Config::load(None, Vec::new()).unwrap();
+        assert!(config.http.status_requires_token);
+        assert_eq!(config.http.header_read_timeout, Duration::from_secs(5));
+        for (toml_text, key) in [
+            ("header_read_timeout = \"0s\"", "http.header_read_timeout"),
+            ("idle_timeout = \"10ms\"", "http.idle_timeout"),
+            ("max_connections = 0", "http.max_connections"),
+        ] {
+            let err = load_str(&format!("[http]\n{toml_text}\n"), &[]).unwrap_err();
+            assert!(
+                err.to_string().starts_with(&format!("config key {key}")),
+                "{err}"
+            );
+        }
     }
 
     #[test]

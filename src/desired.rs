@@ -44,7 +44,7 @@ pub struct DesiredScheduler {
 }
 
 /// A row that cannot become a scheduler, and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct InvalidRow {
     pub id: String,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -130,6 +130,12 @@ pub enum Event<'a> {
         used: u64,
         max: u64,
     },
+    /// Every HTTP connection slot is taken: new connections wait for one.
+    HttpConnectionsFull {
+        limit: usize,
+    },
+    /// The HTTP listener could not take a connection.
+    HttpAcceptFailed(String),
 }
 
 /// What `/readyz` reports, kept by the same events that set the metrics.
@@ -154,6 +160,7 @@ impl Health {
 pub struct Observer {
     metrics: Arc<Metrics>,
     health: Arc<Health>,
+    latest: Arc<crate::watch::latest::LatestStatus>,
 }
 
 impl Observer {
@@ -161,7 +168,13 @@ impl Observer {
         Self {
             metrics,
             health: Arc::default(),
+            latest: Arc::default(),
         }
+    }
+
+    /// The status the API serves, kept by the poll and every comparison.
+    pub(crate) fn latest_status(&self) -> &crate::watch::latest::LatestStatus {
+        &self.latest
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -420,6 +433,16 @@ impl Observer {
                     .set(i64::try_from(used).unwrap_or(i64::MAX));
                 m.redis_maxmemory
                     .set(i64::try_from(max).unwrap_or(i64::MAX));
+            }
+            Event::HttpConnectionsFull { limit } => {
+                tracing::warn!(
+                    event = "http_connections_full",
+                    limit,
+                    "all http.max_connections are open; new connections wait until one closes"
+                );
+            }
+            Event::HttpAcceptFailed(error) => {
+                tracing::error!(event = "http_accept_failed", "{error}");
             }
         }
     }

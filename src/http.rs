@@ -1,8 +1,12 @@
 //! The admin and API server that `watch` runs: metrics, health, and the
-//! recovery manual's REST routes.
+//! recovery manual's REST routes, described by an OpenAPI document generated
+//! from the handlers below.
+
+mod server;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
@@ -10,13 +14,16 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
+use utoipa::OpenApi;
 
+use crate::apply::RecoverReport;
 use crate::config::HttpConfig;
 use crate::events::{Cause, Event, Observer};
 use crate::warden::{Warden, WardenError};
+use crate::watch::latest::{NotServed, ServedStatus};
 
 /// Environment variable holding the API's bearer token.
 pub const API_TOKEN_ENV: &str = "BULLMQ_WARDEN_API_TOKEN";
@@ -39,6 +46,7 @@ struct AppState {
     warden: WardenSlot,
     observer: Observer,
     token: Option<Arc<str>>,
+    status_requires_token: bool,
     apply_lock: Arc<Mutex<()>>,
 }
 
@@ -149,6 +157,7 @@ pub async fn bind(
 /// Serves until `shutdown`, then finishes the requests in flight.
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    config: HttpConfig,
     warden: WardenSlot,
     observer: Observer,
     token: Option<String>,
@@ -157,8 +166,9 @@ pub async fn serve(
 ) {
     let state = AppState {
         warden,
-        observer,
+        observer: observer.clone(),
         token: token.map(Arc::from),
+        status_requires_token: config.status_requires_token,
         apply_lock,
     };
     let app = Router::new()
@@ -166,15 +176,69 @@ pub async fn serve(
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/api/bullmq/openapi.json", get(openapi_json))
         .route("/api/bullmq/status", get(status))
         .route("/api/bullmq/recover", post(recover))
         .with_state(state);
-    let outcome = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await;
-    if let Err(error) = outcome {
-        tracing::error!(event = "http_failed", "{error}");
+    server::serve(listener, app, &config, observer, shutdown).await;
+}
+
+/// The routes under `/api/bullmq/`, their parameters and every answer they give.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "bullmq-warden API"),
+    paths(status, recover),
+    modifiers(&BearerToken),
+)]
+struct ApiDoc;
+
+/// The `bearer` scheme the routes name; a token is needed once one is
+/// configured (`BULLMQ_WARDEN_API_TOKEN` or `http.token_file`).
+struct BearerToken;
+
+impl utoipa::Modify for BearerToken {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
     }
+}
+
+/// The OpenAPI document, as `docs/openapi.json` holds it.
+fn openapi_document() -> String {
+    let mut text = ApiDoc::openapi()
+        .to_pretty_json()
+        .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+    text.push('\n');
+    text
+}
+
+async fn openapi_json() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        openapi_document(),
+    )
+        .into_response()
+}
+
+/// Every error answer of the API.
+#[derive(Serialize, utoipa::ToSchema)]
+struct ErrorBody {
+    /// One line saying what went wrong.
+    error: String,
+}
+
+fn error(code: StatusCode, message: impl Into<String>) -> Response {
+    (
+        code,
+        Json(ErrorBody {
+            error: message.into(),
+        }),
+    )
+        .into_response()
 }
 
 async fn landing() -> Html<&'static str> {
@@ -182,6 +246,7 @@ async fn landing() -> Html<&'static str> {
         "<html><head><title>bullmq-warden</title></head><body><h1>bullmq-warden</h1><ul>\
          <li><a href=\"/metrics\">/metrics</a></li><li><a href=\"/healthz\">/healthz</a></li>\
          <li><a href=\"/readyz\">/readyz</a></li><li><a href=\"/api/bullmq/status\">/api/bullmq/status</a></li>\
+         <li><a href=\"/api/bullmq/openapi.json\">/api/bullmq/openapi.json</a></li>\
          </ul></body></html>",
     )
 }
@@ -230,58 +295,98 @@ async fn readyz(State(state): State<AppState>) -> Response {
     (code, Json(body)).into_response()
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct StatusParams {
+    /// Only this queue.
     queue: Option<String>,
 }
 
+/// checkQueueStatus: every queue's job counts from the watcher's latest poll,
+/// rows and drift from its latest comparison. No request reads the source or
+/// the schedulers.
+#[utoipa::path(
+    get,
+    path = "/api/bullmq/status",
+    params(StatusParams),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The JSON of `status --json`, with its age", body = ServedStatus),
+        (status = 400, description = "A malformed query", body = ErrorBody),
+        (status = 401, description = "A token is configured and the request lacks it",
+            body = ErrorBody, headers(("WWW-Authenticate" = String, description = "Bearer"))),
+        (status = 404, description = "No row names the queue", body = ErrorBody),
+        (status = 503, description = "Not connected to Redis yet, or nothing compared or polled yet",
+            body = ErrorBody),
+    )
+)]
 async fn status(
     State(state): State<AppState>,
+    headers: HeaderMap,
     params: Result<Query<StatusParams>, QueryRejection>,
 ) -> Response {
+    if state.status_requires_token {
+        if let Some(refusal) = refuse_without_token(&state, &headers) {
+            return refusal;
+        }
+    }
     let params = match params {
         Ok(Query(params)) => params,
         Err(rejection) => return bad_request(&rejection.body_text()),
     };
-    let Some(warden) = state.warden.get() else {
+    if state.warden.get().is_none() {
         return not_connected();
-    };
-    let response = match warden.status(params.queue.as_deref()).await {
-        Ok(report) => Json(report).into_response(),
-        Err(error) => unavailable(&error),
-    };
-    // The comparison behind it held every row and scheduler.
-    crate::memory::release_after_comparison();
-    response
+    }
+    let latest = state.observer.latest_status();
+    match latest
+        .served_after_poll(params.queue.as_deref(), Duration::from_secs(5))
+        .await
+    {
+        Ok(status) => Json(status).into_response(),
+        Err(reason @ NotServed::UnknownQueue(_)) => {
+            error(StatusCode::NOT_FOUND, reason.to_string())
+        }
+        Err(reason) => error(StatusCode::SERVICE_UNAVAILABLE, reason.to_string()),
+    }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct RecoverParams {
+    /// Only plan, write nothing (`true`, `false`, `1`, `0`).
+    #[param(value_type = Option<bool>)]
     dry_run: Option<String>,
+    /// Only this queue.
     queue: Option<String>,
 }
 
+/// recoverTasks: brings Redis in line with the rows, serialised with the
+/// watcher's own recoveries.
+#[utoipa::path(
+    post,
+    path = "/api/bullmq/recover",
+    params(RecoverParams),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The JSON of `recover --json`", body = RecoverReport),
+        (status = 400, description = "A malformed query", body = ErrorBody),
+        (status = 401, description = "A token is configured and the request lacks it",
+            body = ErrorBody, headers(("WWW-Authenticate" = String, description = "Bearer"))),
+        (status = 409, description = "Another writer kept the recovery lease for `lease_wait`; nothing was written",
+            body = ErrorBody),
+        (status = 503, description = "Redis or the source database cannot be reached",
+            body = ErrorBody),
+    )
+)]
 async fn recover(
     State(state): State<AppState>,
     headers: HeaderMap,
     params: Result<Query<RecoverParams>, QueryRejection>,
 ) -> Response {
-    if let Some(expected) = &state.token {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or_default();
-        if !constant_time_eq(given.as_bytes(), expected.as_bytes()) {
-            return (
-                StatusCode::UNAUTHORIZED,
-                [(header::WWW_AUTHENTICATE, "Bearer")],
-                Json(serde_json::json!({"error": "a valid bearer token is required"})),
-            )
-                .into_response();
-        }
+    if let Some(refusal) = refuse_without_token(&state, &headers) {
+        return refusal;
     }
     let params = match params {
         Ok(Query(params)) => params,
@@ -322,28 +427,42 @@ async fn recover(
     response
 }
 
-fn bad_request(message: &str) -> Response {
-    (
-        StatusCode::BAD_REQUEST,
-        Json(serde_json::json!({"error": message})),
+/// 401 unless the request carries the configured token (or none is configured).
+fn refuse_without_token(state: &AppState, headers: &HeaderMap) -> Option<Response> {
+    let expected = state.token.as_ref()?;
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+        return None;
+    }
+    Some(
+        (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            Json(ErrorBody {
+                error: "a valid bearer token is required".into(),
+            }),
+        )
+            .into_response(),
     )
-        .into_response()
+}
+
+fn bad_request(message: &str) -> Response {
+    error(StatusCode::BAD_REQUEST, message)
 }
 
 fn not_connected() -> Response {
-    (
+    error(
         StatusCode::SERVICE_UNAVAILABLE,
-        Json(serde_json::json!({"error": "not connected to Redis yet"})),
+        "not connected to Redis yet",
     )
-        .into_response()
 }
 
-fn unavailable(error: &WardenError) -> Response {
-    (
-        StatusCode::SERVICE_UNAVAILABLE,
-        Json(serde_json::json!({"error": error.to_string()})),
-    )
-        .into_response()
+fn unavailable(failure: &WardenError) -> Response {
+    error(StatusCode::SERVICE_UNAVAILABLE, failure.to_string())
 }
 
 /// Compares without an early exit, so response times do not reveal how much
@@ -360,6 +479,22 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The committed copy is what the code generates, so it is never edited by hand.
+    #[test]
+    fn committed_openapi_document_is_current() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.json");
+        let generated = openapi_document();
+        if std::env::var_os("BULLMQ_WARDEN_WRITE_OPENAPI").is_some() {
+            std::fs::write(path, &generated).unwrap();
+        }
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            committed == generated,
+            "docs/openapi.json is stale; regenerate it with \
+             `BULLMQ_WARDEN_WRITE_OPENAPI=1 cargo test --lib committed_openapi_document_is_current`"
+        );
+    }
 
     #[test]
     fn tokens_compare_fully() {

@@ -42,7 +42,7 @@ impl From<LeaseError> for WardenError {
 }
 
 /// Drift between the rows and Redis for one queue.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Drift {
     pub missing: usize,
     pub mismatched: usize,
@@ -51,7 +51,7 @@ pub struct Drift {
 }
 
 /// One queue in `status`: BullMQ's counts, the rows, and the drift between them.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct QueueStatus {
     #[serde(flatten)]
     pub counts: JobCounts,
@@ -62,7 +62,7 @@ pub struct QueueStatus {
     pub drift: Drift,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct StatusReport {
     pub queues: BTreeMap<String, QueueStatus>,
 }

@@ -26,12 +26,23 @@ struct Api {
 }
 
 fn api(redis: &RedisServer, auto: bool, env: &[(&str, &str)]) -> Api {
+    api_with(redis, auto, env, "drift_interval = \"2s\"", "")
+}
+
+/// `watch` and `http` take extra keys of those sections.
+fn api_with(
+    redis: &RedisServer,
+    auto: bool,
+    env: &[(&str, &str)],
+    watch: &str,
+    http_keys: &str,
+) -> Api {
     let addr = support::free_local_addr();
     let setup = Setup::sqlite(
         redis,
         &format!(
-            "[watch]\ninfo_interval = \"200ms\"\ndrift_interval = \"2s\"\ndebounce_quiet = \"300ms\"\n\
-             [http]\nlisten = \"{addr}\"\n[recovery]\nauto = {auto}\n{FAST_RECOVERY}"
+            "[watch]\ninfo_interval = \"200ms\"\n{watch}\ndebounce_quiet = \"300ms\"\n\
+             [http]\nlisten = \"{addr}\"\n{http_keys}\n[recovery]\nauto = {auto}\n{FAST_RECOVERY}"
         ),
     );
     setup.sql(TASKS_TABLE_SQLITE);
@@ -73,7 +84,10 @@ fn status_route_equals_the_status_command() {
     assert_eq!(code, 200, "{body}");
     let from_api: Value = serde_json::from_str(&body).unwrap();
     let from_cli = api.setup.warden(&["status", "--json"]).json();
-    assert_eq!(from_api, from_cli);
+    assert_eq!(from_api["queues"], from_cli["queues"]);
+    for age in ["comparedAt", "polledAt", "ageMs"] {
+        assert!(from_api[age].is_u64(), "{age}: {body}");
+    }
     for queue in ["inspection", "mail"] {
         for state in STATES {
             assert!(
@@ -145,8 +159,94 @@ fn mutating_routes_need_the_right_bearer_token() {
     );
     assert_eq!(code, 200, "{body}");
     assert_eq!(redis.zcard("bull:inspection:repeat"), 1);
-    // Reading needs no token.
-    assert_eq!(api.get("/api/bullmq/status").0, 200);
+    // The status needs it too; metrics, health and the API's description do not.
+    let (code, body) = api.get("/api/bullmq/status");
+    assert_eq!(code, 401, "{body}");
+    let (code, body) = http(
+        "GET",
+        &format!("{}/api/bullmq/status", api.base),
+        &[("Authorization", "Bearer s3cret-token")],
+    );
+    assert_eq!(code, 200, "{body}");
+    for open in [
+        "/metrics",
+        "/healthz",
+        "/readyz",
+        "/api/bullmq/openapi.json",
+    ] {
+        assert_eq!(api.get(open).0, 200, "{open}");
+    }
+}
+
+#[test]
+fn the_status_can_be_left_open_to_readers() {
+    let redis = RedisServer::start();
+    let api = api_with(
+        &redis,
+        false,
+        &[("BULLMQ_WARDEN_API_TOKEN", "s3cret-token")],
+        "drift_interval = \"2s\"",
+        "status_requires_token = false",
+    );
+    assert!(support::wait_until(5 * SECOND, || api
+        .get("/api/bullmq/status")
+        .0
+        == 200));
+    assert_eq!(api.post("/api/bullmq/recover", &[]).0, 401);
+}
+
+/// The status comes from what the watcher last polled and compared: parallel
+/// requests send no comparison's commands to Redis (ZRANGE of a scheduler set,
+/// HMGET of scheduler hashes) and say how old their answer is.
+#[test]
+fn parallel_status_requests_read_neither_rows_nor_schedulers() {
+    let redis = RedisServer::start();
+    // No periodic comparison during the test: only the start-up one.
+    let api = api_with(&redis, true, &[], "drift_interval = \"1h\"", "");
+    let restored = || {
+        let (code, body) = api.get("/api/bullmq/status");
+        code == 200
+            && serde_json::from_str::<Value>(&body).unwrap()["queues"]["mail"]["repeatable"] == 1
+    };
+    assert!(
+        support::wait_until(10 * SECOND, restored),
+        "{}",
+        api.watcher.log()
+    );
+    let comparison_commands = || {
+        let stats = redis.redis(&["INFO", "commandstats"]);
+        ["cmdstat_zrange:", "cmdstat_hmget:"]
+            .iter()
+            .map(|name| {
+                stats
+                    .lines()
+                    .find_map(|line| line.strip_prefix(name))
+                    .and_then(|rest| rest.strip_prefix("calls="))
+                    .and_then(|rest| rest.split(',').next())
+                    .and_then(|calls| calls.parse::<u64>().ok())
+                    .unwrap_or(0)
+            })
+            .sum::<u64>()
+    };
+    let before = comparison_commands();
+    let url = format!("{}/api/bullmq/status", api.base);
+    let answers: Vec<(u16, String)> = std::thread::scope(|scope| {
+        let requests: Vec<_> = (0..40)
+            .map(|_| scope.spawn(|| http("GET", &url, &[])))
+            .collect();
+        requests.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    for (code, body) in &answers {
+        assert_eq!(*code, 200, "{body}");
+    }
+    assert_eq!(comparison_commands(), before, "a request ran a comparison");
+    let status: Value = serde_json::from_str(&answers[0].1).unwrap();
+    assert_eq!(status["queues"]["mail"]["desired"], 1);
+    assert_eq!(status["queues"]["mail"]["repeatable"], 1);
+    assert!(status["ageMs"].as_u64().unwrap() < 3_600_000);
+    let (code, body) = api.get("/api/bullmq/status?queue=unknown");
+    assert_eq!(code, 404, "{body}");
+    assert!(body.contains("unknown"), "{body}");
 }
 
 #[test]

@@ -539,7 +539,8 @@ impl Controller {
     }
 }
 
-/// Publishes the desired and drift gauges of every queue in a comparison.
+/// Publishes the desired and drift gauges of every queue in a comparison,
+/// and the drift `GET /api/bullmq/status` serves.
 pub fn publish_drift(observer: &Observer, snapshot: &Snapshot) {
     publish_plan(observer, &snapshot.plan, false, false);
 }
@@ -548,6 +549,7 @@ pub fn publish_drift(observer: &Observer, snapshot: &Snapshot) {
 /// differs any more, and with `pruned` the orphans are gone too.
 fn publish_plan(observer: &Observer, whole: &Plan, settled: bool, pruned: bool) {
     let triggers = Cause::ALL.map(Cause::as_str);
+    let mut latest = BTreeMap::new();
     for (queue, plan) in &whole.queues {
         observer.metrics().register_queue(queue, &triggers);
         let invalid = whole
@@ -560,22 +562,28 @@ fn publish_plan(observer: &Observer, whole: &Plan, settled: bool, pruned: bool) 
         } else {
             (plan.create.len(), plan.update.len())
         };
-        observer.metrics().set_drift(
-            queue,
-            plan.desired,
-            plan.legacy,
-            &crate::warden::Drift {
-                missing,
-                mismatched,
-                orphaned: if settled && pruned {
-                    0
-                } else {
-                    plan.orphaned.len()
-                },
-                invalid,
+        let drift = crate::warden::Drift {
+            missing,
+            mismatched,
+            orphaned: if settled && pruned {
+                0
+            } else {
+                plan.orphaned.len()
             },
-        );
+            invalid,
+        };
+        observer
+            .metrics()
+            .set_drift(queue, plan.desired, plan.legacy, &drift);
+        let status = crate::warden::QueueStatus {
+            desired: plan.desired,
+            legacy: plan.legacy,
+            drift,
+            ..Default::default()
+        };
+        latest.insert(queue.clone(), status);
     }
+    observer.latest_status().record_comparison(latest);
 }
 
 /// Uniform in `[0, ceiling]`: spreads retries of many sidecars apart.

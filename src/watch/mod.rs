@@ -7,6 +7,7 @@
 
 pub mod flushes;
 pub mod keyspace;
+pub(crate) mod latest;
 pub mod poll;
 pub mod sentinel;
 
@@ -64,6 +65,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Watc
         );
         tasks.spawn(http::serve(
             listener,
+            config.http.clone(),
             connected.clone(),
             observer.clone(),
             token.map(http::ApiToken::into_secret),

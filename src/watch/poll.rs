@@ -248,6 +248,7 @@ impl Poller {
     fn observe_counts(&self, seen: &mut Seen, polled: &Polled, restarted: bool, since_ms: u64) {
         let mut emptied = Vec::new();
         let mut stranded = Vec::new();
+        self.observer.latest_status().record_poll(&polled.counts);
         let restored = self
             .restored
             .lock()
