@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Read;
 use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -171,34 +171,15 @@ fn secrets_in_query_strings_are_masked_in_errors() {
     assert!(run.stderr.contains("password=***"), "{}", run.stderr);
 }
 
-/// An HTTP server that answers every request with `answer` and sends each
+/// An HTTP endpoint that answers every request with `answer` and sends each
 /// request's head to the returned channel.
-fn http_endpoint(answer: &'static str) -> (u16, mpsc::Receiver<String>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
+fn http_endpoint(answer: String) -> (u16, mpsc::Receiver<String>) {
     let (heads, received) = mpsc::channel();
-    std::thread::spawn(move || {
-        for mut stream in listener.incoming().map_while(Result::ok) {
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut head = String::new();
-            let mut length = 0;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    length = value.trim().parse().unwrap_or(0);
-                }
-                head.push_str(&line);
-            }
-            let mut body = vec![0; length];
-            let _ = reader.read_exact(&mut body);
-            let _ = heads.send(head);
-            let _ = stream.write_all(answer.as_bytes());
-        }
+    let addr = support::http_endpoint(move |head, _body| {
+        let _ = heads.send(head);
+        answer.clone()
     });
-    (port, received)
+    (addr.port(), received)
 }
 
 fn webhook_setup(redis: &RedisServer, url: &str) -> Setup {
@@ -216,15 +197,12 @@ fn webhook_setup(redis: &RedisServer, url: &str) -> Setup {
 
 #[test]
 fn the_webhook_follows_no_redirect_to_another_address() {
-    let (elsewhere, stolen) = http_endpoint("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}");
-    let redirect: &'static str = Box::leak(
-        format!(
-            "HTTP/1.1 307 Temporary Redirect\r\nlocation: http://127.0.0.1:{elsewhere}/steal\r\n\
-             content-length: 0\r\nconnection: close\r\n\r\n"
-        )
-        .into_boxed_str(),
-    );
-    let (app, asked) = http_endpoint(redirect);
+    let (elsewhere, stolen) =
+        http_endpoint("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}".to_owned());
+    let (app, asked) = http_endpoint(format!(
+        "HTTP/1.1 307 Temporary Redirect\r\nlocation: http://127.0.0.1:{elsewhere}/steal\r\n\
+         content-length: 0\r\nconnection: close\r\n\r\n"
+    ));
     let redis = RedisServer::start();
     let setup = webhook_setup(
         &redis,

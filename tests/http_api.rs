@@ -52,13 +52,7 @@ fn api_with(
     );
     let watcher = Watcher::start_env(&setup, env);
     let base = format!("http://{addr}");
-    assert!(
-        support::wait_until(10 * SECOND, || http("GET", &format!("{base}/readyz"), &[])
-            .0
-            == 200),
-        "{}",
-        watcher.log()
-    );
+    support::wait_until_ready(&base, &watcher, 10 * SECOND);
     Api {
         base,
         watcher,
@@ -397,11 +391,5 @@ fn metrics_and_health_answer_while_redis_is_down_at_start() {
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("not connected"), "{body}");
     redis.start_again();
-    assert!(
-        support::wait_until(15 * SECOND, || http("GET", &format!("{base}/readyz"), &[])
-            .0
-            == 200),
-        "{}",
-        watcher.log()
-    );
+    support::wait_until_ready(&base, &watcher, 15 * SECOND);
 }

@@ -43,10 +43,7 @@ fn the_api_answers_every_generated_request_as_its_schema_says() {
     let addr = support::free_local_addr();
     let setup = Setup::sqlite(
         &redis,
-        &format!(
-            "[watch]\ninfo_interval = \"200ms\"\ndrift_interval = \"2s\"\ndebounce_quiet = \"300ms\"\n\
-             [http]\nlisten = \"{addr}\"\n[recovery]\n{FAST_RECOVERY}"
-        ),
+        &format!("{}{FAST_RECOVERY}", support::fast_watch_with_api(&addr)),
     );
     setup.sql(TASKS_TABLE_SQLITE);
     // A valid row, one in another queue, and an invalid one: every part of

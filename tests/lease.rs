@@ -347,20 +347,14 @@ fn the_http_recover_answers_409_while_another_holds_the_lease() {
     let setup = Setup::sqlite(
         &redis,
         &format!(
-            "[watch]\ninfo_interval = \"200ms\"\ndrift_interval = \"2s\"\ndebounce_quiet = \"300ms\"\n\
-             [http]\nlisten = \"{addr}\"\n[recovery]\nlease_wait = \"1s\"\n"
+            "{}lease_wait = \"1s\"\n",
+            support::fast_watch_with_api(&addr)
         ),
     );
     rows(&setup, 3, "inspection");
     let watcher = Watcher::start(&setup);
     let base = format!("http://{addr}");
-    assert!(
-        support::wait_until(10 * SECOND, || http("GET", &format!("{base}/readyz"), &[])
-            .0
-            == 200),
-        "{}",
-        watcher.log()
-    );
+    support::wait_until_ready(&base, &watcher, 10 * SECOND);
     redis.redis(&["SET", LEASE_KEY, "db-host-7:4242:00ff", "PX", "600000"]);
     let before = redis.redis(&["DBSIZE"]);
 

@@ -589,46 +589,21 @@ fn application_endpoint(
     redis_url: String,
     specs: serde_json::Value,
 ) -> (String, std::sync::mpsc::Receiver<String>) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!(
-        "http://{}/api/bullmq/recover",
-        listener.local_addr().unwrap()
-    );
     let (requests, received) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::{BufRead, BufReader, Read, Write};
-        for stream in listener.incoming().map_while(Result::ok) {
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut head = String::new();
-            let mut length = 0;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    length = value.trim().parse().unwrap_or(0);
-                }
-                head.push_str(&line);
-            }
-            let mut body = vec![0; length];
-            let _ = reader.read_exact(&mut body);
-            let redis = support::RedisServer::attach(&redis_url);
-            node(
-                6,
-                "upsert-schedulers",
-                &redis,
-                "inspection",
-                &[],
-                Some(&specs),
-            );
-            let _ = requests.send(format!("{head}\r\n{}", String::from_utf8_lossy(&body)));
-            let mut stream = stream;
-            let _ = stream
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}");
-        }
+    let addr = support::http_endpoint(move |head, body| {
+        let redis = support::RedisServer::attach(&redis_url);
+        node(
+            6,
+            "upsert-schedulers",
+            &redis,
+            "inspection",
+            &[],
+            Some(&specs),
+        );
+        let _ = requests.send(format!("{head}\r\n{}", String::from_utf8_lossy(&body)));
+        "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}".to_owned()
     });
-    (url, received)
+    (format!("http://{addr}/api/bullmq/recover"), received)
 }
 
 #[test]
