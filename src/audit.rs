@@ -163,17 +163,39 @@ pub fn audit_settings(settings: &RedisSettings, audit: &mut Audit) {
                 get("save")
             ),
         ),
-        (true, _) => {}
+        (true, _) => audit.push(
+            Severity::Info,
+            "persistence",
+            format!("AOF is on (appendonly yes){}", if rdb { ", and RDB snapshots" } else { "" }),
+        ),
     }
-    if aof && get("appendfsync") == "no" {
+    if aof {
+        let fsync = get("appendfsync");
+        if fsync == "no" {
+            audit.push(
+                Severity::Warning,
+                "appendfsync",
+                "appendfsync no: the OS decides when the AOF reaches disk; use everysec or always",
+            );
+        } else {
+            audit.push(
+                Severity::Info,
+                "appendfsync",
+                format!("appendfsync {fsync}"),
+            );
+        }
+    }
+    audit_policy(get("maxmemory-policy"), audit);
+}
+
+fn audit_policy(policy: &str, audit: &mut Audit) {
+    if policy == "noeviction" {
         audit.push(
-            Severity::Warning,
-            "appendfsync",
-            "appendfsync no: the OS decides when the AOF reaches disk; use everysec or always",
+            Severity::Info,
+            "eviction-policy",
+            "maxmemory-policy is noeviction, as BullMQ requires",
         );
-    }
-    let policy = get("maxmemory-policy");
-    if policy != "noeviction" {
+    } else {
         audit.push(
             Severity::Error,
             "eviction-policy",
@@ -188,7 +210,14 @@ pub fn audit_settings(settings: &RedisSettings, audit: &mut Audit) {
 fn audit_from_info(info: &HashMap<String, String>, audit: &mut Audit) {
     let mut unverified = Vec::new();
     match info.get("aof_enabled").map(String::as_str) {
-        Some("1") => unverified.push("appendfsync (how often the AOF reaches disk)"),
+        Some("1") => {
+            audit.push(
+                Severity::Info,
+                "persistence",
+                "AOF is on (INFO aof_enabled:1)",
+            );
+            unverified.push("appendfsync (how often the AOF reaches disk)");
+        }
         Some(_) => {
             audit.push(
                 Severity::Warning,
@@ -200,12 +229,7 @@ fn audit_from_info(info: &HashMap<String, String>, audit: &mut Audit) {
         None => unverified.push("appendonly and save (whether Redis persists at all)"),
     }
     match info.get("maxmemory_policy") {
-        Some(policy) if policy != "noeviction" => audit.push(
-            Severity::Error,
-            "eviction-policy",
-            format!("maxmemory-policy is {policy}; BullMQ requires noeviction, or Redis may evict schedulers"),
-        ),
-        Some(_) => {}
+        Some(policy) => audit_policy(policy, audit),
         None => unverified.push("maxmemory-policy (must be noeviction)"),
     }
     audit.push(
@@ -221,13 +245,30 @@ fn audit_from_info(info: &HashMap<String, String>, audit: &mut Audit) {
 /// Runs every check; connection failures become findings, not errors.
 pub async fn run(warden: &Warden) -> Audit {
     let mut audit = Audit::default();
-    match RedisSettings::read(&warden.store()).await {
-        Ok(settings) => audit_settings(&settings, &mut audit),
+    let store = warden.store();
+    match RedisSettings::read(&store).await {
+        Ok(settings) => {
+            audit.push(
+                Severity::Info,
+                "redis",
+                format!("{} answers", store.redacted_url()),
+            );
+            audit_settings(&settings, &mut audit);
+        }
         Err(e) => audit.push(Severity::Error, "redis", e.to_string()),
     }
     match warden.snapshot(None).await {
         Ok(snapshot) => {
             let plan = &snapshot.plan;
+            let valid: usize = plan.queues.values().map(|q| q.desired).sum();
+            audit.push(
+                Severity::Info,
+                "source",
+                format!(
+                    "the source query answered: {valid} valid rows, {} invalid",
+                    plan.invalid.len()
+                ),
+            );
             if plan.missing() > 0 || plan.mismatched() > 0 {
                 audit.push(
                     Severity::Error,
@@ -248,6 +289,9 @@ pub async fn run(warden: &Warden) -> Audit {
                     ),
                 );
             }
+            if plan.invalid.is_empty() {
+                audit.push(Severity::Info, "invalid-row", "every row is valid");
+            }
             for invalid in &plan.invalid {
                 audit.push(
                     Severity::Warning,
@@ -256,7 +300,13 @@ pub async fn run(warden: &Warden) -> Audit {
                 );
             }
             let orphaned: usize = plan.queues.values().map(|q| q.orphaned.len()).sum();
-            if orphaned > 0 {
+            if orphaned == 0 {
+                audit.push(
+                    Severity::Info,
+                    "orphans",
+                    "no scheduler under the id template's prefix lacks its row",
+                );
+            } else {
                 audit.push(
                     Severity::Warning,
                     "orphans",
@@ -264,7 +314,13 @@ pub async fn run(warden: &Warden) -> Audit {
                 );
             }
             let legacy: usize = plan.queues.values().map(|q| q.legacy).sum();
-            if legacy > 0 {
+            if legacy == 0 {
+                audit.push(
+                    Severity::Info,
+                    "legacy-repeatable",
+                    "no legacy repeatable jobs",
+                );
+            } else {
                 audit.push(
                     Severity::Warning,
                     "legacy-repeatable",

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::apply::{Action, RecoverReport};
 use crate::audit::{self, Severity};
@@ -31,26 +31,40 @@ pub mod exit {
     /// `recover` did not get the recovery lease within `recovery.lease_wait`
     /// (another bullmq-warden is restoring), or lost it and stopped writing.
     pub const LEASE: u8 = 7;
+    /// `watch` could not start: the listen address is in use or cannot be
+    /// bound, or the process could not set itself up. Kept apart from 1 so
+    /// that an orchestrator can tell a clash of ports from refused writes.
+    pub const STARTUP: u8 = 8;
 }
+
+/// Environment variable for `--log-format`.
+const LOG_FORMAT_ENV: &str = "BULLMQ_WARDEN_LOG_FORMAT";
+/// Environment variable for `watch --listen`.
+const LISTEN_ENV: &str = "BULLMQ_WARDEN_LISTEN";
 
 #[derive(Debug, Parser)]
 #[command(
     name = "bullmq-warden",
     version,
     about = "Watches the Redis behind BullMQ and restores job schedulers from a SQL source of truth",
-    after_help = "Exit codes: 0 ok, 1 failure, 2 usage or config error, 3 invalid rows skipped, \
-                  4 check found problems, 5 Redis unreachable, 6 source database unreachable, \
-                  7 recovery lease held by another bullmq-warden (or lost while writing).\n\
-                  Every config key can be set as BULLMQ_WARDEN__<SECTION>__<KEY>, e.g. BULLMQ_WARDEN__REDIS__URL."
+    after_help = "Exit codes: 0 ok, 1 failure (writes refused), 2 usage or config error, 3 invalid rows skipped, \
+                  4 check found problems, 5 Redis unreachable, 6 source database unreachable or its query failed, \
+                  7 recovery lease held by another bullmq-warden (or lost while writing), \
+                  8 watch could not start (listen address in use or not bindable).\n\
+                  Without --config or BULLMQ_WARDEN_CONFIG no file is read: built-in defaults apply.\n\
+                  Every config key can be set as BULLMQ_WARDEN__<SECTION>__<KEY>, e.g. BULLMQ_WARDEN__REDIS__URL; \
+                  an empty variable counts as unset.\n\
+                  Plain logs are coloured only on a terminal, never with NO_COLOR set."
 )]
 pub struct Cli {
-    /// TOML config file; without it, built-in defaults and environment overrides apply.
-    #[arg(long, global = true, env = CONFIG_PATH_ENV, value_name = "FILE")]
+    /// TOML config file (else BULLMQ_WARDEN_CONFIG; empty counts as unset); without
+    /// either, built-in defaults and environment overrides apply.
+    #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// Log line format (logs go to stderr).
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Plain)]
-    pub log_format: LogFormat,
+    /// Log line format, logs go to stderr (else BULLMQ_WARDEN_LOG_FORMAT; default plain).
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -59,7 +73,12 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the sidecar: watch Redis, export metrics, restore lost schedulers (until SIGTERM).
-    Watch,
+    Watch {
+        /// Address for /metrics and the API, instead of `[http] listen` (else
+        /// BULLMQ_WARDEN_LISTEN); "" serves nothing.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+    },
     /// Job counts per queue, schedulers in Redis, rows wanting them, and the drift.
     Status {
         /// Only this queue.
@@ -104,7 +123,20 @@ pub enum Command {
 /// Parses arguments, runs the command and maps the outcome to an exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    crate::logging::init(cli.log_format);
+    let log_format = match cli.log_format {
+        Some(format) => format,
+        None => {
+            match env_value(LOG_FORMAT_ENV).map(|v| LogFormat::from_str(&v, true)) {
+                None => LogFormat::Plain,
+                Some(Ok(format)) => format,
+                Some(Err(_)) => {
+                    eprintln!("bullmq-warden: environment variable {LOG_FORMAT_ENV}: must be plain or json");
+                    return ExitCode::from(exit::USAGE);
+                }
+            }
+        }
+    };
+    crate::logging::init(log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .on_thread_park(crate::memory::collect_when_idle)
         .enable_all()
@@ -113,7 +145,7 @@ pub fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("bullmq-warden: cannot start the async runtime: {e}");
-            return ExitCode::from(exit::FAILURE);
+            return ExitCode::from(exit::STARTUP);
         }
     };
     let code = runtime.block_on(run(cli));
@@ -121,11 +153,33 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> u8 {
-    let config = match Config::load(cli.config.as_deref(), std::env::vars()) {
+    // Read here rather than by clap, which refuses an empty variable: an
+    // empty BULLMQ_WARDEN_CONFIG names no file, as an empty override sets no key.
+    let config_path = cli.config.clone().or_else(|| {
+        std::env::var_os(CONFIG_PATH_ENV)
+            .filter(|value| !value.is_empty())
+            .map(PathBuf::from)
+    });
+    let config_path = config_path.as_deref();
+    if config_path.is_none() {
+        tracing::warn!(
+            event = "config_defaults",
+            "no config file: built-in defaults apply (Redis {}, source {}) with BULLMQ_WARDEN__* \
+             overrides; name a file with --config FILE or {CONFIG_PATH_ENV}",
+            crate::config::RedisConfig::default().url,
+            crate::config::SourceConfig::default().url,
+        );
+    }
+    let mut config = match Config::load(config_path, std::env::vars()) {
         Ok(config) => config,
         Err(e) => return fail(&WardenError::Config(e)),
     };
-    if let Command::Watch = cli.command {
+    if let Command::Watch { listen } = cli.command {
+        if let Some(listen) = listen.or_else(|| env_value(LISTEN_ENV)) {
+            if let Err(e) = config.set_listen(listen) {
+                return fail(&WardenError::Config(e));
+            }
+        }
         return watch(config).await;
     }
     if let Command::RemoveSchedulers {
@@ -143,7 +197,7 @@ async fn run(cli: Cli) -> u8 {
         Err(e) => return fail(&e),
     };
     let code = match cli.command {
-        Command::Watch => exit::OK, // returned above, before connecting
+        Command::Watch { .. } => exit::OK, // returned above, before connecting
         Command::Status { queue, json } => match warden.status(queue.as_deref()).await {
             Ok(report) => {
                 print_status(&report, json);
@@ -207,6 +261,12 @@ async fn run(cli: Cli) -> u8 {
     code
 }
 
+/// A variable's value; clap's own `env` would refuse an empty one, which
+/// counts as unset here as it does for the config overrides.
+fn env_value(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|value| !value.is_empty())
+}
+
 /// Runs the watcher until SIGTERM or SIGINT.
 async fn watch(config: Config) -> u8 {
     use crate::watch::WatchError;
@@ -217,7 +277,7 @@ async fn watch(config: Config) -> u8 {
         Err(error) => {
             eprintln!("bullmq-warden: {}", printable(&error.to_string()));
             match error {
-                WatchError::Http(crate::http::HttpError::Bind { .. }) => exit::FAILURE,
+                WatchError::Http(crate::http::HttpError::Bind { .. }) => exit::STARTUP,
                 WatchError::Source(_) => exit::SOURCE_UNREACHABLE,
                 _ => exit::USAGE,
             }

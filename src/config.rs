@@ -25,6 +25,12 @@ pub enum ConfigError {
     Invalid { key: String, reason: String },
     #[error("environment variable {var}: {reason}")]
     Env { var: String, reason: String },
+    #[error("environment variable {var} (config key {key}): {reason}")]
+    EnvInvalid {
+        var: String,
+        key: String,
+        reason: String,
+    },
 }
 
 impl ConfigError {
@@ -47,6 +53,11 @@ impl ConfigError {
             },
             ConfigError::Env { var, reason } => ConfigError::Env {
                 var,
+                reason: redact_urls_in(&reason),
+            },
+            ConfigError::EnvInvalid { var, key, reason } => ConfigError::EnvInvalid {
+                var,
+                key,
                 reason: redact_urls_in(&reason),
             },
         }
@@ -337,18 +348,30 @@ impl Config {
         path: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let mut table = match path {
+        let file = match path {
             Some(path) => read_table(path)?,
             None => toml::Table::new(),
         };
-        apply_env_overrides(&mut table, env)?;
-        let origin = path.map_or_else(|| "(defaults)".to_owned(), |p| p.display().to_string());
-        let config: Config =
-            Config::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Parse {
-                path: origin,
-                reason: one_line(&e.to_string()),
-            })?;
-        config.validate()?;
+        let overrides = env_overrides(env)?;
+        let mut table = file.clone();
+        for (key, (_, value)) in &overrides {
+            set_key(&mut table, key, value.clone());
+        }
+        let config = match deserialize(table) {
+            Ok(config) => config,
+            Err(reason) => return Err(blame(path, file, &overrides, reason)),
+        };
+        config.validate().map_err(|error| match error {
+            ConfigError::Invalid { key, reason } => match overrides.get(&key) {
+                Some((var, _)) => ConfigError::EnvInvalid {
+                    var: var.clone(),
+                    key,
+                    reason,
+                },
+                None => ConfigError::Invalid { key, reason },
+            },
+            other => other,
+        })?;
         Ok(config)
     }
 
@@ -509,15 +532,25 @@ impl Config {
                 "must not exceed watch.debounce_max".into(),
             ));
         }
+        self.validate_listen("http.listen")
+    }
+
+    /// Replaces `[http] listen` with the `--listen` flag's address.
+    pub fn set_listen(&mut self, listen: String) -> Result<(), ConfigError> {
+        self.http.listen = listen;
+        self.validate_listen("--listen")
+    }
+
+    fn validate_listen(&self, key: &str) -> Result<(), ConfigError> {
         if !self.http.listen.is_empty() && self.http.listen.parse::<std::net::SocketAddr>().is_err()
         {
-            return Err(invalid(
-                "http.listen",
-                format!(
+            return Err(ConfigError::Invalid {
+                key: key.into(),
+                reason: format!(
                     "{:?} is not an address such as 127.0.0.1:9464",
                     self.http.listen
                 ),
-            ));
+            });
         }
         for (key, value) in [
             ("http.header_read_timeout", self.http.header_read_timeout),
@@ -566,33 +599,86 @@ fn parse_error_without_source(error: &toml::de::Error, text: &str) -> String {
     format!("{}{}", place.unwrap_or_default(), one_line(error.message()))
 }
 
+fn deserialize(table: toml::Table) -> Result<Config, String> {
+    Config::deserialize(toml::Value::Table(table)).map_err(|e| one_line(&e.to_string()))
+}
+
+/// Names whoever set the value that did not deserialize: the file when it
+/// fails on its own, else the first override that makes it fail. An operator
+/// who set `BULLMQ_WARDEN__WATCH__DRIFT_INTERVAL=30` looks for that variable,
+/// not in a config file that never mentions the key.
+fn blame(
+    path: Option<&Path>,
+    file: toml::Table,
+    overrides: &EnvOverrides,
+    reason: String,
+) -> ConfigError {
+    let file_error = deserialize(file.clone()).err();
+    if let (Some(path), Some(reason)) = (path, file_error) {
+        return ConfigError::Parse {
+            path: path.display().to_string(),
+            reason,
+        };
+    }
+    let mut table = file;
+    for (key, (var, value)) in overrides {
+        set_key(&mut table, key, value.clone());
+        if let Err(reason) = deserialize(table.clone()) {
+            return ConfigError::Env {
+                var: var.clone(),
+                reason,
+            };
+        }
+    }
+    ConfigError::Parse {
+        path: path.map_or_else(|| "(defaults)".to_owned(), |p| p.display().to_string()),
+        reason,
+    }
+}
+
+/// Overrides by config key (`watch.drift_interval`): the variable that set
+/// it and the value.
+type EnvOverrides = BTreeMap<String, (String, toml::Value)>;
+
 /// `BULLMQ_WARDEN__REDIS__URL=…` sets `[redis] url`. Values that read as TOML
-/// booleans or numbers are taken as such; anything else is a string.
-fn apply_env_overrides(
-    table: &mut toml::Table,
+/// booleans or numbers are taken as such; anything else is a string. An
+/// empty variable counts as unset, as it does for most tools: a manifest
+/// that blanks a variable means "no value", not "the empty string".
+fn env_overrides(
     env: impl IntoIterator<Item = (String, String)>,
-) -> Result<(), ConfigError> {
-    let overrides: BTreeMap<String, String> = env
+) -> Result<EnvOverrides, ConfigError> {
+    let mut overrides = EnvOverrides::new();
+    let mut vars: Vec<(String, String)> = env
         .into_iter()
-        .filter(|(k, _)| k.starts_with(ENV_OVERRIDE_PREFIX))
+        .filter(|(k, v)| k.starts_with(ENV_OVERRIDE_PREFIX) && !v.is_empty())
         .collect();
-    for (var, raw) in overrides {
+    vars.sort();
+    for (var, raw) in vars {
         let path = &var[ENV_OVERRIDE_PREFIX.len()..];
         let (section, key) = path.split_once("__").ok_or_else(|| ConfigError::Env {
             var: var.clone(),
             reason: "expected BULLMQ_WARDEN__<SECTION>__<KEY>".into(),
         })?;
-        let section_table = table
-            .entry(section.to_ascii_lowercase())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-            .as_table_mut()
-            .ok_or_else(|| ConfigError::Env {
-                var: var.clone(),
-                reason: format!("[{}] is not a table", section.to_ascii_lowercase()),
-            })?;
-        section_table.insert(key.to_ascii_lowercase(), scalar_from_env(&raw));
+        let key = format!(
+            "{}.{}",
+            section.to_ascii_lowercase(),
+            key.to_ascii_lowercase()
+        );
+        overrides.insert(key, (var, scalar_from_env(&raw)));
     }
-    Ok(())
+    Ok(overrides)
+}
+
+/// Sets `section.key`. A section the file made something else than a table
+/// (`redis = 1`) is left as it is: deserializing then blames the file.
+fn set_key(table: &mut toml::Table, dotted: &str, value: toml::Value) {
+    let (section, key) = dotted.split_once('.').unwrap_or((dotted, ""));
+    let entry = table
+        .entry(section)
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    if let Some(section_table) = entry.as_table_mut() {
+        section_table.insert(key.to_owned(), value);
+    }
 }
 
 fn scalar_from_env(raw: &str) -> toml::Value {
@@ -732,6 +818,36 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("recovery.prune_orphans"), "{err}");
+    }
+
+    #[test]
+    fn errors_in_overrides_name_the_variable_and_empty_ones_are_unset() {
+        let var = "BULLMQ_WARDEN__WATCH__DRIFT_INTERVAL";
+        let err = load_str("", &[(var, "30")]).unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!("environment variable {var}: ")),
+            "{err}"
+        );
+        assert!(!err.contains("warden.toml"), "{err}");
+        let err = load_str("", &[(var, "10ms")]).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!("environment variable {var} (config key watch.drift_interval): must be at least 50ms")
+        );
+        let err = load_str("[watch]\ndrift_interval = 30\n", &[(var, "")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("config file "), "{err}");
+        let config = load_str(
+            "[redis]\nurl = \"redis://10.0.0.1:6379\"\n",
+            &[
+                ("BULLMQ_WARDEN__REDIS__URL", ""),
+                ("BULLMQ_WARDEN__HTTP__TOKEN_FILE", ""),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.redis.url, "redis://10.0.0.1:6379");
+        assert_eq!(config.http.token_file, None);
     }
 
     #[test]

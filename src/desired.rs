@@ -366,14 +366,24 @@ fn validate_cron(
         Ok(None) => Err(format!("cron pattern {pattern:?} never fires")),
         Err(e) => Err(format!(
             "cron pattern {pattern:?}: {}",
-            strip_prefix(&e.to_string())
+            cron_cause(&e.to_string(), trimmed)
         )),
     }
 }
 
-fn strip_prefix(message: &str) -> &str {
-    message
+/// The parser's cause alone: BullMQ wraps croner's message in two clauses
+/// that repeat what the reason already says (`invalid configuration: invalid
+/// cron pattern '61 * * * *': Component error: …`).
+fn cron_cause<'m>(message: &'m str, pattern: &str) -> &'m str {
+    let message = message
         .strip_prefix("invalid configuration: ")
+        .unwrap_or(message);
+    let message = message
+        .strip_prefix(&format!("invalid cron pattern '{pattern}': "))
+        .unwrap_or(message);
+    ["Component error: ", "Invalid pattern: "]
+        .iter()
+        .find_map(|category| message.strip_prefix(category))
         .unwrap_or(message)
 }
 
@@ -732,6 +742,23 @@ mod tests {
         assert_eq!(s.queue, "inspection");
         assert_eq!(s.schedule, Schedule::EveryMs(5000));
         assert_eq!(s.data, "{}");
+    }
+
+    #[test]
+    fn a_cron_reason_names_the_pattern_once() {
+        let reason = reason_for(&[("cron", text("61 * * * *"))]);
+        assert!(
+            reason.starts_with("cron pattern \"61 * * * *\": "),
+            "{reason}"
+        );
+        assert_eq!(reason.matches("61 * * * *").count(), 1, "{reason}");
+        for clause in [
+            "invalid configuration",
+            "invalid cron pattern",
+            "Component error",
+        ] {
+            assert!(!reason.contains(clause), "{reason}");
+        }
     }
 
     #[test]

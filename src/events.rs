@@ -44,6 +44,12 @@ impl Cause {
         Cause::Manual,
     ];
 
+    /// The causes a detection can have: all but `Manual`, which only
+    /// triggers recoveries (an operator's request is no sign of a loss).
+    pub fn detected() -> impl Iterator<Item = Cause> {
+        Cause::ALL.into_iter().filter(|c| *c != Cause::Manual)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Cause::Restart => "restart",
@@ -67,8 +73,45 @@ pub struct Persistence {
     pub noeviction: bool,
 }
 
+/// A Redis setting that puts schedulers at risk for as long as it lasts. Its
+/// gauge carries it from one poll to the next; the log tells when it starts
+/// and when it ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Condition {
+    /// Neither AOF nor RDB snapshots: a restart loses every scheduler.
+    NoPersistence,
+    /// maxmemory-policy is not noeviction: Redis may evict schedulers.
+    Eviction,
+}
+
+impl Condition {
+    /// The conditions that hold under `settings`.
+    pub(crate) fn of(settings: &Persistence) -> Vec<Condition> {
+        let mut holding = Vec::new();
+        if !settings.aof && !settings.rdb {
+            holding.push(Condition::NoPersistence);
+        }
+        if !settings.noeviction {
+            holding.push(Condition::Eviction);
+        }
+        holding
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Condition::NoPersistence => "no_persistence",
+            Condition::Eviction => "eviction_policy",
+        }
+    }
+}
+
 #[derive(Debug)]
 pub enum Event<'a> {
+    /// A standing condition started (`holds`) or ended.
+    RedisCondition {
+        condition: Condition,
+        holds: bool,
+    },
     /// A signal that schedulers may have been lost.
     Detected {
         cause: Cause,
@@ -102,6 +145,13 @@ pub enum Event<'a> {
         backoff: Duration,
         /// …and the jittered delay actually waited.
         retry_in: Duration,
+    },
+    /// A row that cannot become a scheduler: emitted when it first shows up
+    /// and when its reason changes, not on every comparison.
+    RowInvalid {
+        queue: Option<&'a str>,
+        id: &'a str,
+        reason: &'a str,
     },
     /// Another sidecar holds the lease; this one re-checks afterwards.
     LeaseBusy {
@@ -188,17 +238,51 @@ impl Observer {
     pub fn emit(&self, event: Event<'_>) {
         let m = &self.metrics;
         match event {
+            Event::RedisCondition { condition, holds } => {
+                let name = condition.as_str();
+                match (condition, holds) {
+                    (Condition::NoPersistence, true) => tracing::warn!(
+                        event = "redis_condition",
+                        condition = name,
+                        holds,
+                        "Redis has neither AOF nor RDB: a restart loses every scheduler"
+                    ),
+                    (Condition::NoPersistence, false) => tracing::info!(
+                        event = "redis_condition",
+                        condition = name,
+                        holds,
+                        "Redis persists again (AOF or RDB is on)"
+                    ),
+                    (Condition::Eviction, true) => tracing::warn!(
+                        event = "redis_condition",
+                        condition = name,
+                        holds,
+                        "maxmemory-policy is not noeviction: Redis may evict schedulers"
+                    ),
+                    (Condition::Eviction, false) => tracing::info!(
+                        event = "redis_condition",
+                        condition = name,
+                        holds,
+                        "maxmemory-policy is noeviction again"
+                    ),
+                }
+            }
             Event::Detected {
                 cause,
                 queue,
                 detail,
             } => {
-                tracing::warn!(
-                    event = "detected",
-                    cause = cause.as_str(),
-                    queue = queue.unwrap_or(""),
-                    "{detail}"
-                );
+                // Every start compares; that alone is no sign of a loss.
+                if cause == Cause::Startup {
+                    tracing::info!(event = "detected", cause = cause.as_str(), "{detail}");
+                } else {
+                    tracing::warn!(
+                        event = "detected",
+                        cause = cause.as_str(),
+                        queue = queue.unwrap_or(""),
+                        "{detail}"
+                    );
+                }
                 m.detections
                     .get_or_create(&CauseLabels {
                         cause: cause.as_str(),
@@ -319,6 +403,14 @@ impl Observer {
                 m.consecutive_failures.set(i64::from(attempt));
                 m.backoff_seconds.set(retry_in.as_secs_f64());
             }
+            Event::RowInvalid { queue, id, reason } => {
+                tracing::warn!(
+                    event = "row_invalid",
+                    queue = queue.unwrap_or(""),
+                    id,
+                    "{reason}"
+                );
+            }
             Event::LeaseBusy { recheck_in } => {
                 tracing::info!(
                     event = "lease_busy",
@@ -401,12 +493,6 @@ impl Observer {
             }
             Event::PersistenceRead(settings) => match settings {
                 Some(p) => {
-                    if !p.aof && !p.rdb {
-                        tracing::warn!(
-                            event = "persistence",
-                            "Redis has neither AOF nor RDB: a restart loses every scheduler"
-                        );
-                    }
                     m.redis_config_readable.set(1);
                     m.redis_aof_enabled.set_known(i64::from(p.aof));
                     m.redis_rdb_save_configured.set_known(i64::from(p.rdb));

@@ -8,7 +8,7 @@
 //! [`OneLineStderr`], which escapes every line break but the last. JSON lines
 //! need nothing: JSON escapes control characters itself.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 
 use tracing_subscriber::fmt::MakeWriter;
 
@@ -34,13 +34,26 @@ pub fn init(format: LogFormat) {
         .add_directive(SECRET_QUOTING_TARGETS.parse().expect("a valid directive"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match format {
-        LogFormat::Plain => builder.with_writer(OneLineStderr).init(),
+        LogFormat::Plain => builder
+            .with_ansi(colour(
+                std::io::stderr().is_terminal(),
+                std::env::var_os("NO_COLOR"),
+            ))
+            .with_writer(OneLineStderr)
+            .init(),
         LogFormat::Json => builder
             .with_writer(std::io::stderr)
             .json()
             .flatten_event(true)
             .init(),
     }
+}
+
+/// Colours are for a person at a terminal: in a file or a pipe (a log
+/// collector) they are escape codes around every field. A non-empty
+/// `NO_COLOR` turns them off everywhere (<https://no-color.org>).
+fn colour(stderr_is_terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|value| value.is_empty())
 }
 
 /// Stderr for plain log lines. The formatter hands over each event as one
@@ -96,6 +109,14 @@ fn one_log_line(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(colour(true, None));
+        assert!(colour(true, Some("".into())));
+        assert!(!colour(true, Some("1".into())));
+        assert!(!colour(false, None));
+    }
 
     #[test]
     fn a_log_line_keeps_its_end_and_loses_inner_breaks() {

@@ -29,6 +29,16 @@ pub enum SourceError {
     Connect { url: String, reason: String },
     #[error("source query failed on {url}: {reason}")]
     Query { url: String, reason: String },
+    /// Checked once per read, on the first row: without these columns every
+    /// row would fail with the same reason, which would not say what to alias.
+    #[error(
+        "source query on {url} lacks the required columns {missing} (found: {found}); name them with AS"
+    )]
+    Columns {
+        url: String,
+        missing: String,
+        found: String,
+    },
     #[error("cannot seed the SQLite source from {path}: {reason}")]
     Seed { path: PathBuf, reason: String },
 }
@@ -170,7 +180,11 @@ impl Source {
             ($begin:expr, $db:ty) => {{
                 let mut tx = $begin.await.map_err(|e| self.error(e))?;
                 let mut rows = sqlx::query(AssertSqlSafe(query)).fetch(&mut *tx);
+                let mut first = true;
                 while let Some(row) = rows.try_next().await.map_err(|e| self.error(e))? {
+                    if std::mem::take(&mut first) {
+                        self.check_columns(row.columns().iter().map(|c| c.name()))?;
+                    }
                     each(decode_row::<$db>(&row));
                 }
             }};
@@ -184,6 +198,18 @@ impl Source {
         }
         // Dropping a transaction rolls it back: nothing was meant to be written.
         Ok(started.elapsed())
+    }
+
+    fn check_columns<'c>(&self, names: impl Iterator<Item = &'c str>) -> Result<(), SourceError> {
+        let found: Vec<String> = names.map(str::to_ascii_lowercase).collect();
+        match missing_columns(&found) {
+            None => Ok(()),
+            Some(missing) => Err(SourceError::Columns {
+                url: self.redacted_url.clone(),
+                missing,
+                found: found.join(", "),
+            }),
+        }
     }
 
     /// A database's own error means the query is wrong; anything else means
@@ -412,6 +438,20 @@ fn second_statement(query: &str, backslash_escapes: bool) -> bool {
     false
 }
 
+/// The columns every row needs, as one phrase, when `found` (lower case)
+/// lacks some: `id`, and a schedule (`pattern` or `cron`, or `every_ms`).
+fn missing_columns(found: &[String]) -> Option<String> {
+    let has = |name: &str| found.iter().any(|f| f == name);
+    let mut missing = Vec::new();
+    if !has("id") {
+        missing.push("id");
+    }
+    if !["pattern", "cron", "every_ms"].iter().any(|c| has(c)) {
+        missing.push("pattern, cron or every_ms");
+    }
+    (!missing.is_empty()).then(|| missing.join(" and "))
+}
+
 fn one_line(error: &impl std::fmt::Display) -> String {
     error
         .to_string()
@@ -449,6 +489,21 @@ mod tests {
         ] {
             assert!(more_than_one_statement(query), "{query}");
         }
+    }
+
+    #[test]
+    fn missing_columns_are_named() {
+        let cols = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert_eq!(missing_columns(&cols(&["id", "cron"])), None);
+        assert_eq!(missing_columns(&cols(&["id", "every_ms"])), None);
+        assert_eq!(
+            missing_columns(&cols(&["task_id", "cron"])).as_deref(),
+            Some("id")
+        );
+        assert_eq!(
+            missing_columns(&cols(&["task_id", "expr"])).as_deref(),
+            Some("id and pattern, cron or every_ms")
+        );
     }
 
     #[test]

@@ -992,6 +992,107 @@ fn dashboard_and_alerts_use_only_contract_metrics() {
     );
 }
 
+/// `docs/metrics.md`: metric name → the text of its table row.
+fn contract_rows() -> BTreeMap<String, String> {
+    read(METRICS_DOC)
+        .lines()
+        .filter_map(|line| {
+            let row = line.trim().strip_prefix("| `")?;
+            let name = row.split('`').next()?;
+            Some((name.to_owned(), line.to_owned()))
+        })
+        .collect()
+}
+
+/// Labels whose values the sidecar chooses from a fixed set; each value must
+/// be named in its metric's row. Queue names, versions and bucket bounds are
+/// not: they come from the rows, the build and the histogram.
+const ENUMERATED_LABELS: [&str; 6] = ["cause", "trigger", "result", "kind", "state", "policy"];
+
+/// `name{a="x",b="y"} 1` → (name, [(a, x), (b, y)]).
+fn parse_sample(line: &str) -> (&str, Vec<(&str, &str)>) {
+    let series = line.rsplit_once(' ').map_or(line, |(series, _)| series);
+    let Some((name, labels)) = series.split_once('{') else {
+        return (series, Vec::new());
+    };
+    let labels = labels
+        .trim_end_matches('}')
+        .split("\",")
+        .filter_map(|pair| {
+            let (key, value) = pair.split_once("=\"")?;
+            Some((key, value.trim_end_matches('"')))
+        })
+        .collect();
+    (name, labels)
+}
+
+#[test]
+fn the_exported_metrics_and_their_label_values_are_the_documented_ones() {
+    use support::{free_local_addr, http, RedisServer, Setup, Watcher};
+    let redis = RedisServer::start();
+    let setup = Setup::sqlite(&redis, support::FAST_WATCH);
+    setup.sql(support::TASKS_TABLE_SQLITE);
+    setup.sql("INSERT INTO inspection_tasks (id, cron) VALUES (1, '0 * * * *');");
+    let addr = free_local_addr();
+    let watcher = Watcher::start_env(&setup, &[("BULLMQ_WARDEN__HTTP__LISTEN", addr.as_str())]);
+    assert!(
+        watcher.wait_for("recovery_finished", 1, std::time::Duration::from_secs(10)),
+        "{}",
+        watcher.log()
+    );
+    let url = format!("http://{addr}/metrics");
+    // The persistence settings are read by the first poll.
+    assert!(support::wait_until(
+        std::time::Duration::from_secs(5),
+        || {
+            http("GET", &url, &[])
+                .1
+                .contains("bullmq_warden_redis_appendfsync{")
+        }
+    ));
+    let (_, text) = http("GET", &url, &[]);
+    let contract = contract();
+    let rows = contract_rows();
+    let mut problems = Vec::new();
+    let mut exported = BTreeSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, ""));
+            exported.insert(name.to_owned());
+            if contract.get(name).map(String::as_str) != Some(kind) {
+                problems.push(format!(
+                    "{name} ({kind}) is not in the contract as a {kind}"
+                ));
+            }
+            continue;
+        }
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let (series, labels) = parse_sample(line);
+        let Some(metric) = contract_metric(series, &contract) else {
+            continue; // reported by its TYPE line
+        };
+        for (label, value) in labels {
+            let row = &rows[metric];
+            if ENUMERATED_LABELS.contains(&label) && !row.contains(&format!("`{value}`")) {
+                problems.push(format!("{metric}: {label}=\"{value}\" is not listed"));
+            }
+        }
+    }
+    for name in contract.keys().filter(|name| *name != "up") {
+        if !exported.contains(name) {
+            problems.push(format!("{name} is documented but not exported"));
+        }
+    }
+    problems.dedup();
+    assert!(
+        problems.is_empty(),
+        "{METRICS_DOC} and /metrics disagree:\n  {}",
+        problems.join("\n  ")
+    );
+}
+
 #[test]
 fn renamed_metrics_would_be_caught() {
     let contract = contract();

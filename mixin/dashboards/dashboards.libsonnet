@@ -216,7 +216,7 @@ local panels(c) = [
   ], unit='bytes', runbook=['BullMQRedisMemoryHigh']),
 
   row(12, 'Recovery', 35),
-  timeseries(c, 13, 'Recoveries by result and trigger', 'Recovery runs per second, by outcome and by what started them (manual = CLI or HTTP API).', grid(0, 36, 12, 8), [
+  timeseries(c, 13, 'Recoveries by result and trigger', 'Recovery runs per second, by outcome and by what started them (manual = POST /api/bullmq/recover).', grid(0, 36, 12, 8), [
     target('A', 'sum by (result, trigger) (rate(bullmq_warden_recoveries_total%s[$__rate_interval]))' % queues, '{{result}} {{trigger}}'),
   ], unit='ops', runbook=['BullMQWardenRecoveryErrors']),
   timeseries(c, 14, 'Recovery duration', 'Quantiles of bullmq_warden_recovery_duration_seconds, and the mean.', grid(12, 36, 12, 8), [

@@ -97,7 +97,13 @@ pub struct Controller {
     /// When periodic checks first saw unexplained drift.
     drift_seen: bool,
     own_writes: OwnWrites,
+    /// The invalid rows of the last comparison and their reasons, so that
+    /// each is logged once per change instead of every drift check.
+    invalid_seen: std::sync::Mutex<InvalidRows>,
 }
+
+/// Invalid rows by (queue, row id), with their reasons.
+type InvalidRows = std::collections::HashMap<(Option<String>, String), String>;
 
 /// Tells the keyspace watcher while a recovery writes, so that it can stop
 /// listening: nearly every notification then would be the echo of those
@@ -148,7 +154,7 @@ impl Controller {
             .auto_recovery_enabled
             .set(i64::from(config.recovery.auto));
         // Counters exist from the start, so that increase() sees their first change.
-        for cause in Cause::ALL {
+        for cause in Cause::detected() {
             let _ = metrics
                 .detections
                 .get_or_create(&crate::metrics::CauseLabels {
@@ -168,6 +174,7 @@ impl Controller {
             retrigger,
             drift_seen: false,
             own_writes,
+            invalid_seen: std::sync::Mutex::default(),
         }
     }
 
@@ -392,10 +399,31 @@ impl Controller {
         self.observer
             .emit(Event::SourceUp(true, None, Some(snapshot.source_elapsed)));
         publish_drift(&self.observer, &snapshot);
+        self.report_invalid_rows(&snapshot.plan.invalid);
         if let Ok(mut queues) = self.queues.write() {
             *queues = snapshot.plan.queues.keys().cloned().collect();
         }
         Ok(snapshot)
+    }
+
+    /// Emits the rows that are newly invalid or invalid for another reason;
+    /// forgets the ones that are valid again.
+    fn report_invalid_rows(&self, invalid: &[crate::desired::InvalidRow]) {
+        let Ok(mut seen) = self.invalid_seen.lock() else {
+            return;
+        };
+        let before = std::mem::take(&mut *seen);
+        for row in invalid {
+            let key = (row.queue.clone(), row.id.clone());
+            if before.get(&key) != Some(&row.reason) {
+                self.observer.emit(Event::RowInvalid {
+                    queue: row.queue.as_deref(),
+                    id: &row.id,
+                    reason: &row.reason,
+                });
+            }
+            seen.insert(key, row.reason.clone());
+        }
     }
 
     /// Restores what `snapshot` found missing or different, while `lease`

@@ -155,6 +155,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Watc
         shutdown.clone(),
     ));
     // The manual's start-up health check, acted upon.
+    observer.emit(Event::Detected {
+        cause: Cause::Startup,
+        queue: None,
+        detail: "watcher started: comparing rows and Redis".into(),
+    });
     let _ = triggers_tx.try_send(Trigger::new(Cause::Startup, now_ms()));
 
     shutdown.cancelled().await;

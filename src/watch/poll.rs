@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::audit::{parse_info, RedisSettings};
 use crate::bullmq_store::{Polled, SharedStore};
-use crate::events::{Cause, Event, Observer, Persistence};
+use crate::events::{Cause, Condition, Event, Observer, Persistence};
 use crate::recovery::{RestoredCounts, SharedQueues, Trigger};
 use crate::warden::now_ms;
 
@@ -82,6 +82,8 @@ struct Seen {
     last_ok_ms: Option<u64>,
     down: bool,
     settings_read_at: Option<Instant>,
+    /// Standing conditions of the server's settings, as last read.
+    conditions: Vec<Condition>,
     /// The poll's own connection to a single server; `None` until dialled
     /// (again) and for a cluster.
     connection: Option<redis::aio::MultiplexedConnection>,
@@ -119,6 +121,7 @@ impl Poller {
             seen.repeat_counts.clear();
             seen.stranded_polls.clear();
             seen.connection = None;
+            seen.conditions.clear();
         }
         let deadline = self.interval.max(Duration::from_secs(2));
         let polled = tokio::time::timeout(deadline, async {
@@ -275,23 +278,43 @@ impl Poller {
         if restarted {
             return;
         }
-        for queue in &emptied {
-            self.signal(
-                Cause::Flush,
-                Some(queue),
-                since_ms,
-                "the scheduler set is empty (FLUSHALL, FLUSHDB or DEL)".into(),
-            );
+        self.report_flush(&emptied, &stranded, since_ms);
+    }
+
+    /// One flush, however many queues it emptied: FLUSHALL is one event, and
+    /// `redis_flushes_total` counts events. Each queue still gets its trigger.
+    fn report_flush(&self, emptied: &[String], stranded: &[(String, u64)], since_ms: u64) {
+        let mut details = Vec::new();
+        if !emptied.is_empty() {
+            details.push(format!(
+                "the scheduler set of {} is empty (FLUSHALL, FLUSHDB or DEL)",
+                emptied.join(", ")
+            ));
         }
-        for (queue, waiting) in &stranded {
-            self.signal(
-                Cause::Flush,
-                Some(queue),
+        for (queue, waiting) in stranded {
+            details.push(format!(
+                "the delayed set of {queue} is empty, yet {waiting} schedulers wait for runs over a minute away: their next jobs were deleted or evicted"
+            ));
+        }
+        let queues: Vec<&str> = emptied
+            .iter()
+            .chain(stranded.iter().map(|(queue, _)| queue))
+            .map(String::as_str)
+            .collect();
+        let [first, rest @ ..] = queues.as_slice() else {
+            return;
+        };
+        self.observer.emit(Event::Detected {
+            cause: Cause::Flush,
+            queue: rest.is_empty().then_some(*first),
+            detail: details.join("; "),
+        });
+        for queue in queues {
+            let _ = self.triggers.try_send(Trigger {
+                cause: Cause::Flush,
                 since_ms,
-                format!(
-                    "the delayed set is empty, yet {waiting} schedulers wait for runs over a minute away: their next jobs were deleted or evicted"
-                ),
-            );
+                queue: Some(queue.to_owned()),
+            });
         }
     }
 
@@ -309,6 +332,15 @@ impl Poller {
                 noeviction: get("maxmemory-policy") == "noeviction",
             }
         });
+        // Refused CONFIG leaves the conditions unknown: kept as they were.
+        if let Some(settings) = &persistence {
+            let now = Condition::of(settings);
+            for (condition, holds) in changes(&seen.conditions, &now) {
+                self.observer
+                    .emit(Event::RedisCondition { condition, holds });
+            }
+            seen.conditions = now;
+        }
         self.observer.emit(Event::PersistenceRead(persistence));
     }
 
@@ -324,6 +356,19 @@ impl Poller {
             queue: queue.map(str::to_owned),
         });
     }
+}
+
+/// The conditions that started (`true`) or ended (`false`) between two reads.
+fn changes(before: &[Condition], now: &[Condition]) -> Vec<(Condition, bool)> {
+    let started = now
+        .iter()
+        .filter(|c| !before.contains(c))
+        .map(|c| (*c, true));
+    let ended = before
+        .iter()
+        .filter(|c| !now.contains(c))
+        .map(|c| (*c, false));
+    started.chain(ended).collect()
 }
 
 fn short(id: &str) -> &str {
