@@ -532,6 +532,20 @@ impl Config {
                 "must not exceed watch.debounce_max".into(),
             ));
         }
+        for (key, value) in [
+            ("http.header_read_timeout", self.http.header_read_timeout),
+            ("http.idle_timeout", self.http.idle_timeout),
+        ] {
+            if value < Duration::from_millis(100) {
+                return Err(invalid(key, "must be at least 100ms".into()));
+            }
+        }
+        if self.http.max_connections == 0 || self.http.max_connections > 65_536 {
+            return Err(invalid(
+                "http.max_connections",
+                "must be between 1 and 65536".into(),
+            ));
+        }
         self.validate_listen("http.listen")
     }
 
@@ -551,20 +565,6 @@ impl Config {
                     self.http.listen
                 ),
             });
-        }
-        for (key, value) in [
-            ("http.header_read_timeout", self.http.header_read_timeout),
-            ("http.idle_timeout", self.http.idle_timeout),
-        ] {
-            if value < Duration::from_millis(100) {
-                return Err(invalid(key, "must be at least 100ms".into()));
-            }
-        }
-        if self.http.max_connections == 0 || self.http.max_connections > 65_536 {
-            return Err(invalid(
-                "http.max_connections",
-                "must be between 1 and 65536".into(),
-            ));
         }
         Ok(())
     }
