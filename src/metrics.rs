@@ -50,6 +50,7 @@ pub struct PolicyLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VersionLabels {
     pub version: &'static str,
+    pub revision: &'static str,
 }
 
 type Gauges<L> = Family<L, Gauge>;
@@ -126,13 +127,16 @@ impl Metrics {
         build_info
             .get_or_create(&VersionLabels {
                 version: env!("CARGO_PKG_VERSION"),
+                // Set by build.rs: the git commit, or "unknown".
+                revision: env!("BULLMQ_WARDEN_REVISION"),
             })
             .set(1);
         registry.register(
             "bullmq_warden_build_info",
-            "bullmq-warden version, always 1",
+            "bullmq-warden version and git revision, always 1",
             build_info,
         );
+        registry.register_collector(Box::new(crate::process_metrics::ProcessCollector));
         Self {
             job_count: register!(
                 "bullmq_job_count",
