@@ -17,7 +17,10 @@ fn main() {
         watch(&dir, revision::git(&dir, args));
     }
     if let Some(branch) = revision::git(&dir, &["symbolic-ref", "-q", "HEAD"]) {
-        watch(&dir, revision::git(&dir, &["rev-parse", "--git-path", &branch]));
+        watch(
+            &dir,
+            revision::git(&dir, &["rev-parse", "--git-path", &branch]),
+        );
     }
     let from_env = std::env::var(VAR).ok();
     let value = revision::revision(from_env.as_deref(), &dir);

@@ -58,7 +58,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the sidecar: watch Redis, export metrics, restore lost schedulers (until SIGTERM).
+    /// Run the sidecar: watch Redis, export metrics, restore lost schedulers (until SIGTERM;
+    /// SIGHUP or a changed config file reloads the config).
     Watch,
     /// Job counts per queue, schedulers in Redis, rows wanting them, and the drift.
     Status {
@@ -126,7 +127,7 @@ async fn run(cli: Cli) -> u8 {
         Err(e) => return fail(&WardenError::Config(e)),
     };
     if let Command::Watch = cli.command {
-        return watch(config).await;
+        return watch(config, cli.config).await;
     }
     if let Command::RemoveSchedulers {
         yes: false, queue, ..
@@ -207,12 +208,12 @@ async fn run(cli: Cli) -> u8 {
     code
 }
 
-/// Runs the watcher until SIGTERM or SIGINT.
-async fn watch(config: Config) -> u8 {
+/// Runs the watcher until SIGTERM or SIGINT; SIGHUP reloads the config.
+async fn watch(config: Config, path: Option<PathBuf>) -> u8 {
     use crate::watch::WatchError;
     let shutdown = tokio_util::sync::CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    match crate::watch::run(config, shutdown).await {
+    match crate::watch::run(config, path, shutdown).await {
         Ok(()) => exit::OK,
         Err(error) => {
             eprintln!("bullmq-warden: {}", printable(&error.to_string()));

@@ -45,19 +45,28 @@ fn metrics_carry_process_figures_and_the_build_revision() {
     assert!(value(&text, "process_virtual_memory_bytes") >= resident);
     let cpu = value(&text, "process_cpu_seconds_total");
     assert!((0.0..600.0).contains(&cpu), "cpu {cpu}");
-    assert!(text.contains("# TYPE process_cpu_seconds_total counter"), "{text}");
+    assert!(
+        text.contains("# TYPE process_cpu_seconds_total counter"),
+        "{text}"
+    );
     let open = value(&text, "process_open_fds");
     let max = value(&text, "process_max_fds");
     assert!(open >= 4.0 && open < max, "open {open}, max {max}");
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
     let started = value(&text, "process_start_time_seconds");
     assert!(
         started <= now + 1.0 && started > now - 120.0,
         "started {started}, now {now}"
     );
 
-    let head = revision::git(std::path::Path::new(env!("CARGO_MANIFEST_DIR")), &["rev-parse", "HEAD"])
-        .expect("the tests run in a git checkout");
+    let head = revision::git(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")),
+        &["rev-parse", "HEAD"],
+    )
+    .expect("the tests run in a git checkout");
     let expected = format!(
         "bullmq_warden_build_info{{version=\"{}\",revision=\"{head}\"}} 1",
         env!("CARGO_PKG_VERSION")
@@ -72,7 +81,11 @@ fn the_revision_comes_from_the_variable_then_git_then_unknown() {
     let head = revision::revision(None, repo);
     assert_eq!(head.len(), 40, "{head}");
     assert!(head.bytes().all(|b| b.is_ascii_hexdigit()), "{head}");
-    assert_eq!(revision::revision(Some(""), repo), head, "empty counts as unset");
+    assert_eq!(
+        revision::revision(Some(""), repo),
+        head,
+        "empty counts as unset"
+    );
     let outside = tempfile::tempdir().unwrap();
     assert_eq!(revision::revision(None, outside.path()), "unknown");
 }
