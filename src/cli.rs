@@ -106,6 +106,9 @@ pub enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     crate::logging::init(cli.log_format);
+    // Without a process-wide TLS provider the first rediss:// connection
+    // panics; fails only when one is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .on_thread_park(crate::memory::collect_when_idle)
         .enable_all()
