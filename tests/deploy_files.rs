@@ -1352,6 +1352,11 @@ fn systemd_unit_verifies_and_is_hardened() {
         value("ExecStart"),
         Some("/usr/local/bin/bullmq-warden --config /etc/bullmq-warden/warden.toml watch")
     );
+    assert_eq!(
+        value("ExecReload"),
+        Some("/bin/kill -HUP $MAINPID"),
+        "{UNIT}: systemctl reload sends the SIGHUP that reloads the config"
+    );
     for (key, expected) in [
         ("DynamicUser", "yes"),
         ("ProtectSystem", "strict"),
