@@ -452,6 +452,7 @@ impl Observer {
                     );
                 }
                 m.auto_recovery_enabled.set(i64::from(auto_recovery));
+                m.config_reload_successful.set(1);
             }
             Event::ConfigReloadFailed { trigger, reason } => {
                 tracing::error!(
@@ -459,6 +460,7 @@ impl Observer {
                     trigger,
                     "{reason}; the running config stays in force"
                 );
+                m.config_reload_successful.set(0);
             }
             Event::Memory { used, max } => {
                 m.redis_used_memory

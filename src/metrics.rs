@@ -103,6 +103,7 @@ pub struct Metrics {
     pub backoff_seconds: FloatGauge,
     pub lease_held: Gauge,
     pub auto_recovery_enabled: Gauge,
+    pub config_reload_successful: Gauge,
     pub source_up: Gauge,
     pub source_query_duration: Histogram,
 }
@@ -282,6 +283,16 @@ impl Metrics {
                 "bullmq_warden_auto_recovery_enabled",
                 "Whether the watcher restores schedulers by itself",
                 Gauge::default()
+            ),
+            config_reload_successful: register!(
+                "bullmq_warden_config_last_reload_successful",
+                "Whether the last reload of the config file succeeded (1 until one fails)",
+                {
+                    // The process runs on a config that loaded.
+                    let loaded = Gauge::default();
+                    loaded.set(1);
+                    loaded
+                }
             ),
             source_up: register!(
                 "bullmq_warden_source_up",

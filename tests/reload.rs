@@ -10,21 +10,40 @@ use support::{RedisServer, Setup, Watcher, FAST_RECOVERY, TASKS_TABLE_SQLITE};
 
 const SECOND: Duration = Duration::from_secs(1);
 
-fn config(redis: &RedisServer, setup_dir: &str, source: &str, recovery: &str) -> String {
+/// Where the watcher runs: its temp dir and its HTTP address.
+struct Place {
+    dir: String,
+    listen: String,
+}
+
+fn config(redis: &RedisServer, at: &Place, source: &str, recovery: &str) -> String {
     format!(
-        "[redis]\nurl = \"{}\"\n[source]\nurl = \"sqlite://{setup_dir}/tasks.db\"\n{source}\
+        "[redis]\nurl = \"{}\"\n[source]\nurl = \"sqlite://{}/tasks.db\"\n{source}\
          [watch]\ninfo_interval = \"200ms\"\ndrift_interval = \"1h\"\ndebounce_quiet = \"200ms\"\n\
-         [http]\nlisten = \"\"\n[recovery]\n{FAST_RECOVERY}{recovery}",
-        redis.url()
+         [http]\nlisten = \"{}\"\n[recovery]\n{FAST_RECOVERY}{recovery}",
+        redis.url(),
+        at.dir,
+        at.listen
     )
+}
+
+/// `bullmq_warden_config_last_reload_successful` as served now.
+fn reload_successful(at: &Place) -> Option<String> {
+    let text = support::http("GET", &format!("http://{}/metrics", at.listen), &[]).1;
+    text.lines()
+        .find_map(|l| l.strip_prefix("bullmq_warden_config_last_reload_successful "))
+        .map(str::to_owned)
 }
 
 /// A watcher over two rows without a queue column value, so they go to
 /// `[source] queue`, once it has restored them.
-fn watcher(redis: &RedisServer) -> (Setup, Watcher, String) {
+fn watcher(redis: &RedisServer) -> (Setup, Watcher, Place) {
     let setup = Setup::sqlite(redis, "");
-    let dir = setup.dir.path().display().to_string();
-    std::fs::write(&setup.config_path, config(redis, &dir, "", "")).unwrap();
+    let at = Place {
+        dir: setup.dir.path().display().to_string(),
+        listen: support::free_local_addr(),
+    };
+    std::fs::write(&setup.config_path, config(redis, &at, "", "")).unwrap();
     setup.sql(TASKS_TABLE_SQLITE);
     setup.sql(
         "INSERT INTO inspection_tasks (id, name, cron) VALUES
@@ -36,16 +55,16 @@ fn watcher(redis: &RedisServer) -> (Setup, Watcher, String) {
         "{}",
         watcher.log()
     );
-    (setup, watcher, dir)
+    (setup, watcher, at)
 }
 
 #[test]
 fn a_changed_file_puts_live_keys_in_force_without_a_restart() {
     let redis = RedisServer::start();
-    let (setup, mut watcher, dir) = watcher(&redis);
+    let (setup, mut watcher, at) = watcher(&redis);
     std::fs::write(
         &setup.config_path,
-        config(&redis, &dir, "queue = \"reports\"\n", ""),
+        config(&redis, &at, "queue = \"reports\"\n", ""),
     )
     .unwrap();
     assert!(
@@ -63,12 +82,12 @@ fn a_changed_file_puts_live_keys_in_force_without_a_restart() {
 #[test]
 fn an_invalid_file_keeps_the_running_config_and_sighup_reloads() {
     let redis = RedisServer::start();
-    let (setup, mut watcher, dir) = watcher(&redis);
+    let (setup, mut watcher, at) = watcher(&redis);
 
     // concurrency 0 does not validate: nothing of this file takes effect.
     std::fs::write(
         &setup.config_path,
-        config(&redis, &dir, "queue = \"reports\"\n", "concurrency = 0\n"),
+        config(&redis, &at, "queue = \"reports\"\n", "concurrency = 0\n"),
     )
     .unwrap();
     assert!(
@@ -86,10 +105,11 @@ fn an_invalid_file_keeps_the_running_config_and_sighup_reloads() {
         0,
         "the invalid file took effect"
     );
+    assert_eq!(reload_successful(&at).as_deref(), Some("0"));
     assert_eq!(watcher.count("config_reloaded"), 0, "{}", watcher.log());
 
     // A key read only at start is reported, not applied; SIGHUP re-reads.
-    let restart_only = config(&redis, &dir, "", "").replace("200ms", "300ms");
+    let restart_only = config(&redis, &at, "", "").replace("200ms", "300ms");
     std::fs::write(&setup.config_path, &restart_only).unwrap();
     assert!(
         watcher.wait_for("config_reloaded", 1, 10 * SECOND),
@@ -102,6 +122,7 @@ fn an_invalid_file_keeps_the_running_config_and_sighup_reloads() {
         "{reloaded}"
     );
     assert_eq!(reloaded["applied"], "watch.debounce_quiet", "{reloaded}");
+    assert_eq!(reload_successful(&at).as_deref(), Some("1"));
 
     watcher.signal("HUP");
     assert!(

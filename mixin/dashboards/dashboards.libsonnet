@@ -325,6 +325,14 @@ local panels(c) = [
   stat(c, 31, 'Consecutive recovery failures', 'Recoveries that failed in a row; 0 after a success. The alert fires at 3.', grid(18, 59, 3, 5), [
     target('A', 'bullmq_warden_recovery_consecutive_failures%s' % sidecar, '{{instance}}', true),
   ], thresholds=steps([['green'], ['orange', 1], ['red', 3]]), colorMode='background', runbook=['BullMQWardenRecoveryFailing']),
+  switchStat(c,
+             38,
+             'Config reload',
+             'bullmq_warden_config_last_reload_successful: failed means the changed config file does not load and the previous config stays in force.',
+             grid(16, 76, 8, 4),
+             'bullmq_warden_config_last_reload_successful%s' % sidecar,
+             switch('failed', 'ok'),
+             runbook=['BullMQWardenConfigReloadFailed']),
   stat(c, 32, 'Version', 'bullmq_warden_build_info: version and git revision', grid(21, 59, 3, 5), [
     target('A', 'bullmq_warden_build_info%s' % sidecar, '{{instance}} {{version}} ({{revision}})', true),
   ], textMode='name', runbook=['BullMQWardenAbsent']),
@@ -343,7 +351,7 @@ local panels(c) = [
     target('A', 'process_open_fds%s' % sidecar, '{{instance}} open'),
     target('B', 'process_max_fds%s' % sidecar, '{{instance}} limit'),
   ]),
-  stat(c, 37, 'Sidecar uptime', 'Time since the sidecar process started (process_start_time_seconds); a small value that keeps coming back means it restarts.', grid(16, 72, 8, 8), [
+  stat(c, 37, 'Sidecar uptime', 'Time since the sidecar process started (process_start_time_seconds); a small value that keeps coming back means it restarts.', grid(16, 72, 8, 4), [
     target('A', 'time() - process_start_time_seconds%s' % sidecar, '{{instance}}', true),
   ], unit='s'),
 ];
