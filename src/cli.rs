@@ -72,7 +72,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the sidecar: watch Redis, export metrics, restore lost schedulers (until SIGTERM).
+    /// Run the sidecar: watch Redis, export metrics, restore lost schedulers (until SIGTERM;
+    /// SIGHUP or a changed config file reloads the config).
     Watch {
         /// Address for /metrics and the API, instead of `[http] listen` (else
         /// BULLMQ_WARDEN_LISTEN); "" serves nothing.
@@ -137,6 +138,9 @@ pub fn main() -> ExitCode {
         }
     };
     crate::logging::init(log_format);
+    // Without a process-wide TLS provider the first rediss:// connection
+    // panics; fails only when one is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .on_thread_park(crate::memory::collect_when_idle)
         .enable_all()
@@ -180,7 +184,7 @@ async fn run(cli: Cli) -> u8 {
                 return fail(&WardenError::Config(e));
             }
         }
-        return watch(config).await;
+        return watch(config, cli.config).await;
     }
     if let Command::RemoveSchedulers {
         yes: false, queue, ..
@@ -267,12 +271,12 @@ fn env_value(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|value| !value.is_empty())
 }
 
-/// Runs the watcher until SIGTERM or SIGINT.
-async fn watch(config: Config) -> u8 {
+/// Runs the watcher until SIGTERM or SIGINT; SIGHUP reloads the config.
+async fn watch(config: Config, path: Option<PathBuf>) -> u8 {
     use crate::watch::WatchError;
     let shutdown = tokio_util::sync::CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    match crate::watch::run(config, shutdown).await {
+    match crate::watch::run(config, path, shutdown).await {
         Ok(()) => exit::OK,
         Err(error) => {
             eprintln!("bullmq-warden: {}", printable(&error.to_string()));

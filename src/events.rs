@@ -186,6 +186,19 @@ pub enum Event<'a> {
     },
     /// The HTTP listener could not take a connection.
     HttpAcceptFailed(String),
+    /// The config file was read again (`trigger`: `SIGHUP` or `file
+    /// changed`); `applied` keys took effect, `needs_restart` keys did not.
+    ConfigReloaded {
+        trigger: &'a str,
+        applied: &'a [&'static str],
+        needs_restart: &'a [&'static str],
+        auto_recovery: bool,
+    },
+    /// The new config did not load; the running one stays in force.
+    ConfigReloadFailed {
+        trigger: &'a str,
+        reason: String,
+    },
 }
 
 /// What `/readyz` reports, kept by the same events that set the metrics.
@@ -514,6 +527,40 @@ impl Observer {
                     m.redis_appendfsync.clear();
                 }
             },
+            Event::ConfigReloaded {
+                trigger,
+                applied,
+                needs_restart,
+                auto_recovery,
+            } => {
+                let applied_keys = applied.join(", ");
+                if needs_restart.is_empty() {
+                    tracing::info!(
+                        event = "config_reloaded",
+                        trigger,
+                        applied = applied_keys.as_str(),
+                        "config reloaded"
+                    );
+                } else {
+                    tracing::warn!(
+                        event = "config_reloaded",
+                        trigger,
+                        applied = applied_keys.as_str(),
+                        needs_restart = needs_restart.join(", ").as_str(),
+                        "config reloaded; the keys in needs_restart keep their running values until a restart"
+                    );
+                }
+                m.auto_recovery_enabled.set(i64::from(auto_recovery));
+                m.config_reload_successful.set(1);
+            }
+            Event::ConfigReloadFailed { trigger, reason } => {
+                tracing::error!(
+                    event = "config_reload_failed",
+                    trigger,
+                    "{reason}; the running config stays in force"
+                );
+                m.config_reload_successful.set(0);
+            }
             Event::Memory { used, max } => {
                 m.redis_used_memory
                     .set(i64::try_from(used).unwrap_or(i64::MAX));

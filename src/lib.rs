@@ -11,6 +11,7 @@
 //! - [`warden`]: the recovery manual's operations (status, recover, remove);
 //! - [`audit`]: the `check` command's findings;
 //! - [`events`] and [`metrics`]: every observable event, its log line and its metric;
+//! - `process_metrics`: the standard `process_*` metrics, read from procfs;
 //! - [`watch`]: the sidecar's signal sources (keyspace notifications, INFO poll);
 //! - [`recovery`]: debounce, single-flight, backoff, lease and catch-up;
 //! - [`http`]: `/metrics`, health and the REST API;
@@ -30,6 +31,7 @@ pub mod http;
 mod logging;
 pub mod memory;
 pub mod metrics;
+mod process_metrics;
 pub mod reconcile;
 pub mod recovery;
 pub mod redis_target;

@@ -50,6 +50,7 @@ pub struct PolicyLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VersionLabels {
     pub version: &'static str,
+    pub revision: &'static str,
 }
 
 type Gauges<L> = Family<L, Gauge>;
@@ -102,6 +103,7 @@ pub struct Metrics {
     pub backoff_seconds: FloatGauge,
     pub lease_held: Gauge,
     pub auto_recovery_enabled: Gauge,
+    pub config_reload_successful: Gauge,
     pub source_up: Gauge,
     pub source_query_duration: Histogram,
 }
@@ -126,13 +128,16 @@ impl Metrics {
         build_info
             .get_or_create(&VersionLabels {
                 version: env!("CARGO_PKG_VERSION"),
+                // Set by build.rs: the git commit, or "unknown".
+                revision: env!("BULLMQ_WARDEN_REVISION"),
             })
             .set(1);
         registry.register(
             "bullmq_warden_build_info",
-            "bullmq-warden version, always 1",
+            "bullmq-warden version and git revision, always 1",
             build_info,
         );
+        registry.register_collector(Box::new(crate::process_metrics::ProcessCollector));
         Self {
             job_count: register!(
                 "bullmq_job_count",
@@ -278,6 +283,16 @@ impl Metrics {
                 "bullmq_warden_auto_recovery_enabled",
                 "Whether the watcher restores schedulers by itself",
                 Gauge::default()
+            ),
+            config_reload_successful: register!(
+                "bullmq_warden_config_last_reload_successful",
+                "Whether the last reload of the config file succeeded (1 until one fails)",
+                {
+                    // The process runs on a config that loaded.
+                    let loaded = Gauge::default();
+                    loaded.set(1);
+                    loaded
+                }
             ),
             source_up: register!(
                 "bullmq_warden_source_up",

@@ -96,7 +96,8 @@ enum Pools {
 
 pub struct Source {
     pools: Pools,
-    query: String,
+    /// Replaced by a config reload (`set_query`).
+    query: std::sync::RwLock<String>,
     redacted_url: String,
 }
 
@@ -155,12 +156,20 @@ impl Source {
         };
         Ok(Self {
             pools,
-            query: config
-                .query
-                .clone()
-                .unwrap_or_else(|| DEFAULT_QUERY.to_owned()),
+            query: std::sync::RwLock::new(
+                config
+                    .query
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_QUERY.to_owned()),
+            ),
             redacted_url,
         })
+    }
+
+    /// The query the next `fetch` runs (`None`: the default query).
+    pub(crate) fn set_query(&self, query: Option<&str>) {
+        let query = query.unwrap_or(DEFAULT_QUERY).to_owned();
+        *self.query.write().unwrap_or_else(|e| e.into_inner()) = query;
     }
 
     /// The URL with its password redacted.
@@ -174,7 +183,8 @@ impl Source {
     pub async fn fetch(&self, mut each: impl FnMut(SourceRow)) -> Result<Duration, SourceError> {
         use futures::TryStreamExt;
         let started = Instant::now();
-        let query = self.query.as_str();
+        let query = self.query.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let query = query.as_str();
         // One arm per database: each has its own row type.
         macro_rules! read_only {
             ($begin:expr, $db:ty) => {{

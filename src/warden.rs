@@ -5,6 +5,7 @@
 //! behaves the same whichever way it is started.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures::future::try_join_all;
@@ -75,10 +76,18 @@ pub struct Snapshot {
 }
 
 pub struct Warden {
-    config: Config,
-    template: IdTemplate,
+    /// Swapped whole by a config reload, so an operation that took it reads
+    /// one consistent config from start to end.
+    live: std::sync::RwLock<Live>,
     store: SharedStore,
     source: Source,
+}
+
+/// The config in force and the id template made from it.
+#[derive(Clone)]
+struct Live {
+    config: Arc<Config>,
+    template: Arc<IdTemplate>,
 }
 
 impl Warden {
@@ -90,15 +99,34 @@ impl Warden {
 
     pub fn from_parts(config: Config, store: BullmqStore, source: Source) -> Self {
         Self {
-            template: config.id_template(),
-            config,
+            live: std::sync::RwLock::new(Live {
+                template: Arc::new(config.id_template()),
+                config: Arc::new(config),
+            }),
             store: SharedStore::new(store),
             source,
         }
     }
 
-    pub fn config(&self) -> &Config {
-        &self.config
+    /// The config in force now (a reload may replace it).
+    pub fn config(&self) -> Arc<Config> {
+        self.live().config
+    }
+
+    fn live(&self) -> Live {
+        // A poisoned lock still holds a whole, validated config.
+        self.live.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Puts a reloaded config in force for the operations that start after
+    /// this; the source query with it.
+    pub(crate) fn replace_config(&self, config: Config) {
+        self.source.set_query(config.source.query.as_deref());
+        let live = Live {
+            template: Arc::new(config.id_template()),
+            config: Arc::new(config),
+        };
+        *self.live.write().unwrap_or_else(|e| e.into_inner()) = live;
     }
 
     /// The store in use now.
@@ -116,18 +144,17 @@ impl Warden {
     /// Each queue is planned as soon as it is read, so only a few queues'
     /// schedulers are held at a time.
     pub async fn snapshot(&self, only_queue: Option<&str>) -> Result<Snapshot, WardenError> {
+        let Live { config, template } = self.live();
         let mut desired = DesiredSet::default();
         let rules = RowRules {
-            default_queue: &self.config.source.queue,
-            template: &self.template,
+            default_queue: &config.source.queue,
+            template: &template,
             now_ms: now_ms(),
-            max_value_bytes: self.config.source.max_value_bytes,
+            max_value_bytes: config.source.max_value_bytes,
         };
         let source_elapsed = self.source.fetch(|row| desired.add(&row, &rules)).await?;
         let (mut by_queue, mut invalid) = desired.finish().into_queues();
-        by_queue
-            .entry(self.config.source.queue.clone())
-            .or_default();
+        by_queue.entry(config.source.queue.clone()).or_default();
         if let Some(only) = only_queue {
             by_queue.entry(only.to_owned()).or_default();
             by_queue.retain(|queue, _| queue == only);
@@ -145,7 +172,7 @@ impl Warden {
             let reads = chunk.iter().map(|(queue, _)| store.read_schedulers(queue));
             let stored = try_join_all(reads).await?;
             for ((queue, rows), in_redis) in chunk.into_iter().zip(stored) {
-                let plan = QueuePlan::new(&queue, rows, &in_redis, &protected, &self.template);
+                let plan = QueuePlan::new(&queue, rows, &in_redis, &protected, &template);
                 queues.insert(queue, plan);
             }
         }
@@ -198,7 +225,8 @@ impl Warden {
         only_queue: Option<&str>,
         dry_run: bool,
     ) -> Result<RecoverReport, WardenError> {
-        let recovery = &self.config.recovery;
+        let config = self.config();
+        let recovery = &config.recovery;
         if dry_run {
             let snapshot = self.snapshot(only_queue).await?;
             return Ok(apply(
@@ -236,10 +264,11 @@ impl Warden {
     /// job scheduler. Legacy repeatable jobs are left alone.
     pub async fn remove_schedulers(&self, queue: &str, all: bool) -> Result<usize, WardenError> {
         let store = self.store();
+        let template = self.live().template;
         let stored = store.read_schedulers(queue).await?;
         let mut removed = 0;
         for id in stored.schedulers.keys() {
-            if (all || self.template.may_have_rendered(id)) && store.remove(queue, id).await? {
+            if (all || template.may_have_rendered(id)) && store.remove(queue, id).await? {
                 removed += 1;
             }
         }

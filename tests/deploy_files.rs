@@ -30,6 +30,7 @@ use serde_json::Value;
 
 const BASE: &str = "deploy/kubernetes/base";
 const OVERLAY: &str = "deploy/kubernetes/overlays/example";
+const STANDALONE: &str = "deploy/kubernetes/overlays/standalone";
 const PROMETHEUS_RULE: &str = "deploy/kubernetes/base/prometheusrule.yaml";
 const RENDER_RULE: &str = "scripts/render-prometheus-rule";
 const RULES: &str = "alerts/bullmq-warden.rules.yml";
@@ -39,13 +40,19 @@ const COMPOSE_PROMETHEUS: &str = "deploy/compose/prometheus.yml";
 const DOCKERFILE: &str = "deploy/docker/Dockerfile";
 const DOCKERIGNORE: &str = "deploy/docker/Dockerfile.dockerignore";
 /// Configuration files for the other deployment methods; each must load.
-const OTHER_CONFIGS: &[&str] = &["deploy/compose/warden.toml", "deploy/systemd/warden.toml"];
+const OTHER_CONFIGS: &[&str] = &[
+    "deploy/compose/warden.toml",
+    "deploy/compose/warden-standalone.toml",
+    "deploy/systemd/warden.toml",
+];
 const BIN: &str = env!("CARGO_BIN_EXE_bullmq-warden");
 
 const SIDECAR: &str = "bullmq-warden";
 const REDIS: &str = "redis";
 const TOKEN_ENV: &str = "BULLMQ_WARDEN_API_TOKEN";
 const SOURCE_URL_ENV: &str = "BULLMQ_WARDEN__SOURCE__URL";
+const REDIS_URL_ENV: &str = "BULLMQ_WARDEN__REDIS__URL";
+const CONFIG_ENV: &str = "BULLMQ_WARDEN_CONFIG";
 /// The exit codes of README.md's table.
 const EXIT_CONFIG: i32 = 2;
 const EXIT_REDIS_UNREACHABLE: i32 = 5;
@@ -536,7 +543,8 @@ fn check_rendering(pod: &Pod) {
     assert_hardened(dir, pod.spec(), pod.sidecar());
     assert_hardened(dir, pod.spec(), pod.redis());
 
-    // The sidecar's configuration.
+    // The sidecar's configuration, also for commands run with kubectl exec.
+    assert_config_env_matches_args(dir, pod.sidecar());
     let toml_text = pod.warden_toml();
     let config: toml::Table = toml_text
         .parse()
@@ -738,6 +746,28 @@ fn check_rendering(pod: &Pod) {
     );
 }
 
+/// `kubectl exec … bullmq-warden status` passes no `--config`: the
+/// container's BULLMQ_WARDEN_CONFIG must name the file `watch` is given.
+fn assert_config_env_matches_args(dir: &str, container: &Value) {
+    let args = strings(&container["args"]);
+    let config = args
+        .iter()
+        .position(|a| a == "--config")
+        .and_then(|i| args.get(i + 1))
+        .unwrap_or_else(|| panic!("{dir}: the warden's args have no --config: {args:?}"));
+    let env = container["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["name"] == CONFIG_ENV)
+        .unwrap_or_else(|| panic!("{dir}: the warden's container has no env {CONFIG_ENV}"));
+    assert_eq!(
+        env["value"].as_str(),
+        Some(config.as_str()),
+        "{dir}: {CONFIG_ENV} must name the --config file"
+    );
+}
+
 #[test]
 fn kustomize_base_and_example_overlay_render_a_hardened_redis_pod_with_its_sidecar() {
     let base = pod(BASE);
@@ -863,6 +893,103 @@ fn the_binary_accepts_the_pods_configuration() {
             support::text_of(&output)
         );
     }
+}
+
+#[test]
+fn standalone_overlay_runs_the_warden_alone_against_an_external_redis() {
+    let objects = render(STANDALONE);
+    let kinds = kinds(&objects);
+    for kind in [
+        "Deployment",
+        "Service",
+        "PodMonitor",
+        "NetworkPolicy",
+        "ConfigMap",
+        "Secret",
+    ] {
+        assert!(
+            kinds.contains(kind),
+            "{STANDALONE}: no {kind} among {kinds:?}"
+        );
+    }
+    assert!(
+        !kinds.contains("StatefulSet"),
+        "{STANDALONE}: runs no Redis of its own"
+    );
+    let deployment = one_of(STANDALONE, &objects, "Deployment");
+    let spec = &deployment["spec"]["template"]["spec"];
+    let labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    assert!(selects(&deployment["spec"]["selector"], labels));
+    let warden = container(STANDALONE, spec, SIDECAR);
+    assert_eq!(
+        spec["containers"].as_array().map(Vec::len),
+        Some(1),
+        "{STANDALONE}: the warden is the pod's only container"
+    );
+    assert_hardened(STANDALONE, spec, warden);
+    assert_config_env_matches_args(STANDALONE, warden);
+
+    // Redis, the database and the token come from the Secret; Redis is not
+    // in the pod.
+    let env: BTreeMap<String, String> = pod_env(STANDALONE, &objects, warden).into_iter().collect();
+    for var in [REDIS_URL_ENV, SOURCE_URL_ENV, TOKEN_ENV] {
+        let entry = warden["env"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["name"] == var)
+            .unwrap_or_else(|| panic!("{STANDALONE}: no env {var}"));
+        assert!(
+            entry["valueFrom"]["secretKeyRef"].is_object(),
+            "{STANDALONE}: env {var} must come from a Secret: {entry}"
+        );
+    }
+    let redis = url::Url::parse(&env[REDIS_URL_ENV]).expect("the Redis URL parses");
+    assert!(
+        redis
+            .host_str()
+            .is_some_and(|h| h != "127.0.0.1" && h != "localhost"),
+        "{STANDALONE}: the Redis URL should name a server outside the pod: {redis}"
+    );
+
+    // Prometheus finds it: PodMonitor and Service select the pod's port.
+    let monitor = one_of(STANDALONE, &objects, "PodMonitor");
+    assert!(selects(&monitor["spec"]["selector"], labels));
+    let endpoint = &monitor["spec"]["podMetricsEndpoints"][0];
+    assert_eq!(port_number(STANDALONE, warden, &endpoint["port"]), 9464);
+    assert!(
+        monitor["spec"]["jobLabel"].is_null() && name_of(monitor).contains("bullmq-warden"),
+        "{STANDALONE}: the scrape job must contain \"bullmq-warden\" for BullMQWardenDown"
+    );
+    let service = one_of(STANDALONE, &objects, "Service");
+    assert!(selects(&service["spec"]["selector"], labels));
+    let policy = one_of(STANDALONE, &objects, "NetworkPolicy");
+    assert!(selects(&policy["spec"]["podSelector"], labels));
+
+    // The binary accepts the ConfigMap and the Secret: with the Redis URL
+    // pointed at a closed port, status gets as far as Redis (exit 5).
+    let args = strings(&warden["args"]);
+    let path = &args[args.iter().position(|a| a == "--config").unwrap() + 1];
+    let toml_text = mounted_file(STANDALONE, &objects, spec, warden, path);
+    let scratch = tempfile::tempdir().expect("temporary directory");
+    let config = scratch.path().join("warden.toml");
+    std::fs::write(&config, toml_text).expect("write the ConfigMap's TOML");
+    let output = Command::new(BIN)
+        .current_dir(scratch.path())
+        .env_clear()
+        .envs(env.iter())
+        .env(REDIS_URL_ENV, "redis://127.0.0.1:1/0")
+        .env(CONFIG_ENV, &config)
+        .arg("status")
+        .output()
+        .expect("run bullmq-warden");
+    assert_eq!(
+        exit_code(&output),
+        Some(EXIT_REDIS_UNREACHABLE),
+        "{STANDALONE}: `bullmq-warden status` (config from {CONFIG_ENV}, as under kubectl \
+         exec) should get as far as Redis; exit 2 is a configuration error:\n{}",
+        support::text_of(&output)
+    );
 }
 
 /// A process that is killed when the test ends, however it ends.
@@ -1225,6 +1352,11 @@ fn systemd_unit_verifies_and_is_hardened() {
         value("ExecStart"),
         Some("/usr/local/bin/bullmq-warden --config /etc/bullmq-warden/warden.toml watch")
     );
+    assert_eq!(
+        value("ExecReload"),
+        Some("/bin/kill -HUP $MAINPID"),
+        "{UNIT}: systemctl reload sends the SIGHUP that reloads the config"
+    );
     for (key, expected) in [
         ("DynamicUser", "yes"),
         ("ProtectSystem", "strict"),
@@ -1293,7 +1425,11 @@ fn compose_file_is_valid_and_runs_redis_as_bullmq_advises() {
     // docker-compose (v1, Debian's package) validates and resolves the file
     // without talking to a Docker engine; -q prints nothing unless wrong, and
     // warnings (an unset variable, say) count as wrong here.
-    for profile in [&[][..], &["--profile", "monitoring"][..]] {
+    for profile in [
+        &[][..],
+        &["--profile", "monitoring"][..],
+        &["--profile", "standalone"][..],
+    ] {
         let mut args = vec!["-f", COMPOSE];
         args.extend_from_slice(profile);
         args.extend(["config", "-q"]);
@@ -1314,12 +1450,19 @@ fn compose_file_is_valid_and_runs_redis_as_bullmq_advises() {
             COMPOSE,
             "--profile",
             "monitoring",
+            "--profile",
+            "standalone",
             "config",
             "--services",
         ],
     );
     let services = support::assert_success("docker-compose config --services", &output);
-    for service in ["redis", "bullmq-warden", "prometheus"] {
+    for service in [
+        "redis",
+        "bullmq-warden",
+        "prometheus",
+        "bullmq-warden-standalone",
+    ] {
         assert!(
             services.lines().any(|l| l.trim() == service),
             "{COMPOSE}: no service {service}:\n{services}"
@@ -1341,6 +1484,10 @@ fn compose_file_is_valid_and_runs_redis_as_bullmq_advises() {
             "{COMPOSE}: redis lacks {setting}"
         );
     }
+    assert!(
+        compose.contains(&format!("{REDIS_URL_ENV}: ${{REDIS_URL")),
+        "{COMPOSE}: the standalone warden takes its Redis from REDIS_URL"
+    );
     assert!(
         compose.contains(&format!("dockerfile: {DOCKERFILE}")),
         "{COMPOSE}: bullmq-warden must be built from {DOCKERFILE}"
@@ -1430,6 +1577,8 @@ fn dockerfile_builds_in_one_stage_and_runs_non_root_in_another() {
         "{DOCKERFILE}: builds with cargo build --release --locked"
     );
 
+    check_release_metadata(&instructions, &stages);
+
     // Every file copied from the build context exists, and the ignore file
     // lets it through.
     let ignore = read(DOCKERIGNORE);
@@ -1461,4 +1610,69 @@ fn dockerfile_builds_in_one_stage_and_runs_non_root_in_another() {
             );
         }
     }
+}
+
+/// Base images pinned by digest, OCI labels from build arguments, the
+/// revision handed to the build, and the config path for `exec`.
+fn check_release_metadata(instructions: &[(String, String)], stages: &[usize]) {
+    let args: BTreeMap<&str, &str> = instructions[..stages[0]]
+        .iter()
+        .filter(|(op, _)| op == "ARG")
+        .filter_map(|(_, rest)| rest.split_once('='))
+        .collect();
+    for &stage in stages {
+        let image = instructions[stage]
+            .1
+            .split_whitespace()
+            .next()
+            .unwrap_or_default();
+        let resolved = match image.strip_prefix("${").and_then(|i| i.strip_suffix('}')) {
+            Some(arg) => args.get(arg).copied().unwrap_or_default(),
+            None => image,
+        };
+        let digest = resolved
+            .split_once("@sha256:")
+            .map(|(_, d)| d)
+            .unwrap_or_default();
+        assert!(
+            digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{DOCKERFILE}: FROM {image} ({resolved}) is not pinned by an @sha256: digest"
+        );
+    }
+    let last = &instructions[*stages.last().unwrap()..];
+    let declared: Vec<&str> = last
+        .iter()
+        .filter(|(op, _)| op == "ARG")
+        .filter_map(|(_, rest)| rest.split('=').next())
+        .collect();
+    let labels: String = last
+        .iter()
+        .filter(|(op, _)| op == "LABEL")
+        .map(|(_, rest)| rest.as_str())
+        .collect();
+    for (label, value) in [
+        ("version", "\"${VERSION}\""),
+        ("revision", "\"${REVISION}\""),
+        ("source", "\"https://"),
+        ("licenses", "\"MIT\""),
+    ] {
+        let key = format!("org.opencontainers.image.{label}={value}");
+        assert!(labels.contains(&key), "{DOCKERFILE}: no label {key}");
+    }
+    for arg in ["VERSION", "REVISION"] {
+        assert!(
+            declared.contains(&arg),
+            "{DOCKERFILE}: the runtime stage declares no ARG {arg} for its labels"
+        );
+    }
+    assert!(
+        instructions.iter().any(|(op, rest)| op == "RUN"
+            && rest.contains("BULLMQ_WARDEN_REVISION=\"${REVISION}\" cargo build")),
+        "{DOCKERFILE}: the build must hand REVISION to build.rs as BULLMQ_WARDEN_REVISION"
+    );
+    assert!(
+        last.iter().any(|(op, rest)| op == "ENV"
+            && rest == &format!("{CONFIG_ENV}=/etc/bullmq-warden/warden.toml")),
+        "{DOCKERFILE}: the image should set {CONFIG_ENV} to where the deployments mount the config"
+    );
 }

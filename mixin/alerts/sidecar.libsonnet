@@ -16,6 +16,17 @@
             },
           },
           {
+            alert: 'BullMQWardenConfigReloadFailed',
+            expr: 'bullmq_warden_config_last_reload_successful == 0',
+            'for': '5m',
+            labels: { severity: 'warning' },
+            annotations: {
+              summary: 'bullmq-warden on {{ $labels.instance }} cannot load its changed config file',
+              description: 'Sidecar {{ $labels.instance }} has failed for 5 minutes to reload its changed config file and keeps running with its previous config. Its next restart will fail until the file is fixed.',
+              runbook_url: $._config.runbookURL('BullMQWardenConfigReloadFailed'),
+            },
+          },
+          {
             alert: 'BullMQWardenDown',
             expr: 'up{%s} == 0' % $._config.jobSelector,
             'for': '5m',

@@ -325,12 +325,34 @@ local panels(c) = [
   stat(c, 31, 'Consecutive recovery failures', 'Recoveries that failed in a row; 0 after a success. The alert fires at 3.', grid(18, 59, 3, 5), [
     target('A', 'bullmq_warden_recovery_consecutive_failures%s' % sidecar, '{{instance}}', true),
   ], thresholds=steps([['green'], ['orange', 1], ['red', 3]]), colorMode='background', runbook=['BullMQWardenRecoveryFailing']),
-  stat(c, 32, 'Version', 'bullmq_warden_build_info', grid(21, 59, 3, 5), [
-    target('A', 'bullmq_warden_build_info%s' % sidecar, '{{instance}} {{version}}', true),
+  switchStat(c,
+             38,
+             'Config reload',
+             'bullmq_warden_config_last_reload_successful: failed means the changed config file does not load and the previous config stays in force.',
+             grid(16, 76, 8, 4),
+             'bullmq_warden_config_last_reload_successful%s' % sidecar,
+             switch('failed', 'ok'),
+             runbook=['BullMQWardenConfigReloadFailed']),
+  stat(c, 32, 'Version', 'bullmq_warden_build_info: version and git revision', grid(21, 59, 3, 5), [
+    target('A', 'bullmq_warden_build_info%s' % sidecar, '{{instance}} {{version}} ({{revision}})', true),
   ], textMode='name', runbook=['BullMQWardenAbsent']),
-  timeseries(c, 33, 'Source query duration', 'Quantiles of the source database query (bullmq_warden_source_query_duration_seconds).', grid(0, 64, 24, 8), [
+  timeseries(c, 33, 'Source query duration', 'Quantiles of the source database query (bullmq_warden_source_query_duration_seconds).', grid(0, 64, 12, 8), [
     target('A', 'histogram_quantile(0.5, sum by (le) (rate(bullmq_warden_source_query_duration_seconds_bucket%s[$__rate_interval])))' % sidecar, 'p50'),
     target('B', 'histogram_quantile(0.99, sum by (le) (rate(bullmq_warden_source_query_duration_seconds_bucket%s[$__rate_interval])))' % sidecar, 'p99'),
+  ], unit='s'),
+  timeseries(c, 34, 'Sidecar memory', 'process_resident_memory_bytes (what counts against the container limit) and process_virtual_memory_bytes.', grid(12, 64, 12, 8), [
+    target('A', 'process_resident_memory_bytes%s' % sidecar, '{{instance}} resident'),
+    target('B', 'process_virtual_memory_bytes%s' % sidecar, '{{instance}} virtual'),
+  ], unit='bytes'),
+  timeseries(c, 35, 'Sidecar CPU', 'CPU seconds per second (rate of process_cpu_seconds_total); 1 is one full core.', grid(0, 72, 8, 8), [
+    target('A', 'rate(process_cpu_seconds_total%s[$__rate_interval])' % sidecar, '{{instance}}'),
+  ], unit='short'),
+  timeseries(c, 36, 'Sidecar file descriptors', 'process_open_fds against the limit process_max_fds.', grid(8, 72, 8, 8), [
+    target('A', 'process_open_fds%s' % sidecar, '{{instance}} open'),
+    target('B', 'process_max_fds%s' % sidecar, '{{instance}} limit'),
+  ]),
+  stat(c, 37, 'Sidecar uptime', 'Time since the sidecar process started (process_start_time_seconds); a small value that keeps coming back means it restarts.', grid(16, 72, 8, 4), [
+    target('A', 'time() - process_start_time_seconds%s' % sidecar, '{{instance}}', true),
   ], unit='s'),
 ];
 

@@ -84,7 +84,9 @@ impl From<WardenError> for AttemptError {
 pub struct Controller {
     warden: Arc<Warden>,
     observer: Observer,
-    config: Config,
+    /// The warden's config as of the current trigger or attempt: a reload
+    /// takes effect at the next one.
+    config: Arc<Config>,
     lease: Lease,
     webhook: Option<Webhook>,
     queues: SharedQueues,
@@ -147,7 +149,7 @@ impl Controller {
         retrigger: mpsc::Sender<Trigger>,
         own_writes: OwnWrites,
     ) -> Self {
-        let config = warden.config().clone();
+        let config = warden.config();
         let lease = Lease::new(warden.shared_store().clone(), config.recovery.lease_ttl);
         let metrics = observer.metrics();
         metrics
@@ -190,6 +192,7 @@ impl Controller {
                 },
                 _ = shutdown.cancelled() => return,
             };
+            self.config = self.warden.config();
             let mut causes = BTreeSet::from([first.cause]);
             let mut since_ms = first.since_ms;
             if !matches!(first.cause, Cause::Startup | Cause::Manual) {
@@ -240,6 +243,7 @@ impl Controller {
             .build();
         let mut failures = 0u32;
         loop {
+            self.config = self.warden.config();
             if !self.wait_while_loading(shutdown).await {
                 return;
             }

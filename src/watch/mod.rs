@@ -9,6 +9,7 @@ pub mod flushes;
 pub mod keyspace;
 pub(crate) mod latest;
 pub mod poll;
+mod reload;
 pub mod sentinel;
 
 use std::sync::Arc;
@@ -44,7 +45,12 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 /// Runs the watcher until `shutdown` is cancelled. Fails only on problems a
 /// restart cannot fix (configuration, port in use); Redis or the database
 /// being down is reported and waited out.
-pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), WatchError> {
+pub async fn run(
+    config: Config,
+    config_path: Option<std::path::PathBuf>,
+    shutdown: CancellationToken,
+) -> Result<(), WatchError> {
+    let hangup = reload::catch_hangup();
     let observer = Observer::new(Arc::new(Metrics::new()));
     let token = http::api_token(&config.http)?;
     let listener = match config.http.listen.is_empty() {
@@ -149,6 +155,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Watc
         own_writes: own_writes_rx,
     };
     tasks.spawn(keyspace.run(shutdown.clone()));
+    let reloader = reload::Reloader {
+        path: config_path,
+        warden: warden.clone(),
+        observer: observer.clone(),
+        triggers: triggers_tx.clone(),
+    };
+    tasks.spawn(reloader.run(hangup, shutdown.clone()));
     tasks.spawn(periodic_drift_checks(
         triggers_tx.clone(),
         config.watch.drift_interval,

@@ -420,6 +420,13 @@ impl Watcher {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// Sends a signal (`HUP`, `TERM`, …) without waiting for anything.
+    pub fn signal(&self, name: &str) {
+        let _ = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status();
+    }
+
     /// SIGTERM, then the exit code.
     pub fn terminate(&mut self) -> Option<i32> {
         let _ = Command::new("kill")
