@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::apply::{Action, RecoverReport};
 use crate::audit::{self, Severity};
-use crate::config::{Config, CONFIG_PATH_ENV};
+use crate::config::{Config, ConfigOrigin, CONFIG_PATH_ENV};
 use crate::logging::LogFormat;
 use crate::text::printable;
 use crate::warden::{StatusReport, Warden, WardenError};
@@ -164,7 +164,6 @@ async fn run(cli: Cli) -> u8 {
             .filter(|value| !value.is_empty())
             .map(PathBuf::from)
     });
-    let config_path = config_path.as_deref();
     if config_path.is_none() {
         tracing::warn!(
             event = "config_defaults",
@@ -174,17 +173,19 @@ async fn run(cli: Cli) -> u8 {
             crate::config::SourceConfig::default().url,
         );
     }
-    let mut config = match Config::load(config_path, std::env::vars()) {
+    let origin = ConfigOrigin {
+        path: config_path,
+        listen: match &cli.command {
+            Command::Watch { listen } => listen.clone().or_else(|| env_value(LISTEN_ENV)),
+            _ => None,
+        },
+    };
+    let config = match origin.load() {
         Ok(config) => config,
         Err(e) => return fail(&WardenError::Config(e)),
     };
-    if let Command::Watch { listen } = cli.command {
-        if let Some(listen) = listen.or_else(|| env_value(LISTEN_ENV)) {
-            if let Err(e) = config.set_listen(listen) {
-                return fail(&WardenError::Config(e));
-            }
-        }
-        return watch(config, cli.config).await;
+    if let Command::Watch { .. } = cli.command {
+        return watch(config, origin).await;
     }
     if let Command::RemoveSchedulers {
         yes: false, queue, ..
@@ -272,11 +273,11 @@ fn env_value(name: &str) -> Option<String> {
 }
 
 /// Runs the watcher until SIGTERM or SIGINT; SIGHUP reloads the config.
-async fn watch(config: Config, path: Option<PathBuf>) -> u8 {
+async fn watch(config: Config, origin: ConfigOrigin) -> u8 {
     use crate::watch::WatchError;
     let shutdown = tokio_util::sync::CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    match crate::watch::run(config, path, shutdown).await {
+    match crate::watch::run(config, origin, shutdown).await {
         Ok(()) => exit::OK,
         Err(error) => {
             eprintln!("bullmq-warden: {}", printable(&error.to_string()));

@@ -33,6 +33,28 @@ pub enum ConfigError {
     },
 }
 
+/// Where the running config comes from — its file, the environment and the
+/// command line's overrides — so that a reload reads it the same way as the
+/// start did.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigOrigin {
+    /// `--config` or `BULLMQ_WARDEN_CONFIG`.
+    pub path: Option<PathBuf>,
+    /// `watch --listen` or `BULLMQ_WARDEN_LISTEN`, over `[http] listen`.
+    pub listen: Option<String>,
+}
+
+impl ConfigOrigin {
+    /// The file (if any) with the environment's overrides, then the command line's.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        let mut config = Config::load(self.path.as_deref(), std::env::vars())?;
+        if let Some(listen) = &self.listen {
+            config.set_listen(listen.clone())?;
+        }
+        Ok(config)
+    }
+}
+
 impl ConfigError {
     /// Serde's own messages quote the value they could not take (`invalid
     /// type: string "redis://app:secret@…", expected a sequence`), and so

@@ -134,3 +134,51 @@ fn an_invalid_file_keeps_the_running_config_and_sighup_reloads() {
     assert_eq!(again["trigger"], "SIGHUP", "{again}");
     assert!(watcher.is_running(), "SIGHUP must not stop the watcher");
 }
+
+/// The config named by `BULLMQ_WARDEN_CONFIG` (not `--config`) with the
+/// listen address from `watch --listen`: SIGHUP reads them the same way as
+/// the start did, so an unchanged file changes nothing.
+#[test]
+fn sighup_rereads_the_file_named_in_the_environment_and_keeps_the_listen_flag() {
+    let redis = RedisServer::start();
+    let setup = Setup::sqlite(&redis, "");
+    let at = Place {
+        dir: setup.dir.path().display().to_string(),
+        listen: "127.0.0.1:0".into(),
+    };
+    std::fs::write(&setup.config_path, config(&redis, &at, "", "")).unwrap();
+    setup.sql(TASKS_TABLE_SQLITE);
+    let listen = support::free_local_addr();
+    let log = setup.dir.path().join("watch.log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bullmq-warden"))
+        .args(["--log-format", "json", "watch", "--listen", &listen])
+        .env("BULLMQ_WARDEN_CONFIG", &setup.config_path)
+        .env("RUST_LOG", "info")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let events = |name: &str| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|event| event["event"] == name)
+            .collect()
+    };
+    let ready = support::wait_until(10 * SECOND, || {
+        support::http("GET", &format!("http://{listen}/readyz"), &[]).0 == 200
+    });
+    let _ = std::process::Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status();
+    let reloaded = support::wait_until(10 * SECOND, || !events("config_reloaded").is_empty());
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(ready && reloaded, "{text}");
+    let event = &events("config_reloaded")[0];
+    for field in ["applied", "needs_restart"] {
+        let keys = event[field].as_str().unwrap_or_default();
+        assert!(keys.is_empty(), "nothing changed, yet {field}: {event}");
+    }
+}

@@ -47,7 +47,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 /// being down is reported and waited out.
 pub async fn run(
     config: Config,
-    config_path: Option<std::path::PathBuf>,
+    origin: crate::config::ConfigOrigin,
     shutdown: CancellationToken,
 ) -> Result<(), WatchError> {
     let hangup = reload::catch_hangup();
@@ -156,7 +156,7 @@ pub async fn run(
     };
     tasks.spawn(keyspace.run(shutdown.clone()));
     let reloader = reload::Reloader {
-        path: config_path,
+        origin,
         warden: warden.clone(),
         observer: observer.clone(),
         triggers: triggers_tx.clone(),

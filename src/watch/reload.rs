@@ -7,7 +7,6 @@
 //! effect at once; keys that shaped connections, listeners or tasks at start
 //! keep their running values, and the reload says which of them changed.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +14,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, ConfigOrigin};
 use crate::events::{Cause, Event, Observer};
 use crate::recovery::Trigger;
 use crate::warden::{now_ms, Warden};
@@ -120,9 +119,10 @@ pub(crate) fn catch_hangup() -> std::io::Result<Signal> {
 }
 
 pub(crate) struct Reloader {
-    /// `--config` or `BULLMQ_WARDEN_CONFIG`; without one, SIGHUP re-reads
-    /// the defaults and the environment, which cannot have changed.
-    pub path: Option<PathBuf>,
+    /// The file, the environment and the command line's overrides, read
+    /// again as at start. Without a file, SIGHUP re-reads the defaults and
+    /// the environment, which cannot have changed.
+    pub origin: ConfigOrigin,
     pub warden: Arc<Warden>,
     pub observer: Observer,
     /// A comparison right after a reload puts new source or recovery keys
@@ -163,12 +163,12 @@ impl Reloader {
 
     /// The file's bytes (or why it cannot be read), to notice any change.
     fn read_file(&self) -> Option<Result<Vec<u8>, String>> {
-        let path = self.path.as_ref()?;
+        let path = self.origin.path.as_ref()?;
         Some(std::fs::read(path).map_err(|e| e.to_string()))
     }
 
     fn reload(&self, trigger: &'static str) {
-        let loaded = match Config::load(self.path.as_deref(), std::env::vars()) {
+        let loaded = match self.origin.load() {
             Ok(loaded) => loaded,
             Err(error) => {
                 return self.observer.emit(Event::ConfigReloadFailed {
