@@ -43,6 +43,13 @@ pub struct StoredScheduler {
     pub next_job: NextJobState,
 }
 
+/// The servers to subscribe on, each with its redacted URL.
+pub struct Primaries {
+    pub clients: Vec<(String, redis::Client)>,
+    /// False while a cluster primary is flagged as failing and so left out.
+    pub whole: bool,
+}
+
 /// Whether a scheduler's next run will happen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NextJobState {
@@ -305,24 +312,30 @@ impl BullmqStore {
     }
 
     /// One client per server that holds BullMQ data, with its URL: the server
-    /// itself, or every primary of a cluster (keyspace notifications are node-local).
-    pub async fn primary_clients(&self) -> Result<Vec<(String, redis::Client)>, StoreError> {
+    /// itself, or every primary of a cluster (keyspace notifications are
+    /// node-local); and whether that is every primary (see `cluster_primaries`).
+    pub async fn primary_clients(&self) -> Result<Primaries, StoreError> {
         let Some(seed) = self.cluster_nodes.first() else {
-            return Ok(vec![(self.redacted_url.clone(), self.client()?)]);
+            return Ok(Primaries {
+                clients: vec![(self.redacted_url.clone(), self.client()?)],
+                whole: true,
+            });
         };
         let nodes: String = redis::cmd("CLUSTER")
             .arg("NODES")
             .query_async(&mut self.raw())
             .await
             .map_err(|e| self.error(e))?;
-        crate::redis_target::cluster_primaries(&nodes)
+        let (addresses, whole) = crate::redis_target::cluster_primaries(&nodes);
+        let clients = addresses
             .into_iter()
             .map(|(host, port)| {
                 let url = crate::redis_target::with_address(seed, &host, port);
                 let client = redis::Client::open(url.as_str()).map_err(|e| self.error(e))?;
                 Ok((redact_url(&url), client))
             })
-            .collect()
+            .collect::<Result<_, StoreError>>()?;
+        Ok(Primaries { clients, whole })
     }
 
     /// Whether this store talks to the server at `url`.

@@ -76,14 +76,22 @@ pub fn with_address(url: &str, host: &str, port: u16) -> String {
     }
 }
 
-/// The primaries in a `CLUSTER NODES` reply, as `host:port` pairs.
-pub fn cluster_primaries(nodes: &str) -> Vec<(String, u16)> {
+/// The primaries in a `CLUSTER NODES` reply, as `host:port` pairs, and
+/// whether that is all of them: a primary flagged as failing (`fail`, or
+/// `fail?` while the others have not agreed yet) is left out, but its slots
+/// still need a subscription once it answers again.
+pub fn cluster_primaries(nodes: &str) -> (Vec<(String, u16)>, bool) {
+    let mut whole = true;
     let mut primaries: Vec<(String, u16)> = nodes
         .lines()
         .filter_map(|line| {
             let fields: Vec<&str> = line.split_whitespace().collect();
             let flags = fields.get(2)?;
-            if !flags.split(',').any(|f| f == "master") || flags.contains("fail") {
+            if !flags.split(',').any(|f| f == "master") {
+                return None;
+            }
+            if flags.contains("fail") || flags.contains("noaddr") {
+                whole = false;
                 return None;
             }
             // `ip:port@cport[,hostname]`
@@ -93,7 +101,7 @@ pub fn cluster_primaries(nodes: &str) -> Vec<(String, u16)> {
         })
         .collect();
     primaries.sort();
-    primaries
+    (primaries, whole)
 }
 
 #[cfg(test)]
@@ -108,11 +116,19 @@ mod tests {
                      d4 127.0.0.1:7002@17002 master,fail - 0 0 3 disconnected";
         assert_eq!(
             cluster_primaries(nodes),
-            vec![
-                ("127.0.0.1".to_owned(), 7000),
-                ("127.0.0.1".to_owned(), 7001)
-            ]
+            (
+                vec![
+                    ("127.0.0.1".to_owned(), 7000),
+                    ("127.0.0.1".to_owned(), 7001)
+                ],
+                false
+            )
         );
+        let healthy = "a1 127.0.0.1:7001@17001 master - 0 0 1 connected 0-5460\n\
+                       c3 127.0.0.1:7000@17000 myself,master - 0 0 2 connected 5461-16383";
+        assert!(cluster_primaries(healthy).1);
+        let suspected = "a1 127.0.0.1:7001@17001 master,fail? - 0 0 1 connected 0-5460";
+        assert_eq!(cluster_primaries(suspected), (Vec::new(), false));
     }
 
     #[test]

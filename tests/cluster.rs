@@ -12,6 +12,10 @@ const SECOND: Duration = Duration::from_secs(1);
 const REPEAT: &str = "{bull}:inspection:repeat";
 
 fn setup(cluster: &ClusterGroup, any_node: &RedisServer) -> Setup {
+    setup_with_drift(cluster, any_node, "2s")
+}
+
+fn setup_with_drift(cluster: &ClusterGroup, any_node: &RedisServer, drift: &str) -> Setup {
     let seeds: Vec<String> = cluster
         .seed_urls()
         .iter()
@@ -21,7 +25,7 @@ fn setup(cluster: &ClusterGroup, any_node: &RedisServer) -> Setup {
         any_node,
         &format!(
             "[redis]\nprefix = \"{{bull}}\"\ncluster_nodes = [{}]\n[source]\nurl = \"sqlite://{{dir}}/tasks.db\"\n\
-             [watch]\ninfo_interval = \"200ms\"\ndrift_interval = \"2s\"\ndebounce_quiet = \"500ms\"\n\
+             [watch]\ninfo_interval = \"200ms\"\ndrift_interval = \"{drift}\"\ndebounce_quiet = \"500ms\"\n\
              [http]\nlisten = \"\"\n[recovery]\n{FAST_RECOVERY}",
             seeds.join(", ")
         ),
@@ -118,6 +122,107 @@ fn the_watcher_restores_losses_on_a_cluster_and_follows_a_failover() {
         watcher.log()
     );
     assert_eq!(cluster.cli(&["ZCARD", REPEAT]), "2");
+}
+
+fn reconnects(watcher: &Watcher) -> usize {
+    watcher
+        .events("detected")
+        .iter()
+        .filter(|e| e["cause"] == "reconnect")
+        .count()
+}
+
+/// A primary that restarts empty comes back while the other nodes still flag
+/// it as failing; the watcher must subscribe there again as soon as the
+/// cluster is whole, not at the next periodic listing (`drift_interval`).
+#[test]
+fn a_primary_that_restarts_empty_is_subscribed_again_within_seconds() {
+    let mut cluster = ClusterGroup::start();
+    // Periodic checks out of the way: only a subscription can see the ZREM below.
+    let setup = setup_with_drift(&cluster, &cluster.nodes[0], "120s");
+    let watcher = Watcher::start(&setup);
+    assert!(
+        watcher.wait_for("recovery_finished", 1, 15 * SECOND),
+        "{}",
+        watcher.log()
+    );
+    let owner = cluster.owner_of(REPEAT).port();
+    let index = cluster
+        .nodes
+        .iter()
+        .position(|n| n.port() == owner)
+        .expect("the owner is one of the nodes");
+    // Down for longer than cluster-node-timeout (2 s), so that the others
+    // flag it as failed; its replica is told not to take over, so that it
+    // comes back as the slot's primary, empty.
+    for node in &cluster.nodes {
+        node.redis(&["CONFIG", "SET", "cluster-replica-no-failover", "yes"]);
+    }
+    let reconnects_before = reconnects(&watcher);
+    cluster.nodes[index].stop();
+    assert!(
+        support::wait_until(15 * SECOND, || cluster
+            .nodes
+            .iter()
+            .filter(|n| n.port() != owner)
+            .all(|n| n.redis(&["CLUSTER", "INFO"]).contains("cluster_state:fail"))),
+        "the others flag the stopped primary as failed"
+    );
+    cluster.nodes[index].start_again();
+    assert!(
+        watcher.wait_for("recovery_finished", 2, 20 * SECOND),
+        "restored after the restart: {}",
+        watcher.log()
+    );
+    assert!(
+        support::wait_until(20 * SECOND, || cluster
+            .nodes
+            .iter()
+            .all(|n| n.redis(&["CLUSTER", "INFO"]).contains("cluster_state:ok"))),
+        "the cluster is ok again"
+    );
+    let ok_at = std::time::Instant::now();
+    // While the cluster was down the subscription was retried on a backoff,
+    // not re-established over no server and counted as a reconnect each time.
+    let during_outage = reconnects(&watcher) - reconnects_before;
+    assert!(
+        during_outage <= 3,
+        "{during_outage} reconnects while the primary was down: {}",
+        watcher.log()
+    );
+    let restarted = &cluster.nodes[index];
+    let subscribed = support::wait_until(10 * SECOND, || {
+        restarted
+            .redis(&["PUBSUB", "NUMPAT"])
+            .parse::<u64>()
+            .unwrap_or(0)
+            > 0
+    });
+    let took = ok_at.elapsed();
+    assert!(
+        subscribed,
+        "no keyspace subscription on the restarted primary 10 s after the cluster was ok: {}",
+        watcher.log()
+    );
+    eprintln!("drill: subscribed again {took:?} after the cluster was ok");
+    assert!(
+        took <= 2 * SECOND,
+        "subscribed {took:?} after the cluster was ok"
+    );
+    // And its events arrive: a member removed there (one the poll cannot
+    // see, the set is not emptied) is a keyspace detection.
+    let before = watcher.count("detected");
+    cluster.cli(&["ZADD", REPEAT, "1", "drill:extra"]);
+    cluster.cli(&["ZREM", REPEAT, "drill:extra"]);
+    assert!(
+        support::wait_until(5 * SECOND, || watcher
+            .events("detected")
+            .iter()
+            .skip(before)
+            .any(|e| e["cause"] == "keyspace")),
+        "{}",
+        watcher.log()
+    );
 }
 
 #[test]

@@ -42,6 +42,10 @@ const DETECTION_LOG_INTERVAL: Duration = Duration::from_secs(1);
 /// the write runs, so they arrive within milliseconds when they arrive at all.
 const PROBE_WAIT: Duration = Duration::from_secs(2);
 
+/// How often a cluster's primaries are listed while one is left out for
+/// failing, so that its return is subscribed within about this long.
+const CLUSTER_RELIST_INTERVAL: Duration = Duration::from_millis(500);
+
 /// How long the probe key lives. Not a single millisecond: Redis deletes a
 /// key whose expiry has passed by the time PEXPIRE runs, publishing `del`
 /// instead of `expire`, and on a busy server that millisecond can pass.
@@ -230,8 +234,13 @@ impl KeyspaceWatcher {
         shutdown: &CancellationToken,
     ) -> String {
         let store = self.store.get();
-        let primaries = match store.primary_clients().await {
-            Ok(primaries) => primaries,
+        let (primaries, whole) = match store.primary_clients().await {
+            Ok(listed) if listed.clients.is_empty() => {
+                // A subscription on no server would end at once and count as
+                // a reconnect, over and over while the cluster is down.
+                return "no cluster primary answers yet".into();
+            }
+            Ok(listed) => (listed.clients, listed.whole),
             Err(e) => return e.to_string(),
         };
         self.moved.borrow_and_update();
@@ -253,10 +262,14 @@ impl KeyspaceWatcher {
             );
         }
         let subscribed: Vec<String> = primaries.into_iter().map(|(url, _)| url).collect();
-        let mut topology = tokio::time::interval_at(
-            tokio::time::Instant::now() + self.topology_interval,
-            self.topology_interval,
-        );
+        // While a primary is left out for failing, its slots have no
+        // subscription: list again soon, not only every topology_interval.
+        let relist_every = match whole {
+            true => self.topology_interval,
+            false => CLUSTER_RELIST_INTERVAL.min(self.topology_interval),
+        };
+        let mut topology =
+            tokio::time::interval_at(tokio::time::Instant::now() + relist_every, relist_every);
         let probe_deadline = tokio::time::Instant::now() + PROBE_WAIT;
         let mut last_logged: HashMap<String, Instant> = HashMap::new();
         let mut messages = futures::stream::select_all(std::mem::take(&mut session.streams));
@@ -288,7 +301,7 @@ impl KeyspaceWatcher {
                 }
                 _ = topology.tick(), if store.is_cluster() => {
                     match store.primary_clients().await {
-                        Ok(now) if now.iter().map(|(url, _)| url).ne(subscribed.iter()) => {
+                        Ok(now) if now.clients.iter().map(|(url, _)| url).ne(subscribed.iter()) => {
                             return "the cluster's primaries changed".into();
                         }
                         _ => continue,
