@@ -798,9 +798,29 @@ fn drill4_noeviction_oom_is_reported_backed_off_and_completed_after_memory_is_fr
     assert!(completed_after < 10 * SECOND, "{completed_after:?}");
 }
 
-#[test]
-fn drill4_an_evicted_scheduler_hash_is_detected_and_repaired() {
+#[derive(Clone, Copy, Debug)]
+enum Evicted {
+    /// `repeat:<id>`, the scheduler's hash.
+    SchedulerHash,
+    /// `repeat:<id>:<millis>`, the hash of the scheduler's next job.
+    NextJobHash,
+}
+
+/// Keys of `kind` that exist now, listed without touching them (KEYS, unlike
+/// a read, leaves their idle time as it is).
+fn existing(conn: &mut redis::Connection, kind: Evicted) -> BTreeSet<String> {
+    let keys: Vec<String> = query(conn, &["KEYS", "bull:inspection:repeat:*"]);
+    keys.into_iter()
+        .filter(|k| {
+            let is_job = k.matches(':').count() == 5;
+            matches!(kind, Evicted::NextJobHash) == is_job
+        })
+        .collect()
+}
+
+fn eviction_drill(kind: Evicted) {
     let redis = RedisServer::start_with(&["--maxmemory-policy", "allkeys-lru"]);
+    // No drift check within the drill: only a signal can start the repair.
     let setup = Setup::sqlite(
         &redis,
         "[watch]\ninfo_interval = \"200ms\"\ndrift_interval = \"60s\"\ndebounce_quiet = \"300ms\"\n\
@@ -814,16 +834,16 @@ fn drill4_an_evicted_scheduler_hash_is_detected_and_repaired() {
         watcher.log()
     );
     let mut conn = redis_conn(&redis);
-    let hashes: Vec<String> = (1..=20)
-        .map(|i| format!("bull:inspection:repeat:inspection:{i}"))
-        .collect();
-    let jobs: Vec<String> =
-        query::<Vec<String>>(&mut conn, &["ZRANGE", "bull:inspection:delayed", "0", "-1"])
-            .iter()
-            .map(|id| format!("bull:inspection:{id}"))
-            .collect();
-    // The scheduler hashes go idle; the job hashes are read now and then,
-    // as a worker would: the least recently used keys are the hashes.
+    let targets = existing(&mut conn, kind);
+    let other = match kind {
+        Evicted::SchedulerHash => Evicted::NextJobHash,
+        Evicted::NextJobHash => Evicted::SchedulerHash,
+    };
+    let others = existing(&mut conn, other);
+    assert_eq!((targets.len(), others.len()), (20, 20));
+    // The targets go idle while the other hashes are read now and then (as
+    // a worker or the application would): the least recently used keys are
+    // the targets.
     thread::sleep(3 * SECOND);
     let info: String = query(&mut conn, &["INFO", "memory"]);
     let used: u64 = info
@@ -831,17 +851,13 @@ fn drill4_an_evicted_scheduler_hash_is_detected_and_repaired() {
         .find_map(|l| l.strip_prefix("used_memory:"))
         .and_then(|v| v.trim().parse().ok())
         .expect("used_memory");
-    redis.redis(&[
-        "CONFIG",
-        "SET",
-        "maxmemory",
-        &(used + 512 * 1024).to_string(),
-    ]);
+    let limit = (used + 512 * 1024).to_string();
+    redis.redis(&["CONFIG", "SET", "maxmemory", &limit]);
     let filler = "x".repeat(1024);
     let mut written = 0;
     let evicted_at = loop {
-        for job in &jobs {
-            let _: Option<String> = query(&mut conn, &["HGET", job, "name"]);
+        for key in &others {
+            let _: Option<String> = query(&mut conn, &["HGET", key, "name"]);
         }
         let mut pipe = redis::pipe();
         for i in written..written + 100 {
@@ -852,15 +868,12 @@ fn drill4_an_evicted_scheduler_hash_is_detected_and_repaired() {
         }
         pipe.query::<()>(&mut conn).expect("filler");
         written += 100;
-        let gone = hashes
-            .iter()
-            .filter(|h| query::<u64>(&mut conn, &["EXISTS", h.as_str()]) == 0)
-            .count();
-        if gone > 0 {
+        if existing(&mut conn, kind).len() < targets.len() {
             break Instant::now();
         }
-        assert!(written < 20_000, "no scheduler hash evicted");
+        assert!(written < 20_000, "no {kind:?} evicted");
     };
+    let evicted = targets.len() - existing(&mut conn, kind).len();
     // The burst passes: its keys are deleted, memory is free again.
     for chunk in (0..written).collect::<Vec<_>>().chunks(500) {
         let mut pipe = redis::pipe();
@@ -869,16 +882,13 @@ fn drill4_an_evicted_scheduler_hash_is_detected_and_repaired() {
         }
         pipe.query::<()>(&mut conn).expect("unlink filler");
     }
-    let evicted = hashes
-        .iter()
-        .filter(|h| query::<u64>(&mut conn, &["EXISTS", h.as_str()]) == 0)
-        .count();
+    let repaired = wait_until(20 * SECOND, || watcher.count("recovery_finished") >= 2);
+    let repaired_after = evicted_at.elapsed();
     assert!(
-        watcher.wait_for("recovery_finished", 2, 20 * SECOND),
-        "{}",
+        repaired,
+        "{kind:?} evicted, never repaired: {}",
         watcher.log()
     );
-    let repaired_after = evicted_at.elapsed();
     let detected = watcher.events("detected");
     assert!(
         detected.iter().any(|e| e["cause"] == "keyspace"),
@@ -886,14 +896,29 @@ fn drill4_an_evicted_scheduler_hash_is_detected_and_repaired() {
     );
     assert_eq!(assert_whole(&redis, "inspection"), 20);
     let finished = &watcher.events("recovery_finished")[1];
+    let signals: Vec<&str> = detected
+        .iter()
+        .filter_map(|e| e["message"].as_str())
+        .collect();
     println!(
-        "drill 4 allkeys-lru: {written} KiB of filler evicted {evicted} of 20 scheduler hashes; detected by \
-         keyspace notification, repaired {repaired_after:?} after the eviction ({finished})"
+        "drill 4 allkeys-lru {kind:?}: {written} KiB of filler evicted {evicted} of 20; detected by \
+         {signals:?}, repaired {repaired_after:?} after the eviction (created {}, updated {})",
+        finished["created"], finished["updated"]
     );
     assert!(repaired_after < 5 * SECOND, "{repaired_after:?}");
     let check = setup.warden(&["check", "--json"]);
     assert_eq!(check.code, 4, "{}", check.stdout);
     assert!(check.stdout.contains("allkeys-lru"), "{}", check.stdout);
+}
+
+#[test]
+fn drill4_an_evicted_scheduler_hash_is_detected_and_repaired() {
+    eviction_drill(Evicted::SchedulerHash);
+}
+
+#[test]
+fn drill4_an_evicted_next_job_hash_is_detected_and_repaired() {
+    eviction_drill(Evicted::NextJobHash);
 }
 
 // ---------------------------------------------------------------------------
