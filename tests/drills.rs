@@ -200,6 +200,23 @@ impl Framing {
     }
 }
 
+/// A process of the drill's own, killed (SIGKILL) when the drill ends, also
+/// when it fails.
+struct KilledOnDrop(Child);
+
+impl KilledOnDrop {
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 fn redis_conn(redis: &RedisServer) -> redis::Connection {
     redis::Client::open(redis.url())
         .and_then(|c| c.get_connection())
@@ -519,9 +536,6 @@ fn hang_drill(kind: Hang) {
         "repaired {repaired_after:?} after Redis answered"
     );
     assert!(clients <= 8, "{clients} clients on Redis after the hang");
-    if std::env::var("DRILL_LOG").is_ok() {
-        eprintln!("{}", watcher.log());
-    }
     let down = &watcher.events("redis_down")[0];
     assert!(
         down["message"].as_str().is_some_and(|m| !m.is_empty()),
@@ -672,21 +686,22 @@ fn drill3_cli_recover_killed_halfway_then_recover_again() {
     let redis = RedisServer::start();
     let setup = killed_setup(&redis, "");
     let mut conn = redis_conn(&redis);
-    let mut recover: Child = Command::new(env!("CARGO_BIN_EXE_bullmq-warden"))
-        .arg("--config")
-        .arg(&setup.config_path)
-        .args(["recover", "--json"])
-        .env_remove("BULLMQ_WARDEN_CONFIG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("recover");
+    let mut recover = KilledOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_bullmq-warden"))
+            .arg("--config")
+            .arg(&setup.config_path)
+            .args(["recover", "--json"])
+            .env_remove("BULLMQ_WARDEN_CONFIG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("recover"),
+    );
     let deadline = Instant::now() + 60 * SECOND;
     while !reached(&mut conn, KillPoint::Halfway) {
         assert!(Instant::now() < deadline, "halfway not reached");
     }
-    let _ = recover.kill();
-    let _ = recover.wait();
+    recover.kill();
     let killed = Instant::now();
     let written: u64 = query(&mut conn, &["ZCARD", "bull:inspection:repeat"]);
     let lease_left: i64 = query(&mut conn, &["PTTL", LEASE_KEY]);
