@@ -834,7 +834,20 @@ fn existing(conn: &mut redis::Connection, kind: Evicted) -> BTreeSet<String> {
 }
 
 fn eviction_drill(kind: Evicted) {
-    let redis = RedisServer::start_with(&["--maxmemory-policy", "allkeys-lru"]);
+    // With volatile-lru only keys with a ttl can go: the targets are given
+    // one, so that Redis evicts exactly them and nothing else signals.
+    let policy = match kind {
+        Evicted::SchedulerHash => "allkeys-lru",
+        Evicted::NextJobHash => "volatile-lru",
+    };
+    let redis = RedisServer::start_with(&[
+        "--maxmemory-policy",
+        policy,
+        // Each eviction weighs the idle time of up to 64 keys, so the least
+        // recently used keys go first, nearly as an exact LRU would.
+        "--maxmemory-samples",
+        "64",
+    ]);
     // No drift check within the drill: only a signal can start the repair.
     let setup = Setup::sqlite(
         &redis,
@@ -848,6 +861,8 @@ fn eviction_drill(kind: Evicted) {
         "{}",
         watcher.log()
     );
+    // Settled, as long before any real eviction.
+    thread::sleep(2 * SECOND);
     let mut conn = redis_conn(&redis);
     let targets = existing(&mut conn, kind);
     let other = match kind {
@@ -856,10 +871,25 @@ fn eviction_drill(kind: Evicted) {
     };
     let others = existing(&mut conn, other);
     assert_eq!((targets.len(), others.len()), (20, 20));
-    // The targets go idle while the other hashes are read now and then (as
-    // a worker or the application would): the least recently used keys are
-    // the targets.
-    thread::sleep(3 * SECOND);
+    // The targets have been idle for a day (RESTORE … IDLETIME sets what an
+    // untouched key would show) while the other hashes are read now and
+    // then, as a worker or the application would: the least recently used
+    // keys are the targets, and Redis's sampled LRU finds them first.
+    for key in &targets {
+        let dump: Vec<u8> = redis::cmd("DUMP").arg(key).query(&mut conn).expect("DUMP");
+        redis::cmd("RESTORE")
+            .arg(key)
+            .arg(0)
+            .arg(dump)
+            .arg("REPLACE")
+            .arg("IDLETIME")
+            .arg(86_400)
+            .query::<()>(&mut conn)
+            .expect("RESTORE");
+        if policy == "volatile-lru" {
+            let _: u64 = query(&mut conn, &["PEXPIRE", key, "86400000"]);
+        }
+    }
     let info: String = query(&mut conn, &["INFO", "memory"]);
     let used: u64 = info
         .lines()
@@ -875,20 +905,20 @@ fn eviction_drill(kind: Evicted) {
             let _: Option<String> = query(&mut conn, &["HGET", key, "name"]);
         }
         let mut pipe = redis::pipe();
-        for i in written..written + 100 {
+        for i in written..written + 10 {
             pipe.cmd("SET")
                 .arg(format!("filler:{i}"))
                 .arg(&filler)
                 .ignore();
         }
-        pipe.query::<()>(&mut conn).expect("filler");
-        written += 100;
+        // Refused (OOM) once nothing is left that the policy may evict.
+        let _ = pipe.query::<()>(&mut conn);
+        written += 10;
         if existing(&mut conn, kind).len() < targets.len() {
             break Instant::now();
         }
         assert!(written < 20_000, "no {kind:?} evicted");
     };
-    let evicted = targets.len() - existing(&mut conn, kind).len();
     // The burst passes: its keys are deleted, memory is free again.
     for chunk in (0..written).collect::<Vec<_>>().chunks(500) {
         let mut pipe = redis::pipe();
@@ -897,6 +927,13 @@ fn eviction_drill(kind: Evicted) {
         }
         pipe.query::<()>(&mut conn).expect("unlink filler");
     }
+    let stats: String = query(&mut conn, &["INFO", "stats"]);
+    let evicted = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("evicted_keys:"))
+        .unwrap_or("?")
+        .trim()
+        .to_owned();
     let repaired = wait_until(20 * SECOND, || watcher.count("recovery_finished") >= 2);
     let repaired_after = evicted_at.elapsed();
     assert!(
@@ -916,14 +953,14 @@ fn eviction_drill(kind: Evicted) {
         .filter_map(|e| e["message"].as_str())
         .collect();
     println!(
-        "drill 4 allkeys-lru {kind:?}: {written} KiB of filler evicted {evicted} of 20; detected by \
+        "drill 4 {policy} {kind:?}: {written} KiB of filler: {evicted} keys evicted; detected by \
          {signals:?}, repaired {repaired_after:?} after the eviction (created {}, updated {})",
         finished["created"], finished["updated"]
     );
     assert!(repaired_after < 5 * SECOND, "{repaired_after:?}");
     let check = setup.warden(&["check", "--json"]);
     assert_eq!(check.code, 4, "{}", check.stdout);
-    assert!(check.stdout.contains("allkeys-lru"), "{}", check.stdout);
+    assert!(check.stdout.contains(policy), "{}", check.stdout);
 }
 
 #[test]
