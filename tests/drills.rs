@@ -348,7 +348,7 @@ enum Hang {
 
 impl Hang {
     /// Long enough to cross the poll's 2 s deadline several times, short
-    /// enough for the suite (the 20 s make no other point).
+    /// enough for the suite (a 20 s hang makes no other point).
     fn duration(self) -> Duration {
         match self {
             Hang::BlackholeMidRecovery => Duration::from_secs(12),
