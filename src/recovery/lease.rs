@@ -120,7 +120,14 @@ impl Lease {
             .query_async(&mut store.raw())
             .await
             .map_err(|e| store.error(e))?;
-        Ok(reply.is_some())
+        if reply.is_some() {
+            return Ok(true);
+        }
+        // A SET whose reply timed out (Redis hung, the network partitioned)
+        // may still have run once Redis answered: the key then holds this
+        // writer's own token, and waiting for it to expire would hold every
+        // recovery back for a whole ttl behind a writer that is not writing.
+        self.renew().await
     }
 
     /// The token of whoever holds the lease now.

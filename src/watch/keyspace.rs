@@ -565,7 +565,9 @@ fn missing_flags(flags: &str) -> String {
 
 /// The queue whose schedulers an event may have removed, for events on
 /// `<queue>:repeat` or `<queue>:repeat:<scheduler id>`. Job hashes
-/// (`repeat:<id>:<millis>`) come and go with every run: ignored.
+/// (`repeat:<id>:<millis>`) come and go with every run, so only their
+/// eviction counts: it is never routine, and a next job evicted from under
+/// its scheduler leaves a scheduler that never fires again.
 fn loss_on_scheduler_key<'k>(key: &'k str, event: &str) -> Option<&'k str> {
     if !LOSS_EVENTS.contains(&event) {
         return None;
@@ -580,7 +582,11 @@ fn loss_on_scheduler_key<'k>(key: &'k str, event: &str) -> Option<&'k str> {
             });
             // BullMQ's own upsert deletes and rewrites the hash, so a `del`
             // here is routine; a removed scheduler also leaves the `repeat` set.
-            (!is_job_hash && matches!(event, "expired" | "evicted")).then_some(queue)
+            let lost = match is_job_hash {
+                true => event == "evicted",
+                false => matches!(event, "expired" | "evicted"),
+            };
+            lost.then_some(queue)
         }
     }
 }
@@ -616,6 +622,10 @@ mod tests {
         assert_eq!(
             loss_on_scheduler_key("mail:repeat:inspection:1:1790000000000", "del"),
             None
+        );
+        assert_eq!(
+            loss_on_scheduler_key("mail:repeat:inspection:1:1790000000000", "evicted"),
+            Some("mail")
         );
         assert_eq!(loss_on_scheduler_key("mail:delayed", "del"), None);
         assert_eq!(loss_on_scheduler_key("mail:wait", "del"), None);

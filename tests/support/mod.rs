@@ -416,6 +416,11 @@ impl Watcher {
             .join("\n")
     }
 
+    /// The process id, to read its descriptors and memory under /proc.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
