@@ -42,6 +42,9 @@ struct ProxyShared {
     open: AtomicUsize,
     /// Server-to-client bytes after which a connection is closed; 0: never.
     cut_after: AtomicUsize,
+    /// Milliseconds each direction holds what it read before passing it on:
+    /// a slow network, twice this per round trip.
+    delay_ms: AtomicUsize,
     cut: AtomicUsize,
 }
 
@@ -86,6 +89,11 @@ impl Proxy {
 
     fn blackhole(&self, on: bool) {
         self.shared.blackholed.store(on, SeqCst);
+    }
+
+    fn delay_each_way(&self, delay: Duration) {
+        let millis = usize::try_from(delay.as_millis()).unwrap_or(usize::MAX);
+        self.shared.delay_ms.store(millis, SeqCst);
     }
 
     fn accepted(&self) -> usize {
@@ -136,6 +144,12 @@ fn pump(mut from: TcpStream, mut to: TcpStream, from_server: bool, shared: &Prox
             }
             Err(_) => break,
         };
+        // Whatever arrived meanwhile is read next time and held once: the
+        // delay is per trip, not per command, as on a slow link.
+        let delay = shared.delay_ms.load(SeqCst);
+        if delay > 0 {
+            thread::sleep(Duration::from_millis(delay as u64));
+        }
         let budget = shared.cut_after.load(SeqCst);
         let ends = match from_server {
             true => framing.message_ends(&buffer[..n]),
@@ -724,6 +738,66 @@ fn drill3_cli_recover_killed_halfway_then_recover_again() {
         took >= Duration::from_millis(lease_left as u64 / 2),
         "{took:?}"
     );
+}
+
+// ---------------------------------------------------------------------------
+// Drill 2: a slow Redis
+
+/// Rows restored through the slow link: long enough that the lease below must
+/// be renewed several times before the writes end.
+const SLOW_ROWS: u32 = 10_000;
+
+#[test]
+fn drill2_ten_thousand_schedulers_restore_through_a_slow_link_under_a_renewed_lease() {
+    let redis = RedisServer::start();
+    let upstream: SocketAddr = format!("127.0.0.1:{}", redis.port()).parse().unwrap();
+    let proxy = Proxy::start(upstream);
+    proxy.delay_each_way(Duration::from_millis(25));
+    let setup = Setup::sqlite(&redis, "[recovery]\nlease_ttl = \"6s\"\n");
+    let through_proxy = format!("redis://{}/0", proxy.addr);
+    sqlite_rows(&setup, SLOW_ROWS, "inspection");
+    let mut conn = redis_conn(&redis);
+    let round_trip = Instant::now();
+    let _: String = query(&mut redis_conn_through(&proxy), &["PING"]);
+    let rtt = round_trip.elapsed();
+    let started = Instant::now();
+    let run = setup.warden_env(
+        &["recover", "--json"],
+        &[("BULLMQ_WARDEN__REDIS__URL", &through_proxy)],
+    );
+    let took = started.elapsed();
+    let report = run.json();
+    assert_eq!(run.code, 0, "{report} {}", run.stderr);
+    assert_eq!(
+        report["created"].as_u64(),
+        Some(u64::from(SLOW_ROWS)),
+        "{report}"
+    );
+    assert!(
+        report.get("stopped").is_none(),
+        "the lease was lost: {report}"
+    );
+    assert_eq!(assert_whole(&redis, "inspection"), SLOW_ROWS as usize);
+    let lease_left: i64 = query(&mut conn, &["EXISTS", LEASE_KEY]);
+    assert_eq!(lease_left, 0, "the lease was released");
+    println!(
+        "drill 2 slow link ({rtt:?} per round trip): {SLOW_ROWS} schedulers restored in {took:?} \
+         under a 6 s lease"
+    );
+    assert!(
+        rtt >= Duration::from_millis(50),
+        "the proxy added less than 50 ms: {rtt:?}"
+    );
+    assert!(
+        took > Duration::from_secs(6),
+        "the restore outlasted the lease only if it took over 6 s: {took:?}"
+    );
+}
+
+fn redis_conn_through(proxy: &Proxy) -> redis::Connection {
+    redis::Client::open(format!("redis://{}/0", proxy.addr))
+        .and_then(|client| client.get_connection())
+        .expect("a connection through the proxy")
 }
 
 // ---------------------------------------------------------------------------
