@@ -29,6 +29,13 @@ pub enum SourceError {
     Connect { url: String, reason: String },
     #[error("source query failed on {url}: {reason}")]
     Query { url: String, reason: String },
+    /// The connection was made and the query ran, then the stream of rows
+    /// ended without the database's own end of result: the read as a whole
+    /// is discarded, so a cut read never counts rows as gone.
+    #[error(
+        "the read from the source database {url} broke off: {reason}; none of its rows were used"
+    )]
+    ReadBrokeOff { url: String, reason: String },
     /// Checked once per read, on the first row: without these columns every
     /// row would fail with the same reason, which would not say what to alias.
     #[error(
@@ -191,7 +198,7 @@ impl Source {
                 let mut tx = $begin.await.map_err(|e| self.error(e))?;
                 let mut rows = sqlx::query(AssertSqlSafe(query)).fetch(&mut *tx);
                 let mut first = true;
-                while let Some(row) = rows.try_next().await.map_err(|e| self.error(e))? {
+                while let Some(row) = rows.try_next().await.map_err(|e| self.read_error(e))? {
                     if std::mem::take(&mut first) {
                         self.check_columns(row.columns().iter().map(|c| c.name()))?;
                     }
@@ -224,6 +231,18 @@ impl Source {
 
     /// A database's own error means the query is wrong; anything else means
     /// the database could not be reached.
+    /// An error while rows arrive: the database's own error is about the
+    /// query; anything else means the connection broke in the middle.
+    fn read_error(&self, error: sqlx::Error) -> SourceError {
+        match error {
+            sqlx::Error::Database(_) | sqlx::Error::ColumnDecode { .. } => self.error(error),
+            other => SourceError::ReadBrokeOff {
+                url: self.redacted_url.clone(),
+                reason: one_line(&other),
+            },
+        }
+    }
+
     fn error(&self, error: sqlx::Error) -> SourceError {
         match error {
             sqlx::Error::Database(_) | sqlx::Error::ColumnDecode { .. } => SourceError::Query {

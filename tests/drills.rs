@@ -1267,6 +1267,7 @@ fn drill5_a_read_cut_short_without_an_error_fails_the_whole_read() {
     );
     assert!(cut >= 1, "no read was cut");
     assert_eq!(run.code, 6, "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("broke off"), "{}", run.stderr);
     assert_eq!(
         redis.zmembers("bull:inspection:repeat"),
         before,
