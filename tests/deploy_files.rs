@@ -586,11 +586,7 @@ fn check_rendering(pod: &Pod) {
 
     // The API token comes from the Secret; so does the database URL.
     for var in [TOKEN_ENV, SOURCE_URL_ENV] {
-        let entry = pod.sidecar()["env"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|e| e["name"] == var)
+        let entry = env_entry(pod.sidecar(), var)
             .unwrap_or_else(|| panic!("{dir}: the sidecar has no env {var}"));
         let reference = &entry["valueFrom"]["secretKeyRef"];
         assert!(
@@ -755,11 +751,7 @@ fn assert_config_env_matches_args(dir: &str, container: &Value) {
         .position(|a| a == "--config")
         .and_then(|i| args.get(i + 1))
         .unwrap_or_else(|| panic!("{dir}: the warden's args have no --config: {args:?}"));
-    let env = container["env"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|e| e["name"] == CONFIG_ENV)
+    let env = env_entry(container, CONFIG_ENV)
         .unwrap_or_else(|| panic!("{dir}: the warden's container has no env {CONFIG_ENV}"));
     assert_eq!(
         env["value"].as_str(),
@@ -825,6 +817,15 @@ fn warden(pod: &Pod, scratch: &Path, args: &[&str], extra_env: &[(&str, &str)]) 
         .arg(&config)
         .args(args);
     command
+}
+
+/// The entry named `name` in a container's `env`.
+fn env_entry<'a>(container: &'a Value, name: &str) -> Option<&'a Value> {
+    container["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["name"] == name)
 }
 
 fn exit_code(output: &Output) -> Option<i32> {
@@ -933,12 +934,7 @@ fn standalone_overlay_runs_the_warden_alone_against_an_external_redis() {
     // in the pod.
     let env: BTreeMap<String, String> = pod_env(STANDALONE, &objects, warden).into_iter().collect();
     for var in [REDIS_URL_ENV, SOURCE_URL_ENV, TOKEN_ENV] {
-        let entry = warden["env"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|e| e["name"] == var)
-            .unwrap_or_else(|| panic!("{STANDALONE}: no env {var}"));
+        let entry = env_entry(warden, var).unwrap_or_else(|| panic!("{STANDALONE}: no env {var}"));
         assert!(
             entry["valueFrom"]["secretKeyRef"].is_object(),
             "{STANDALONE}: env {var} must come from a Secret: {entry}"
