@@ -33,6 +33,68 @@ pub enum ConfigError {
     },
 }
 
+/// A secret (a bearer token) with where it came from, so that errors can
+/// name the source without ever showing the value.
+pub(crate) struct Secret {
+    pub value: String,
+    pub origin: String,
+}
+
+/// Why a secret could not be had; `origin` names the variable or the file.
+#[derive(Debug)]
+pub(crate) struct SecretError {
+    pub origin: String,
+    pub reason: String,
+}
+
+/// The secret in the environment variable `var`, else in the file that the
+/// config key `file_key` names, trimmed. An empty one is an error wherever it
+/// comes from: a blank token would let a request without one through, or
+/// send a bare `Bearer` header.
+pub(crate) fn read_secret(
+    var: &str,
+    file_key: &str,
+    file: Option<&Path>,
+) -> Result<Option<Secret>, SecretError> {
+    let (text, origin) = match (std::env::var_os(var), file) {
+        (Some(value), _) => {
+            let origin = format!("environment variable {var}");
+            match value.into_string() {
+                Ok(text) => (text, origin),
+                Err(_) => {
+                    return Err(SecretError {
+                        origin,
+                        reason: "is not UTF-8".into(),
+                    })
+                }
+            }
+        }
+        (None, Some(path)) => {
+            let origin = format!("{file_key} {}", path.display());
+            match std::fs::read_to_string(path) {
+                Ok(text) => (text, origin),
+                Err(error) => {
+                    return Err(SecretError {
+                        origin,
+                        reason: format!("cannot be read: {error}"),
+                    })
+                }
+            }
+        }
+        (None, None) => return Ok(None),
+    };
+    match text.trim() {
+        "" => Err(SecretError {
+            origin,
+            reason: "is empty; set a random token (e.g. `openssl rand -hex 32`) or unset it".into(),
+        }),
+        value => Ok(Some(Secret {
+            value: value.to_owned(),
+            origin,
+        })),
+    }
+}
+
 /// Where the running config comes from — its file, the environment and the
 /// command line's overrides — so that a reload reads it the same way as the
 /// start did.

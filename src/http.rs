@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use utoipa::OpenApi;
 
 use crate::apply::RecoverReport;
-use crate::config::HttpConfig;
+use crate::config::{read_secret, HttpConfig};
 use crate::events::{Cause, Event, Observer};
 use crate::warden::{Warden, WardenError};
 use crate::watch::latest::{NotServed, ServedStatus};
@@ -62,23 +62,6 @@ pub struct ApiToken {
 }
 
 impl ApiToken {
-    /// An empty token would let a request without `Authorization` through,
-    /// so it is a configuration error wherever it comes from.
-    fn new(raw: &str, origin: String) -> Result<Self, HttpError> {
-        let secret = raw.trim();
-        if secret.is_empty() {
-            return Err(HttpError::Token {
-                origin,
-                reason: "is empty; set a random token (e.g. `openssl rand -hex 32`) or unset it"
-                    .into(),
-            });
-        }
-        Ok(Self {
-            secret: secret.to_owned(),
-            origin,
-        })
-    }
-
     /// Why the token looks like a placeholder, if it does.
     fn placeholder(&self) -> Option<&'static str> {
         if self.secret.to_ascii_uppercase().contains("CHANGE-ME") {
@@ -97,27 +80,19 @@ impl ApiToken {
 
 /// The bearer token for the API: the environment wins over the file.
 pub fn api_token(config: &HttpConfig) -> Result<Option<ApiToken>, HttpError> {
-    if let Some(value) = std::env::var_os(API_TOKEN_ENV) {
-        let origin = format!("environment variable {API_TOKEN_ENV}");
-        let Some(text) = value.to_str() else {
-            return Err(HttpError::Token {
-                origin,
-                reason: "is not UTF-8".into(),
-            });
-        };
-        return ApiToken::new(text, origin).map(Some);
-    }
-    let Some(path) = &config.token_file else {
-        return Ok(None);
-    };
-    let origin = format!("http.token_file {}", path.display());
-    match std::fs::read_to_string(path) {
-        Ok(text) => ApiToken::new(&text, origin).map(Some),
-        Err(error) => Err(HttpError::Token {
-            origin,
-            reason: format!("cannot be read: {error}"),
-        }),
-    }
+    let secret = read_secret(
+        API_TOKEN_ENV,
+        "http.token_file",
+        config.token_file.as_deref(),
+    )
+    .map_err(|e| HttpError::Token {
+        origin: e.origin,
+        reason: e.reason,
+    })?;
+    Ok(secret.map(|secret| ApiToken {
+        secret: secret.value,
+        origin: secret.origin,
+    }))
 }
 
 /// Binds the listener. An API reachable from other hosts must have a real token.

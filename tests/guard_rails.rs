@@ -86,6 +86,24 @@ fn an_empty_api_token_is_a_configuration_error_wherever_it_comes_from() {
 }
 
 #[test]
+fn an_empty_webhook_token_is_a_configuration_error() {
+    let redis = RedisServer::start();
+    let setup = webhook_setup(&redis, "http://127.0.0.1:9/api/bullmq/recover");
+    let (code, stderr) = watch_exit(
+        &setup,
+        &[("BULLMQ_WARDEN_WEBHOOK_TOKEN", " \n")],
+        5 * SECOND,
+    );
+    assert_eq!(
+        code,
+        Some(2),
+        "a blank webhook token must not start: {stderr}"
+    );
+    assert!(stderr.contains("BULLMQ_WARDEN_WEBHOOK_TOKEN"), "{stderr}");
+    assert!(stderr.contains("empty"), "{stderr}");
+}
+
+#[test]
 fn a_placeholder_token_is_refused_on_an_address_other_hosts_reach() {
     let redis = RedisServer::start();
     let setup = Setup::sqlite(&redis, &listen_on("0.0.0.0:0"));

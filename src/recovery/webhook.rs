@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::config::{redact_url, RecoveryConfig};
+use crate::config::{read_secret, redact_url, RecoveryConfig};
 use crate::events::Cause;
 
 /// Environment variable holding the webhook's bearer token.
@@ -32,7 +32,17 @@ impl Webhook {
         let Some(url) = config.webhook_url.clone() else {
             return Ok(None);
         };
-        let token = webhook_token(config.webhook_token_file.as_deref())?;
+        // The environment wins over the file.
+        let token = read_secret(
+            WEBHOOK_TOKEN_ENV,
+            "recovery.webhook_token_file",
+            config.webhook_token_file.as_deref(),
+        )
+        .map_err(|e| WebhookError::Token {
+            origin: e.origin,
+            reason: e.reason,
+        })?
+        .map(|secret| secret.value);
         let client = reqwest::Client::builder()
             .timeout(config.webhook_timeout)
             .connect_timeout(Duration::from_secs(5))
@@ -90,40 +100,6 @@ impl Webhook {
         } else {
             Err(error(format!("answered {status}")))
         }
-    }
-}
-
-/// The webhook's bearer token: the environment wins over the file. An empty
-/// one would send a bare `Bearer` header, so it is a configuration error.
-fn webhook_token(file: Option<&std::path::Path>) -> Result<Option<String>, WebhookError> {
-    let (text, origin) = match (std::env::var_os(WEBHOOK_TOKEN_ENV), file) {
-        (Some(value), _) => (
-            value.into_string().map_err(|_| WebhookError::Token {
-                origin: format!("environment variable {WEBHOOK_TOKEN_ENV}"),
-                reason: "is not UTF-8".into(),
-            })?,
-            format!("environment variable {WEBHOOK_TOKEN_ENV}"),
-        ),
-        (None, Some(path)) => {
-            let origin = format!("recovery.webhook_token_file {}", path.display());
-            match std::fs::read_to_string(path) {
-                Ok(text) => (text, origin),
-                Err(e) => {
-                    return Err(WebhookError::Token {
-                        origin,
-                        reason: format!("cannot be read: {e}"),
-                    })
-                }
-            }
-        }
-        (None, None) => return Ok(None),
-    };
-    match text.trim() {
-        "" => Err(WebhookError::Token {
-            origin,
-            reason: "is empty; set the token or unset it".into(),
-        }),
-        token => Ok(Some(token.to_owned())),
     }
 }
 
