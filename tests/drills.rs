@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::{http, wait_until, Database, RedisServer, Setup, Watcher, TASKS_TABLE_SQLITE};
+use support::{http, wait_until, Database, RedisServer, Setup, Watcher};
 
 const SECOND: Duration = Duration::from_secs(1);
 const LEASE_KEY: &str = "bull:bullmq-warden:recovery-lease";
@@ -331,16 +331,6 @@ fn assert_whole(redis: &RedisServer, queue: &str) -> usize {
     members.len()
 }
 
-/// `n` enabled cron rows for `queue` in the SQLite source.
-fn sqlite_rows(setup: &Setup, n: u32, queue: &str) {
-    setup.sql(TASKS_TABLE_SQLITE);
-    setup.sql(&format!(
-        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {n})
-         INSERT INTO inspection_tasks (id, name, cron, queue)
-         SELECT i, 'task-' || i, (i % 60) || ' 3 * * *', '{queue}' FROM n;"
-    ));
-}
-
 fn get(base: &str, path: &str) -> (u16, String, Duration) {
     let started = Instant::now();
     let (status, body) = http("GET", &format!("{base}{path}"), &[]);
@@ -391,7 +381,7 @@ fn hang_drill(kind: Hang) {
              [recovery]\nbackoff_min = \"100ms\"\nbackoff_max = \"2s\"\n"
         ),
     );
-    sqlite_rows(&setup, 4, "inspection");
+    support::sqlite_rows(&setup, 4, "inspection");
     let watcher = Watcher::start(&setup);
     support::wait_until_ready(&base, &watcher, 20 * SECOND);
     assert!(
@@ -613,7 +603,7 @@ fn killed_setup(redis: &RedisServer, listen: &str) -> Setup {
              [recovery]\nconcurrency = 1\nlease_ttl = \"3s\"\nbackoff_min = \"100ms\"\nbackoff_max = \"1s\"\n"
         ),
     );
-    sqlite_rows(&setup, KILL_ROWS, "inspection");
+    support::sqlite_rows(&setup, KILL_ROWS, "inspection");
     setup
 }
 
@@ -755,7 +745,7 @@ fn drill2_ten_thousand_schedulers_restore_through_a_slow_link_under_a_renewed_le
     proxy.delay_each_way(Duration::from_millis(25));
     let setup = Setup::sqlite(&redis, "[recovery]\nlease_ttl = \"6s\"\n");
     let through_proxy = format!("redis://{}/0", proxy.addr);
-    sqlite_rows(&setup, SLOW_ROWS, "inspection");
+    support::sqlite_rows(&setup, SLOW_ROWS, "inspection");
     let mut conn = redis_conn(&redis);
     let round_trip = Instant::now();
     let _: String = query(&mut redis_conn_through(&proxy), &["PING"]);
@@ -817,7 +807,7 @@ fn drill4_noeviction_oom_is_reported_backed_off_and_completed_after_memory_is_fr
              [recovery]\nlease_ttl = \"3s\"\nbackoff_min = \"200ms\"\nbackoff_max = \"2s\"\n"
         ),
     );
-    sqlite_rows(&setup, ROWS, "inspection");
+    support::sqlite_rows(&setup, ROWS, "inspection");
     let mut conn = redis_conn(&redis);
     let info: String = query(&mut conn, &["INFO", "memory"]);
     let used: u64 = info
@@ -928,7 +918,7 @@ fn eviction_drill(kind: Evicted) {
         "[watch]\ninfo_interval = \"200ms\"\ndrift_interval = \"60s\"\ndebounce_quiet = \"300ms\"\n\
          [http]\nlisten = \"\"\n[recovery]\nbackoff_min = \"100ms\"\nbackoff_max = \"1s\"\n",
     );
-    sqlite_rows(&setup, 20, "inspection");
+    support::sqlite_rows(&setup, 20, "inspection");
     let watcher = Watcher::start(&setup);
     assert!(
         watcher.wait_for("recovery_finished", 1, 20 * SECOND),

@@ -8,22 +8,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::{http, RedisServer, Setup, Watcher, FAST_WATCH, TASKS_TABLE_SQLITE};
+use support::{http, RedisServer, Setup, Watcher, FAST_WATCH};
 
 const SECOND: Duration = Duration::from_secs(1);
 const LEASE_KEY: &str = "bull:bullmq-warden:recovery-lease";
 /// A writer checks the lease every this many writes (`LEASE_CHECK_EVERY`).
 const CHECK_EVERY: u64 = 128;
-
-/// `n` enabled rows for `queue`, made by SQLite itself.
-fn rows(setup: &Setup, n: u32, queue: &str) {
-    setup.sql(TASKS_TABLE_SQLITE);
-    setup.sql(&format!(
-        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {n})
-         INSERT INTO inspection_tasks (id, name, cron, queue)
-         SELECT i, 'task-' || i, (i % 60) || ' * * * *', '{queue}' FROM n;"
-    ));
-}
 
 fn repeat_key(queue: &str) -> String {
     format!("bull:{queue}:repeat")
@@ -50,7 +40,7 @@ fn a_lease_deleted_mid_restore_stops_the_cli_writer_within_a_bounded_number_of_w
     // A long ttl: the renewal would notice only after 10 s; the writer's own
     // checks must notice first.
     let setup = Setup::sqlite(&redis, "[recovery]\nconcurrency = 1\nlease_ttl = \"30s\"\n");
-    rows(&setup, 20_000, "inspection");
+    support::sqlite_rows(&setup, 20_000, "inspection");
     std::thread::scope(|scope| {
         let recover = scope.spawn(|| setup.warden(&["recover", "--json"]));
         assert!(
@@ -103,7 +93,7 @@ fn a_watcher_whose_lease_is_taken_over_mid_restore_stops_until_it_is_free_again(
              backoff_min = \"100ms\"\nbackoff_max = \"1s\"\n"
         ),
     );
-    rows(&setup, 20_000, "inspection");
+    support::sqlite_rows(&setup, 20_000, "inspection");
     let watcher = Watcher::start(&setup);
     assert!(
         support::wait_until(60 * SECOND, || redis.zcard("bull:inspection:repeat") > 1000),
@@ -257,9 +247,9 @@ fn assert_one_writer_at_a_time(monitor: &Monitor, queues: &[&str]) {
 /// write touches tells which writer made it. `sections` follow `[source]`.
 fn two_sources(redis: &RedisServer, sections: &str, n: u32) -> (Setup, Setup) {
     let alpha = Setup::sqlite(redis, &format!("queue = \"alpha\"\n{sections}"));
-    rows(&alpha, n, "alpha");
+    support::sqlite_rows(&alpha, n, "alpha");
     let beta = Setup::sqlite(redis, &format!("queue = \"beta\"\n{sections}"));
-    rows(&beta, n, "beta");
+    support::sqlite_rows(&beta, n, "beta");
     (alpha, beta)
 }
 
@@ -307,7 +297,7 @@ fn a_cli_recover_during_a_watchers_restore_waits_for_the_lease() {
 fn a_recover_while_another_holds_the_lease_fails_after_the_wait_and_writes_nothing() {
     let redis = RedisServer::start();
     let setup = Setup::sqlite(&redis, "[recovery]\nlease_wait = \"1s\"\n");
-    rows(&setup, 3, "inspection");
+    support::sqlite_rows(&setup, 3, "inspection");
     redis.redis(&["SET", LEASE_KEY, "db-host-7:4242:00ff", "PX", "600000"]);
 
     let started = Instant::now();
@@ -351,7 +341,7 @@ fn the_http_recover_answers_409_while_another_holds_the_lease() {
             support::fast_watch_with_api(&addr)
         ),
     );
-    rows(&setup, 3, "inspection");
+    support::sqlite_rows(&setup, 3, "inspection");
     let watcher = Watcher::start(&setup);
     let base = format!("http://{addr}");
     support::wait_until_ready(&base, &watcher, 10 * SECOND);

@@ -336,6 +336,17 @@ pub const TASKS_TABLE_SQLITE: &str = "CREATE TABLE inspection_tasks (
     payload TEXT, opts TEXT, queue TEXT, enabled BOOLEAN NOT NULL DEFAULT 1);";
 
 /// Polls `check` until it holds or `timeout` passes.
+/// `n` enabled cron rows for `queue` in the SQLite source (the tasks table
+/// created first), made by SQLite itself: a daily run at 03:00–03:59.
+pub fn sqlite_rows(setup: &Setup, n: u32, queue: &str) {
+    setup.sql(TASKS_TABLE_SQLITE);
+    setup.sql(&format!(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {n})
+         INSERT INTO inspection_tasks (id, name, cron, queue)
+         SELECT i, 'task-' || i, (i % 60) || ' 3 * * *', '{queue}' FROM n;"
+    ));
+}
+
 pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
