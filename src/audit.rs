@@ -8,8 +8,8 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use crate::bullmq_store::BullmqStore;
-use crate::warden::{Warden, WardenError};
+use crate::store::settings::RedisSettings;
+use crate::warden::Warden;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -44,85 +44,6 @@ impl Audit {
             message: message.into(),
         });
     }
-}
-
-/// The persistence-related settings, as far as the server lets us read them.
-#[derive(Debug, Clone, Default)]
-pub struct RedisSettings {
-    /// `None` when CONFIG GET is refused.
-    pub config: Option<HashMap<String, String>>,
-    pub info: HashMap<String, String>,
-}
-
-impl RedisSettings {
-    pub async fn read(store: &BullmqStore) -> Result<Self, WardenError> {
-        let mut conn = store.raw();
-        let info_text: String = redis::cmd("INFO")
-            .arg("server")
-            .arg("persistence")
-            .arg("memory")
-            .arg("replication")
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| store.error(e))?;
-        if may_run(&mut conn, &["config", "get", "appendonly"]).await == Some(false) {
-            return Ok(Self {
-                config: None,
-                info: parse_info(&info_text),
-            });
-        }
-        let mut config = HashMap::new();
-        for key in ["appendonly", "appendfsync", "save", "maxmemory-policy"] {
-            let reply: Result<Vec<String>, _> = redis::cmd("CONFIG")
-                .arg("GET")
-                .arg(key)
-                .query_async(&mut conn)
-                .await;
-            match reply {
-                Ok(pair) => {
-                    if let [name, value] = pair.as_slice() {
-                        config.insert(name.clone(), value.clone());
-                    }
-                }
-                Err(_) => {
-                    return Ok(Self {
-                        config: None,
-                        info: parse_info(&info_text),
-                    })
-                }
-            }
-        }
-        Ok(Self {
-            config: Some(config),
-            info: parse_info(&info_text),
-        })
-    }
-}
-
-/// Asks Redis whether this account may run `command` (`["config", "get",
-/// "save"]`), without running it: a refused command is written to the ACL
-/// log, and the least-privilege account is refused CONFIG on every poll.
-/// `None` when Redis cannot tell (before 7.0, or the command is renamed).
-pub(crate) async fn may_run(
-    conn: &mut impl redis::aio::ConnectionLike,
-    command: &[&str],
-) -> Option<bool> {
-    let verdict: redis::RedisResult<i64> = redis::Script::new(ACL_CHECK)
-        .arg(command)
-        .invoke_async(conn)
-        .await;
-    verdict.ok().map(|v| v == 1)
-}
-
-const ACL_CHECK: &str = "return redis.acl_check_cmd(unpack(ARGV)) and 1 or 0";
-
-/// `INFO` text as key/value pairs.
-pub fn parse_info(text: &str) -> HashMap<String, String> {
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| line.trim_end().split_once(':'))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
 }
 
 /// Judges Redis settings the way BullMQ's documentation does.
@@ -339,6 +260,7 @@ pub async fn run(warden: &Warden) -> Audit {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::settings::parse_info;
 
     fn settings(pairs: &[(&str, &str)]) -> RedisSettings {
         RedisSettings {

@@ -5,10 +5,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::apply::{Action, RecoverReport};
 use crate::audit::{self, Severity};
 use crate::config::{Config, ConfigOrigin, CONFIG_PATH_ENV};
 use crate::logging::LogFormat;
+use crate::restore::native::{Action, RecoverReport};
 use crate::text::printable;
 use crate::warden::{StatusReport, Warden, WardenError};
 
@@ -363,7 +363,10 @@ fn print_recover(report: &RecoverReport, json: bool) {
         let differs = if change.differs.is_empty() {
             String::new()
         } else {
-            format!(" ({} differs)", change.differs.join(", "))
+            {
+                let names: Vec<&str> = change.differs.iter().map(|d| d.as_str()).collect();
+                format!(" ({} differs)", names.join(", "))
+            }
         };
         println!(
             "{verb:<13} {}/{}{differs}",

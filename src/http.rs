@@ -19,11 +19,12 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use utoipa::OpenApi;
 
-use crate::apply::RecoverReport;
 use crate::config::{read_secret, HttpConfig};
-use crate::events::{Cause, Event, Observer};
+use crate::model::Cause;
+use crate::report::events::{Event, Observer};
+use crate::report::latest::{NotServed, ServedStatus};
+use crate::restore::native::RecoverReport;
 use crate::warden::{Warden, WardenError};
-use crate::watch::latest::{NotServed, ServedStatus};
 
 /// Environment variable holding the API's bearer token.
 pub const API_TOKEN_ENV: &str = "BULLMQ_WARDEN_API_TOKEN";

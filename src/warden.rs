@@ -6,20 +6,21 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures::future::try_join_all;
 use serde::Serialize;
 
-use crate::apply::{apply, RecoverReport};
-use crate::bullmq_store::{BullmqStore, JobCounts, SharedStore, StoreError};
+use crate::clock::now_ms;
 use crate::config::{Config, ConfigError};
-use crate::desired::DesiredScheduler;
+use crate::desired::template::IdTemplate;
 use crate::desired::{DesiredSet, RowRules};
-use crate::reconcile::{protected_ids, Plan, QueuePlan};
-use crate::recovery::lease::{Lease, LeaseBusy, LeaseError};
+use crate::model::DesiredScheduler;
+use crate::model::JobCounts;
+use crate::plan::{protected_ids, Plan, QueuePlan};
+use crate::restore::lease::{Lease, LeaseBusy, LeaseError};
+use crate::restore::native::{apply, RecoverReport};
 use crate::source::{Source, SourceError};
-use crate::template::IdTemplate;
+use crate::store::{BullmqStore, SharedStore, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WardenError {
@@ -172,7 +173,7 @@ impl Warden {
             let reads = chunk.iter().map(|(queue, _)| store.read_schedulers(queue));
             let stored = try_join_all(reads).await?;
             for ((queue, rows), in_redis) in chunk.into_iter().zip(stored) {
-                let plan = QueuePlan::new(&queue, rows, &in_redis, &protected, &template);
+                let plan = QueuePlan::new(&queue, rows, &in_redis, &protected, &template, now_ms());
                 queues.insert(queue, plan);
             }
         }
@@ -278,11 +279,4 @@ impl Warden {
     pub async fn close(&self) {
         self.source.close().await;
     }
-}
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or_default()
 }

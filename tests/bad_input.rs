@@ -5,12 +5,12 @@
 
 use std::collections::BTreeMap;
 
-use bullmq_warden::bullmq_store::{NextJobState, QueueSchedulers, StoredScheduler};
 use bullmq_warden::config::Config;
-use bullmq_warden::desired::{DesiredScheduler, DesiredSet, RowRules};
-use bullmq_warden::reconcile::{protected_ids, QueuePlan};
+use bullmq_warden::desired::template::IdTemplate;
+use bullmq_warden::desired::{DesiredSet, RowRules};
+use bullmq_warden::model::{DesiredScheduler, NextJobFacts, QueueSchedulers, StoredScheduler};
+use bullmq_warden::plan::{protected_ids, QueuePlan};
 use bullmq_warden::source::{ColumnValue, SourceRow};
-use bullmq_warden::template::IdTemplate;
 use proptest::prelude::*;
 
 const CASES: u32 = 10_000;
@@ -163,7 +163,7 @@ fn in_redis(own_id: Option<&str>) -> QueueSchedulers {
     let stored = || StoredScheduler {
         next_ms: NOW + 60_000,
         hash: None,
-        next_job: NextJobState::Queued,
+        next_job: NextJobFacts::QUEUED,
     };
     let mut schedulers = BTreeMap::from([(FOREIGN.to_owned(), stored())]);
     if let Some(id) = own_id {
@@ -234,7 +234,7 @@ proptest! {
         for (queue, rows) in queues {
             let own_here = has_id && queue == own_queue;
             let stored = in_redis(own_here.then_some(own_id.as_str()));
-            let plan = QueuePlan::new(&queue, rows, &stored, &protected, &template);
+            let plan = QueuePlan::new(&queue, rows, &stored, &protected, &template, NOW);
             prop_assert!(!plan.orphaned.iter().any(|o| o == FOREIGN));
             if !invalid.is_empty() {
                 prop_assert!(!plan.orphaned.contains(&own_id), "a rejected row's scheduler is removed");

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tower_service::Service;
 
 use crate::config::HttpConfig;
-use crate::events::{Event, Observer};
+use crate::report::events::{Event, Observer};
 
 /// Where a connection stands; its deadline follows from it.
 #[derive(Debug, Clone, Copy)]

@@ -7,62 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::apply::RecoverReport;
-use crate::metrics::{CauseLabels, Metrics, PolicyLabels, QueueLabels, RecoveryLabels};
-
-/// Why the watcher looked (again) at the schedulers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Cause {
-    /// A Redis restart: new run_id, or uptime going backwards.
-    Restart,
-    /// A scheduler set, or the delayed set its next jobs wait in, emptied
-    /// without a restart (FLUSHALL, FLUSHDB, DEL, eviction).
-    Flush,
-    /// A role or replication id change.
-    Failover,
-    /// A keyspace notification about a scheduler key.
-    Keyspace,
-    /// The connection to Redis came back; notifications may have been missed.
-    Reconnect,
-    /// The watcher started.
-    Startup,
-    /// The periodic full comparison of rows and Redis.
-    Drift,
-    /// An operator asked (HTTP API).
-    Manual,
-}
-
-impl Cause {
-    pub const ALL: [Cause; 8] = [
-        Cause::Restart,
-        Cause::Flush,
-        Cause::Failover,
-        Cause::Keyspace,
-        Cause::Reconnect,
-        Cause::Startup,
-        Cause::Drift,
-        Cause::Manual,
-    ];
-
-    /// The causes a detection can have: all but `Manual`, which only
-    /// triggers recoveries (an operator's request is no sign of a loss).
-    pub fn detected() -> impl Iterator<Item = Cause> {
-        Cause::ALL.into_iter().filter(|c| *c != Cause::Manual)
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Cause::Restart => "restart",
-            Cause::Flush => "flush",
-            Cause::Failover => "failover",
-            Cause::Keyspace => "keyspace",
-            Cause::Reconnect => "reconnect",
-            Cause::Startup => "startup",
-            Cause::Drift => "drift",
-            Cause::Manual => "manual",
-        }
-    }
-}
+use crate::model::Cause;
+use crate::report::metrics::{CauseLabels, Metrics, PolicyLabels, QueueLabels, RecoveryLabels};
+use crate::restore::native::RecoverReport;
 
 /// Redis settings that decide whether schedulers survive a restart.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -223,7 +170,7 @@ impl Health {
 pub struct Observer {
     metrics: Arc<Metrics>,
     health: Arc<Health>,
-    latest: Arc<crate::watch::latest::LatestStatus>,
+    latest: Arc<crate::report::latest::LatestStatus>,
 }
 
 impl Observer {
@@ -236,7 +183,7 @@ impl Observer {
     }
 
     /// The status the API serves, kept by the poll and every comparison.
-    pub(crate) fn latest_status(&self) -> &crate::watch::latest::LatestStatus {
+    pub(crate) fn latest_status(&self) -> &crate::report::latest::LatestStatus {
         &self.latest
     }
 
@@ -301,7 +248,7 @@ impl Observer {
                         cause: cause.as_str(),
                     })
                     .inc();
-                let now = crate::warden::now_ms() as f64 / 1000.0;
+                let now = crate::clock::now_ms() as f64 / 1000.0;
                 match cause {
                     Cause::Restart => {
                         m.redis_restarts.inc();
@@ -363,7 +310,8 @@ impl Observer {
                 for change in &report.changes {
                     if matches!(
                         change.action,
-                        crate::apply::Action::Create | crate::apply::Action::Update
+                        crate::restore::native::Action::Create
+                            | crate::restore::native::Action::Update
                     ) {
                         *per_queue.entry(&change.queue).or_default() += 1;
                     }
@@ -384,7 +332,7 @@ impl Observer {
                 }
                 m.recovery_duration.observe(duration.as_secs_f64());
                 m.last_recovery_success
-                    .set((crate::warden::now_ms() / 1000) as i64);
+                    .set((crate::clock::now_ms() / 1000) as i64);
                 m.consecutive_failures.set(0);
                 m.backoff_seconds.set(0.0);
             }

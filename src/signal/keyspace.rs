@@ -13,10 +13,12 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::flushes::{FlushNotice, FlushTracking};
-use crate::bullmq_store::SharedStore;
-use crate::events::{Cause, Event, Observer};
-use crate::recovery::{SharedQueues, Trigger};
-use crate::warden::now_ms;
+use crate::clock::now_ms;
+use crate::decision::SharedQueues;
+use crate::model::Cause;
+use crate::model::Trigger;
+use crate::report::events::{Event, Observer};
+use crate::store::SharedStore;
 
 /// Flags the watcher needs: keyspace channel (K), generic commands such as DEL
 /// (g), sorted sets (z), expirations (x) and evictions (e).
@@ -117,7 +119,7 @@ impl Probe {
     }
 
     /// Writes the key so that each of `PROBE_EVENTS` is published once.
-    async fn write(&self, store: &crate::bullmq_store::BullmqStore) -> Result<(), String> {
+    async fn write(&self, store: &crate::store::BullmqStore) -> Result<(), String> {
         let mut conn = store.raw();
         redis::pipe()
             .cmd("ZADD")
@@ -402,7 +404,7 @@ impl KeyspaceWatcher {
     /// the answer waits for the probe, which is returned once written.
     async fn report_flags(
         &self,
-        store: &crate::bullmq_store::BullmqStore,
+        store: &crate::store::BullmqStore,
         session: &mut Session,
     ) -> Option<Probe> {
         if !session.problems.is_empty() {
@@ -502,7 +504,7 @@ impl KeyspaceWatcher {
             .await
             .map_err(|e| e.to_string())?;
         let read = ["config", "get", "notify-keyspace-events"];
-        if crate::audit::may_run(&mut conn, &read).await == Some(false) {
+        if crate::store::settings::may_run(&mut conn, &read).await == Some(false) {
             return Ok(Flags::Unreadable(
                 "cannot read notify-keyspace-events: CONFIG GET is not granted".into(),
             ));
@@ -534,7 +536,7 @@ impl KeyspaceWatcher {
         }
         let wanted = format!("{flags}{missing}");
         let write = ["config", "set", "notify-keyspace-events", wanted.as_str()];
-        if crate::audit::may_run(&mut conn, &write).await == Some(false) {
+        if crate::store::settings::may_run(&mut conn, &write).await == Some(false) {
             return Err(format!(
                 "notify-keyspace-events {flags:?} lacks {missing:?} and CONFIG SET is not granted"
             ));

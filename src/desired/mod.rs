@@ -5,55 +5,17 @@
 //! row that passes here restores, and a row that fails is reported with its id
 //! instead of failing the whole recovery.
 
+pub mod template;
+
 use std::collections::{BTreeMap, HashMap};
 
 use bullmq::types::{BackoffStrategy, KeepJobs, RemoveOnFinish};
 use bullmq::JobOptions;
-use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::model::{DesiredScheduler, InvalidRow, Schedule};
 use crate::source::{ColumnValue, SourceRow};
-use crate::template::IdTemplate;
-
-/// How often a scheduler fires.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Schedule {
-    Pattern(String),
-    EveryMs(u64),
-}
-
-/// A job scheduler as the database says it should be.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct DesiredScheduler {
-    pub row_id: String,
-    pub queue: String,
-    pub scheduler_id: String,
-    pub name: String,
-    pub schedule: Schedule,
-    pub tz: Option<String>,
-    /// Job data as JSON text: kept as text because 100,000 parsed values
-    /// would cost several times the memory.
-    pub data: String,
-    /// Job options as JSON text, in the form BullMQ stores them in the
-    /// scheduler hash (text for the same reason as `data`).
-    pub opts: String,
-    pub start_date: Option<u64>,
-    pub end_date: Option<u64>,
-    pub limit: Option<u64>,
-}
-
-/// A row that cannot become a scheduler, and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-pub struct InvalidRow {
-    pub id: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub queue: Option<String>,
-    /// The scheduler id the row would have had, when it could be rendered.
-    #[serde(skip)]
-    pub scheduler_id: Option<String>,
-    pub reason: String,
-}
+use template::IdTemplate;
 
 /// What a row is judged against, beyond its own values.
 pub struct RowRules<'a> {
@@ -487,22 +449,9 @@ fn u64_value(value: &Value, key: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{key} must be a non-negative integer, not {value}"))
 }
 
-impl DesiredScheduler {
-    /// The job data as a JSON value, for writing.
-    pub fn data_value(&self) -> Value {
-        // The text was produced from a parsed value, so it parses.
-        serde_json::from_str(&self.data).unwrap_or_else(|_| Value::Object(Map::new()))
-    }
-
-    /// The job options as a JSON object.
-    pub fn opts_value(&self) -> Map<String, Value> {
-        serde_json::from_str(&self.opts).unwrap_or_default()
-    }
-
-    /// BullMQ's `JobOptions` for this scheduler's jobs.
-    pub fn job_options(&self) -> JobOptions {
-        job_options(&self.opts_value())
-    }
+/// BullMQ's `JobOptions` for a scheduler's jobs.
+pub(crate) fn job_options_of(scheduler: &DesiredScheduler) -> JobOptions {
+    job_options(&scheduler.opts_value())
 }
 
 /// BullMQ's `JobOptions` for a normalized `opts` map.

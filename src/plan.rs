@@ -8,18 +8,67 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::bullmq_store::{
+use crate::desired::template::IdTemplate;
+use crate::model::{
     scheduler_job_id, NextJobState, QueueSchedulers, SchedulerFields, StoredScheduler,
 };
-use crate::desired::{DesiredScheduler, InvalidRow, Schedule};
-use crate::template::IdTemplate;
+use crate::model::{DesiredScheduler, InvalidRow, Schedule};
+
+/// One way a stored scheduler can differ from its row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Difference {
+    /// The scheduler hash is gone; only the set member is left.
+    SchedulerHash,
+    /// The next run's job is gone or stranded: the scheduler never fires again.
+    NextJob,
+    Name,
+    Pattern,
+    Every,
+    Tz,
+    Data,
+    Opts,
+    StartDate,
+    EndDate,
+    Limit,
+}
+
+impl Difference {
+    /// The name printed by `recover` and in its JSON report.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Difference::SchedulerHash => "scheduler hash",
+            Difference::NextJob => "next job",
+            Difference::Name => "name",
+            Difference::Pattern => "pattern",
+            Difference::Every => "every",
+            Difference::Tz => "tz",
+            Difference::Data => "data",
+            Difference::Opts => "opts",
+            Difference::StartDate => "start_date",
+            Difference::EndDate => "end_date",
+            Difference::Limit => "limit",
+        }
+    }
+
+    /// Whether the scheduler stopped firing (as opposed to firing with
+    /// outdated fields): such a scheduler may have missed runs.
+    pub fn stops_runs(self) -> bool {
+        matches!(self, Difference::SchedulerHash | Difference::NextJob)
+    }
+}
+
+impl Serialize for Difference {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
 
 /// A scheduler whose stored form differs from its row.
 #[derive(Debug, Clone, Serialize)]
 pub struct Update {
     pub scheduler: DesiredScheduler,
-    /// Which fields differ (`pattern`, `data`, `next job`, …).
-    pub differs: Vec<&'static str>,
+    /// Which fields differ, field by field and then the next job.
+    pub differs: Vec<Difference>,
     /// The id of a next job that BullMQ would refuse to replace, which the
     /// write must remove first (see `NextJobState::Stranded`).
     #[serde(skip)]
@@ -40,13 +89,14 @@ pub struct QueuePlan {
 }
 
 impl QueuePlan {
-    /// Sorts one queue's rows against what Redis holds for it.
+    /// Sorts one queue's rows against what Redis held for it at `now_ms`.
     pub fn new(
         queue: &str,
         rows: Vec<DesiredScheduler>,
         in_redis: &QueueSchedulers,
         protected: &Protected,
         template: &IdTemplate,
+        now_ms: u64,
     ) -> Self {
         let wanted_ids: std::collections::HashSet<&str> =
             rows.iter().map(|s| s.scheduler_id.as_str()).collect();
@@ -73,11 +123,12 @@ impl QueuePlan {
             match in_redis.schedulers.get(&scheduler.scheduler_id) {
                 None => plan.create.push(scheduler),
                 Some(actual) => {
-                    let differs = differences(&scheduler, actual);
+                    let next_job = NextJobState::judge(actual.next_job, actual.next_ms, now_ms);
+                    let differs = differences(&scheduler, actual, next_job);
                     if differs.is_empty() {
                         plan.unchanged.push(scheduler.scheduler_id);
                     } else {
-                        let stranded_job_id = (actual.next_job == NextJobState::Stranded)
+                        let stranded_job_id = (next_job == NextJobState::Stranded)
                             .then(|| scheduler_job_id(&scheduler.scheduler_id, actual.next_ms));
                         plan.update.push(Update {
                             scheduler,
@@ -131,12 +182,18 @@ impl Plan {
     }
 }
 
-/// Field names whose stored value differs from the row's.
-fn differences(want: &DesiredScheduler, have: &StoredScheduler) -> Vec<&'static str> {
+/// The ways `have`, whose next job is `next_job`, differs from `want`.
+fn differences(
+    want: &DesiredScheduler,
+    have: &StoredScheduler,
+    next_job: NextJobState,
+) -> Vec<Difference> {
     let Some(hash) = &have.hash else {
-        return match have.next_job {
-            NextJobState::Queued => vec!["scheduler hash"],
-            NextJobState::Missing | NextJobState::Stranded => vec!["scheduler hash", "next job"],
+        return match next_job {
+            NextJobState::Queued => vec![Difference::SchedulerHash],
+            NextJobState::Missing | NextJobState::Stranded => {
+                vec![Difference::SchedulerHash, Difference::NextJob]
+            }
         };
     };
     let field = |name: &str| hash.get(name);
@@ -145,45 +202,38 @@ fn differences(want: &DesiredScheduler, have: &StoredScheduler) -> Vec<&'static 
             .and_then(|v| v.parse::<f64>().ok())
             .map(|v| v as u64)
     };
-    let mut differs = Vec::new();
-    if field("name") != Some(want.name.as_str()) {
-        differs.push("name");
-    }
     let (pattern, every) = match &want.schedule {
         Schedule::Pattern(p) => (Some(p.as_str()), None),
         Schedule::EveryMs(ms) => (None, Some(*ms)),
     };
-    if field("pattern") != pattern {
-        differs.push("pattern");
-    }
-    if number("every") != every {
-        differs.push("every");
-    }
-    if field("tz") != want.tz.as_deref() {
-        differs.push("tz");
-    }
-    if !json_equal(&stored_json(hash, "data"), &want.data_value()) {
-        differs.push("data");
-    }
-    if !json_equal(
-        &stored_json(hash, "opts"),
-        &Value::Object(want.opts_value()),
-    ) {
-        differs.push("opts");
-    }
-    if number("startDate") != want.start_date {
-        differs.push("start_date");
-    }
-    if number("endDate") != want.end_date {
-        differs.push("end_date");
-    }
-    if number("limit") != want.limit {
-        differs.push("limit");
-    }
-    if have.next_job != NextJobState::Queued {
-        differs.push("next job");
-    }
-    differs
+    let checks = [
+        (Difference::Name, field("name") != Some(want.name.as_str())),
+        (Difference::Pattern, field("pattern") != pattern),
+        (Difference::Every, number("every") != every),
+        (Difference::Tz, field("tz") != want.tz.as_deref()),
+        (
+            Difference::Data,
+            !json_equal(&stored_json(hash, "data"), &want.data_value()),
+        ),
+        (
+            Difference::Opts,
+            !json_equal(
+                &stored_json(hash, "opts"),
+                &Value::Object(want.opts_value()),
+            ),
+        ),
+        (
+            Difference::StartDate,
+            number("startDate") != want.start_date,
+        ),
+        (Difference::EndDate, number("endDate") != want.end_date),
+        (Difference::Limit, number("limit") != want.limit),
+        (Difference::NextJob, next_job != NextJobState::Queued),
+    ];
+    checks
+        .into_iter()
+        .filter_map(|(difference, differs)| differs.then_some(difference))
+        .collect()
 }
 
 /// BullMQ leaves `data` and `opts` out of the hash when they are `{}`.
@@ -213,6 +263,7 @@ fn json_equal(a: &Value, b: &Value) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::NextJobFacts;
 
     fn desired(id: &str, schedule: Schedule) -> DesiredScheduler {
         DesiredScheduler {
@@ -232,13 +283,25 @@ mod tests {
 
     fn stored(fields: &[(&str, &str)]) -> StoredScheduler {
         StoredScheduler {
-            next_ms: 1,
+            next_ms: NEXT_RUN_MS,
             hash: Some(fields.iter().copied().collect()),
-            next_job: NextJobState::Queued,
+            next_job: NextJobFacts::QUEUED,
         }
     }
 
+    /// The stored schedulers' next run, an hour after `NOW_MS`.
+    const NEXT_RUN_MS: u64 = 1_700_003_600_000;
+    const NOW_MS: u64 = 1_700_000_000_000;
+
     fn plan(rows: Vec<DesiredScheduler>, redis: Vec<(&str, StoredScheduler)>) -> QueuePlan {
+        plan_at(NOW_MS, rows, redis)
+    }
+
+    fn plan_at(
+        now_ms: u64,
+        rows: Vec<DesiredScheduler>,
+        redis: Vec<(&str, StoredScheduler)>,
+    ) -> QueuePlan {
         let invalid = vec![InvalidRow {
             id: "9".into(),
             queue: Some("q".into()),
@@ -250,7 +313,14 @@ mod tests {
             legacy: 1,
         };
         let template = IdTemplate::parse("t:{id}").unwrap();
-        QueuePlan::new("q", rows, &in_redis, &protected_ids(&invalid), &template)
+        QueuePlan::new(
+            "q",
+            rows,
+            &in_redis,
+            &protected_ids(&invalid),
+            &template,
+            now_ms,
+        )
     }
 
     #[test]
@@ -279,7 +349,10 @@ mod tests {
         );
         assert_eq!(queue.unchanged, vec!["t:1"]);
         assert_eq!(queue.update.len(), 1);
-        assert_eq!(queue.update[0].differs, vec!["every", "opts"]);
+        assert_eq!(
+            queue.update[0].differs,
+            vec![Difference::Every, Difference::Opts]
+        );
         assert_eq!(queue.create.len(), 1);
         assert_eq!(queue.create[0].scheduler_id, "t:3");
         assert_eq!(queue.orphaned, vec!["t:8"]);
@@ -294,32 +367,46 @@ mod tests {
             ("data", r#"{"a":1}"#),
             ("opts", r#"{"attempts":3}"#),
         ]);
-        broken.next_job = NextJobState::Missing;
+        broken.next_job = NextJobFacts {
+            exists: false,
+            in_delayed: false,
+        };
         let queue = plan(
             vec![desired("1", Schedule::EveryMs(1000))],
             vec![("t:1", broken.clone())],
         );
-        assert_eq!(queue.update[0].differs, vec!["next job"]);
+        assert_eq!(queue.update[0].differs, vec![Difference::NextJob]);
         assert_eq!(queue.update[0].stranded_job_id, None);
-        broken.next_job = NextJobState::Stranded;
+        broken.next_job = NextJobFacts {
+            exists: true,
+            in_delayed: false,
+        };
         let queue = plan(
+            vec![desired("1", Schedule::EveryMs(1000))],
+            vec![("t:1", broken.clone())],
+        );
+        assert_eq!(queue.update[0].differs, vec![Difference::NextJob]);
+        assert_eq!(
+            queue.update[0].stranded_job_id.as_deref(),
+            Some("repeat:t:1:1700003600000")
+        );
+        // Within a minute of its run, a job out of the delayed set may be a
+        // worker's already: that is the run happening, not a stranded job.
+        let queue = plan_at(
+            NEXT_RUN_MS - 30_000,
             vec![desired("1", Schedule::EveryMs(1000))],
             vec![("t:1", broken)],
         );
-        assert_eq!(queue.update[0].differs, vec!["next job"]);
-        assert_eq!(
-            queue.update[0].stranded_job_id.as_deref(),
-            Some("repeat:t:1:1")
-        );
+        assert!(queue.update.is_empty(), "{:?}", queue.update);
         let gone = StoredScheduler {
-            next_ms: 1,
+            next_ms: NEXT_RUN_MS,
             hash: None,
-            next_job: NextJobState::Queued,
+            next_job: NextJobFacts::QUEUED,
         };
         let queue = plan(
             vec![desired("1", Schedule::EveryMs(1000))],
             vec![("t:1", gone)],
         );
-        assert_eq!(queue.update[0].differs, vec!["scheduler hash"]);
+        assert_eq!(queue.update[0].differs, vec![Difference::SchedulerHash]);
     }
 }

@@ -16,11 +16,13 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::{parse_info, RedisSettings};
-use crate::bullmq_store::{Polled, SharedStore};
-use crate::events::{Cause, Condition, Event, Observer, Persistence};
-use crate::recovery::{RestoredCounts, SharedQueues, Trigger};
-use crate::warden::now_ms;
+use crate::clock::now_ms;
+use crate::decision::{RestoredCounts, SharedQueues};
+use crate::model::Cause;
+use crate::model::Trigger;
+use crate::report::events::{Condition, Event, Observer, Persistence};
+use crate::store::settings::{parse_info, RedisSettings};
+use crate::store::{Polled, SharedStore};
 
 /// Who Redis is: a change means a restart or a failover.
 #[derive(Debug, Clone, PartialEq, Eq)]

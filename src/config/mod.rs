@@ -3,6 +3,8 @@
 //! Every key has a default so that a bare `bullmq-warden` runs against a local Redis.
 //! Unknown keys are rejected so that a typo never silently falls back to a default.
 
+mod statement;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -538,7 +540,7 @@ impl Config {
             .source
             .query
             .as_deref()
-            .is_some_and(crate::source::more_than_one_statement)
+            .is_some_and(statement::more_than_one_statement)
         {
             return Err(invalid(
                 "source.query",
@@ -554,7 +556,7 @@ impl Config {
         if self.source.queue.trim().is_empty() {
             return Err(invalid("source.queue", "must not be empty".into()));
         }
-        crate::template::IdTemplate::parse(&self.source.scheduler_id)
+        crate::desired::template::IdTemplate::parse(&self.source.scheduler_id)
             .map_err(|reason| invalid("source.scheduler_id", reason))?;
         if self.recovery.prune_orphans && self.id_template().literal_prefix().is_empty() {
             return Err(invalid(
@@ -654,8 +656,8 @@ impl Config {
     }
 
     /// The validated scheduler id template.
-    pub fn id_template(&self) -> crate::template::IdTemplate {
-        crate::template::IdTemplate::parse(&self.source.scheduler_id)
+    pub fn id_template(&self) -> crate::desired::template::IdTemplate {
+        crate::desired::template::IdTemplate::parse(&self.source.scheduler_id)
             .expect("validated when the config was loaded")
     }
 }

@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 use futures::stream::{FuturesUnordered, StreamExt};
 use serde::Serialize;
 
-use crate::bullmq_store::{BullmqStore, NextRunJob};
-use crate::desired::{DesiredScheduler, InvalidRow};
-use crate::reconcile::Plan;
-use crate::recovery::lease::Held;
+use crate::model::{DesiredScheduler, InvalidRow};
+use crate::plan::{Difference, Plan};
+use crate::restore::lease::Held;
+use crate::store::{BullmqStore, NextRunJob};
 
 /// Writes started between two checks that the lease is still ours: a lost
 /// lease stops the writer within this many writes (plus those in flight),
@@ -44,7 +44,7 @@ pub struct Change {
     pub action: Action,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     #[schema(value_type = Vec<String>)]
-    pub differs: Vec<&'static str>,
+    pub differs: Vec<Difference>,
     /// Not written: the writes stopped first (the report's `stopped` says why).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub not_done: bool,
@@ -263,11 +263,7 @@ async fn lease_lost(lease: Option<&Held>, started_writes: usize) -> Option<Strin
 async fn carry_out<'a>(
     store: &BullmqStore,
     write: Write<'a>,
-) -> (
-    &'a str,
-    &'a str,
-    Result<bool, crate::bullmq_store::StoreError>,
-) {
+) -> (&'a str, &'a str, Result<bool, crate::store::StoreError>) {
     match write {
         Write::Upsert(scheduler) => {
             let result = store.upsert(scheduler).await.map(|()| false);
@@ -294,7 +290,7 @@ async fn carry_out<'a>(
     }
 }
 
-fn change(scheduler: &DesiredScheduler, action: Action, differs: Vec<&'static str>) -> Change {
+fn change(scheduler: &DesiredScheduler, action: Action, differs: Vec<Difference>) -> Change {
     Change {
         queue: scheduler.queue.clone(),
         scheduler_id: scheduler.scheduler_id.clone(),

@@ -5,13 +5,6 @@
 //! failovers, lost connections) and a periodic full comparison. The HTTP server
 //! shares the same `Warden`, metrics and apply lock.
 
-pub mod flushes;
-pub mod keyspace;
-pub(crate) mod latest;
-pub mod poll;
-mod reload;
-pub mod sentinel;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,22 +12,25 @@ use backon::BackoffBuilder;
 use tokio::sync::{mpsc, watch, Mutex};
 use tokio_util::sync::CancellationToken;
 
-use crate::bullmq_store::BullmqStore;
+use crate::clock::now_ms;
 use crate::config::Config;
-use crate::events::{Cause, Event, Observer};
+use crate::decision::{Controller, OwnWrites, RestoredCounts, SharedQueues};
 use crate::http;
-use crate::metrics::Metrics;
-use crate::recovery::webhook::Webhook;
-use crate::recovery::{Controller, OwnWrites, RestoredCounts, SharedQueues, Trigger};
+use crate::model::{Cause, Trigger};
+use crate::report::events::{Event, Observer};
+use crate::report::metrics::Metrics;
+use crate::restore::webhook::Webhook;
+use crate::signal::{keyspace, poll, reload, sentinel};
 use crate::source::Source;
-use crate::warden::{now_ms, Warden};
+use crate::store::BullmqStore;
+use crate::warden::Warden;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
     #[error(transparent)]
     Http(#[from] http::HttpError),
     #[error(transparent)]
-    Webhook(#[from] crate::recovery::webhook::WebhookError),
+    Webhook(#[from] crate::restore::webhook::WebhookError),
     #[error(transparent)]
     Source(#[from] crate::source::SourceError),
 }

@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::events::Cause;
+use crate::model::Cause;
 
-use super::Trigger;
+use crate::model::Trigger;
 
 pub struct Debounce {
     quiet: Duration,

@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::time::{sleep, Instant};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use crate::bullmq_store::{SharedStore, StoreError};
+use crate::store::{SharedStore, StoreError};
 
 // Sent with EVAL, not EVALSHA: they run a few times per recovery, and
 // recoveries follow restarts and flushes, when Redis's script cache is empty

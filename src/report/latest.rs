@@ -11,8 +11,9 @@ use std::sync::RwLock;
 
 use serde::Serialize;
 
-use crate::bullmq_store::JobCounts;
-use crate::warden::{now_ms, QueueStatus, StatusReport};
+use crate::clock::now_ms;
+use crate::model::JobCounts;
+use crate::warden::{QueueStatus, StatusReport};
 
 /// The status of `status --json`, with when it was read.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]

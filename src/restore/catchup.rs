@@ -5,8 +5,8 @@
 //! at once. What the watcher cannot know: a loss that happened while it was not
 //! running, or before its first poll, has no known start and gets no catch-up.
 
-use crate::bullmq_store::{BullmqStore, StoreError};
-use crate::desired::{DesiredScheduler, Schedule};
+use crate::model::{DesiredScheduler, Schedule};
+use crate::store::{BullmqStore, StoreError};
 
 /// Whether a cron scheduler had a run due in `[from_ms, until_ms)`.
 pub fn missed_a_run(scheduler: &DesiredScheduler, from_ms: u64, until_ms: u64) -> bool {
@@ -48,7 +48,7 @@ pub async fn fire(
             &scheduler.queue,
             &scheduler.name,
             scheduler.data_value(),
-            scheduler.job_options(),
+            crate::desired::job_options_of(scheduler),
             job_id,
         )
         .await

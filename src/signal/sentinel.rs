@@ -7,12 +7,13 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::bullmq_store::{BullmqStore, SharedStore};
+use crate::clock::now_ms;
 use crate::config::RedisConfig;
-use crate::events::{Cause, Event, Observer};
-use crate::recovery::Trigger;
-use crate::redis_target;
-use crate::warden::now_ms;
+use crate::model::Cause;
+use crate::model::Trigger;
+use crate::report::events::{Event, Observer};
+use crate::store::target;
+use crate::store::{BullmqStore, SharedStore};
 
 pub struct PrimaryFollower {
     pub config: RedisConfig,
@@ -36,7 +37,7 @@ impl PrimaryFollower {
     }
 
     async fn check(&self) {
-        let Ok(url) = redis_target::resolve(&self.config).await else {
+        let Ok(url) = target::resolve(&self.config).await else {
             // No sentinel answers: the poll reports Redis itself.
             return;
         };

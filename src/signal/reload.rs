@@ -14,10 +14,12 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::now_ms;
 use crate::config::{Config, ConfigOrigin};
-use crate::events::{Cause, Event, Observer};
-use crate::recovery::Trigger;
-use crate::warden::{now_ms, Warden};
+use crate::model::Cause;
+use crate::model::Trigger;
+use crate::report::events::{Event, Observer};
+use crate::warden::Warden;
 
 /// How often the file's content is compared with the last one read.
 const FILE_CHECK: Duration = Duration::from_secs(2);

@@ -10,7 +10,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::bullmq_store::JobCounts;
+use crate::model::JobCounts;
 use crate::warden::Drift;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -137,7 +137,7 @@ impl Metrics {
             "bullmq-warden version and git revision, always 1",
             build_info,
         );
-        registry.register_collector(Box::new(crate::process_metrics::ProcessCollector));
+        registry.register_collector(Box::new(crate::report::process_metrics::ProcessCollector));
         Self {
             job_count: register!(
                 "bullmq_job_count",

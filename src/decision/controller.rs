@@ -8,11 +8,6 @@
 //! window is therefore left alone, and a flapping Redis gets one recovery once
 //! it settles.
 
-pub mod catchup;
-pub mod debounce;
-pub mod lease;
-pub mod webhook;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -23,39 +18,20 @@ use tokio::sync::{mpsc, watch, Mutex};
 use tokio::time::{sleep, sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
-use crate::apply::apply;
+use super::debounce::Debounce;
+use crate::clock::now_ms;
 use crate::config::{Catchup, Config, Strategy};
-use crate::desired::DesiredScheduler;
-use crate::events::{Cause, Event, Observer};
-use crate::reconcile::Plan;
-use crate::warden::{now_ms, Snapshot, Warden, WardenError};
-use debounce::Debounce;
-use lease::{Held, Lease};
-use webhook::Webhook;
+use crate::model::{Cause, DesiredScheduler, Trigger};
+use crate::plan::Plan;
+use crate::report::events::{Event, Observer};
+use crate::restore::catchup;
+use crate::restore::lease::{Held, Lease};
+use crate::restore::native::apply;
+use crate::restore::webhook::Webhook;
+use crate::warden::{Snapshot, Warden, WardenError};
 
 /// A comparison that takes longer is abandoned and retried: something hangs.
 const COMPARE_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// A signal that the schedulers may need a look.
-#[derive(Debug, Clone)]
-pub struct Trigger {
-    pub cause: Cause,
-    /// Best estimate of when a loss began (epoch ms): the last moment the
-    /// watcher saw Redis intact. Used to find runs missed during the outage.
-    pub since_ms: u64,
-    /// The queue the signal is about, when it names one.
-    pub queue: Option<String>,
-}
-
-impl Trigger {
-    pub fn new(cause: Cause, since_ms: u64) -> Self {
-        Self {
-            cause,
-            since_ms,
-            queue: None,
-        }
-    }
-}
 
 /// The queues the watcher looks at, refreshed from every comparison.
 pub type SharedQueues = Arc<std::sync::RwLock<Vec<String>>>;
@@ -159,7 +135,7 @@ impl Controller {
         for cause in Cause::detected() {
             let _ = metrics
                 .detections
-                .get_or_create(&crate::metrics::CauseLabels {
+                .get_or_create(&crate::report::metrics::CauseLabels {
                     cause: cause.as_str(),
                 });
         }
@@ -412,7 +388,7 @@ impl Controller {
 
     /// Emits the rows that are newly invalid or invalid for another reason;
     /// forgets the ones that are valid again.
-    fn report_invalid_rows(&self, invalid: &[crate::desired::InvalidRow]) {
+    fn report_invalid_rows(&self, invalid: &[crate::model::InvalidRow]) {
         let Ok(mut seen) = self.invalid_seen.lock() else {
             return;
         };
@@ -530,11 +506,7 @@ impl Controller {
                 q.create.iter().chain(
                     q.update
                         .iter()
-                        .filter(|u| {
-                            u.differs
-                                .iter()
-                                .any(|d| matches!(*d, "next job" | "scheduler hash"))
-                        })
+                        .filter(|u| u.differs.iter().any(|d| d.stops_runs()))
                         .map(|u| &u.scheduler),
                 )
             })

@@ -12,11 +12,14 @@ use std::sync::Arc;
 use bullmq::options::RedisConnectionOptions;
 use bullmq::redis_connection::{AnyConnection, RedisConnection};
 use bullmq::{Queue, QueueKeys, QueueOptions};
-use serde::Serialize;
 use tokio::sync::Mutex;
 
 use crate::config::{redact_url, RedisConfig};
-use crate::desired::{DesiredScheduler, Schedule};
+use crate::model::{
+    scheduler_job_id, JobCounts, NextJobFacts, QueueSchedulers, SchedulerFields, StoredScheduler,
+    PROMOTION_MARGIN_MS,
+};
+use crate::model::{DesiredScheduler, Schedule};
 
 /// How long connecting may take before Redis counts as unreachable.
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -32,137 +35,11 @@ pub enum StoreError {
     Command { url: String, reason: String },
 }
 
-/// One scheduler as Redis holds it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoredScheduler {
-    /// Score in the `repeat` set: the next run, epoch milliseconds.
-    pub next_ms: u64,
-    /// The compared fields of `repeat:<id>`; `None` when the hash is gone.
-    pub hash: Option<SchedulerFields>,
-    /// The state of the job for the next run (`repeat:<id>:<next>`).
-    pub next_job: NextJobState,
-}
-
 /// The servers to subscribe on, each with its redacted URL.
 pub struct Primaries {
     pub clients: Vec<(String, redis::Client)>,
     /// False while a cluster primary is flagged as failing and so left out.
     pub whole: bool,
-}
-
-/// Whether a scheduler's next run will happen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NextJobState {
-    /// In the delayed set, or due and possibly already taken from it.
-    Queued,
-    /// Gone: the scheduler never fires again.
-    Missing,
-    /// Its hash survives but the delayed set lost it (the set was deleted or
-    /// evicted): nothing would ever move it on, so the scheduler never fires
-    /// again, and BullMQ refuses to replace it while the scheduler points at it.
-    Stranded,
-}
-
-impl NextJobState {
-    /// Judges a next job by what Redis holds. A job due within
-    /// `PROMOTION_MARGIN_MS` may already have left the delayed set, as the
-    /// workers' clocks and ours differ; only one further away must be in it.
-    fn judge(exists: bool, in_delayed: bool, next_ms: u64, now_ms: u64) -> Self {
-        match (exists, in_delayed) {
-            (false, _) => NextJobState::Missing,
-            (true, false) if next_ms > now_ms.saturating_add(PROMOTION_MARGIN_MS) => {
-                NextJobState::Stranded
-            }
-            (true, _) => NextJobState::Queued,
-        }
-    }
-}
-
-/// How far ahead a next run must be before its job has to be in the delayed set.
-const PROMOTION_MARGIN_MS: u64 = 60_000;
-
-/// The id BullMQ gives the job of a scheduler's run at `run_at_ms`.
-pub fn scheduler_job_id(scheduler_id: &str, run_at_ms: u64) -> String {
-    format!("repeat:{scheduler_id}:{run_at_ms}")
-}
-
-/// The fields of a scheduler hash (`repeat:<id>`) that decide whether it
-/// matches its row; only these are read, to keep 100,000 of them small.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct SchedulerFields {
-    values: [Option<String>; 9],
-}
-
-impl SchedulerFields {
-    /// Hash field names, in BullMQ's spelling.
-    pub const NAMES: [&'static str; 9] = [
-        "name",
-        "pattern",
-        "every",
-        "tz",
-        "data",
-        "opts",
-        "startDate",
-        "endDate",
-        "limit",
-    ];
-
-    pub fn get(&self, name: &str) -> Option<&str> {
-        let index = Self::NAMES.iter().position(|n| *n == name)?;
-        self.values[index].as_deref()
-    }
-}
-
-impl<K: AsRef<str>, V: Into<String>> FromIterator<(K, V)> for SchedulerFields {
-    fn from_iter<I: IntoIterator<Item = (K, V)>>(pairs: I) -> Self {
-        let mut fields = Self::default();
-        for (name, value) in pairs {
-            if let Some(index) = Self::NAMES.iter().position(|n| *n == name.as_ref()) {
-                fields.values[index] = Some(value.into());
-            }
-        }
-        fields
-    }
-}
-
-/// The schedulers of one queue.
-#[derive(Debug, Default, Clone)]
-pub struct QueueSchedulers {
-    pub schedulers: BTreeMap<String, StoredScheduler>,
-    /// Legacy repeatable jobs (BullMQ 5 `queue.add(…, {repeat})`), counted, never touched.
-    pub legacy: usize,
-}
-
-/// Job counts as BullMQ's `getJobCounts()` reports them, plus the scheduler count.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-pub struct JobCounts {
-    pub waiting: u64,
-    pub active: u64,
-    pub completed: u64,
-    pub failed: u64,
-    pub delayed: u64,
-    pub prioritized: u64,
-    pub paused: u64,
-    #[serde(rename = "waiting-children")]
-    pub waiting_children: u64,
-    /// Members of the `repeat` set, as `getJobSchedulersCount()` counts them.
-    pub repeatable: u64,
-}
-
-impl JobCounts {
-    /// The job states under BullMQ's own names, as `exportPrometheusMetrics` labels them.
-    pub fn by_state(&self) -> [(&'static str, u64); 8] {
-        [
-            ("active", self.active),
-            ("completed", self.completed),
-            ("delayed", self.delayed),
-            ("failed", self.failed),
-            ("paused", self.paused),
-            ("prioritized", self.prioritized),
-            ("waiting", self.waiting),
-            ("waiting-children", self.waiting_children),
-        ]
-    }
 }
 
 /// What one poll read.
@@ -220,13 +97,12 @@ impl BullmqStore {
         if !config.cluster_nodes.is_empty() {
             return Self::connect_cluster(config).await;
         }
-        let url =
-            crate::redis_target::resolve(config)
-                .await
-                .map_err(|e| StoreError::Unreachable {
-                    url: redact_url(&config.url),
-                    reason: e.to_string(),
-                })?;
+        let url = super::target::resolve(config)
+            .await
+            .map_err(|e| StoreError::Unreachable {
+                url: redact_url(&config.url),
+                reason: e.to_string(),
+            })?;
         Self::connect_url(&url, &config.prefix).await
     }
 
@@ -326,11 +202,11 @@ impl BullmqStore {
             .query_async(&mut self.raw())
             .await
             .map_err(|e| self.error(e))?;
-        let (addresses, whole) = crate::redis_target::cluster_primaries(&nodes);
+        let (addresses, whole) = super::target::cluster_primaries(&nodes);
         let clients = addresses
             .into_iter()
             .map(|(host, port)| {
-                let url = crate::redis_target::with_address(seed, &host, port);
+                let url = super::target::with_address(seed, &host, port);
                 let client = redis::Client::open(url.as_str()).map_err(|e| self.error(e))?;
                 Ok((redact_url(&url), client))
             })
@@ -442,7 +318,7 @@ impl BullmqStore {
             .arg("replication")
             .arg("keyspace");
         self.add_count_commands(&mut pipe, queues);
-        let beyond_margin = crate::warden::now_ms().saturating_add(PROMOTION_MARGIN_MS);
+        let beyond_margin = crate::clock::now_ms().saturating_add(PROMOTION_MARGIN_MS);
         for queue in queues {
             pipe.cmd("ZCOUNT")
                 .arg(self.keys(queue).repeat())
@@ -527,7 +403,6 @@ impl BullmqStore {
                 .query_async(&mut conn)
                 .await
                 .map_err(|e| self.error(e))?;
-            let now_ms = crate::warden::now_ms();
             for ((id, next_ms), (values, exists, delayed_score)) in batch.iter().zip(replies) {
                 let present = values.iter().any(Option::is_some);
                 let hash = present.then(|| {
@@ -542,12 +417,10 @@ impl BullmqStore {
                     StoredScheduler {
                         next_ms: *next_ms,
                         hash,
-                        next_job: NextJobState::judge(
+                        next_job: NextJobFacts {
                             exists,
-                            delayed_score.is_some(),
-                            *next_ms,
-                            now_ms,
-                        ),
+                            in_delayed: delayed_score.is_some(),
+                        },
                     },
                 );
             }
@@ -584,7 +457,7 @@ impl BullmqStore {
         scheduler: &DesiredScheduler,
         orphan: &NextRunJob,
     ) -> Result<(), StoreError> {
-        if orphan.run_at_ms > crate::warden::now_ms() {
+        if orphan.run_at_ms > crate::clock::now_ms() {
             let queue = self.queue(&scheduler.queue).await?;
             queue
                 .remove_without_children(&orphan.job_id)
@@ -622,7 +495,7 @@ impl BullmqStore {
         queue: &Queue,
         scheduler: &DesiredScheduler,
     ) -> Result<(), StoreError> {
-        let mut next_runs = NextRuns::new(crate::warden::now_ms());
+        let mut next_runs = NextRuns::new(crate::clock::now_ms());
         if let Some(orphan) = next_runs.job_of(scheduler) {
             queue
                 .remove_without_children(&orphan.job_id)
@@ -651,7 +524,7 @@ impl BullmqStore {
         if delayed == 0 {
             return Ok(vec![None; missing.len()]);
         }
-        let mut next_runs = NextRuns::new(crate::warden::now_ms());
+        let mut next_runs = NextRuns::new(crate::clock::now_ms());
         let mut found = Vec::with_capacity(missing.len());
         for batch in missing.chunks(READ_BATCH) {
             let jobs: Vec<Option<NextRunJob>> = batch.iter().map(|s| next_runs.job_of(s)).collect();
@@ -724,7 +597,7 @@ async fn upsert_with(queue: &Queue, scheduler: &DesiredScheduler) -> Result<(), 
             repeat,
             Some(&scheduler.name),
             Some(scheduler.data_value()),
-            Some(scheduler.job_options()),
+            Some(crate::desired::job_options_of(scheduler)),
         )
         .await
         .map(drop)

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::config::{read_secret, redact_url, RecoveryConfig};
-use crate::events::Cause;
+use crate::model::Cause;
 
 /// Environment variable holding the webhook's bearer token.
 pub const WEBHOOK_TOKEN_ENV: &str = "BULLMQ_WARDEN_WEBHOOK_TOKEN";

@@ -1,0 +1,76 @@
+//! Why the watcher looks at the schedulers: the causes a signal can name.
+
+/// Why the watcher looked (again) at the schedulers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Cause {
+    /// A Redis restart: new run_id, or uptime going backwards.
+    Restart,
+    /// A scheduler set, or the delayed set its next jobs wait in, emptied
+    /// without a restart (FLUSHALL, FLUSHDB, DEL, eviction).
+    Flush,
+    /// A role or replication id change.
+    Failover,
+    /// A keyspace notification about a scheduler key.
+    Keyspace,
+    /// The connection to Redis came back; notifications may have been missed.
+    Reconnect,
+    /// The watcher started.
+    Startup,
+    /// The periodic full comparison of rows and Redis.
+    Drift,
+    /// An operator asked (HTTP API).
+    Manual,
+}
+
+impl Cause {
+    pub const ALL: [Cause; 8] = [
+        Cause::Restart,
+        Cause::Flush,
+        Cause::Failover,
+        Cause::Keyspace,
+        Cause::Reconnect,
+        Cause::Startup,
+        Cause::Drift,
+        Cause::Manual,
+    ];
+
+    /// The causes a detection can have: all but `Manual`, which only
+    /// triggers recoveries (an operator's request is no sign of a loss).
+    pub fn detected() -> impl Iterator<Item = Cause> {
+        Cause::ALL.into_iter().filter(|c| *c != Cause::Manual)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::Restart => "restart",
+            Cause::Flush => "flush",
+            Cause::Failover => "failover",
+            Cause::Keyspace => "keyspace",
+            Cause::Reconnect => "reconnect",
+            Cause::Startup => "startup",
+            Cause::Drift => "drift",
+            Cause::Manual => "manual",
+        }
+    }
+}
+
+/// A signal that the schedulers may need a look.
+#[derive(Debug, Clone)]
+pub struct Trigger {
+    pub cause: Cause,
+    /// Best estimate of when a loss began (epoch ms): the last moment the
+    /// watcher saw Redis intact. Used to find runs missed during the outage.
+    pub since_ms: u64,
+    /// The queue the signal is about, when it names one.
+    pub queue: Option<String>,
+}
+
+impl Trigger {
+    pub fn new(cause: Cause, since_ms: u64) -> Self {
+        Self {
+            cause,
+            since_ms,
+            queue: None,
+        }
+    }
+}

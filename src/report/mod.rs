@@ -1,0 +1,7 @@
+//! Report: every observable event as a log line and a metric change, the
+//! metrics registry, and the status the HTTP API serves from the latest look.
+
+pub mod events;
+pub(crate) mod latest;
+pub mod metrics;
+pub(crate) mod process_metrics;
