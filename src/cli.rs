@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::audit::{self, Severity};
 use crate::config::{Config, ConfigOrigin, CONFIG_PATH_ENV};
 use crate::logging::LogFormat;
+use crate::report::events::{ConfigDefaults, LogEvent, ShutdownRequested};
 use crate::restore::native::{Action, RecoverReport};
 use crate::text::printable;
 use crate::warden::{StatusReport, Warden, WardenError};
@@ -165,13 +166,12 @@ async fn run(cli: Cli) -> u8 {
             .map(PathBuf::from)
     });
     if config_path.is_none() {
-        tracing::warn!(
-            event = "config_defaults",
-            "no config file: built-in defaults apply (Redis {}, source {}) with BULLMQ_WARDEN__* \
-             overrides; name a file with --config FILE or {CONFIG_PATH_ENV}",
-            crate::config::RedisConfig::default().url,
-            crate::config::SourceConfig::default().url,
-        );
+        ConfigDefaults {
+            redis_url: &crate::config::RedisConfig::default().url,
+            source_url: &crate::config::SourceConfig::default().url,
+            path_variable: CONFIG_PATH_ENV,
+        }
+        .log();
     }
     let origin = ConfigOrigin {
         path: config_path,
@@ -303,7 +303,7 @@ async fn cancel_on_signal(shutdown: tokio_util::sync::CancellationToken) {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate => {}
     }
-    tracing::info!(event = "signal", "shutdown requested");
+    ShutdownRequested.log();
     shutdown.cancel();
 }
 

@@ -21,7 +21,7 @@ use utoipa::OpenApi;
 
 use crate::config::{read_secret, HttpConfig};
 use crate::model::Cause;
-use crate::report::events::{Event, Observer};
+use crate::report::events::{Observer, RecoveryFinished};
 use crate::report::latest::{NotServed, ServedStatus};
 use crate::restore::native::RecoverReport;
 use crate::warden::{Warden, WardenError};
@@ -383,7 +383,7 @@ async fn recover(
     let response = match warden.recover(params.queue.as_deref(), dry_run).await {
         Ok(report) => {
             if !dry_run && report.success && !report.changes.is_empty() {
-                state.observer.emit(Event::RecoveryFinished {
+                state.observer.emit(RecoveryFinished {
                     trigger: Cause::Manual,
                     report: &report,
                     duration: started.elapsed(),

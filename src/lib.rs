@@ -29,6 +29,7 @@
 //! - `logging`, `text`, [`memory`]: log output, escaping, the allocator.
 
 pub mod audit;
+pub mod backoff;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -230,29 +230,16 @@ impl Warden {
         let recovery = &config.recovery;
         if dry_run {
             let snapshot = self.snapshot(only_queue).await?;
-            return Ok(apply(
-                &self.store(),
+            return Ok(RecoverReport::planned(
                 &snapshot.plan,
                 recovery.prune_orphans,
-                recovery.concurrency,
-                true,
-                None,
-            )
-            .await);
+            ));
         }
         let lease = Lease::new(self.store.clone(), recovery.lease_ttl)
             .acquire_within(recovery.lease_wait)
             .await?;
         let outcome = match self.snapshot(only_queue).await {
-            Ok(snapshot) => Ok(apply(
-                &self.store(),
-                &snapshot.plan,
-                recovery.prune_orphans,
-                recovery.concurrency,
-                false,
-                Some(&lease),
-            )
-            .await),
+            Ok(snapshot) => Ok(apply(&self.store(), &snapshot.plan, recovery.into(), &lease).await),
             Err(error) => Err(error),
         };
         // A release that fails leaves the lease to expire after its ttl.

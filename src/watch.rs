@@ -8,19 +8,23 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::BackoffBuilder;
-use tokio::sync::{mpsc, watch, Mutex};
+use tokio::sync::{watch, Mutex};
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::{full_jitter, Backoff};
 use crate::clock::now_ms;
 use crate::config::Config;
-use crate::decision::{Controller, OwnWrites, RestoredCounts, SharedQueues};
+use crate::decision::{Context, Controller, Recovery};
 use crate::http;
 use crate::model::{Cause, Trigger};
-use crate::report::events::{Event, Observer};
+use crate::report::events::{
+    HttpListening, Observer, RecoveryAbandoned, RedisDown, RedisUp, WatchStarted, WatchStopped,
+    WatchStopping,
+};
 use crate::report::metrics::Metrics;
 use crate::restore::webhook::Webhook;
-use crate::signal::{keyspace, poll, reload, sentinel};
+use crate::restore::OwnWrites;
+use crate::signal::{keyspace, poll, reload, sentinel, RestoredCounts, SharedQueues, Signals};
 use crate::source::Source;
 use crate::store::BullmqStore;
 use crate::warden::Warden;
@@ -60,11 +64,9 @@ pub async fn run(
     let mut tasks = tokio::task::JoinSet::new();
     // Metrics and health answer from the start, Redis or not.
     if let Some(listener) = listener {
-        tracing::info!(
-            event = "http_listening",
-            addr = config.http.listen.as_str(),
-            "serving /metrics and the API"
-        );
+        observer.emit(HttpListening {
+            addr: &config.http.listen,
+        });
         tasks.spawn(http::serve(
             listener,
             config.http.clone(),
@@ -79,36 +81,33 @@ pub async fn run(
         while tasks.join_next().await.is_some() {}
         return Ok(());
     };
-    tracing::info!(
-        event = "watch_started",
-        redis = store.redacted_url(),
-        source = source.redacted_url(),
-        "watching"
-    );
+    observer.emit(WatchStarted {
+        redis: store.redacted_url(),
+        source: source.redacted_url(),
+    });
     let warden = Arc::new(Warden::from_parts(config.clone(), store.clone(), source));
     let _ = connected.set(warden.clone());
     let queues: SharedQueues = Arc::new(std::sync::RwLock::new(vec![config.source.queue.clone()]));
     let restored: RestoredCounts = Arc::default();
     let poll_now = Arc::new(tokio::sync::Notify::new());
-    let (triggers_tx, triggers_rx) = mpsc::channel(1024);
+    let (signals, triggers) = Signals::channel(observer.clone());
     let (loading_tx, loading_rx) = watch::channel(false);
     let (own_writes, own_writes_rx) = OwnWrites::new();
 
-    let controller = Controller::new(
-        warden.clone(),
-        observer.clone(),
+    let recovery = Recovery::new(Context {
+        warden: warden.clone(),
+        observer: observer.clone(),
         webhook,
-        queues.clone(),
-        restored.clone(),
-        apply_lock.clone(),
-        loading_rx,
-        triggers_tx.clone(),
+        queues: queues.clone(),
+        restored: restored.clone(),
+        apply_lock: apply_lock.clone(),
         own_writes,
-    );
+    });
+    let controller = Controller::new(recovery, observer.clone(), loading_rx);
     // The controller finishes a recovery in progress before it stops, so it
     // gets its own token, cancelled after the signal sources have stopped.
     let controller_stop = CancellationToken::new();
-    let controller_task = tokio::spawn(controller.run(triggers_rx, controller_stop.clone()));
+    let controller_task = tokio::spawn(controller.run(triggers, controller_stop.clone()));
 
     let shared_store = warden.shared_store().clone();
     let (moved_tx, moved_rx) = watch::channel(0u64);
@@ -117,7 +116,7 @@ pub async fn run(
             config: config.redis.clone(),
             store: shared_store.clone(),
             observer: observer.clone(),
-            triggers: triggers_tx.clone(),
+            signals: signals.clone(),
             moved: moved_tx,
             interval: config.watch.info_interval,
         };
@@ -129,7 +128,7 @@ pub async fn run(
         queues: queues.clone(),
         restored,
         poll_now: poll_now.clone(),
-        triggers: triggers_tx.clone(),
+        signals: signals.clone(),
         loading: loading_tx,
         interval: config.watch.info_interval,
         settings_interval: config.watch.drift_interval,
@@ -142,7 +141,7 @@ pub async fn run(
         prefix: config.redis.prefix.clone(),
         manage_config: config.watch.manage_keyspace_config,
         queues: queues.clone(),
-        triggers: triggers_tx.clone(),
+        signals: signals.clone(),
         observer: observer.clone(),
         backoff_min: config.recovery.backoff_min,
         backoff_max: config.recovery.backoff_max,
@@ -155,40 +154,33 @@ pub async fn run(
         origin,
         warden: warden.clone(),
         observer: observer.clone(),
-        triggers: triggers_tx.clone(),
+        signals: signals.clone(),
     };
     tasks.spawn(reloader.run(hangup, shutdown.clone()));
     tasks.spawn(periodic_drift_checks(
-        triggers_tx.clone(),
+        signals.clone(),
         config.watch.drift_interval,
         shutdown.clone(),
     ));
     // The manual's start-up health check, acted upon.
-    observer.emit(Event::Detected {
-        cause: Cause::Startup,
-        queue: None,
-        detail: "watcher started: comparing rows and Redis".into(),
-    });
-    let _ = triggers_tx.try_send(Trigger::new(Cause::Startup, now_ms()));
+    signals.raise_now(
+        Cause::Startup,
+        None,
+        "watcher started: comparing rows and Redis".into(),
+    );
 
     shutdown.cancelled().await;
-    tracing::info!(
-        event = "watch_stopping",
-        "stopping: no new triggers are taken"
-    );
+    observer.emit(WatchStopping);
     while tasks.join_next().await.is_some() {}
     controller_stop.cancel();
     if tokio::time::timeout(SHUTDOWN_GRACE, controller_task)
         .await
         .is_err()
     {
-        tracing::warn!(
-            event = "recovery_abandoned",
-            "a recovery did not finish in time; its lease expires by itself"
-        );
+        observer.emit(RecoveryAbandoned);
     }
     warden.close().await;
-    tracing::info!(event = "watch_stopped", "stopped");
+    observer.emit(WatchStopped);
     Ok(())
 }
 
@@ -199,21 +191,18 @@ async fn connect_redis(
     observer: &Observer,
     shutdown: &CancellationToken,
 ) -> Option<BullmqStore> {
-    let mut delays = backon::ExponentialBuilder::default()
-        .with_min_delay(config.recovery.backoff_min)
-        .with_max_delay(config.recovery.backoff_max)
-        .with_jitter()
-        .without_max_times()
-        .build();
+    let mut backoff = Backoff::new(config.recovery.backoff_min, config.recovery.backoff_max);
     loop {
         match BullmqStore::connect(&config.redis).await {
             Ok(store) => {
-                observer.emit(Event::RedisUp(true, None));
+                observer.emit(RedisUp);
                 return Some(store);
             }
             Err(error) => {
-                observer.emit(Event::RedisUp(false, Some(error.to_string())));
-                let delay = delays.next().unwrap_or(config.recovery.backoff_max);
+                observer.emit(RedisDown {
+                    error: error.to_string(),
+                });
+                let delay = full_jitter(backoff.fail());
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = shutdown.cancelled() => return None,
@@ -223,16 +212,12 @@ async fn connect_redis(
     }
 }
 
-async fn periodic_drift_checks(
-    triggers: mpsc::Sender<Trigger>,
-    every: Duration,
-    shutdown: CancellationToken,
-) {
+async fn periodic_drift_checks(signals: Signals, every: Duration, shutdown: CancellationToken) {
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     loop {
         tokio::select! {
             _ = ticker.tick() => {
-                let _ = triggers.try_send(Trigger::new(Cause::Drift, now_ms()));
+                signals.nudge(Trigger::new(Cause::Drift, now_ms()));
             }
             _ = shutdown.cancelled() => return,
         }

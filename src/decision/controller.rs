@@ -1,534 +1,229 @@
-//! Turns signals into recoveries: debounced, single-flight, retried with
-//! exponential backoff and full jitter, and guarded by a lease in Redis so that
-//! one sidecar of several does the work.
+//! The recovery loop: turns triggers into reconcile attempts — debounced,
+//! single-flight, retried with backoff — in the style of a Kubernetes
+//! controller: [`Reconcile::reconcile`] does one attempt, the pure
+//! [`error_policy`] decides the wait after a failure, and this loop only
+//! keeps time.
 //!
 //! Every signal leads to the same decision: once signals have been quiet for
 //! the debounce window, compare rows and Redis; restore only what still
 //! differs. A scheduler the application removed while disabling its row in that
 //! window is therefore left alone, and a flapping Redis gets one recovery once
-//! it settles.
+//! it settles. Triggers that arrive during a cycle wait in the channel and make
+//! up one follow-up cycle.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::collections::BTreeSet;
+use std::future::Future;
 use std::time::Duration;
 
-use backon::BackoffBuilder;
-use tokio::sync::{mpsc, watch, Mutex};
+use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep, sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::debounce::Debounce;
+use super::error::RecoveryError;
+use super::policy::{error_policy, naming_cause, Timing};
+use crate::backoff::Backoff;
 use crate::clock::now_ms;
-use crate::config::{Catchup, Config, Strategy};
-use crate::model::{Cause, DesiredScheduler, Trigger};
-use crate::plan::Plan;
-use crate::report::events::{Event, Observer};
-use crate::restore::catchup;
-use crate::restore::lease::{Held, Lease};
-use crate::restore::native::apply;
-use crate::restore::webhook::Webhook;
-use crate::warden::{Snapshot, Warden, WardenError};
+use crate::model::{Cause, Trigger};
+use crate::report::events::{LeaseBusy, LeaseLost, Observer, RecoveryFailed};
 
-/// A comparison that takes longer is abandoned and retried: something hangs.
-const COMPARE_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// The queues the watcher looks at, refreshed from every comparison.
-pub type SharedQueues = Arc<std::sync::RwLock<Vec<String>>>;
-
-/// Queues a recovery just filled, with how many schedulers they hold now. The
-/// poll takes them as its previous counts, so a flush right after a recovery
-/// (before the poll saw the filled set) is still seen as a flush.
-pub type RestoredCounts = Arc<std::sync::Mutex<BTreeMap<String, u64>>>;
-
-/// Why one attempt did not finish the job.
-enum AttemptError {
-    /// Another sidecar holds the lease.
-    LeaseBusy,
-    /// The lease was lost while writing, so the writes stopped: another
-    /// sidecar may be writing now.
-    LeaseLost(String),
-    Failed(String),
+/// One attempt's question: why look, and what the loop knows so far.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// The cause that names the cycle.
+    pub trigger: Cause,
+    /// Only periodic checks asked: drift is confirmed before acting on it.
+    pub only_periodic: bool,
+    /// The cycle before this one saw drift and asked to look again.
+    pub seen_before: bool,
+    /// When the loss began, as far as the signals tell (epoch ms).
+    pub since_ms: u64,
+    /// 1 for the first attempt of a cycle.
+    pub attempt: u32,
 }
 
-impl From<WardenError> for AttemptError {
-    fn from(error: WardenError) -> Self {
-        AttemptError::Failed(error.to_string())
-    }
+/// How an attempt ended, when it did not fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Nothing left to do (in sync, restored, or reported only).
+    Done,
+    /// Drift seen for the first time by a periodic check: look again after
+    /// the debounce window before acting.
+    ConfirmLater,
 }
 
-pub struct Controller {
-    warden: Arc<Warden>,
+/// One reconcile attempt over the real world (or a test's).
+pub trait Reconcile: Send {
+    /// The loop's timing now (a config reload may change it).
+    fn timing(&self) -> Timing;
+
+    /// Compares and, where needed, restores, once.
+    fn reconcile(
+        &mut self,
+        request: Request,
+    ) -> impl Future<Output = Result<Outcome, RecoveryError>> + Send;
+
+    /// The queues the attempts look after, for the failure report.
+    fn queues(&self) -> Vec<String>;
+}
+
+pub struct Controller<R> {
+    reconciler: R,
     observer: Observer,
-    /// The warden's config as of the current trigger or attempt: a reload
-    /// takes effect at the next one.
-    config: Arc<Config>,
-    lease: Lease,
-    webhook: Option<Webhook>,
-    queues: SharedQueues,
-    restored: RestoredCounts,
-    /// Serialises recoveries with the HTTP API's `recover`.
-    apply_lock: Arc<Mutex<()>>,
+    /// True while Redis loads its dataset: attempts wait instead of failing.
     redis_loading: watch::Receiver<bool>,
-    /// Re-queues a drift check, so drift must persist through the window.
-    retrigger: mpsc::Sender<Trigger>,
-    /// When periodic checks first saw unexplained drift.
-    drift_seen: bool,
-    own_writes: OwnWrites,
-    /// The invalid rows of the last comparison and their reasons, so that
-    /// each is logged once per change instead of every drift check.
-    invalid_seen: std::sync::Mutex<InvalidRows>,
 }
 
-/// Invalid rows by (queue, row id), with their reasons.
-type InvalidRows = std::collections::HashMap<(Option<String>, String), String>;
-
-/// Tells the keyspace watcher while a recovery writes, so that it can stop
-/// listening: nearly every notification then would be the echo of those
-/// writes, and reading them took CPU from the writes and from Redis.
-#[derive(Clone)]
-pub struct OwnWrites(Arc<watch::Sender<bool>>);
-
-impl OwnWrites {
-    /// The flag and a receiver for the keyspace watcher.
-    pub fn new() -> (Self, watch::Receiver<bool>) {
-        let (sender, receiver) = watch::channel(false);
-        (Self(Arc::new(sender)), receiver)
-    }
-
-    /// Raises the flag until the returned guard is dropped, also when the
-    /// writes are abandoned at shutdown.
-    fn begin(&self) -> OwnWritesGuard<'_> {
-        self.0.send_replace(true);
-        OwnWritesGuard(self)
-    }
+/// The triggers that make up one cycle.
+struct Batch {
+    causes: BTreeSet<Cause>,
+    since_ms: u64,
 }
 
-struct OwnWritesGuard<'a>(&'a OwnWrites);
-
-impl Drop for OwnWritesGuard<'_> {
-    fn drop(&mut self) {
-        self.0 .0.send_replace(false);
-    }
+/// How a cycle ended.
+enum CycleEnd {
+    Done,
+    ConfirmLater,
+    Stopped,
 }
 
-impl Controller {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        warden: Arc<Warden>,
-        observer: Observer,
-        webhook: Option<Webhook>,
-        queues: SharedQueues,
-        restored: RestoredCounts,
-        apply_lock: Arc<Mutex<()>>,
-        redis_loading: watch::Receiver<bool>,
-        retrigger: mpsc::Sender<Trigger>,
-        own_writes: OwnWrites,
-    ) -> Self {
-        let config = warden.config();
-        let lease = Lease::new(warden.shared_store().clone(), config.recovery.lease_ttl);
-        let metrics = observer.metrics();
-        metrics
-            .auto_recovery_enabled
-            .set(i64::from(config.recovery.auto));
-        // Counters exist from the start, so that increase() sees their first change.
-        for cause in Cause::detected() {
-            let _ = metrics
-                .detections
-                .get_or_create(&crate::report::metrics::CauseLabels {
-                    cause: cause.as_str(),
-                });
-        }
+impl<R: Reconcile> Controller<R> {
+    pub fn new(reconciler: R, observer: Observer, redis_loading: watch::Receiver<bool>) -> Self {
         Self {
-            warden,
+            reconciler,
             observer,
-            config,
-            lease,
-            webhook,
-            queues,
-            restored,
-            apply_lock,
             redis_loading,
-            retrigger,
-            drift_seen: false,
-            own_writes,
-            invalid_seen: std::sync::Mutex::default(),
         }
     }
 
-    /// Runs until `shutdown`: waits for a trigger, lets the debounce window
-    /// pass, then runs one cycle. Triggers that arrive during a cycle wait in
-    /// the channel and make up one follow-up cycle.
+    /// Runs until `shutdown` or until every trigger sender is gone.
     pub async fn run(mut self, mut triggers: mpsc::Receiver<Trigger>, shutdown: CancellationToken) {
+        let mut confirm = false;
         loop {
-            let first = tokio::select! {
-                trigger = triggers.recv() => match trigger {
-                    Some(trigger) => trigger,
-                    None => return,
-                },
-                _ = shutdown.cancelled() => return,
-            };
-            self.config = self.warden.config();
-            let mut causes = BTreeSet::from([first.cause]);
-            let mut since_ms = first.since_ms;
-            if !matches!(first.cause, Cause::Startup | Cause::Manual) {
-                let mut window = Debounce::open(
-                    &first,
-                    Instant::now(),
-                    self.config.watch.debounce_quiet,
-                    self.config.watch.debounce_max,
-                );
-                loop {
-                    tokio::select! {
-                        trigger = triggers.recv() => match trigger {
-                            Some(trigger) => {
-                                causes.insert(trigger.cause);
-                                since_ms = since_ms.min(trigger.since_ms);
-                                window.observe(&trigger, Instant::now());
-                            }
-                            None => return,
-                        },
-                        _ = sleep_until(window.deadline()) => break,
-                        _ = shutdown.cancelled() => return,
-                    }
+            let first = if confirm {
+                Trigger::new(Cause::Drift, now_ms())
+            } else {
+                tokio::select! {
+                    trigger = triggers.recv() => match trigger {
+                        Some(trigger) => trigger,
+                        None => return,
+                    },
+                    _ = shutdown.cancelled() => return,
                 }
+            };
+            let Some(batch) = self.gather(first, &mut triggers, &shutdown).await else {
+                return;
+            };
+            match self.cycle(&batch, confirm, &shutdown).await {
+                CycleEnd::Done => confirm = false,
+                CycleEnd::ConfirmLater => confirm = true,
+                CycleEnd::Stopped => return,
             }
-            self.cycle(&causes, since_ms, &shutdown).await;
             // The comparison held every row and scheduler; an idle sidecar
             // should not keep that peak.
             crate::memory::release_after_comparison();
         }
     }
 
-    /// Compares and, while anything differs, recovers — retrying with backoff
-    /// until rows and Redis agree or the watcher stops.
+    /// Lets the debounce window pass, taking the triggers that come in it.
+    /// A start-up or an operator's request goes at once. `None` on shutdown.
+    async fn gather(
+        &self,
+        first: Trigger,
+        triggers: &mut mpsc::Receiver<Trigger>,
+        shutdown: &CancellationToken,
+    ) -> Option<Batch> {
+        let mut batch = Batch {
+            causes: BTreeSet::from([first.cause]),
+            since_ms: first.since_ms,
+        };
+        if matches!(first.cause, Cause::Startup | Cause::Manual) {
+            return Some(batch);
+        }
+        let timing = self.reconciler.timing();
+        let mut window = Debounce::open(
+            &first,
+            Instant::now(),
+            timing.debounce_quiet,
+            timing.debounce_max,
+        );
+        loop {
+            tokio::select! {
+                trigger = triggers.recv() => {
+                    let trigger = trigger?;
+                    batch.causes.insert(trigger.cause);
+                    batch.since_ms = batch.since_ms.min(trigger.since_ms);
+                    window.observe(&trigger, Instant::now());
+                }
+                _ = sleep_until(window.deadline()) => return Some(batch),
+                _ = shutdown.cancelled() => return None,
+            }
+        }
+    }
+
+    /// Attempts until one succeeds or the watcher stops, waiting as the
+    /// error policy says between attempts.
     async fn cycle(
         &mut self,
-        causes: &BTreeSet<Cause>,
-        since_ms: u64,
+        batch: &Batch,
+        seen_before: bool,
         shutdown: &CancellationToken,
-    ) {
-        // The most telling cause names the cycle (restart before drift, …).
-        let trigger = causes.iter().next().copied().unwrap_or(Cause::Drift);
-        let only_periodic = causes.iter().all(|c| *c == Cause::Drift);
-        let mut delays = backon::ExponentialBuilder::default()
-            .with_min_delay(self.config.recovery.backoff_min)
-            .with_max_delay(self.config.recovery.backoff_max)
-            .with_factor(2.0)
-            .without_max_times()
-            .build();
-        let mut failures = 0u32;
+    ) -> CycleEnd {
+        let trigger = naming_cause(&batch.causes);
+        let only_periodic = batch.causes.iter().all(|c| *c == Cause::Drift);
+        let timing = self.reconciler.timing();
+        let mut backoff = Backoff::new(timing.backoff_min, timing.backoff_max);
         loop {
-            self.config = self.warden.config();
             if !self.wait_while_loading(shutdown).await {
-                return;
+                return CycleEnd::Stopped;
             }
-            let error = match self
-                .attempt(trigger, only_periodic, since_ms, failures + 1)
-                .await
-            {
-                Ok(()) => return,
-                Err(AttemptError::LeaseBusy) => {
-                    let recheck = self
-                        .config
-                        .watch
-                        .debounce_quiet
-                        .max(Duration::from_millis(500));
-                    self.observer.emit(Event::LeaseBusy {
-                        recheck_in: recheck,
-                    });
-                    if !pause(recheck, shutdown).await {
-                        return;
-                    }
-                    continue;
-                }
-                Err(AttemptError::LeaseLost(reason)) => {
-                    self.observer.emit(Event::LeaseLost { reason: &reason });
-                    reason
-                }
-                Err(AttemptError::Failed(error)) => error,
-            };
-            failures += 1;
-            let ceiling = delays.next().unwrap_or(self.config.recovery.backoff_max);
-            let retry_in = full_jitter(ceiling);
-            let queues = self.queues.read().map(|q| q.clone()).unwrap_or_default();
-            self.observer.emit(Event::RecoveryFailed {
+            let request = Request {
                 trigger,
-                queues: &queues,
-                attempt: failures,
-                error,
-                backoff: ceiling,
-                retry_in,
-            });
-            if !pause(retry_in, shutdown).await {
-                return;
-            }
-        }
-    }
-
-    /// One attempt: take the lease (when acting), compare once, restore what
-    /// differs. Comparing under the lease means a sidecar that waited for
-    /// another one sees its work instead of redoing it.
-    async fn attempt(
-        &mut self,
-        trigger: Cause,
-        only_periodic: bool,
-        since_ms: u64,
-        attempt: u32,
-    ) -> Result<(), AttemptError> {
-        let _serialised = self.apply_lock.clone().lock_owned().await;
-        if !self.config.recovery.auto {
-            return self
-                .compare_and_recover(trigger, only_periodic, since_ms, attempt, None)
-                .await;
-        }
-        self.redis_answers()?;
-        let Some(lease) = self.lease.try_acquire().await.map_err(WardenError::from)? else {
-            return Err(AttemptError::LeaseBusy);
-        };
-        self.observer.emit(Event::LeaseHeld(true));
-        let outcome = self
-            .compare_and_recover(trigger, only_periodic, since_ms, attempt, Some(&lease))
-            .await;
-        if let Err(error) = lease.release().await {
-            tracing::warn!(event = "lease_release_failed", "{error}");
-        }
-        self.observer.emit(Event::LeaseHeld(false));
-        outcome
-    }
-
-    /// Acts on what differs only with `lease` (automatic recovery is on).
-    async fn compare_and_recover(
-        &mut self,
-        trigger: Cause,
-        only_periodic: bool,
-        since_ms: u64,
-        attempt: u32,
-        lease: Option<&Held>,
-    ) -> Result<(), AttemptError> {
-        let snapshot = self.compare().await?;
-        if snapshot.plan.is_in_sync() {
-            self.drift_seen = false;
-            return Ok(());
-        }
-        if only_periodic && !self.drift_seen {
-            // First sight of drift without any signal: confirm after the window.
-            self.drift_seen = true;
-            self.observer.emit(Event::Detected {
-                cause: Cause::Drift,
-                queue: None,
-                detail: format!(
-                    "{} schedulers missing and {} differing from their rows",
-                    snapshot.plan.missing(),
-                    snapshot.plan.mismatched()
-                ),
-            });
-            let _ = self
-                .retrigger
-                .try_send(Trigger::new(Cause::Drift, now_ms()));
-            return Ok(());
-        }
-        self.observer.emit(Event::DriftConfirmed {
-            trigger,
-            missing: snapshot.plan.missing(),
-            mismatched: snapshot.plan.mismatched(),
-            acting: self.config.recovery.auto,
-        });
-        let Some(lease) = lease else {
-            return Ok(());
-        };
-        self.recover(trigger, since_ms, attempt, snapshot, lease)
-            .await?;
-        self.drift_seen = false;
-        Ok(())
-    }
-
-    /// While the poller sees Redis down, commands would only wait out the
-    /// client's reconnect attempts: fail at once and let the backoff pace retries.
-    fn redis_answers(&self) -> Result<(), AttemptError> {
-        if self.observer.health().redis_up.load(Ordering::Relaxed) {
-            Ok(())
-        } else {
-            Err(AttemptError::Failed(format!(
-                "Redis at {} does not answer",
-                self.warden.store().redacted_url()
-            )))
-        }
-    }
-
-    /// Reads rows and Redis, publishes drift and the queue list.
-    async fn compare(&self) -> Result<Snapshot, AttemptError> {
-        self.redis_answers()?;
-        let snapshot = match tokio::time::timeout(COMPARE_TIMEOUT, self.warden.snapshot(None)).await
-        {
-            Ok(Ok(snapshot)) => snapshot,
-            Err(_) => {
-                return Err(AttemptError::Failed(format!(
-                    "comparing rows and Redis took longer than {}s",
-                    COMPARE_TIMEOUT.as_secs()
-                )))
-            }
-            Ok(Err(error)) => {
-                if let WardenError::Source(e) = &error {
-                    self.observer
-                        .emit(Event::SourceUp(false, Some(e.to_string()), None));
+                only_periodic,
+                seen_before,
+                since_ms: batch.since_ms,
+                attempt: backoff.failures() + 1,
+            };
+            let error = match self.reconciler.reconcile(request).await {
+                Ok(Outcome::Done) => return CycleEnd::Done,
+                Ok(Outcome::ConfirmLater) => return CycleEnd::ConfirmLater,
+                Err(error) => error,
+            };
+            let retry = error_policy(&error, &mut backoff, &self.reconciler.timing());
+            match retry.ceiling {
+                None => self.observer.emit(LeaseBusy {
+                    recheck_in: retry.wait,
+                }),
+                Some(ceiling) => {
+                    self.report_failure(trigger, &error, &backoff, ceiling, retry.wait)
                 }
-                return Err(error.into());
             }
-        };
-        self.observer
-            .emit(Event::SourceUp(true, None, Some(snapshot.source_elapsed)));
-        publish_drift(&self.observer, &snapshot);
-        self.report_invalid_rows(&snapshot.plan.invalid);
-        if let Ok(mut queues) = self.queues.write() {
-            *queues = snapshot.plan.queues.keys().cloned().collect();
-        }
-        Ok(snapshot)
-    }
-
-    /// Emits the rows that are newly invalid or invalid for another reason;
-    /// forgets the ones that are valid again.
-    fn report_invalid_rows(&self, invalid: &[crate::model::InvalidRow]) {
-        let Ok(mut seen) = self.invalid_seen.lock() else {
-            return;
-        };
-        let before = std::mem::take(&mut *seen);
-        for row in invalid {
-            let key = (row.queue.clone(), row.id.clone());
-            if before.get(&key) != Some(&row.reason) {
-                self.observer.emit(Event::RowInvalid {
-                    queue: row.queue.as_deref(),
-                    id: &row.id,
-                    reason: &row.reason,
-                });
+            if !pause(retry.wait, shutdown).await {
+                return CycleEnd::Stopped;
             }
-            seen.insert(key, row.reason.clone());
         }
     }
 
-    /// Restores what `snapshot` found missing or different, while `lease`
-    /// stays this sidecar's.
-    async fn recover(
+    fn report_failure(
         &self,
         trigger: Cause,
-        since_ms: u64,
-        attempt: u32,
-        snapshot: Snapshot,
-        lease: &Held,
-    ) -> Result<(), AttemptError> {
-        self.observer
-            .emit(Event::RecoveryStarted { trigger, attempt });
-        let started = std::time::Instant::now();
-        let report = match (&self.config.recovery.strategy, &self.webhook) {
-            (Strategy::Webhook, Some(webhook)) => {
-                webhook
-                    .call(trigger, snapshot.plan.missing(), snapshot.plan.mismatched())
-                    .await
-                    .map_err(|e| AttemptError::Failed(e.to_string()))?;
-                let after = self.compare().await?;
-                if !after.plan.is_in_sync() {
-                    return Err(AttemptError::Failed(format!(
-                        "the application accepted the webhook but {} schedulers are still missing and {} differ",
-                        after.plan.missing(),
-                        after.plan.mismatched()
-                    )));
-                }
-                // The application did the writes: the report is the plan it
-                // was asked to carry out (the dry run's report), now done.
-                let mut report =
-                    apply(&self.warden.store(), &snapshot.plan, false, 1, true, None).await;
-                report.dry_run = false;
-                report.recovered_tasks = report.created + report.updated;
-                report
-            }
-            _ => {
-                let _writing = self.own_writes.begin();
-                let report = apply(
-                    &self.warden.store(),
-                    &snapshot.plan,
-                    self.config.recovery.prune_orphans,
-                    self.config.recovery.concurrency,
-                    false,
-                    Some(lease),
-                )
-                .await;
-                if let Some(reason) = report.stopped {
-                    return Err(AttemptError::LeaseLost(reason));
-                }
-                if let Some(failure) = report.failed.first() {
-                    return Err(AttemptError::Failed(format!(
-                        "{} of {} writes failed, first: {}: {}",
-                        report.failed.len(),
-                        report.changes.len(),
-                        failure.scheduler_id,
-                        failure.reason
-                    )));
-                }
-                report
-            }
-        };
-        self.observer.emit(Event::RecoveryFinished {
+        error: &RecoveryError,
+        backoff: &Backoff,
+        ceiling: Duration,
+        retry_in: Duration,
+    ) {
+        if let RecoveryError::Restore(crate::restore::RestoreError::LeaseLost(reason)) = error {
+            self.observer.emit(LeaseLost { reason });
+        }
+        self.observer.emit(RecoveryFailed {
             trigger,
-            report: &report,
-            duration: started.elapsed(),
+            queues: &self.reconciler.queues(),
+            attempt: backoff.failures(),
+            reason: error.reason(),
+            error: error.to_string(),
+            backoff: ceiling,
+            retry_in,
         });
-        if let Ok(mut restored) = self.restored.lock() {
-            for (queue, plan) in &snapshot.plan.queues {
-                if plan.desired > 0 {
-                    restored.insert(queue.clone(), plan.desired as u64);
-                }
-            }
-        }
-        // Every planned write succeeded.
-        publish_plan(
-            &self.observer,
-            &snapshot.plan,
-            true,
-            self.config.recovery.prune_orphans,
-        );
-        // Catch-up jobs are writes too: none once the lease is gone.
-        if self.config.recovery.catchup == Catchup::FireOnce && lease.confirm().await.is_none() {
-            self.catch_up(&snapshot.plan, since_ms).await;
-        }
-        Ok(())
-    }
-
-    /// Fires one job per lost cron scheduler that had a run due during the outage.
-    async fn catch_up(&self, plan: &Plan, since_ms: u64) {
-        let now = now_ms();
-        let window_ms =
-            u64::try_from(self.config.recovery.catchup_window.as_millis()).unwrap_or(u64::MAX);
-        let from = since_ms.max(now.saturating_sub(window_ms));
-        let lost: Vec<&DesiredScheduler> = plan
-            .queues
-            .values()
-            .flat_map(|q| {
-                q.create.iter().chain(
-                    q.update
-                        .iter()
-                        .filter(|u| u.differs.iter().any(|d| d.stops_runs()))
-                        .map(|u| &u.scheduler),
-                )
-            })
-            .collect();
-        for scheduler in lost {
-            if !catchup::missed_a_run(scheduler, from, now) {
-                continue;
-            }
-            let job_id = catchup::catchup_job_id(&scheduler.scheduler_id, since_ms);
-            match catchup::fire(&self.warden.store(), scheduler, &job_id).await {
-                Ok(()) => self.observer.emit(Event::CatchupFired {
-                    queue: &scheduler.queue,
-                    scheduler_id: &scheduler.scheduler_id,
-                    job_id: &job_id,
-                }),
-                Err(error) => tracing::error!(
-                    event = "catchup_failed",
-                    scheduler_id = scheduler.scheduler_id.as_str(),
-                    "{error}"
-                ),
-            }
-        }
     }
 
     /// Waits while Redis loads its dataset; `false` when the watcher stops.
@@ -543,59 +238,6 @@ impl Controller {
     }
 }
 
-/// Publishes the desired and drift gauges of every queue in a comparison,
-/// and the drift `GET /api/bullmq/status` serves.
-pub fn publish_drift(observer: &Observer, snapshot: &Snapshot) {
-    publish_plan(observer, &snapshot.plan, false, false);
-}
-
-/// With `settled`, the plan's writes all succeeded: nothing is missing or
-/// differs any more, and with `pruned` the orphans are gone too.
-fn publish_plan(observer: &Observer, whole: &Plan, settled: bool, pruned: bool) {
-    let triggers = Cause::ALL.map(Cause::as_str);
-    let mut latest = BTreeMap::new();
-    for (queue, plan) in &whole.queues {
-        observer.metrics().register_queue(queue, &triggers);
-        let invalid = whole
-            .invalid
-            .iter()
-            .filter(|i| i.queue.as_deref() == Some(queue))
-            .count();
-        let (missing, mismatched) = if settled {
-            (0, 0)
-        } else {
-            (plan.create.len(), plan.update.len())
-        };
-        let drift = crate::warden::Drift {
-            missing,
-            mismatched,
-            orphaned: if settled && pruned {
-                0
-            } else {
-                plan.orphaned.len()
-            },
-            invalid,
-        };
-        observer
-            .metrics()
-            .set_drift(queue, plan.desired, plan.legacy, &drift);
-        let status = crate::warden::QueueStatus {
-            desired: plan.desired,
-            legacy: plan.legacy,
-            drift,
-            ..Default::default()
-        };
-        latest.insert(queue.clone(), status);
-    }
-    observer.latest_status().record_comparison(latest);
-}
-
-/// Uniform in `[0, ceiling]`: spreads retries of many sidecars apart.
-fn full_jitter(ceiling: Duration) -> Duration {
-    let ceiling_ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
-    Duration::from_millis(fastrand::u64(0..=ceiling_ms))
-}
-
 /// Sleeps unless the watcher stops first; `false` when it stopped.
 async fn pause(duration: Duration, shutdown: &CancellationToken) -> bool {
     tokio::select! {
@@ -604,29 +246,253 @@ async fn pause(duration: Duration, shutdown: &CancellationToken) -> bool {
     }
 }
 
+/// The loop in process, against a scripted reconciler and paused time: each
+/// decision about when to look is checked in milliseconds of real time.
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::collections::VecDeque;
+    use std::sync::{Arc, Mutex};
 
-    #[test]
-    fn full_jitter_stays_under_the_ceiling() {
-        for _ in 0..1000 {
-            assert!(full_jitter(Duration::from_millis(500)) <= Duration::from_millis(500));
-        }
-        assert_eq!(full_jitter(Duration::ZERO), Duration::ZERO);
+    use tokio::task::JoinHandle;
+
+    use super::*;
+    use crate::report::metrics::Metrics;
+
+    const QUIET: Duration = Duration::from_millis(200);
+
+    type Script = Vec<(Duration, Result<Outcome, RecoveryError>)>;
+
+    /// Answers each attempt from its script (how long it takes, how it
+    /// ends), then `Done`; records when each attempt started and what it asked.
+    struct Scripted {
+        script: VecDeque<(Duration, Result<Outcome, RecoveryError>)>,
+        calls: Arc<Mutex<Vec<(Instant, Request)>>>,
     }
 
-    #[test]
-    fn backoff_doubles_up_to_the_cap() {
-        let delays: Vec<Duration> = backon::ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(500))
-            .with_max_delay(Duration::from_secs(4))
-            .with_factor(2.0)
-            .without_max_times()
-            .build()
-            .take(6)
-            .collect();
-        let ms: Vec<u128> = delays.iter().map(Duration::as_millis).collect();
-        assert_eq!(ms, vec![500, 1000, 2000, 4000, 4000, 4000]);
+    impl Reconcile for Scripted {
+        fn timing(&self) -> Timing {
+            Timing {
+                debounce_quiet: QUIET,
+                debounce_max: Duration::from_secs(10),
+                backoff_min: Duration::from_millis(500),
+                backoff_max: Duration::from_secs(4),
+            }
+        }
+
+        async fn reconcile(&mut self, request: Request) -> Result<Outcome, RecoveryError> {
+            self.calls
+                .lock()
+                .expect("calls")
+                .push((Instant::now(), request));
+            let (takes, result) = self
+                .script
+                .pop_front()
+                .unwrap_or((Duration::ZERO, Ok(Outcome::Done)));
+            sleep(takes).await;
+            result
+        }
+
+        fn queues(&self) -> Vec<String> {
+            vec!["q".into()]
+        }
+    }
+
+    struct Running {
+        triggers: mpsc::Sender<Trigger>,
+        calls: Arc<Mutex<Vec<(Instant, Request)>>>,
+        loading: watch::Sender<bool>,
+        observer: Observer,
+        stop: CancellationToken,
+        task: JoinHandle<()>,
+        started: Instant,
+    }
+
+    impl Running {
+        fn start(script: Script) -> Self {
+            let calls = Arc::new(Mutex::new(Vec::new()));
+            let reconciler = Scripted {
+                script: script.into(),
+                calls: calls.clone(),
+            };
+            let observer = Observer::new(Arc::new(Metrics::new()));
+            let (loading, loading_rx) = watch::channel(false);
+            let (triggers, receiver) = mpsc::channel(16);
+            let stop = CancellationToken::new();
+            let controller = Controller::new(reconciler, observer.clone(), loading_rx);
+            let task = tokio::spawn(controller.run(receiver, stop.clone()));
+            Self {
+                triggers,
+                calls,
+                loading,
+                observer,
+                stop,
+                task,
+                started: Instant::now(),
+            }
+        }
+
+        async fn send(&self, cause: Cause, since_ms: u64) {
+            let trigger = Trigger {
+                cause,
+                since_ms,
+                queue: Some("q".into()),
+            };
+            self.triggers.send(trigger).await.expect("loop runs");
+        }
+
+        /// Each attempt: milliseconds after the start, and its request.
+        fn calls(&self) -> Vec<(u128, Request)> {
+            let calls = self.calls.lock().expect("calls");
+            calls
+                .iter()
+                .map(|(at, request)| ((*at - self.started).as_millis(), request.clone()))
+                .collect()
+        }
+
+        fn metric(&self, line_start: &str) -> Option<f64> {
+            let text = self.observer.metrics().encode_prometheus();
+            text.lines()
+                .find(|line| line.starts_with(line_start))
+                .and_then(|line| line.rsplit(' ').next())
+                .and_then(|value| value.parse().ok())
+        }
+
+        async fn stop(self) {
+            self.stop.cancel();
+            self.task.await.expect("loop ends cleanly");
+        }
+    }
+
+    fn failed() -> (Duration, Result<Outcome, RecoveryError>) {
+        (Duration::ZERO, Err(RecoveryError::Other("boom".into())))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn news_restarts_the_quiet_window_and_echoes_do_not() {
+        let running = Running::start(vec![]);
+        running.send(Cause::Flush, 1_000).await;
+        sleep(Duration::from_millis(150)).await;
+        // Another deletion: Redis is still changing, so the window restarts.
+        running.send(Cause::Keyspace, 900).await;
+        sleep(Duration::from_millis(150)).await;
+        // A reconnect only echoes what is known: the window does not move.
+        running.send(Cause::Reconnect, 2_000).await;
+        sleep(Duration::from_secs(1)).await;
+        let calls = running.calls();
+        assert_eq!(calls.len(), 1, "{calls:?}");
+        let (at, request) = &calls[0];
+        assert_eq!(*at, 350, "quiet 200 ms after the keyspace event");
+        assert_eq!(request.trigger, Cause::Flush, "the loss names the cycle");
+        assert_eq!(request.since_ms, 900, "the earliest start of the loss");
+        assert!(!request.only_periodic);
+        running.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_start_or_an_operator_goes_at_once() {
+        let running = Running::start(vec![]);
+        running.send(Cause::Startup, 1).await;
+        sleep(Duration::from_millis(50)).await;
+        running.send(Cause::Manual, 2).await;
+        sleep(Duration::from_millis(50)).await;
+        let at: Vec<u128> = running.calls().into_iter().map(|(at, _)| at).collect();
+        assert_eq!(at, vec![0, 50]);
+        running.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_back_off_under_a_growing_ceiling_and_a_new_cycle_starts_over() {
+        let running = Running::start(vec![failed(), failed(), failed()]);
+        running.send(Cause::Restart, 1).await;
+        sleep(Duration::from_secs(10)).await;
+        let calls = running.calls();
+        assert_eq!(calls.len(), 4, "three failures and a success: {calls:?}");
+        let attempts: Vec<u32> = calls.iter().map(|(_, r)| r.attempt).collect();
+        assert_eq!(attempts, vec![1, 2, 3, 4]);
+        for (pair, ceiling) in calls.windows(2).zip([500, 1000, 2000]) {
+            let gap = pair[1].0 - pair[0].0;
+            assert!(
+                gap <= ceiling,
+                "waited {gap} ms under a {ceiling} ms ceiling"
+            );
+        }
+        let failures = r#"bullmq_warden_recovery_failures_total{reason="other"}"#;
+        assert_eq!(running.metric(failures), Some(3.0));
+        running.send(Cause::Flush, 2).await;
+        sleep(Duration::from_secs(1)).await;
+        let calls = running.calls();
+        assert_eq!(calls.last().map(|(_, r)| r.attempt), Some(1), "{calls:?}");
+        running.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_lease_is_rechecked_without_backing_off() {
+        let busy = || (Duration::ZERO, Err(RecoveryError::LeaseBusy));
+        let running = Running::start(vec![busy(), busy()]);
+        running.send(Cause::Flush, 1).await;
+        sleep(Duration::from_secs(5)).await;
+        let calls = running.calls();
+        let at: Vec<u128> = calls.iter().map(|(at, _)| *at).collect();
+        assert_eq!(at, vec![200, 700, 1200], "re-checked every 500 ms");
+        assert!(calls.iter().all(|(_, r)| r.attempt == 1), "{calls:?}");
+        let failures = r#"bullmq_warden_recovery_failures_total{reason="lease_busy"}"#;
+        assert_eq!(running.metric(failures), Some(0.0));
+        running.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn triggers_during_a_recovery_make_one_follow_up() {
+        let slow = (Duration::from_secs(2), Ok(Outcome::Done));
+        let running = Running::start(vec![slow]);
+        running.send(Cause::Flush, 1).await;
+        sleep(Duration::from_millis(500)).await;
+        for cause in [Cause::Keyspace, Cause::Flush, Cause::Reconnect] {
+            running.send(cause, 2).await;
+            sleep(Duration::from_millis(100)).await;
+        }
+        sleep(Duration::from_secs(5)).await;
+        let calls = running.calls();
+        let at: Vec<u128> = calls.iter().map(|(at, _)| *at).collect();
+        // The first ends at 2200; the three waiting triggers make one
+        // cycle, a quiet window after it.
+        assert_eq!(at, vec![200, 2400], "{calls:?}");
+        running.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drift_seen_by_a_periodic_check_is_confirmed_after_the_window() {
+        let running = Running::start(vec![(Duration::ZERO, Ok(Outcome::ConfirmLater))]);
+        running.send(Cause::Drift, 1).await;
+        sleep(Duration::from_secs(2)).await;
+        let calls = running.calls();
+        assert_eq!(calls.len(), 2, "{calls:?}");
+        assert_eq!((calls[0].0, calls[0].1.seen_before), (200, false));
+        assert_eq!((calls[1].0, calls[1].1.seen_before), (400, true));
+        assert!(calls.iter().all(|(_, r)| r.only_periodic));
+        running.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nothing_is_attempted_while_redis_loads() {
+        let running = Running::start(vec![]);
+        running.loading.send_replace(true);
+        running.send(Cause::Restart, 1).await;
+        sleep(Duration::from_secs(3)).await;
+        assert!(running.calls().is_empty());
+        running.loading.send_replace(false);
+        sleep(Duration::from_millis(10)).await;
+        let at: Vec<u128> = running.calls().into_iter().map(|(at, _)| at).collect();
+        assert_eq!(at, vec![3000]);
+        running.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_during_a_backoff_ends_the_loop_at_once() {
+        let running = Running::start(vec![failed(), failed()]);
+        running.send(Cause::Restart, 1).await;
+        sleep(Duration::from_millis(250)).await;
+        let stopping = Instant::now();
+        running.stop().await;
+        assert!(stopping.elapsed() < Duration::from_millis(1));
     }
 }

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tower_service::Service;
 
 use crate::config::HttpConfig;
-use crate::report::events::{Event, Observer};
+use crate::report::events::{HttpAcceptFailed, HttpConnectionsFull, Observer};
 
 /// Where a connection stands; its deadline follows from it.
 #[derive(Debug, Clone, Copy)]
@@ -62,7 +62,7 @@ pub(super) async fn serve(
     loop {
         while connections.try_join_next().is_some() {}
         if slots.available_permits() == 0 {
-            observer.emit(Event::HttpConnectionsFull {
+            observer.emit(HttpConnectionsFull {
                 limit: config.max_connections,
             });
         }
@@ -79,7 +79,7 @@ pub(super) async fn serve(
                 Err(error) => {
                     // Out of descriptors or a connection reset before it was
                     // taken: pause instead of spinning on the same error.
-                    observer.emit(Event::HttpAcceptFailed(error.to_string()));
+                    observer.emit(HttpAcceptFailed { error: error.to_string() });
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }

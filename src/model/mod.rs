@@ -5,11 +5,13 @@
 
 mod counts;
 mod desired;
+mod failure;
 mod stored;
 mod trigger;
 
 pub use counts::JobCounts;
 pub use desired::{DesiredScheduler, InvalidRow, Schedule};
+pub use failure::FailureReason;
 pub(crate) use stored::PROMOTION_MARGIN_MS;
 pub use stored::{
     scheduler_job_id, NextJobFacts, NextJobState, QueueSchedulers, SchedulerFields, StoredScheduler,

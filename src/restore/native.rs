@@ -8,11 +8,16 @@
 //! lost another writer may be at work, and two writers racing over the same
 //! schedulers make BullMQ refuse each other's upserts.
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
 use serde::Serialize;
 
+use super::{OwnWrites, Restore, RestoreError, Restored};
+use crate::config::RecoveryConfig;
+use crate::model::Cause;
 use crate::model::{DesiredScheduler, InvalidRow};
 use crate::plan::{Difference, Plan};
 use crate::restore::lease::Held;
@@ -111,30 +116,167 @@ impl<'a> Write<'a> {
     }
 }
 
-/// Applies `plan`: creates and updates always, removes orphans only when
-/// `prune`. A real run writes only while it holds `lease` (a dry run writes
-/// nothing and needs none).
+/// How a plan is carried out.
+#[derive(Debug, Clone, Copy)]
+pub struct WriteOptions {
+    /// Remove orphans too (`[recovery] prune_orphans`).
+    pub prune: bool,
+    /// Writes in flight at once (`[recovery] concurrency`).
+    pub concurrency: usize,
+}
+
+impl From<&RecoveryConfig> for WriteOptions {
+    fn from(recovery: &RecoveryConfig) -> Self {
+        Self {
+            prune: recovery.prune_orphans,
+            concurrency: recovery.concurrency,
+        }
+    }
+}
+
+impl RecoverReport {
+    /// What carrying out `plan` does, before anything is written: the dry
+    /// run's report.
+    pub fn planned(plan: &Plan, prune: bool) -> Self {
+        let mut report = Self::listing(plan, prune);
+        report.dry_run = true;
+        report.count_changes(|_| true);
+        report.success = true;
+        report
+    }
+
+    /// `plan` carried out by someone else — the application, asked by the
+    /// webhook — and found done by the comparison after it.
+    pub fn done_elsewhere(plan: &Plan, prune: bool) -> Self {
+        let mut report = Self::planned(plan, prune);
+        report.dry_run = false;
+        report.recovered_tasks = report.created + report.updated;
+        report
+    }
+
+    /// Every change the plan makes, nothing counted as done yet.
+    fn listing(plan: &Plan, prune: bool) -> Self {
+        let mut report = RecoverReport {
+            invalid: plan.invalid.clone(),
+            ..RecoverReport::default()
+        };
+        for (queue, queue_plan) in &plan.queues {
+            report.unchanged += queue_plan.unchanged.len();
+            report.orphaned += queue_plan.orphaned.len();
+            report.legacy += queue_plan.legacy;
+            for scheduler in &queue_plan.create {
+                report
+                    .changes
+                    .push(change(scheduler, Action::Create, Vec::new()));
+            }
+            for update in &queue_plan.update {
+                let differs = update.differs.clone();
+                report
+                    .changes
+                    .push(change(&update.scheduler, Action::Update, differs));
+            }
+            for scheduler_id in &queue_plan.orphaned {
+                report.changes.push(Change {
+                    queue: queue.clone(),
+                    scheduler_id: scheduler_id.clone(),
+                    row_id: None,
+                    action: if prune { Action::Remove } else { Action::Keep },
+                    differs: Vec::new(),
+                    not_done: false,
+                });
+            }
+        }
+        report
+    }
+
+    /// Counts the creates and updates among the changes `done` accepts
+    /// (removals are counted as Redis confirms them, or all in a dry run).
+    fn count_changes(&mut self, done: impl Fn(&Change) -> bool) {
+        for c in self.changes.iter().filter(|c| done(c)) {
+            match c.action {
+                Action::Create => self.created += 1,
+                Action::Update => self.updated += 1,
+                Action::Remove if self.dry_run => self.removed += 1,
+                Action::Remove | Action::Keep => {}
+            }
+        }
+    }
+}
+
+/// The native strategy: writes through BullMQ's scripts from here.
+pub struct Native<'a> {
+    pub store: BullmqStore,
+    pub options: WriteOptions,
+    /// Raised while writing, so the keyspace watcher ignores the echoes.
+    pub own_writes: &'a OwnWrites,
+}
+
+impl Restore for Native<'_> {
+    fn restore<'a>(
+        &'a self,
+        plan: &'a Plan,
+        _trigger: Cause,
+        lease: &'a Held,
+    ) -> BoxFuture<'a, Result<Restored, RestoreError>> {
+        Box::pin(async move {
+            let _writing = self.own_writes.begin();
+            let report = apply(&self.store, plan, self.options, lease).await;
+            if let Some(reason) = report.stopped {
+                return Err(RestoreError::LeaseLost(reason));
+            }
+            if let Some(failure) = report.failed.first() {
+                return Err(RestoreError::WritesFailed {
+                    failed: report.failed.len(),
+                    total: report.changes.len(),
+                    scheduler_id: failure.scheduler_id.clone(),
+                    reason: failure.reason.clone(),
+                });
+            }
+            Ok(Restored::Written(report))
+        })
+    }
+}
+
+/// Carries out `plan` — creates and updates always, removals of orphans only
+/// with `options.prune` — while `lease` stays this writer's.
 pub async fn apply(
     store: &BullmqStore,
     plan: &Plan,
-    prune: bool,
-    concurrency: usize,
-    dry_run: bool,
-    lease: Option<&Held>,
+    options: WriteOptions,
+    lease: &Held,
 ) -> RecoverReport {
     let started = Instant::now();
-    let mut report = RecoverReport {
-        dry_run,
-        invalid: plan.invalid.clone(),
-        ..RecoverReport::default()
-    };
+    let mut report = RecoverReport::listing(plan, options.prune);
+    let writes = writes_for(store, plan, options.prune).await;
+    let outcome = write_all(store, writes, options.concurrency, lease).await;
+    report.removed = outcome.removed;
+    report.stopped = outcome.stopped;
+    let failed_ids: HashSet<&str> = outcome
+        .failed
+        .iter()
+        .map(|f| f.scheduler_id.as_str())
+        .collect();
+    for c in &mut report.changes {
+        c.not_done = outcome
+            .not_done
+            .contains(&(c.queue.clone(), c.scheduler_id.clone()));
+    }
+    report.count_changes(|c| !c.not_done && !failed_ids.contains(c.scheduler_id.as_str()));
+    report.failed = outcome.failed;
+    report.recovered_tasks = report.created + report.updated;
+    report.success = report.failed.is_empty() && report.stopped.is_none();
+    report.duration_ms = millis(started.elapsed());
+    report
+}
+
+/// The writes `plan` needs, in the order of its changes. A create whose next
+/// run's job survived the loss of its scheduler is written so that BullMQ
+/// takes that job over instead of refusing it.
+async fn writes_for<'a>(store: &BullmqStore, plan: &'a Plan, prune: bool) -> Vec<Write<'a>> {
     let mut writes = Vec::new();
     for (queue, queue_plan) in &plan.queues {
-        report.unchanged += queue_plan.unchanged.len();
-        report.orphaned += queue_plan.orphaned.len();
-        report.legacy += queue_plan.legacy;
         // Unknown (a failed read) means the upsert finds out for itself.
-        let mut orphaned_next_jobs = match dry_run || queue_plan.create.is_empty() {
+        let mut orphaned_next_jobs = match queue_plan.create.is_empty() {
             true => Vec::new(),
             false => store
                 .orphaned_next_jobs(queue, &queue_plan.create)
@@ -142,9 +284,6 @@ pub async fn apply(
                 .unwrap_or_default(),
         };
         for (index, scheduler) in queue_plan.create.iter().enumerate() {
-            report
-                .changes
-                .push(change(scheduler, Action::Create, Vec::new()));
             writes.push(
                 match orphaned_next_jobs.get_mut(index).and_then(Option::take) {
                     Some(orphan) => Write::UpsertAfterOrphan(scheduler, orphan),
@@ -153,60 +292,58 @@ pub async fn apply(
             );
         }
         for update in &queue_plan.update {
-            report.changes.push(change(
-                &update.scheduler,
-                Action::Update,
-                update.differs.clone(),
-            ));
             writes.push(match &update.stranded_job_id {
                 Some(job_id) => Write::ReplaceStranded(&update.scheduler, job_id),
                 None => Write::Upsert(&update.scheduler),
             });
         }
-        for scheduler_id in &queue_plan.orphaned {
-            report.changes.push(Change {
-                queue: queue.clone(),
-                scheduler_id: scheduler_id.clone(),
-                row_id: None,
-                action: if prune { Action::Remove } else { Action::Keep },
-                differs: Vec::new(),
-                not_done: false,
-            });
-            if prune {
-                writes.push(Write::Remove {
-                    queue,
-                    scheduler_id,
-                });
-            }
+        if prune {
+            writes.extend(
+                queue_plan
+                    .orphaned
+                    .iter()
+                    .map(|scheduler_id| Write::Remove {
+                        queue,
+                        scheduler_id,
+                    }),
+            );
         }
     }
-    if dry_run {
-        for c in &report.changes {
-            match c.action {
-                Action::Create => report.created += 1,
-                Action::Update => report.updated += 1,
-                Action::Remove => report.removed += 1,
-                Action::Keep => {}
-            }
-        }
-        report.success = true;
-        report.duration_ms = millis(started.elapsed());
-        return report;
-    }
-    // A hand-rolled window over FuturesUnordered: at most `concurrency` writes
-    // in flight, refilled as each one finishes — until the lease is lost;
-    // the writes in flight then finish (each is one atomic script).
-    let mut failed_ids = std::collections::HashSet::new();
+    writes
+}
+
+/// What the writes did.
+struct WriteOutcome {
+    failed: Vec<Failure>,
+    removed: usize,
+    /// (queue, scheduler id) of the writes never started.
+    not_done: HashSet<(String, String)>,
+    stopped: Option<String>,
+}
+
+/// A window over FuturesUnordered: at most `concurrency` writes in flight,
+/// refilled as each one finishes — until the lease is lost; the writes in
+/// flight then finish (each is one atomic script).
+async fn write_all(
+    store: &BullmqStore,
+    writes: Vec<Write<'_>>,
+    concurrency: usize,
+    lease: &Held,
+) -> WriteOutcome {
+    let mut outcome = WriteOutcome {
+        failed: Vec::new(),
+        removed: 0,
+        not_done: HashSet::new(),
+        stopped: None,
+    };
     let mut queued = writes.into_iter().peekable();
     let mut started_writes = 0usize;
     let mut in_flight = FuturesUnordered::new();
     loop {
-        while in_flight.len() < concurrency && report.stopped.is_none() {
-            if queued.peek().is_none() {
-                break;
-            }
-            report.stopped = lease_lost(lease, started_writes).await;
-            if report.stopped.is_none() {
+        while in_flight.len() < concurrency && outcome.stopped.is_none() && queued.peek().is_some()
+        {
+            outcome.stopped = lease_lost(lease, started_writes).await;
+            if outcome.stopped.is_none() {
                 if let Some(write) = queued.next() {
                     started_writes += 1;
                     in_flight.push(carry_out(store, write));
@@ -217,40 +354,25 @@ pub async fn apply(
             break;
         };
         match result {
-            Ok(removed) => report.removed += usize::from(removed),
-            Err(error) => {
-                failed_ids.insert(scheduler_id);
-                report.failed.push(Failure {
-                    id: row_id.to_owned(),
-                    scheduler_id: scheduler_id.to_owned(),
-                    reason: error.to_string(),
-                });
-            }
+            Ok(removed) => outcome.removed += usize::from(removed),
+            Err(error) => outcome.failed.push(Failure {
+                id: row_id.to_owned(),
+                scheduler_id: scheduler_id.to_owned(),
+                reason: error.to_string(),
+            }),
         }
     }
-    let not_done: std::collections::HashSet<(&str, &str)> = queued.map(Write::target).collect();
-    for c in &mut report.changes {
-        c.not_done = not_done.contains(&(c.queue.as_str(), c.scheduler_id.as_str()));
-        if c.not_done || failed_ids.contains(c.scheduler_id.as_str()) {
-            continue;
-        }
-        match c.action {
-            Action::Create => report.created += 1,
-            Action::Update => report.updated += 1,
-            Action::Remove | Action::Keep => {}
-        }
-    }
-    report.recovered_tasks = report.created + report.updated;
-    report.success = report.failed.is_empty() && report.stopped.is_none();
-    report.duration_ms = millis(started.elapsed());
-    report
+    outcome.not_done = queued
+        .map(Write::target)
+        .map(|(queue, id)| (queue.to_owned(), id.to_owned()))
+        .collect();
+    outcome
 }
 
 /// Why the lease is no longer ours, if it is not: asks Redis before the
 /// first write and every `LEASE_CHECK_EVERY` writes, and hears from the
 /// renewals in between.
-async fn lease_lost(lease: Option<&Held>, started_writes: usize) -> Option<String> {
-    let lease = lease?;
+async fn lease_lost(lease: &Held, started_writes: usize) -> Option<String> {
     let reason = if started_writes.is_multiple_of(LEASE_CHECK_EVERY) {
         lease.confirm().await
     } else {

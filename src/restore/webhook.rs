@@ -5,8 +5,13 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
+
+use super::lease::Held;
+use super::{Restore, RestoreError, Restored};
 use crate::config::{read_secret, redact_url, RecoveryConfig};
 use crate::model::Cause;
+use crate::plan::Plan;
 
 /// Environment variable holding the webhook's bearer token.
 pub const WEBHOOK_TOKEN_ENV: &str = "BULLMQ_WARDEN_WEBHOOK_TOKEN";
@@ -100,6 +105,21 @@ impl Webhook {
         } else {
             Err(error(format!("answered {status}")))
         }
+    }
+}
+
+impl Restore for Webhook {
+    fn restore<'a>(
+        &'a self,
+        plan: &'a Plan,
+        trigger: Cause,
+        _lease: &'a Held,
+    ) -> BoxFuture<'a, Result<Restored, RestoreError>> {
+        Box::pin(async move {
+            self.call(trigger, plan.missing(), plan.mismatched())
+                .await?;
+            Ok(Restored::Requested)
+        })
     }
 }
 

@@ -5,19 +5,20 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use backon::BackoffBuilder;
 use futures::StreamExt;
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::flushes::{FlushNotice, FlushTracking};
+use super::SharedQueues;
+use super::Signals;
+use crate::backoff::Backoff;
 use crate::clock::now_ms;
-use crate::decision::SharedQueues;
 use crate::model::Cause;
 use crate::model::Trigger;
-use crate::report::events::{Event, Observer};
+use crate::report::events::{FlushNoticed, KeyspaceNotifications, KeyspacePaused, Observer};
 use crate::store::SharedStore;
 
 /// Flags the watcher needs: keyspace channel (K), generic commands such as DEL
@@ -66,7 +67,7 @@ pub struct KeyspaceWatcher {
     pub prefix: String,
     pub manage_config: bool,
     pub queues: SharedQueues,
-    pub triggers: mpsc::Sender<Trigger>,
+    pub signals: Signals,
     pub observer: Observer,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
@@ -195,11 +196,7 @@ enum Notice {
 impl KeyspaceWatcher {
     /// Subscribes, and subscribes again after every lost connection.
     pub async fn run(mut self, shutdown: CancellationToken) {
-        let backoff = backon::ExponentialBuilder::default()
-            .with_min_delay(self.backoff_min)
-            .with_max_delay(self.backoff_max)
-            .without_max_times();
-        let mut delays = backoff.build();
+        let mut backoff = Backoff::new(self.backoff_min, self.backoff_max);
         let mut first = true;
         loop {
             let mut established = false;
@@ -210,15 +207,15 @@ impl KeyspaceWatcher {
             // Only failures in a row back off further: after a restart the
             // subscription is back within `backoff_min`, however many came before.
             if established {
-                delays = backoff.build();
+                backoff.reset();
             }
             self.poll_now.notify_one();
             first = false;
-            self.observer.emit(Event::KeyspaceNotifications {
+            self.observer.emit(KeyspaceNotifications {
                 active: false,
                 detail: format!("keyspace subscription lost: {error}"),
             });
-            let delay = delays.next().unwrap_or(self.backoff_max);
+            let delay = backoff.fail();
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = shutdown.cancelled() => return,
@@ -257,7 +254,7 @@ impl KeyspaceWatcher {
         };
         let mut probe = self.report_flags(&store, &mut session).await;
         if !first {
-            self.signal(
+            self.signals.raise_now(
                 Cause::Reconnect,
                 None,
                 "keyspace subscription re-established; notifications may have been missed".into(),
@@ -292,7 +289,7 @@ impl KeyspaceWatcher {
                             return format!("cannot resume or pause the subscription: {e}");
                         }
                     }
-                    tracing::debug!(event = "keyspace_paused", paused = writing, "own writes");
+                    self.observer.emit(KeyspacePaused { paused: writing });
                     continue;
                 }
                 _ = tokio::time::sleep_until(probe_deadline), if probe.is_some() => {
@@ -316,7 +313,7 @@ impl KeyspaceWatcher {
                 Notice::Closed => return "connection closed".into(),
                 Notice::Flushed => {
                     // The poll compares the counts and reports the flush.
-                    tracing::debug!(event = "flush_notice", "a database was flushed");
+                    self.observer.emit(FlushNoticed);
                     self.poll_now.notify_one();
                     continue;
                 }
@@ -324,7 +321,7 @@ impl KeyspaceWatcher {
             let event: String = message.get_payload().unwrap_or_default();
             if let Some(pending) = probe.as_mut() {
                 if message.get_channel_name() == pending.channel && pending.observe(&event) {
-                    self.observer.emit(Event::KeyspaceNotifications {
+                    self.observer.emit(KeyspaceNotifications {
                         active: true,
                         detail: pending.detail("notifications arrived"),
                     });
@@ -408,14 +405,14 @@ impl KeyspaceWatcher {
         session: &mut Session,
     ) -> Option<Probe> {
         if !session.problems.is_empty() {
-            self.observer.emit(Event::KeyspaceNotifications {
+            self.observer.emit(KeyspaceNotifications {
                 active: false,
                 detail: format!("{}; relying on polling alone", session.problems.join("; ")),
             });
             return None;
         }
         if session.unreadable.is_empty() {
-            self.observer.emit(Event::KeyspaceNotifications {
+            self.observer.emit(KeyspaceNotifications {
                 active: true,
                 detail: session.details.join("; "),
             });
@@ -427,7 +424,7 @@ impl KeyspaceWatcher {
         match probe.write(store).await {
             Ok(()) => Some(probe),
             Err(e) => {
-                self.observer.emit(Event::KeyspaceNotifications {
+                self.observer.emit(KeyspaceNotifications {
                     active: false,
                     detail: probe.detail(&format!("cannot write ({e}); relying on polling alone")),
                 });
@@ -437,7 +434,7 @@ impl KeyspaceWatcher {
     }
 
     fn probe_failed(&self, probe: &Probe) {
-        self.observer.emit(Event::KeyspaceNotifications {
+        self.observer.emit(KeyspaceNotifications {
             active: false,
             detail: probe.detail(&format!(
                 "no notification needing the flags {:?} arrived within {PROBE_WAIT:?} \
@@ -468,32 +465,18 @@ impl KeyspaceWatcher {
             .is_none_or(|at| now.duration_since(*at) >= DETECTION_LOG_INTERVAL);
         if log {
             last_logged.insert(queue.to_owned(), now);
-            self.signal(
+            self.signals.raise_now(
                 Cause::Keyspace,
                 Some(queue),
                 format!("{event} on {}:{key}", self.prefix),
             );
         } else {
-            let _ = self.triggers.try_send(Trigger {
+            self.signals.nudge(Trigger {
                 cause: Cause::Keyspace,
                 since_ms: now_ms(),
                 queue: Some(queue.to_owned()),
             });
         }
-    }
-
-    fn signal(&self, cause: Cause, queue: Option<&str>, detail: String) {
-        self.observer.emit(Event::Detected {
-            cause,
-            queue,
-            detail,
-        });
-        // A full channel already holds triggers enough for one more cycle.
-        let _ = self.triggers.try_send(Trigger {
-            cause,
-            since_ms: now_ms(),
-            queue: queue.map(str::to_owned),
-        });
     }
 
     /// Makes sure the needed notification flags are on; `Err` says why they

@@ -1,9 +1,88 @@
 //! Signals: the ways the watcher notices that Redis may have lost schedulers —
-//! keyspace notifications, the INFO/count poll, Sentinel failovers and config
-//! reloads. Each turns what it sees into a [`Trigger`](crate::model::Trigger).
+//! keyspace notifications, the INFO/count poll, Sentinel failovers, config
+//! reloads and the periodic check. Each raises a [`Trigger`] through
+//! [`Signals`], the one place a detection is logged, counted and handed to
+//! the decision loop.
+//!
+//! A new signal source is a module here that takes a [`Signals`] and calls
+//! [`Signals::raise`] when it sees a possible loss.
 
 pub mod flushes;
 pub mod keyspace;
 pub mod poll;
 pub(crate) mod reload;
 pub mod sentinel;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use crate::clock::now_ms;
+use crate::model::{Cause, Trigger};
+use crate::report::events::{Detected, Observer};
+
+/// The queues the watcher looks at, refreshed from every comparison.
+pub type SharedQueues = Arc<std::sync::RwLock<Vec<String>>>;
+
+/// Queues a recovery just filled, with how many schedulers they hold now. The
+/// poll takes them as its previous counts, so a flush right after a recovery
+/// (before the poll saw the filled set) is still seen as a flush.
+pub type RestoredCounts = Arc<std::sync::Mutex<BTreeMap<String, u64>>>;
+
+/// Triggers queued before the decision loop takes them; a full queue already
+/// holds triggers enough for one more cycle, so more are dropped.
+const QUEUED_TRIGGERS: usize = 1024;
+
+/// Where every signal source sends what it noticed.
+#[derive(Clone)]
+pub struct Signals {
+    triggers: mpsc::Sender<Trigger>,
+    observer: Observer,
+}
+
+impl Signals {
+    /// The sending side, and the receiver the decision loop reads.
+    pub fn channel(observer: Observer) -> (Self, mpsc::Receiver<Trigger>) {
+        let (triggers, receiver) = mpsc::channel(QUEUED_TRIGGERS);
+        (Self { triggers, observer }, receiver)
+    }
+
+    /// A detection: logged and counted once, then one trigger per queue it
+    /// names (or one for all queues when it names none).
+    pub fn raise(&self, cause: Cause, queues: &[&str], since_ms: u64, detail: String) {
+        self.observer.emit(Detected {
+            cause,
+            queue: match queues {
+                [only] => Some(*only),
+                _ => None,
+            },
+            detail,
+        });
+        if queues.is_empty() {
+            self.nudge(Trigger::new(cause, since_ms));
+        }
+        for queue in queues {
+            self.nudge(Trigger {
+                cause,
+                since_ms,
+                queue: Some((*queue).to_owned()),
+            });
+        }
+    }
+
+    /// A detection that happened just now.
+    pub fn raise_now(&self, cause: Cause, queue: Option<&str>, detail: String) {
+        let queues: &[&str] = match &queue {
+            Some(queue) => std::slice::from_ref(queue),
+            None => &[],
+        };
+        self.raise(cause, queues, now_ms(), detail);
+    }
+
+    /// A trigger that is not a detection of its own: a periodic check, a
+    /// reload, or a repeat of a detection already logged.
+    pub fn nudge(&self, trigger: Trigger) {
+        let _ = self.triggers.try_send(trigger);
+    }
+}

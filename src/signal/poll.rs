@@ -13,14 +13,17 @@ use std::time::{Duration, Instant};
 
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
+use super::Signals;
+use super::{RestoredCounts, SharedQueues};
 use crate::clock::now_ms;
-use crate::decision::{RestoredCounts, SharedQueues};
 use crate::model::Cause;
-use crate::model::Trigger;
-use crate::report::events::{Condition, Event, Observer, Persistence};
+use crate::report::events::{
+    Condition, Observer, Persistence, PersistenceRead, RedisCondition, RedisDown, RedisLoading,
+    RedisMemory, RedisUp,
+};
 use crate::store::settings::{parse_info, RedisSettings};
 use crate::store::{Polled, SharedStore};
 
@@ -63,7 +66,7 @@ pub struct Poller {
     /// Woken when Redis may have changed under the watcher (the keyspace
     /// subscription dropped, a flush was reported): the poll looks at once.
     pub poll_now: Arc<Notify>,
-    pub triggers: mpsc::Sender<Trigger>,
+    pub signals: Signals,
     pub loading: watch::Sender<bool>,
     pub interval: Duration,
     /// How often persistence settings are read again.
@@ -153,10 +156,10 @@ impl Poller {
         let since_ms = seen.last_ok_ms.unwrap_or_else(now_ms);
         if seen.down {
             seen.down = false;
-            self.observer.emit(Event::RedisUp(true, None));
-            self.signal(
+            self.observer.emit(RedisUp);
+            self.signals.raise(
                 Cause::Reconnect,
-                None,
+                &[],
                 since_ms,
                 "connection to Redis restored".into(),
             );
@@ -169,7 +172,7 @@ impl Poller {
                 .and_then(|v| v.parse::<u64>().ok())
                 .unwrap_or_default()
         };
-        self.observer.emit(Event::Memory {
+        self.observer.emit(RedisMemory {
             used: number("used_memory"),
             max: number("maxmemory"),
         });
@@ -186,7 +189,7 @@ impl Poller {
         seen.connection = None;
         if !seen.down {
             seen.down = true;
-            self.observer.emit(Event::RedisUp(false, Some(error)));
+            self.observer.emit(RedisDown { error });
         }
     }
 
@@ -206,9 +209,9 @@ impl Poller {
             now.uptime_s < before.uptime_s
         };
         if restarted {
-            self.signal(
+            self.signals.raise(
                 Cause::Restart,
-                None,
+                &[],
                 since_ms,
                 format!(
                     "Redis restarted (run_id {} → {}, uptime {}s → {}s)",
@@ -221,9 +224,9 @@ impl Poller {
             return true;
         }
         if new_server || now.role != before.role || now.replid != before.replid {
-            self.signal(
+            self.signals.raise(
                 Cause::Failover,
-                None,
+                &[],
                 since_ms,
                 format!(
                     "another Redis answers: run_id {} → {}, role {} → {}, replication id {} → {}",
@@ -242,7 +245,7 @@ impl Poller {
     fn observe_loading(&self, info: &HashMap<String, String>) {
         let loading = info.get("loading").is_some_and(|v| v == "1");
         if *self.loading.borrow() != loading {
-            self.observer.emit(Event::RedisLoading(loading));
+            self.observer.emit(RedisLoading { loading });
             let _ = self.loading.send(loading);
         }
     }
@@ -260,7 +263,7 @@ impl Poller {
             .map(|mut r| std::mem::take(&mut *r))
             .unwrap_or_default();
         for (queue, count) in &polled.counts {
-            self.observer.metrics().set_job_counts(queue, count);
+            self.observer.metrics().queues.set_job_counts(queue, count);
             let polled_before = seen.repeat_counts.insert(queue.clone(), count.repeatable);
             let before = polled_before.max(restored.get(queue).copied());
             if before.is_some_and(|b| b > 0) && count.repeatable == 0 {
@@ -303,21 +306,11 @@ impl Poller {
             .chain(stranded.iter().map(|(queue, _)| queue))
             .map(String::as_str)
             .collect();
-        let [first, rest @ ..] = queues.as_slice() else {
+        if queues.is_empty() {
             return;
-        };
-        self.observer.emit(Event::Detected {
-            cause: Cause::Flush,
-            queue: rest.is_empty().then_some(*first),
-            detail: details.join("; "),
-        });
-        for queue in queues {
-            let _ = self.triggers.try_send(Trigger {
-                cause: Cause::Flush,
-                since_ms,
-                queue: Some(queue.to_owned()),
-            });
         }
+        self.signals
+            .raise(Cause::Flush, &queues, since_ms, details.join("; "));
     }
 
     async fn read_settings(&self, seen: &mut Seen) {
@@ -338,25 +331,11 @@ impl Poller {
         if let Some(settings) = &persistence {
             let now = Condition::of(settings);
             for (condition, holds) in changes(&seen.conditions, &now) {
-                self.observer
-                    .emit(Event::RedisCondition { condition, holds });
+                self.observer.emit(RedisCondition { condition, holds });
             }
             seen.conditions = now;
         }
-        self.observer.emit(Event::PersistenceRead(persistence));
-    }
-
-    fn signal(&self, cause: Cause, queue: Option<&str>, since_ms: u64, detail: String) {
-        self.observer.emit(Event::Detected {
-            cause,
-            queue,
-            detail,
-        });
-        let _ = self.triggers.try_send(Trigger {
-            cause,
-            since_ms,
-            queue: queue.map(str::to_owned),
-        });
+        self.observer.emit(PersistenceRead(persistence));
     }
 }
 

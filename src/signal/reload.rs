@@ -11,14 +11,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::signal::unix::{signal, Signal, SignalKind};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::Signals;
 use crate::clock::now_ms;
 use crate::config::{Config, ConfigOrigin};
 use crate::model::Cause;
 use crate::model::Trigger;
-use crate::report::events::{Event, Observer};
+use crate::report::events::{ConfigReloadFailed, ConfigReloaded, Observer};
 use crate::warden::Warden;
 
 /// How often the file's content is compared with the last one read.
@@ -129,7 +129,7 @@ pub(crate) struct Reloader {
     pub observer: Observer,
     /// A comparison right after a reload puts new source or recovery keys
     /// to work without waiting for the next drift check.
-    pub triggers: mpsc::Sender<Trigger>,
+    pub signals: Signals,
 }
 
 impl Reloader {
@@ -137,7 +137,7 @@ impl Reloader {
         let mut hangup = match hangup {
             Ok(hangup) => Some(hangup),
             Err(error) => {
-                self.observer.emit(Event::ConfigReloadFailed {
+                self.observer.emit(ConfigReloadFailed {
                     trigger: "SIGHUP",
                     reason: format!("cannot handle SIGHUP: {error}"),
                 });
@@ -173,7 +173,7 @@ impl Reloader {
         let loaded = match self.origin.load() {
             Ok(loaded) => loaded,
             Err(error) => {
-                return self.observer.emit(Event::ConfigReloadFailed {
+                return self.observer.emit(ConfigReloadFailed {
                     trigger,
                     reason: error.to_string(),
                 })
@@ -183,9 +183,9 @@ impl Reloader {
         let auto_recovery = changes.config.recovery.auto;
         if !changes.applied.is_empty() {
             self.warden.replace_config(changes.config);
-            let _ = self.triggers.try_send(Trigger::new(Cause::Drift, now_ms()));
+            self.signals.nudge(Trigger::new(Cause::Drift, now_ms()));
         }
-        self.observer.emit(Event::ConfigReloaded {
+        self.observer.emit(ConfigReloaded {
             trigger,
             applied: &changes.applied,
             needs_restart: &changes.needs_restart,

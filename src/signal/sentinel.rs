@@ -4,14 +4,13 @@
 
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::clock::now_ms;
+use super::Signals;
 use crate::config::RedisConfig;
 use crate::model::Cause;
-use crate::model::Trigger;
-use crate::report::events::{Event, Observer};
+use crate::report::events::{Observer, PrimaryUnreachable};
 use crate::store::target;
 use crate::store::{BullmqStore, SharedStore};
 
@@ -19,7 +18,7 @@ pub struct PrimaryFollower {
     pub config: RedisConfig,
     pub store: SharedStore,
     pub observer: Observer,
-    pub triggers: mpsc::Sender<Trigger>,
+    pub signals: Signals,
     pub moved: watch::Sender<u64>,
     pub interval: Duration,
 }
@@ -54,19 +53,11 @@ impl PrimaryFollower {
                 );
                 self.store.replace(store);
                 self.moved.send_modify(|generation| *generation += 1);
-                self.observer.emit(Event::Detected {
-                    cause: Cause::Failover,
-                    queue: None,
-                    detail,
-                });
-                let _ = self
-                    .triggers
-                    .try_send(Trigger::new(Cause::Failover, now_ms()));
+                self.signals.raise_now(Cause::Failover, None, detail);
             }
-            Err(error) => tracing::warn!(
-                event = "primary_unreachable",
-                "the sentinels name a new primary, but it does not answer yet: {error}"
-            ),
+            Err(error) => self.observer.emit(PrimaryUnreachable {
+                error: error.to_string(),
+            }),
         }
     }
 }

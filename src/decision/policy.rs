@@ -1,0 +1,204 @@
+//! The decisions of the recovery loop, as pure functions of what it knows:
+//! which cause names a cycle, what a comparison calls for, and how long to
+//! wait after a failed attempt. The loop and the reconciler only carry them out.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use crate::backoff::{full_jitter, Backoff};
+use crate::config::Config;
+use crate::model::Cause;
+use crate::plan::Plan;
+
+use super::error::RecoveryError;
+
+/// The loop's timing, read from the config at each use (a reload changes it).
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub debounce_quiet: Duration,
+    pub debounce_max: Duration,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+}
+
+impl From<&Config> for Timing {
+    fn from(config: &Config) -> Self {
+        Self {
+            debounce_quiet: config.watch.debounce_quiet,
+            debounce_max: config.watch.debounce_max,
+            backoff_min: config.recovery.backoff_min,
+            backoff_max: config.recovery.backoff_max,
+        }
+    }
+}
+
+/// The cause that names a cycle started by `causes`: the most telling one,
+/// a loss before a reconnect before a routine check.
+pub fn naming_cause(causes: &BTreeSet<Cause>) -> Cause {
+    causes
+        .iter()
+        .copied()
+        .min_by_key(|cause| precedence(*cause))
+        .unwrap_or(Cause::Drift)
+}
+
+fn precedence(cause: Cause) -> u8 {
+    match cause {
+        Cause::Restart => 0,
+        Cause::Flush => 1,
+        Cause::Failover => 2,
+        Cause::Keyspace => 3,
+        Cause::Reconnect => 4,
+        Cause::Startup => 5,
+        Cause::Drift => 6,
+        Cause::Manual => 7,
+    }
+}
+
+/// What a comparison calls for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    InSync,
+    /// Drift that only a periodic check saw, for the first time: it may be
+    /// the application mid-change, so look again after the debounce window.
+    ConfirmLater,
+    /// Drift, but automatic recovery is off: report it, write nothing.
+    ReportOnly,
+    Restore,
+}
+
+/// Judges a comparison. `only_periodic`: nothing but periodic checks asked;
+/// `seen_before`: the cycle before this one already saw the drift.
+pub fn verdict(plan: &Plan, only_periodic: bool, seen_before: bool, auto: bool) -> Verdict {
+    if plan.is_in_sync() {
+        Verdict::InSync
+    } else if only_periodic && !seen_before {
+        Verdict::ConfirmLater
+    } else if !auto {
+        Verdict::ReportOnly
+    } else {
+        Verdict::Restore
+    }
+}
+
+/// How the loop goes on after a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retry {
+    /// How long to wait before the next attempt.
+    pub wait: Duration,
+    /// The backoff ceiling the wait was drawn under; `None` when the attempt
+    /// did not fail but was deferred (another sidecar holds the lease).
+    pub ceiling: Option<Duration>,
+}
+
+/// The error policy: a busy lease is re-checked after the debounce window
+/// (at least 500 ms) without counting as a failure; anything else counts and
+/// waits a fully jittered exponential delay.
+pub fn error_policy(error: &RecoveryError, backoff: &mut Backoff, timing: &Timing) -> Retry {
+    match error {
+        RecoveryError::LeaseBusy => Retry {
+            wait: timing.debounce_quiet.max(Duration::from_millis(500)),
+            ceiling: None,
+        },
+        _ => {
+            let ceiling = backoff.fail();
+            Retry {
+                wait: full_jitter(ceiling),
+                ceiling: Some(ceiling),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::QueuePlan;
+
+    fn timing() -> Timing {
+        Timing {
+            debounce_quiet: Duration::from_millis(200),
+            debounce_max: Duration::from_secs(10),
+            backoff_min: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(4),
+        }
+    }
+
+    fn orphans_only() -> Plan {
+        let mut plan = Plan::default();
+        let queue = QueuePlan {
+            orphaned: vec!["x".into()],
+            ..QueuePlan::default()
+        };
+        plan.queues.insert("q".into(), queue);
+        plan
+    }
+
+    #[test]
+    fn a_loss_names_the_cycle_whatever_else_came_with_it() {
+        let causes = BTreeSet::from([Cause::Drift, Cause::Reconnect, Cause::Flush]);
+        assert_eq!(naming_cause(&causes), Cause::Flush);
+        let causes = BTreeSet::from([Cause::Manual, Cause::Restart]);
+        assert_eq!(naming_cause(&causes), Cause::Restart);
+        assert_eq!(naming_cause(&BTreeSet::new()), Cause::Drift);
+    }
+
+    #[test]
+    fn drift_seen_only_by_a_periodic_check_is_confirmed_before_acting() {
+        let in_sync = Plan::default();
+        assert_eq!(verdict(&in_sync, true, false, true), Verdict::InSync);
+        let mut missing = Plan::default();
+        missing.queues.insert(
+            "q".into(),
+            QueuePlan {
+                create: vec![crate::model::DesiredScheduler {
+                    row_id: "1".into(),
+                    queue: "q".into(),
+                    scheduler_id: "t:1".into(),
+                    name: "n".into(),
+                    schedule: crate::model::Schedule::EveryMs(1000),
+                    tz: None,
+                    data: "{}".into(),
+                    opts: "{}".into(),
+                    start_date: None,
+                    end_date: None,
+                    limit: None,
+                }],
+                ..QueuePlan::default()
+            },
+        );
+        assert_eq!(verdict(&missing, true, false, true), Verdict::ConfirmLater);
+        assert_eq!(verdict(&missing, true, true, true), Verdict::Restore);
+        assert_eq!(verdict(&missing, false, false, true), Verdict::Restore);
+        assert_eq!(verdict(&missing, false, false, false), Verdict::ReportOnly);
+        // Orphans alone are not drift to restore.
+        assert_eq!(
+            verdict(&orphans_only(), false, false, true),
+            Verdict::InSync
+        );
+    }
+
+    #[test]
+    fn a_busy_lease_is_rechecked_without_counting_as_a_failure() {
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(4));
+        let retry = error_policy(&RecoveryError::LeaseBusy, &mut backoff, &timing());
+        assert_eq!(retry.wait, Duration::from_millis(500));
+        assert_eq!(retry.ceiling, None);
+        assert_eq!(backoff.failures(), 0);
+    }
+
+    #[test]
+    fn failures_back_off_exponentially_with_the_wait_under_the_ceiling() {
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(4));
+        let error = RecoveryError::Other("boom".into());
+        let ceilings: Vec<u128> = (0..5)
+            .map(|_| {
+                let retry = error_policy(&error, &mut backoff, &timing());
+                let ceiling = retry.ceiling.expect("a failure has a ceiling");
+                assert!(retry.wait <= ceiling);
+                ceiling.as_millis()
+            })
+            .collect();
+        assert_eq!(ceilings, vec![500, 1000, 2000, 4000, 4000]);
+    }
+}

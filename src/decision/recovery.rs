@@ -1,0 +1,375 @@
+//! The reconciler over the real world: compares the rows with Redis under
+//! the recovery lease and restores what differs, with the strategy the config
+//! names. One [`Context`] holds what it shares with the rest of the watcher.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Mutex;
+
+use super::controller::{Outcome, Reconcile, Request};
+use super::error::RecoveryError;
+use super::policy::{verdict, Timing, Verdict};
+use crate::clock::now_ms;
+use crate::config::{Catchup, Config, Strategy};
+use crate::model::{Cause, DesiredScheduler, InvalidRow};
+use crate::plan::Plan;
+use crate::report::comparison::{publish_comparison, Settled};
+use crate::report::events::{
+    CatchupFailed, CatchupFired, Detected, DriftConfirmed, LeaseHeld, LeaseReleased, Observer,
+    RecoveryFinished, RecoveryMode, RecoveryStarted, RowInvalid, SourceDown, SourceRead,
+};
+use crate::restore::catchup;
+use crate::restore::lease::{Held, Lease};
+use crate::restore::native::Native;
+use crate::restore::webhook::Webhook;
+use crate::restore::{OwnWrites, RecoverReport, Restore, Restored};
+use crate::signal::{RestoredCounts, SharedQueues};
+use crate::warden::{Snapshot, Warden};
+
+/// A comparison that takes longer is abandoned and retried: something hangs.
+const COMPARE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What the reconciler shares with the rest of the watcher.
+pub struct Context {
+    pub warden: Arc<Warden>,
+    pub observer: Observer,
+    /// Set when `[recovery] strategy = "webhook"`.
+    pub webhook: Option<Webhook>,
+    /// The queues the signal sources watch, refreshed from every comparison.
+    pub queues: SharedQueues,
+    /// Queues a recovery just filled, for the poll's flush detection.
+    pub restored: RestoredCounts,
+    /// Serialises recoveries with the HTTP API's `recover`.
+    pub apply_lock: Arc<Mutex<()>>,
+    /// Raised while restoring, so the keyspace watcher ignores the echoes.
+    pub own_writes: OwnWrites,
+}
+
+/// The reconciler: one per watcher.
+pub struct Recovery {
+    ctx: Context,
+    lease: Lease,
+    /// The invalid rows of the last comparison and their reasons, so that
+    /// each is logged once per change instead of every drift check.
+    invalid_seen: HashMap<(Option<String>, String), String>,
+}
+
+impl Recovery {
+    pub fn new(ctx: Context) -> Self {
+        let config = ctx.warden.config();
+        let lease = Lease::new(ctx.warden.shared_store().clone(), config.recovery.lease_ttl);
+        ctx.observer.emit(RecoveryMode {
+            auto: config.recovery.auto,
+        });
+        Self {
+            ctx,
+            lease,
+            invalid_seen: HashMap::new(),
+        }
+    }
+
+    /// Acts on what differs only with `lease` (automatic recovery is on).
+    async fn compare_and_act(
+        &mut self,
+        config: &Config,
+        request: &Request,
+        lease: Option<&Held>,
+    ) -> Result<Outcome, RecoveryError> {
+        let snapshot = self.compare().await?;
+        let plan = &snapshot.plan;
+        match verdict(
+            plan,
+            request.only_periodic,
+            request.seen_before,
+            config.recovery.auto,
+        ) {
+            Verdict::InSync => return Ok(Outcome::Done),
+            Verdict::ConfirmLater => {
+                self.ctx.observer.emit(Detected {
+                    cause: Cause::Drift,
+                    queue: None,
+                    detail: format!(
+                        "{} schedulers missing and {} differing from their rows",
+                        plan.missing(),
+                        plan.mismatched()
+                    ),
+                });
+                return Ok(Outcome::ConfirmLater);
+            }
+            Verdict::ReportOnly | Verdict::Restore => {}
+        }
+        self.ctx.observer.emit(DriftConfirmed {
+            trigger: request.trigger,
+            missing: plan.missing(),
+            mismatched: plan.mismatched(),
+            acting: config.recovery.auto,
+        });
+        if let Some(lease) = lease {
+            self.recover(config, request, snapshot, lease).await?;
+        }
+        Ok(Outcome::Done)
+    }
+
+    /// While the poller sees Redis down, commands would only wait out the
+    /// client's reconnect attempts: fail at once and let the backoff pace retries.
+    fn redis_answers(&self) -> Result<(), RecoveryError> {
+        if self.ctx.observer.health().redis_up.load(Ordering::Relaxed) {
+            Ok(())
+        } else {
+            Err(RecoveryError::RedisDown {
+                url: self.ctx.warden.store().redacted_url().to_owned(),
+            })
+        }
+    }
+
+    /// Reads rows and Redis, publishes drift and the queue list.
+    async fn compare(&mut self) -> Result<Snapshot, RecoveryError> {
+        self.redis_answers()?;
+        let snapshot = tokio::time::timeout(COMPARE_TIMEOUT, self.ctx.warden.snapshot(None))
+            .await
+            .map_err(|_| RecoveryError::CompareTimeout(COMPARE_TIMEOUT))?
+            .map_err(RecoveryError::from);
+        let snapshot = match snapshot {
+            Ok(snapshot) => snapshot,
+            Err(error) => {
+                if let RecoveryError::Source(e) = &error {
+                    self.ctx.observer.emit(SourceDown {
+                        error: e.to_string(),
+                    });
+                }
+                return Err(error);
+            }
+        };
+        self.ctx.observer.emit(SourceRead {
+            took: snapshot.source_elapsed,
+        });
+        publish_comparison(&self.ctx.observer, &snapshot.plan, Settled::No);
+        self.report_invalid_rows(&snapshot.plan.invalid);
+        if let Ok(mut queues) = self.ctx.queues.write() {
+            *queues = snapshot.plan.queues.keys().cloned().collect();
+        }
+        Ok(snapshot)
+    }
+
+    /// Emits the rows that are newly invalid or invalid for another reason;
+    /// forgets the ones that are valid again.
+    fn report_invalid_rows(&mut self, invalid: &[InvalidRow]) {
+        let before = std::mem::take(&mut self.invalid_seen);
+        for row in invalid {
+            let key = (row.queue.clone(), row.id.clone());
+            if before.get(&key) != Some(&row.reason) {
+                self.ctx.observer.emit(RowInvalid {
+                    queue: row.queue.as_deref(),
+                    id: &row.id,
+                    reason: &row.reason,
+                });
+            }
+            self.invalid_seen.insert(key, row.reason.clone());
+        }
+    }
+
+    /// Restores what `snapshot` found missing or different, while `lease`
+    /// stays this sidecar's.
+    async fn recover(
+        &mut self,
+        config: &Config,
+        request: &Request,
+        snapshot: Snapshot,
+        lease: &Held,
+    ) -> Result<(), RecoveryError> {
+        self.ctx.observer.emit(RecoveryStarted {
+            trigger: request.trigger,
+            attempt: request.attempt,
+        });
+        let started = std::time::Instant::now();
+        let plan = &snapshot.plan;
+        let report = self.restore(config, plan, request.trigger, lease).await?;
+        self.ctx.observer.emit(RecoveryFinished {
+            trigger: request.trigger,
+            report: &report,
+            duration: started.elapsed(),
+        });
+        if let Ok(mut restored) = self.ctx.restored.lock() {
+            for (queue, queue_plan) in &plan.queues {
+                if queue_plan.desired > 0 {
+                    restored.insert(queue.clone(), queue_plan.desired as u64);
+                }
+            }
+        }
+        // Every planned write succeeded.
+        let settled = Settled::Written {
+            pruned: config.recovery.prune_orphans,
+        };
+        publish_comparison(&self.ctx.observer, plan, settled);
+        // Catch-up jobs are writes too: none once the lease is gone.
+        if config.recovery.catchup == Catchup::FireOnce && lease.confirm().await.is_none() {
+            self.catch_up(config, plan, request.since_ms).await;
+        }
+        Ok(())
+    }
+
+    /// Carries the plan out with the configured strategy; a strategy that
+    /// asked someone else to write is judged by comparing again.
+    async fn restore(
+        &mut self,
+        config: &Config,
+        plan: &Plan,
+        trigger: Cause,
+        lease: &Held,
+    ) -> Result<RecoverReport, RecoveryError> {
+        let native;
+        let strategy: &dyn Restore = match (&config.recovery.strategy, &self.ctx.webhook) {
+            (Strategy::Webhook, Some(webhook)) => webhook,
+            _ => {
+                native = Native {
+                    store: self.ctx.warden.store(),
+                    options: (&config.recovery).into(),
+                    own_writes: &self.ctx.own_writes,
+                };
+                &native
+            }
+        };
+        match strategy.restore(plan, trigger, lease).await? {
+            Restored::Written(report) => Ok(report),
+            Restored::Requested => {
+                let after = self.compare().await?;
+                if !after.plan.is_in_sync() {
+                    return Err(RecoveryError::WebhookIncomplete {
+                        missing: after.plan.missing(),
+                        mismatched: after.plan.mismatched(),
+                    });
+                }
+                Ok(RecoverReport::done_elsewhere(plan, false))
+            }
+        }
+    }
+
+    /// Fires one job per lost cron scheduler that had a run due during the outage.
+    async fn catch_up(&self, config: &Config, plan: &Plan, since_ms: u64) {
+        let now = now_ms();
+        let window_ms =
+            u64::try_from(config.recovery.catchup_window.as_millis()).unwrap_or(u64::MAX);
+        let from = since_ms.max(now.saturating_sub(window_ms));
+        for scheduler in stopped_schedulers(plan) {
+            if !catchup::missed_a_run(scheduler, from, now) {
+                continue;
+            }
+            let job_id = catchup::catchup_job_id(&scheduler.scheduler_id, since_ms);
+            match catchup::fire(&self.ctx.warden.store(), scheduler, &job_id).await {
+                Ok(()) => self.ctx.observer.emit(CatchupFired {
+                    queue: &scheduler.queue,
+                    scheduler_id: &scheduler.scheduler_id,
+                    job_id: &job_id,
+                }),
+                Err(error) => self.ctx.observer.emit(CatchupFailed {
+                    scheduler_id: &scheduler.scheduler_id,
+                    error: error.to_string(),
+                }),
+            }
+        }
+    }
+}
+
+/// The schedulers the plan restores that had stopped firing: created, or
+/// updated because their hash or next job was gone. Only these missed runs.
+fn stopped_schedulers(plan: &Plan) -> impl Iterator<Item = &DesiredScheduler> {
+    plan.queues.values().flat_map(|q| {
+        let broken = q
+            .update
+            .iter()
+            .filter(|u| u.differs.iter().any(|d| d.stops_runs()))
+            .map(|u| &u.scheduler);
+        q.create.iter().chain(broken)
+    })
+}
+
+impl Reconcile for Recovery {
+    fn timing(&self) -> Timing {
+        Timing::from(&*self.ctx.warden.config())
+    }
+
+    /// One attempt: take the lease (when acting), compare once, restore what
+    /// differs. Comparing under the lease means a sidecar that waited for
+    /// another one sees its work instead of redoing it.
+    async fn reconcile(&mut self, request: Request) -> Result<Outcome, RecoveryError> {
+        let config = self.ctx.warden.config();
+        let _serialised = self.ctx.apply_lock.clone().lock_owned().await;
+        if !config.recovery.auto {
+            return self.compare_and_act(&config, &request, None).await;
+        }
+        self.redis_answers()?;
+        let lease = self
+            .lease
+            .try_acquire()
+            .await
+            .map_err(|e| RecoveryError::from(crate::warden::WardenError::from(e)))?
+            .ok_or(RecoveryError::LeaseBusy)?;
+        self.ctx.observer.emit(LeaseHeld);
+        let outcome = self.compare_and_act(&config, &request, Some(&lease)).await;
+        let released = lease.release().await;
+        self.ctx.observer.emit(LeaseReleased {
+            error: released.err().map(|e| e.to_string()),
+        });
+        outcome
+    }
+
+    fn queues(&self) -> Vec<String> {
+        self.ctx
+            .queues
+            .read()
+            .map(|q| q.clone())
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Schedule;
+    use crate::plan::{Difference, QueuePlan, Update};
+
+    fn scheduler(id: &str) -> DesiredScheduler {
+        DesiredScheduler {
+            row_id: id.into(),
+            queue: "q".into(),
+            scheduler_id: format!("t:{id}"),
+            name: "n".into(),
+            schedule: Schedule::Pattern("* * * * *".into()),
+            tz: None,
+            data: "{}".into(),
+            opts: "{}".into(),
+            start_date: None,
+            end_date: None,
+            limit: None,
+        }
+    }
+
+    #[test]
+    fn catch_up_looks_only_at_schedulers_that_stopped_firing() {
+        let update = |id: &str, differs: Vec<Difference>| Update {
+            scheduler: scheduler(id),
+            differs,
+            stranded_job_id: None,
+        };
+        let mut plan = Plan::default();
+        plan.queues.insert(
+            "q".into(),
+            QueuePlan {
+                create: vec![scheduler("1")],
+                update: vec![
+                    update("2", vec![Difference::NextJob]),
+                    update("3", vec![Difference::Pattern]),
+                    update("4", vec![Difference::SchedulerHash]),
+                ],
+                ..QueuePlan::default()
+            },
+        );
+        let ids: Vec<&str> = stopped_schedulers(&plan)
+            .map(|s| s.scheduler_id.as_str())
+            .collect();
+        assert_eq!(ids, vec!["t:1", "t:2", "t:4"]);
+    }
+}

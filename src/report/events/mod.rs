@@ -1,0 +1,33 @@
+//! Everything the watcher notices, decides and does: one type per event,
+//! grouped by concern. Each event's `emit` writes its structured log line
+//! (`event = "…"`) and its metric change; every log line of the watcher comes
+//! from one of these.
+//!
+//! A new event is a struct in the file of its concern implementing
+//! [`InternalEvent`] (or [`LogEvent`] when it changes no metric); its metrics
+//! live in the matching group of [`metrics`](super::metrics).
+
+mod config;
+mod http;
+mod lifecycle;
+mod recovery;
+mod redis;
+mod signal;
+mod source;
+
+pub use super::observer::{InternalEvent, LogEvent, Observer};
+pub use config::{ConfigReloadFailed, ConfigReloaded};
+pub use http::{HttpAcceptFailed, HttpConnectionsFull, HttpListening};
+pub use lifecycle::{
+    ConfigDefaults, RecoveryAbandoned, ShutdownRequested, WatchStarted, WatchStopped, WatchStopping,
+};
+pub use recovery::{
+    CatchupFailed, CatchupFired, DriftConfirmed, LeaseBusy, LeaseHeld, LeaseLost, LeaseReleased,
+    RecoveryFailed, RecoveryFinished, RecoveryMode, RecoveryStarted,
+};
+pub use redis::{
+    Condition, Persistence, PersistenceRead, PrimaryUnreachable, RedisCondition, RedisDown,
+    RedisLoading, RedisMemory, RedisUp,
+};
+pub use signal::{Detected, FlushNoticed, KeyspaceNotifications, KeyspacePaused};
+pub use source::{RowInvalid, SourceDown, SourceRead};

@@ -1,0 +1,270 @@
+//! The recovery loop's decisions and their outcomes, and the lease.
+
+use std::time::Duration;
+
+use super::{InternalEvent, Observer};
+use crate::model::{Cause, FailureReason};
+use crate::report::metrics::recovery::{ReasonLabels, RecoveryLabels};
+use crate::report::metrics::QueueLabels;
+use crate::restore::native::Action;
+use crate::restore::RecoverReport;
+
+/// Whether the watcher restores by itself (`[recovery] auto`), at start.
+pub struct RecoveryMode {
+    pub auto: bool,
+}
+
+impl InternalEvent for RecoveryMode {
+    fn emit(self, observer: &Observer) {
+        let auto = self.auto;
+        tracing::info!(
+            event = "recovery_mode",
+            auto,
+            "{}",
+            if auto {
+                "schedulers are restored automatically"
+            } else {
+                "drift is reported only (recovery.auto = false)"
+            }
+        );
+        observer
+            .metrics()
+            .recovery
+            .auto_enabled
+            .set(i64::from(auto));
+    }
+}
+
+/// The rows and Redis differ after the debounce window; `acting` is false
+/// when automatic recovery is off.
+pub struct DriftConfirmed {
+    pub trigger: Cause,
+    pub missing: usize,
+    pub mismatched: usize,
+    pub acting: bool,
+}
+
+impl InternalEvent for DriftConfirmed {
+    fn emit(self, _: &Observer) {
+        tracing::warn!(
+            event = "drift_confirmed",
+            trigger = self.trigger.as_str(),
+            missing = self.missing,
+            mismatched = self.mismatched,
+            decision = if self.acting {
+                "recover"
+            } else {
+                "report only (recovery.auto = false)"
+            },
+            "schedulers differ from their rows"
+        );
+    }
+}
+
+pub struct RecoveryStarted {
+    pub trigger: Cause,
+    pub attempt: u32,
+}
+
+impl InternalEvent for RecoveryStarted {
+    fn emit(self, _: &Observer) {
+        tracing::info!(
+            event = "recovery_started",
+            trigger = self.trigger.as_str(),
+            attempt = self.attempt,
+            "restoring schedulers"
+        );
+    }
+}
+
+pub struct RecoveryFinished<'a> {
+    pub trigger: Cause,
+    pub report: &'a RecoverReport,
+    pub duration: Duration,
+}
+
+impl InternalEvent for RecoveryFinished<'_> {
+    fn emit(self, observer: &Observer) {
+        let report = self.report;
+        tracing::info!(
+            event = "recovery_finished",
+            trigger = self.trigger.as_str(),
+            created = report.created,
+            updated = report.updated,
+            unchanged = report.unchanged,
+            removed = report.removed,
+            invalid = report.invalid.len(),
+            duration_ms = self.duration.as_millis() as u64,
+            "schedulers restored"
+        );
+        let m = &observer.metrics().recovery;
+        let mut per_queue: std::collections::BTreeMap<&str, u64> = Default::default();
+        for change in &report.changes {
+            if matches!(change.action, Action::Create | Action::Update) {
+                *per_queue.entry(&change.queue).or_default() += 1;
+            }
+        }
+        for (queue, restored) in per_queue {
+            m.recoveries
+                .get_or_create(&RecoveryLabels {
+                    queue: queue.to_owned(),
+                    trigger: self.trigger.as_str(),
+                    result: "success",
+                })
+                .inc();
+            m.schedulers_restored
+                .get_or_create(&QueueLabels {
+                    queue: queue.to_owned(),
+                })
+                .inc_by(restored);
+        }
+        m.duration.observe(self.duration.as_secs_f64());
+        let now_s = crate::clock::now_ms() / 1000;
+        m.last_success.set(i64::try_from(now_s).unwrap_or(i64::MAX));
+        m.consecutive_failures.set(0);
+        m.backoff_seconds.set(0.0);
+    }
+}
+
+pub struct RecoveryFailed<'a> {
+    pub trigger: Cause,
+    /// The queues the failed cycle was looking after.
+    pub queues: &'a [String],
+    pub attempt: u32,
+    pub reason: FailureReason,
+    pub error: String,
+    /// The exponential ceiling for this retry…
+    pub backoff: Duration,
+    /// …and the jittered delay actually waited.
+    pub retry_in: Duration,
+}
+
+impl InternalEvent for RecoveryFailed<'_> {
+    fn emit(self, observer: &Observer) {
+        tracing::error!(
+            event = "recovery_failed",
+            trigger = self.trigger.as_str(),
+            attempt = self.attempt,
+            reason = self.reason.as_str(),
+            backoff_ms = self.backoff.as_millis() as u64,
+            retry_in_ms = self.retry_in.as_millis() as u64,
+            "{}",
+            self.error
+        );
+        let m = &observer.metrics().recovery;
+        for queue in self.queues {
+            m.recoveries
+                .get_or_create(&RecoveryLabels {
+                    queue: queue.clone(),
+                    trigger: self.trigger.as_str(),
+                    result: "failure",
+                })
+                .inc();
+        }
+        m.failures
+            .get_or_create(&ReasonLabels {
+                reason: self.reason.as_str(),
+            })
+            .inc();
+        m.consecutive_failures.set(i64::from(self.attempt));
+        m.backoff_seconds.set(self.retry_in.as_secs_f64());
+    }
+}
+
+/// Another sidecar holds the lease; this one re-checks afterwards.
+pub struct LeaseBusy {
+    pub recheck_in: Duration,
+}
+
+impl InternalEvent for LeaseBusy {
+    fn emit(self, _: &Observer) {
+        tracing::info!(
+            event = "lease_busy",
+            recheck_in_ms = self.recheck_in.as_millis() as u64,
+            "another bullmq-warden is recovering; re-checking afterwards"
+        );
+    }
+}
+
+/// This sidecar took the lease.
+pub struct LeaseHeld;
+
+impl InternalEvent for LeaseHeld {
+    fn emit(self, observer: &Observer) {
+        tracing::debug!(event = "lease", held = true, "recovery lease");
+        observer.metrics().recovery.lease_held.set(1);
+    }
+}
+
+/// This sidecar gave the lease back; a failed release leaves it to expire.
+pub struct LeaseReleased {
+    pub error: Option<String>,
+}
+
+impl InternalEvent for LeaseReleased {
+    fn emit(self, observer: &Observer) {
+        match self.error {
+            None => tracing::debug!(event = "lease", held = false, "recovery lease"),
+            Some(error) => tracing::warn!(
+                event = "lease_release_failed",
+                "{error}; the lease expires by itself after lease_ttl"
+            ),
+        }
+        observer.metrics().recovery.lease_held.set(0);
+    }
+}
+
+/// The lease was lost during a recovery, which stopped writing; the attempt
+/// counts as failed and is retried.
+pub struct LeaseLost<'a> {
+    pub reason: &'a str,
+}
+
+impl InternalEvent for LeaseLost<'_> {
+    fn emit(self, observer: &Observer) {
+        tracing::warn!(event = "lease_lost", "{}", self.reason);
+        observer.metrics().recovery.lease_held.set(0);
+    }
+}
+
+pub struct CatchupFired<'a> {
+    pub queue: &'a str,
+    pub scheduler_id: &'a str,
+    pub job_id: &'a str,
+}
+
+impl InternalEvent for CatchupFired<'_> {
+    fn emit(self, observer: &Observer) {
+        tracing::info!(
+            event = "catchup_fired",
+            queue = self.queue,
+            scheduler_id = self.scheduler_id,
+            job_id = self.job_id,
+            "enqueued one job for runs missed during the outage"
+        );
+        observer
+            .metrics()
+            .recovery
+            .catchup_jobs
+            .get_or_create(&QueueLabels {
+                queue: self.queue.to_owned(),
+            })
+            .inc();
+    }
+}
+
+pub struct CatchupFailed<'a> {
+    pub scheduler_id: &'a str,
+    pub error: String,
+}
+
+impl InternalEvent for CatchupFailed<'_> {
+    fn emit(self, _: &Observer) {
+        tracing::error!(
+            event = "catchup_failed",
+            scheduler_id = self.scheduler_id,
+            "{}",
+            self.error
+        );
+    }
+}

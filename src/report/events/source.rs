@@ -1,0 +1,56 @@
+//! The source database and its rows.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::{InternalEvent, Observer};
+
+/// The source answered a whole comparison's read.
+pub struct SourceRead {
+    pub took: Duration,
+}
+
+impl InternalEvent for SourceRead {
+    fn emit(self, observer: &Observer) {
+        tracing::debug!(event = "source_up", "source database answered");
+        let m = &observer.metrics().source;
+        m.up.set(1);
+        m.query_duration.observe(self.took.as_secs_f64());
+        observer.health().source_up.store(true, Ordering::Relaxed);
+        // Only a completed comparison reports its query time.
+        observer.health().synced.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The source could not be read.
+pub struct SourceDown {
+    pub error: String,
+}
+
+impl InternalEvent for SourceDown {
+    fn emit(self, observer: &Observer) {
+        tracing::error!(event = "source_down", "{}", self.error);
+        observer.metrics().source.up.set(0);
+        observer.health().source_up.store(false, Ordering::Relaxed);
+    }
+}
+
+/// A row that cannot become a scheduler: emitted when it first shows up and
+/// when its reason changes, not on every comparison.
+pub struct RowInvalid<'a> {
+    pub queue: Option<&'a str>,
+    pub id: &'a str,
+    pub reason: &'a str,
+}
+
+impl InternalEvent for RowInvalid<'_> {
+    fn emit(self, _: &Observer) {
+        tracing::warn!(
+            event = "row_invalid",
+            queue = self.queue.unwrap_or(""),
+            id = self.id,
+            "{}",
+            self.reason
+        );
+    }
+}
