@@ -24,7 +24,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use bullmq_warden::store::BullmqStore;
+use bullmq_warden::BullmqStore;
 use process::{rss_kib, run_timed, Finished};
 use redis_server::RedisServer;
 use serde_json::Value;

@@ -13,27 +13,27 @@ use crate::warden::Warden;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Severity {
+pub(crate) enum Severity {
     Info,
     Warning,
     Error,
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Finding {
-    pub severity: Severity,
+pub(crate) struct Finding {
+    pub(crate) severity: Severity,
     /// Short stable name, e.g. `eviction-policy`.
-    pub check: &'static str,
-    pub message: String,
+    pub(crate) check: &'static str,
+    pub(crate) message: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct Audit {
-    pub findings: Vec<Finding>,
+pub(crate) struct Audit {
+    pub(crate) findings: Vec<Finding>,
 }
 
 impl Audit {
-    pub fn has_errors(&self) -> bool {
+    pub(crate) fn has_errors(&self) -> bool {
         self.findings.iter().any(|f| f.severity == Severity::Error)
     }
 
@@ -47,7 +47,7 @@ impl Audit {
 }
 
 /// Judges Redis settings the way BullMQ's documentation does.
-pub fn audit_settings(settings: &RedisSettings, audit: &mut Audit) {
+pub(crate) fn audit_settings(settings: &RedisSettings, audit: &mut Audit) {
     let version = settings
         .info
         .get("redis_version")
@@ -164,7 +164,7 @@ fn audit_from_info(info: &HashMap<String, String>, audit: &mut Audit) {
 }
 
 /// Runs every check; connection failures become findings, not errors.
-pub async fn run(warden: &Warden) -> Audit {
+pub(crate) async fn run(warden: &Warden) -> Audit {
     let mut audit = Audit::default();
     let store = warden.store();
     match RedisSettings::read(&store).await {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 
 #[derive(Debug)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     builder: ExponentialBuilder,
     delays: ExponentialBackoff,
     /// Failures since the last success.
@@ -18,7 +18,7 @@ pub struct Backoff {
 }
 
 impl Backoff {
-    pub fn new(min: Duration, max: Duration) -> Self {
+    pub(crate) fn new(min: Duration, max: Duration) -> Self {
         let builder = ExponentialBuilder::default()
             .with_min_delay(min)
             .with_max_delay(max.max(min))
@@ -32,27 +32,27 @@ impl Backoff {
     }
 
     /// Failures since the last success (or since the start).
-    pub fn failures(&self) -> u32 {
+    pub(crate) fn failures(&self) -> u32 {
         self.failures
     }
 
     /// Counts a failure and returns the ceiling of the wait that follows it:
     /// `min`, then doubling, at most `max`.
-    pub fn fail(&mut self) -> Duration {
+    pub(crate) fn fail(&mut self) -> Duration {
         self.failures = self.failures.saturating_add(1);
         // Without a limit on attempts the builder never runs dry.
         self.delays.next().unwrap_or_default()
     }
 
     /// After a success: the next failure waits `min` again.
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.failures = 0;
         self.delays = self.builder.build();
     }
 }
 
 /// Uniform in `[0, ceiling]`: spreads retries of many sidecars apart.
-pub fn full_jitter(ceiling: Duration) -> Duration {
+pub(crate) fn full_jitter(ceiling: Duration) -> Duration {
     let ceiling_ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
     Duration::from_millis(fastrand::u64(0..=ceiling_ms))
 }

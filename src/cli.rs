@@ -14,28 +14,28 @@ use crate::text::printable;
 use crate::warden::{StatusReport, Warden, WardenError};
 
 /// Exit codes, stable for scripts and orchestrators.
-pub mod exit {
+pub(crate) mod exit {
     /// Everything asked for is done.
-    pub const OK: u8 = 0;
+    pub(crate) const OK: u8 = 0;
     /// The operation failed (some writes were refused, or another runtime error).
-    pub const FAILURE: u8 = 1;
+    pub(crate) const FAILURE: u8 = 1;
     /// Bad usage or configuration.
-    pub const USAGE: u8 = 2;
+    pub(crate) const USAGE: u8 = 2;
     /// Some rows were invalid and skipped; every valid row is in place.
-    pub const INVALID_ROWS: u8 = 3;
+    pub(crate) const INVALID_ROWS: u8 = 3;
     /// `check` found problems.
-    pub const FINDINGS: u8 = 4;
+    pub(crate) const FINDINGS: u8 = 4;
     /// Redis could not be reached.
-    pub const REDIS_UNREACHABLE: u8 = 5;
+    pub(crate) const REDIS_UNREACHABLE: u8 = 5;
     /// The source database could not be reached or its query failed.
-    pub const SOURCE_UNREACHABLE: u8 = 6;
+    pub(crate) const SOURCE_UNREACHABLE: u8 = 6;
     /// `recover` did not get the recovery lease within `recovery.lease_wait`
     /// (another bullmq-warden is restoring), or lost it and stopped writing.
-    pub const LEASE: u8 = 7;
+    pub(crate) const LEASE: u8 = 7;
     /// `watch` could not start: the listen address is in use or cannot be
     /// bound, or the process could not set itself up. Kept apart from 1 so
     /// that an orchestrator can tell a clash of ports from refused writes.
-    pub const STARTUP: u8 = 8;
+    pub(crate) const STARTUP: u8 = 8;
 }
 
 /// Environment variable for `--log-format`.
@@ -57,22 +57,22 @@ const LISTEN_ENV: &str = "BULLMQ_WARDEN_LISTEN";
                   an empty variable counts as unset.\n\
                   Plain logs are coloured only on a terminal, never with NO_COLOR set."
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     /// TOML config file (else BULLMQ_WARDEN_CONFIG; empty counts as unset); without
     /// either, built-in defaults and environment overrides apply.
     #[arg(long, global = true, value_name = "FILE")]
-    pub config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
 
     /// Log line format, logs go to stderr (else BULLMQ_WARDEN_LOG_FORMAT; default plain).
     #[arg(long, global = true, value_enum)]
-    pub log_format: Option<LogFormat>,
+    pub(crate) log_format: Option<LogFormat>,
 
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run the sidecar: watch Redis, export metrics, restore lost schedulers (until SIGTERM;
     /// SIGHUP or a changed config file reloads the config).
     Watch {

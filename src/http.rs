@@ -27,10 +27,10 @@ use crate::restore::native::RecoverReport;
 use crate::warden::{Warden, WardenError};
 
 /// Environment variable holding the API's bearer token.
-pub const API_TOKEN_ENV: &str = "BULLMQ_WARDEN_API_TOKEN";
+pub(crate) const API_TOKEN_ENV: &str = "BULLMQ_WARDEN_API_TOKEN";
 
 #[derive(Debug, thiserror::Error)]
-pub enum HttpError {
+pub(crate) enum HttpError {
     #[error("config key http.listen: {0}")]
     Unsafe(String),
     #[error("API token from {origin} {reason}")]
@@ -40,7 +40,7 @@ pub enum HttpError {
 }
 
 /// The `Warden` once Redis has answered; until then the API routes answer 503.
-pub type WardenSlot = Arc<std::sync::OnceLock<Arc<Warden>>>;
+pub(crate) type WardenSlot = Arc<std::sync::OnceLock<Arc<Warden>>>;
 
 #[derive(Clone)]
 struct AppState {
@@ -57,7 +57,7 @@ const MIN_TOKEN_BYTES: usize = 16;
 
 /// The API's bearer token, with where it came from so errors can name the
 /// source without ever showing the value.
-pub struct ApiToken {
+pub(crate) struct ApiToken {
     secret: String,
     origin: String,
 }
@@ -74,13 +74,13 @@ impl ApiToken {
         }
     }
 
-    pub fn into_secret(self) -> String {
+    pub(crate) fn into_secret(self) -> String {
         self.secret
     }
 }
 
 /// The bearer token for the API: the environment wins over the file.
-pub fn api_token(config: &HttpConfig) -> Result<Option<ApiToken>, HttpError> {
+pub(crate) fn api_token(config: &HttpConfig) -> Result<Option<ApiToken>, HttpError> {
     let secret = read_secret(
         API_TOKEN_ENV,
         "http.token_file",
@@ -97,7 +97,7 @@ pub fn api_token(config: &HttpConfig) -> Result<Option<ApiToken>, HttpError> {
 }
 
 /// Binds the listener. An API reachable from other hosts must have a real token.
-pub async fn bind(
+pub(crate) async fn bind(
     config: &HttpConfig,
     token: Option<&ApiToken>,
 ) -> Result<tokio::net::TcpListener, HttpError> {
@@ -131,7 +131,7 @@ pub async fn bind(
 }
 
 /// Serves until `shutdown`, then finishes the requests in flight.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     config: HttpConfig,
     warden: WardenSlot,

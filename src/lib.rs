@@ -28,23 +28,43 @@
 //!   [`cli`]: the command line.
 //! - `logging`, `text`, [`memory`]: log output, escaping, the allocator.
 
-pub mod audit;
-pub mod backoff;
-pub mod cli;
-pub mod clock;
-pub mod config;
-pub mod decision;
-pub mod desired;
-pub mod http;
+#![warn(unreachable_pub)]
+
+mod audit;
+mod backoff;
+mod cli;
+mod clock;
+mod config;
+mod decision;
+mod desired;
+mod http;
 mod logging;
-pub mod memory;
-pub mod model;
-pub mod plan;
-pub mod report;
-pub mod restore;
-pub mod signal;
-pub mod source;
-pub mod store;
+mod memory;
+mod model;
+mod plan;
+mod report;
+mod restore;
+mod signal;
+mod source;
+mod store;
 mod text;
-pub mod warden;
-pub mod watch;
+mod warden;
+mod watch;
+
+/// The binary's entry points.
+pub use cli::main;
+pub use memory::tune_allocator;
+
+/// Rows, the config and the plan, public for the properties over generated
+/// input (`tests/bad_input.rs`): no I/O is needed to drive them.
+pub use config::{Config, ConfigError};
+pub use desired::{template::IdTemplate, DesiredSet, RowRules};
+pub use model::{
+    DesiredScheduler, InvalidRow, JobCounts, NextJobFacts, QueueSchedulers, Schedule,
+    SchedulerFields, StoredScheduler,
+};
+pub use plan::{protected_ids, Difference, QueuePlan, Update};
+pub use source::{ColumnValue, SourceRow};
+
+/// The Redis adapter, for the scale benchmark's fixtures.
+pub use store::{BullmqStore, Polled, StoreError};

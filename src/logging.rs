@@ -16,7 +16,7 @@ use crate::text;
 
 /// Which shape log lines take on stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     Plain,
     Json,
 }
@@ -25,7 +25,7 @@ pub enum LogFormat {
 const SECRET_QUOTING_TARGETS: &str = "sqlx_postgres::options=error";
 
 /// Installs the global subscriber; `RUST_LOG` sets the level.
-pub fn init(format: LogFormat) {
+pub(crate) fn init(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"))
         // sqlx's PostgreSQL driver warns about URL parameters it does not

@@ -2,8 +2,8 @@
 #[cfg(target_os = "linux")]
 #[used]
 #[unsafe(link_section = ".init_array")]
-static TUNE_ALLOCATOR: extern "C" fn() = bullmq_warden::memory::tune_allocator;
+static TUNE_ALLOCATOR: extern "C" fn() = bullmq_warden::tune_allocator;
 
 fn main() -> std::process::ExitCode {
-    bullmq_warden::cli::main()
+    bullmq_warden::main()
 }

@@ -44,7 +44,7 @@ fn release_freed_memory() {
 /// connection has closed: an SQLite connection has its own thread, which
 /// allocated the rows the comparison read, and what that thread allocated
 /// comes back only after it exits.
-pub fn release_after_comparison() {
+pub(crate) fn release_after_comparison() {
     release_freed_memory();
     tokio::spawn(async {
         let closed = crate::source::IDLE_CONNECTION_TIMEOUT + std::time::Duration::from_secs(1);
@@ -64,7 +64,7 @@ thread_local! {
 /// For the runtime's `on_thread_park`: collects once per request, so that a
 /// worker thread that held part of a comparison gives its share back too.
 /// Costs one atomic load on every other park.
-pub fn collect_when_idle() {
+pub(crate) fn collect_when_idle() {
     let requested = RELEASE_REQUESTS.load(std::sync::atomic::Ordering::Relaxed);
     if RELEASES_SEEN.get() != requested {
         RELEASES_SEEN.set(requested);

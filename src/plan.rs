@@ -34,7 +34,7 @@ pub enum Difference {
 
 impl Difference {
     /// The name printed by `recover` and in its JSON report.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Difference::SchedulerHash => "scheduler hash",
             Difference::NextJob => "next job",
@@ -52,7 +52,7 @@ impl Difference {
 
     /// Whether the scheduler stopped firing (as opposed to firing with
     /// outdated fields): such a scheduler may have missed runs.
-    pub fn stops_runs(self) -> bool {
+    pub(crate) fn stops_runs(self) -> bool {
         matches!(self, Difference::SchedulerHash | Difference::NextJob)
     }
 }
@@ -64,19 +64,18 @@ impl Serialize for Difference {
 }
 
 /// A scheduler whose stored form differs from its row.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct Update {
     pub scheduler: DesiredScheduler,
     /// Which fields differ, field by field and then the next job.
     pub differs: Vec<Difference>,
     /// The id of a next job that BullMQ would refuse to replace, which the
     /// write must remove first (see `NextJobState::Stranded`).
-    #[serde(skip)]
     pub stranded_job_id: Option<String>,
 }
 
 /// What one queue needs.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default)]
 pub struct QueuePlan {
     /// Valid rows that want a scheduler in this queue.
     pub desired: usize,
@@ -159,25 +158,25 @@ pub fn protected_ids(invalid: &[InvalidRow]) -> Protected {
 }
 
 /// Scheduler ids of invalid rows, by queue.
-pub type Protected = BTreeMap<String, BTreeSet<String>>;
+pub(crate) type Protected = BTreeMap<String, BTreeSet<String>>;
 
 /// What the whole source needs.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Plan {
-    pub queues: BTreeMap<String, QueuePlan>,
-    pub invalid: Vec<InvalidRow>,
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Plan {
+    pub(crate) queues: BTreeMap<String, QueuePlan>,
+    pub(crate) invalid: Vec<InvalidRow>,
 }
 
 impl Plan {
-    pub fn missing(&self) -> usize {
+    pub(crate) fn missing(&self) -> usize {
         self.queues.values().map(|q| q.create.len()).sum()
     }
 
-    pub fn mismatched(&self) -> usize {
+    pub(crate) fn mismatched(&self) -> usize {
         self.queues.values().map(|q| q.update.len()).sum()
     }
 
-    pub fn is_in_sync(&self) -> bool {
+    pub(crate) fn is_in_sync(&self) -> bool {
         self.missing() == 0 && self.mismatched() == 0
     }
 }

@@ -23,7 +23,7 @@ use crate::source::{Source, SourceError};
 use crate::store::{BullmqStore, SharedStore, StoreError};
 
 #[derive(Debug, thiserror::Error)]
-pub enum WardenError {
+pub(crate) enum WardenError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
@@ -45,38 +45,38 @@ impl From<LeaseError> for WardenError {
 
 /// Drift between the rows and Redis for one queue.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-pub struct Drift {
-    pub missing: usize,
-    pub mismatched: usize,
-    pub orphaned: usize,
-    pub invalid: usize,
+pub(crate) struct Drift {
+    pub(crate) missing: usize,
+    pub(crate) mismatched: usize,
+    pub(crate) orphaned: usize,
+    pub(crate) invalid: usize,
 }
 
 /// One queue in `status`: BullMQ's counts, the rows, and the drift between them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-pub struct QueueStatus {
+pub(crate) struct QueueStatus {
     #[serde(flatten)]
-    pub counts: JobCounts,
+    pub(crate) counts: JobCounts,
     /// Valid rows that want a scheduler in this queue.
-    pub desired: usize,
+    pub(crate) desired: usize,
     /// Legacy repeatable jobs (BullMQ 5), never touched.
-    pub legacy: usize,
-    pub drift: Drift,
+    pub(crate) legacy: usize,
+    pub(crate) drift: Drift,
 }
 
 #[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
-pub struct StatusReport {
-    pub queues: BTreeMap<String, QueueStatus>,
+pub(crate) struct StatusReport {
+    pub(crate) queues: BTreeMap<String, QueueStatus>,
 }
 
 /// What the source asks for compared with Redis.
-pub struct Snapshot {
-    pub plan: Plan,
+pub(crate) struct Snapshot {
+    pub(crate) plan: Plan,
     /// How long the source query took.
-    pub source_elapsed: std::time::Duration,
+    pub(crate) source_elapsed: std::time::Duration,
 }
 
-pub struct Warden {
+pub(crate) struct Warden {
     /// Swapped whole by a config reload, so an operation that took it reads
     /// one consistent config from start to end.
     live: std::sync::RwLock<Live>,
@@ -92,13 +92,13 @@ struct Live {
 }
 
 impl Warden {
-    pub async fn connect(config: Config) -> Result<Self, WardenError> {
+    pub(crate) async fn connect(config: Config) -> Result<Self, WardenError> {
         let store = BullmqStore::connect(&config.redis).await?;
         let source = Source::connect(&config.source).await?;
         Ok(Self::from_parts(config, store, source))
     }
 
-    pub fn from_parts(config: Config, store: BullmqStore, source: Source) -> Self {
+    pub(crate) fn from_parts(config: Config, store: BullmqStore, source: Source) -> Self {
         Self {
             live: std::sync::RwLock::new(Live {
                 template: Arc::new(config.id_template()),
@@ -110,7 +110,7 @@ impl Warden {
     }
 
     /// The config in force now (a reload may replace it).
-    pub fn config(&self) -> Arc<Config> {
+    pub(crate) fn config(&self) -> Arc<Config> {
         self.live().config
     }
 
@@ -131,12 +131,12 @@ impl Warden {
     }
 
     /// The store in use now.
-    pub fn store(&self) -> BullmqStore {
+    pub(crate) fn store(&self) -> BullmqStore {
         self.store.get()
     }
 
     /// The handle the Sentinel follower swaps stores through.
-    pub fn shared_store(&self) -> &SharedStore {
+    pub(crate) fn shared_store(&self) -> &SharedStore {
         &self.store
     }
 
@@ -144,7 +144,7 @@ impl Warden {
     /// default queue, and `only_queue` when given) and plans the difference.
     /// Each queue is planned as soon as it is read, so only a few queues'
     /// schedulers are held at a time.
-    pub async fn snapshot(&self, only_queue: Option<&str>) -> Result<Snapshot, WardenError> {
+    pub(crate) async fn snapshot(&self, only_queue: Option<&str>) -> Result<Snapshot, WardenError> {
         let Live { config, template } = self.live();
         let mut desired = DesiredSet::default();
         let rules = RowRules {
@@ -184,7 +184,10 @@ impl Warden {
     }
 
     /// checkQueueStatus: BullMQ's job counts per queue, with rows and drift.
-    pub async fn status(&self, only_queue: Option<&str>) -> Result<StatusReport, WardenError> {
+    pub(crate) async fn status(
+        &self,
+        only_queue: Option<&str>,
+    ) -> Result<StatusReport, WardenError> {
         let snapshot = self.snapshot(only_queue).await?;
         let names: Vec<String> = snapshot.plan.queues.keys().cloned().collect();
         let counts = self.store().job_counts(&names).await?;
@@ -221,7 +224,7 @@ impl Warden {
     /// Writes under the same lease as the watchers' recoveries, waiting up to
     /// `recovery.lease_wait` for it, and compares only once it holds it, so
     /// that it sees what the writer before it did. A dry run takes no lease.
-    pub async fn recover(
+    pub(crate) async fn recover(
         &self,
         only_queue: Option<&str>,
         dry_run: bool,
@@ -250,7 +253,11 @@ impl Warden {
     /// removeAllRepeatableTasks: removes the queue's job schedulers through
     /// BullMQ — the ones under the id template's prefix, or with `all` every
     /// job scheduler. Legacy repeatable jobs are left alone.
-    pub async fn remove_schedulers(&self, queue: &str, all: bool) -> Result<usize, WardenError> {
+    pub(crate) async fn remove_schedulers(
+        &self,
+        queue: &str,
+        all: bool,
+    ) -> Result<usize, WardenError> {
         let store = self.store();
         let template = self.live().template;
         let stored = store.read_schedulers(queue).await?;
@@ -263,7 +270,7 @@ impl Warden {
         Ok(removed)
     }
 
-    pub async fn close(&self) {
+    pub(crate) async fn close(&self) {
         self.source.close().await;
     }
 }

@@ -30,7 +30,7 @@ use crate::store::BullmqStore;
 use crate::warden::Warden;
 
 #[derive(Debug, thiserror::Error)]
-pub enum WatchError {
+pub(crate) enum WatchError {
     #[error(transparent)]
     Http(#[from] http::HttpError),
     #[error(transparent)]
@@ -45,7 +45,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 /// Runs the watcher until `shutdown` is cancelled. Fails only on problems a
 /// restart cannot fix (configuration, port in use); Redis or the database
 /// being down is reported and waited out.
-pub async fn run(
+pub(crate) async fn run(
     config: Config,
     origin: crate::config::ConfigOrigin,
     shutdown: CancellationToken,

@@ -5,12 +5,10 @@
 
 use std::collections::BTreeMap;
 
-use bullmq_warden::config::Config;
-use bullmq_warden::desired::template::IdTemplate;
-use bullmq_warden::desired::{DesiredSet, RowRules};
-use bullmq_warden::model::{DesiredScheduler, NextJobFacts, QueueSchedulers, StoredScheduler};
-use bullmq_warden::plan::{protected_ids, QueuePlan};
-use bullmq_warden::source::{ColumnValue, SourceRow};
+use bullmq_warden::{
+    protected_ids, ColumnValue, Config, DesiredScheduler, DesiredSet, IdTemplate, NextJobFacts,
+    QueuePlan, QueueSchedulers, RowRules, SourceRow, StoredScheduler,
+};
 use proptest::prelude::*;
 
 const CASES: u32 = 10_000;

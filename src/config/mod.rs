@@ -12,10 +12,10 @@ use std::time::Duration;
 use serde::Deserialize;
 
 /// Environment variable naming the config file when `--config` is not given.
-pub const CONFIG_PATH_ENV: &str = "BULLMQ_WARDEN_CONFIG";
+pub(crate) const CONFIG_PATH_ENV: &str = "BULLMQ_WARDEN_CONFIG";
 
 /// Prefix of per-key overrides: `BULLMQ_WARDEN__<SECTION>__<KEY>`.
-pub const ENV_OVERRIDE_PREFIX: &str = "BULLMQ_WARDEN__";
+pub(crate) const ENV_OVERRIDE_PREFIX: &str = "BULLMQ_WARDEN__";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -38,15 +38,15 @@ pub enum ConfigError {
 /// A secret (a bearer token) with where it came from, so that errors can
 /// name the source without ever showing the value.
 pub(crate) struct Secret {
-    pub value: String,
-    pub origin: String,
+    pub(crate) value: String,
+    pub(crate) origin: String,
 }
 
 /// Why a secret could not be had; `origin` names the variable or the file.
 #[derive(Debug)]
 pub(crate) struct SecretError {
-    pub origin: String,
-    pub reason: String,
+    pub(crate) origin: String,
+    pub(crate) reason: String,
 }
 
 /// The secret in the environment variable `var`, else in the file that the
@@ -101,16 +101,16 @@ pub(crate) fn read_secret(
 /// command line's overrides — so that a reload reads it the same way as the
 /// start did.
 #[derive(Debug, Clone, Default)]
-pub struct ConfigOrigin {
+pub(crate) struct ConfigOrigin {
     /// `--config` or `BULLMQ_WARDEN_CONFIG`.
-    pub path: Option<PathBuf>,
+    pub(crate) path: Option<PathBuf>,
     /// `watch --listen` or `BULLMQ_WARDEN_LISTEN`, over `[http] listen`.
-    pub listen: Option<String>,
+    pub(crate) listen: Option<String>,
 }
 
 impl ConfigOrigin {
     /// The file (if any) with the environment's overrides, then the command line's.
-    pub fn load(&self) -> Result<Config, ConfigError> {
+    pub(crate) fn load(&self) -> Result<Config, ConfigError> {
         let mut config = Config::load(self.path.as_deref(), std::env::vars())?;
         if let Some(listen) = &self.listen {
             config.set_listen(listen.clone())?;
@@ -170,28 +170,28 @@ fn redact_urls_in(text: &str) -> String {
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    pub redis: RedisConfig,
-    pub source: SourceConfig,
-    pub recovery: RecoveryConfig,
-    pub watch: WatchConfig,
-    pub http: HttpConfig,
+    pub(crate) redis: RedisConfig,
+    pub(crate) source: SourceConfig,
+    pub(crate) recovery: RecoveryConfig,
+    pub(crate) watch: WatchConfig,
+    pub(crate) http: HttpConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct RedisConfig {
+pub(crate) struct RedisConfig {
     /// `redis://` or `rediss://`, with `user:password@` for ACL users.
-    pub url: String,
+    pub(crate) url: String,
     /// BullMQ key prefix, used verbatim (`{bull}` on a cluster).
-    pub prefix: String,
+    pub(crate) prefix: String,
     /// Sentinel URLs; when set, the primary's address comes from them and
     /// `url` supplies only the credentials and database.
-    pub sentinels: Vec<String>,
+    pub(crate) sentinels: Vec<String>,
     /// The primary's name in Sentinel (`sentinel monitor <name> …`).
-    pub master_name: Option<String>,
+    pub(crate) master_name: Option<String>,
     /// Seed nodes of a Redis Cluster (with their credentials); when set, `url`
     /// is not used and `prefix` must carry a hash tag such as `{bull}`.
-    pub cluster_nodes: Vec<String>,
+    pub(crate) cluster_nodes: Vec<String>,
 }
 
 impl Default for RedisConfig {
@@ -208,22 +208,22 @@ impl Default for RedisConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct SourceConfig {
+pub(crate) struct SourceConfig {
     /// `sqlite://…`, `postgres://…` or `mysql://…`.
-    pub url: String,
+    pub(crate) url: String,
     /// Custom query; `None` selects the enabled rows of `inspection_tasks`.
-    pub query: Option<String>,
+    pub(crate) query: Option<String>,
     /// Queue for rows that have no `queue` column (or a NULL one).
-    pub queue: String,
+    pub(crate) queue: String,
     /// Scheduler id template over the row's columns, e.g. `inspection:{id}`.
-    pub scheduler_id: String,
+    pub(crate) scheduler_id: String,
     /// SQL file that creates and fills a new SQLite source; ignored when the
     /// database file already exists. Meant for demos and first trials.
-    pub sqlite_seed: Option<PathBuf>,
+    pub(crate) sqlite_seed: Option<PathBuf>,
     /// A row with a text value larger than this (data, opts or any other
     /// column) is invalid: one huge payload would be parsed and held on
     /// every comparison.
-    pub max_value_bytes: usize,
+    pub(crate) max_value_bytes: usize,
 }
 
 impl Default for SourceConfig {
@@ -241,41 +241,41 @@ impl Default for SourceConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct RecoveryConfig {
+pub(crate) struct RecoveryConfig {
     /// Remove schedulers under the id template's prefix that no row wants.
-    pub prune_orphans: bool,
+    pub(crate) prune_orphans: bool,
     /// Upserts kept in flight at once. Redis runs one script at a time, so a
     /// few dozen keep it busy while other clients still get a turn quickly.
-    pub concurrency: usize,
+    pub(crate) concurrency: usize,
     /// Whether `watch` restores schedulers by itself (off: it only reports).
-    pub auto: bool,
-    pub strategy: Strategy,
+    pub(crate) auto: bool,
+    pub(crate) strategy: Strategy,
     /// What happens to cron runs missed while the schedulers were gone.
-    pub catchup: Catchup,
+    pub(crate) catchup: Catchup,
     /// Missed runs older than this are never caught up.
     #[serde(with = "duration_text")]
-    pub catchup_window: Duration,
+    pub(crate) catchup_window: Duration,
     /// First retry delay; doubles per failed attempt, with full jitter.
     #[serde(with = "duration_text")]
-    pub backoff_min: Duration,
+    pub(crate) backoff_min: Duration,
     #[serde(with = "duration_text")]
-    pub backoff_max: Duration,
+    pub(crate) backoff_max: Duration,
     /// How long the recovery lease lasts unless renewed.
     #[serde(with = "duration_text")]
-    pub lease_ttl: Duration,
+    pub(crate) lease_ttl: Duration,
     /// How long `recover` (CLI or HTTP) waits for another writer's lease
     /// before it gives up.
     #[serde(with = "duration_text")]
-    pub lease_wait: Duration,
+    pub(crate) lease_wait: Duration,
     /// The application's recover endpoint, for `strategy = "webhook"`.
-    pub webhook_url: Option<String>,
+    pub(crate) webhook_url: Option<String>,
     /// Extra request headers for the webhook.
-    pub webhook_headers: BTreeMap<String, String>,
+    pub(crate) webhook_headers: BTreeMap<String, String>,
     /// File holding a bearer token for the webhook (the environment variable
     /// BULLMQ_WARDEN_WEBHOOK_TOKEN takes precedence).
-    pub webhook_token_file: Option<PathBuf>,
+    pub(crate) webhook_token_file: Option<PathBuf>,
     #[serde(with = "duration_text")]
-    pub webhook_timeout: Duration,
+    pub(crate) webhook_timeout: Duration,
 }
 
 impl Default for RecoveryConfig {
@@ -301,7 +301,7 @@ impl Default for RecoveryConfig {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Strategy {
+pub(crate) enum Strategy {
     /// The sidecar writes the schedulers itself, through BullMQ's scripts.
     Native,
     /// The sidecar asks the application to recover (POST to `webhook_url`).
@@ -310,7 +310,7 @@ pub enum Strategy {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Catchup {
+pub(crate) enum Catchup {
     /// Restored cron schedulers wait for their next run.
     Skip,
     /// One immediate job for each cron scheduler that missed a run in the window.
@@ -319,21 +319,21 @@ pub enum Catchup {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct WatchConfig {
+pub(crate) struct WatchConfig {
     /// How often INFO and the queue counts are polled.
     #[serde(with = "duration_text")]
-    pub info_interval: Duration,
+    pub(crate) info_interval: Duration,
     /// How often rows and schedulers are compared in full.
     #[serde(with = "duration_text")]
-    pub drift_interval: Duration,
+    pub(crate) drift_interval: Duration,
     /// Set notify-keyspace-events when flags are missing (needs CONFIG SET).
-    pub manage_keyspace_config: bool,
+    pub(crate) manage_keyspace_config: bool,
     /// A recovery waits until signals have been quiet this long…
     #[serde(with = "duration_text")]
-    pub debounce_quiet: Duration,
+    pub(crate) debounce_quiet: Duration,
     /// …but never longer than this after the first signal.
     #[serde(with = "duration_text")]
-    pub debounce_max: Duration,
+    pub(crate) debounce_max: Duration,
 }
 
 impl Default for WatchConfig {
@@ -350,25 +350,25 @@ impl Default for WatchConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct HttpConfig {
+pub(crate) struct HttpConfig {
     /// Address of the admin and API server; empty to serve nothing.
-    pub listen: String,
+    pub(crate) listen: String,
     /// File holding the bearer token for mutating routes (the environment
     /// variable BULLMQ_WARDEN_API_TOKEN takes precedence).
-    pub token_file: Option<PathBuf>,
+    pub(crate) token_file: Option<PathBuf>,
     /// With a token configured, `GET /api/bullmq/status` needs it too: the
     /// status names every queue and how many schedulers it should hold.
-    pub status_requires_token: bool,
+    pub(crate) status_requires_token: bool,
     /// A request's headers must arrive within this time from its first byte,
     /// or the connection is closed: a half-sent request holds no slot for long.
     #[serde(with = "duration_text")]
-    pub header_read_timeout: Duration,
+    pub(crate) header_read_timeout: Duration,
     /// A connection with no request under way is closed after this time.
     #[serde(with = "duration_text")]
-    pub idle_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
     /// Connections served at once; further ones wait until one closes, so
     /// that clients can never take every file descriptor of the process.
-    pub max_connections: usize,
+    pub(crate) max_connections: usize,
 }
 
 impl Default for HttpConfig {
@@ -394,13 +394,15 @@ mod duration_text {
 
     use serde::{Deserialize, Deserializer};
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Duration, D::Error> {
         let text = String::deserialize(deserializer)?;
         super::parse_duration(&text).map_err(serde::de::Error::custom)
     }
 }
 
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())
@@ -636,7 +638,7 @@ impl Config {
     }
 
     /// Replaces `[http] listen` with the `--listen` flag's address.
-    pub fn set_listen(&mut self, listen: String) -> Result<(), ConfigError> {
+    pub(crate) fn set_listen(&mut self, listen: String) -> Result<(), ConfigError> {
         self.http.listen = listen;
         self.validate_listen("--listen")
     }
@@ -656,7 +658,7 @@ impl Config {
     }
 
     /// The validated scheduler id template.
-    pub fn id_template(&self) -> crate::desired::template::IdTemplate {
+    pub(crate) fn id_template(&self) -> crate::desired::template::IdTemplate {
         crate::desired::template::IdTemplate::parse(&self.source.scheduler_id)
             .expect("validated when the config was loaded")
     }
@@ -682,11 +684,16 @@ fn parse_error_without_source(error: &toml::de::Error, text: &str) -> String {
         let column = before.len() - before.rfind('\n').map_or(0, |at| at + 1) + 1;
         format!("line {line}, column {column}: ")
     });
-    format!("{}{}", place.unwrap_or_default(), one_line(error.message()))
+    format!(
+        "{}{}",
+        place.unwrap_or_default(),
+        crate::text::collapse_whitespace(error.message())
+    )
 }
 
 fn deserialize(table: toml::Table) -> Result<Config, String> {
-    Config::deserialize(toml::Value::Table(table)).map_err(|e| one_line(&e.to_string()))
+    Config::deserialize(toml::Value::Table(table))
+        .map_err(|e| crate::text::collapse_whitespace(&e.to_string()))
 }
 
 /// Names whoever set the value that did not deserialize: the file when it
@@ -786,14 +793,10 @@ fn scalar_from_env(raw: &str) -> toml::Value {
     }
 }
 
-fn one_line(text: &str) -> String {
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
 /// Replaces the secrets of a URL with `***` — the password, and query
 /// parameters that carry one (`?password=`, a webhook's `?key=`) — so URLs can
 /// be logged and shown. Text that does not parse as a URL is reduced to its scheme.
-pub fn redact_url(raw: &str) -> String {
+pub(crate) fn redact_url(raw: &str) -> String {
     let Ok(mut parsed) = url::Url::parse(raw) else {
         let scheme = raw.split(':').next().unwrap_or_default();
         return format!("{scheme}:(unparsable URL)");

@@ -29,22 +29,22 @@ use crate::report::events::{LeaseBusy, LeaseLost, Observer, RecoveryFailed};
 
 /// One attempt's question: why look, and what the loop knows so far.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Request {
+pub(crate) struct Request {
     /// The cause that names the cycle.
-    pub trigger: Cause,
+    pub(crate) trigger: Cause,
     /// Only periodic checks asked: drift is confirmed before acting on it.
-    pub only_periodic: bool,
+    pub(crate) only_periodic: bool,
     /// The cycle before this one saw drift and asked to look again.
-    pub seen_before: bool,
+    pub(crate) seen_before: bool,
     /// When the loss began, as far as the signals tell (epoch ms).
-    pub since_ms: u64,
+    pub(crate) since_ms: u64,
     /// 1 for the first attempt of a cycle.
-    pub attempt: u32,
+    pub(crate) attempt: u32,
 }
 
 /// How an attempt ended, when it did not fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Nothing left to do (in sync, restored, or reported only).
     Done,
     /// Drift seen for the first time by a periodic check: look again after
@@ -53,7 +53,7 @@ pub enum Outcome {
 }
 
 /// One reconcile attempt over the real world (or a test's).
-pub trait Reconcile: Send {
+pub(crate) trait Reconcile: Send {
     /// The loop's timing now (a config reload may change it).
     fn timing(&self) -> Timing;
 
@@ -67,7 +67,7 @@ pub trait Reconcile: Send {
     fn queues(&self) -> Vec<String>;
 }
 
-pub struct Controller<R> {
+pub(crate) struct Controller<R> {
     reconciler: R,
     observer: Observer,
     /// True while Redis loads its dataset: attempts wait instead of failing.
@@ -88,7 +88,11 @@ enum CycleEnd {
 }
 
 impl<R: Reconcile> Controller<R> {
-    pub fn new(reconciler: R, observer: Observer, redis_loading: watch::Receiver<bool>) -> Self {
+    pub(crate) fn new(
+        reconciler: R,
+        observer: Observer,
+        redis_loading: watch::Receiver<bool>,
+    ) -> Self {
         Self {
             reconciler,
             observer,
@@ -97,7 +101,11 @@ impl<R: Reconcile> Controller<R> {
     }
 
     /// Runs until `shutdown` or until every trigger sender is gone.
-    pub async fn run(mut self, mut triggers: mpsc::Receiver<Trigger>, shutdown: CancellationToken) {
+    pub(crate) async fn run(
+        mut self,
+        mut triggers: mpsc::Receiver<Trigger>,
+        shutdown: CancellationToken,
+    ) {
         let mut confirm = false;
         loop {
             let first = if confirm {

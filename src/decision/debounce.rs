@@ -17,7 +17,7 @@ use crate::model::Cause;
 
 use crate::model::Trigger;
 
-pub struct Debounce {
+pub(crate) struct Debounce {
     quiet: Duration,
     quiet_deadline: Instant,
     hard_deadline: Instant,
@@ -28,7 +28,7 @@ pub struct Debounce {
 
 impl Debounce {
     /// Opens the window with its first signal.
-    pub fn open(first: &Trigger, at: Instant, quiet: Duration, max: Duration) -> Self {
+    pub(crate) fn open(first: &Trigger, at: Instant, quiet: Duration, max: Duration) -> Self {
         let mut window = Self {
             quiet,
             quiet_deadline: at + quiet,
@@ -41,13 +41,13 @@ impl Debounce {
 
     /// When the decision is due: once signals have been quiet for the window,
     /// and never later than the maximum delay after the first one.
-    pub fn deadline(&self) -> Instant {
+    pub(crate) fn deadline(&self) -> Instant {
         self.quiet_deadline.min(self.hard_deadline)
     }
 
     /// Takes a later signal; one that shows Redis still changing restarts the
     /// quiet window, an echo of what is already known does not.
-    pub fn observe(&mut self, trigger: &Trigger, at: Instant) {
+    pub(crate) fn observe(&mut self, trigger: &Trigger, at: Instant) {
         if self.is_news(trigger) {
             self.quiet_deadline = at + self.quiet;
         }

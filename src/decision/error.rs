@@ -10,7 +10,7 @@ use crate::store::StoreError;
 use crate::warden::WardenError;
 
 #[derive(Debug, thiserror::Error)]
-pub enum RecoveryError {
+pub(crate) enum RecoveryError {
     /// Another sidecar holds the lease: not a failure, a reason to wait.
     #[error("another bullmq-warden holds the recovery lease")]
     LeaseBusy,
@@ -48,7 +48,7 @@ impl From<WardenError> for RecoveryError {
 
 impl RecoveryError {
     /// The reason failures of this kind are counted under.
-    pub fn reason(&self) -> FailureReason {
+    pub(crate) fn reason(&self) -> FailureReason {
         match self {
             RecoveryError::LeaseBusy => FailureReason::LeaseBusy,
             RecoveryError::RedisDown { .. } => FailureReason::RedisDown,

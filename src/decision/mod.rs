@@ -3,12 +3,10 @@
 //! reconciler that compares and restores under the lease.
 
 mod controller;
-pub mod debounce;
+pub(crate) mod debounce;
 mod error;
 mod policy;
 mod recovery;
 
-pub use controller::{Controller, Outcome, Reconcile, Request};
-pub use error::RecoveryError;
-pub use policy::Timing;
-pub use recovery::{Context, Recovery};
+pub(crate) use controller::Controller;
+pub(crate) use recovery::{Context, Recovery};

@@ -14,11 +14,11 @@ use super::error::RecoveryError;
 
 /// The loop's timing, read from the config at each use (a reload changes it).
 #[derive(Debug, Clone, Copy)]
-pub struct Timing {
-    pub debounce_quiet: Duration,
-    pub debounce_max: Duration,
-    pub backoff_min: Duration,
-    pub backoff_max: Duration,
+pub(crate) struct Timing {
+    pub(crate) debounce_quiet: Duration,
+    pub(crate) debounce_max: Duration,
+    pub(crate) backoff_min: Duration,
+    pub(crate) backoff_max: Duration,
 }
 
 impl From<&Config> for Timing {
@@ -34,7 +34,7 @@ impl From<&Config> for Timing {
 
 /// The cause that names a cycle started by `causes`: the most telling one,
 /// a loss before a reconnect before a routine check.
-pub fn naming_cause(causes: &BTreeSet<Cause>) -> Cause {
+pub(crate) fn naming_cause(causes: &BTreeSet<Cause>) -> Cause {
     causes
         .iter()
         .copied()
@@ -57,7 +57,7 @@ fn precedence(cause: Cause) -> u8 {
 
 /// What a comparison calls for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     InSync,
     /// Drift that only a periodic check saw, for the first time: it may be
     /// the application mid-change, so look again after the debounce window.
@@ -69,7 +69,7 @@ pub enum Verdict {
 
 /// Judges a comparison. `only_periodic`: nothing but periodic checks asked;
 /// `seen_before`: the cycle before this one already saw the drift.
-pub fn verdict(plan: &Plan, only_periodic: bool, seen_before: bool, auto: bool) -> Verdict {
+pub(crate) fn verdict(plan: &Plan, only_periodic: bool, seen_before: bool, auto: bool) -> Verdict {
     if plan.is_in_sync() {
         Verdict::InSync
     } else if only_periodic && !seen_before {
@@ -83,18 +83,18 @@ pub fn verdict(plan: &Plan, only_periodic: bool, seen_before: bool, auto: bool) 
 
 /// How the loop goes on after a failed attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Retry {
+pub(crate) struct Retry {
     /// How long to wait before the next attempt.
-    pub wait: Duration,
+    pub(crate) wait: Duration,
     /// The backoff ceiling the wait was drawn under; `None` when the attempt
     /// did not fail but was deferred (another sidecar holds the lease).
-    pub ceiling: Option<Duration>,
+    pub(crate) ceiling: Option<Duration>,
 }
 
 /// The error policy: a busy lease is re-checked after the debounce window
 /// (at least 500 ms) without counting as a failure; anything else counts and
 /// waits a fully jittered exponential delay.
-pub fn error_policy(error: &RecoveryError, backoff: &mut Backoff, timing: &Timing) -> Retry {
+pub(crate) fn error_policy(error: &RecoveryError, backoff: &mut Backoff, timing: &Timing) -> Retry {
     match error {
         RecoveryError::LeaseBusy => Retry {
             wait: timing.debounce_quiet.max(Duration::from_millis(500)),

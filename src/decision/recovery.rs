@@ -33,23 +33,23 @@ use crate::warden::{Snapshot, Warden};
 const COMPARE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What the reconciler shares with the rest of the watcher.
-pub struct Context {
-    pub warden: Arc<Warden>,
-    pub observer: Observer,
+pub(crate) struct Context {
+    pub(crate) warden: Arc<Warden>,
+    pub(crate) observer: Observer,
     /// Set when `[recovery] strategy = "webhook"`.
-    pub webhook: Option<Webhook>,
+    pub(crate) webhook: Option<Webhook>,
     /// The queues the signal sources watch, refreshed from every comparison.
-    pub queues: SharedQueues,
+    pub(crate) queues: SharedQueues,
     /// Queues a recovery just filled, for the poll's flush detection.
-    pub restored: RestoredCounts,
+    pub(crate) restored: RestoredCounts,
     /// Serialises recoveries with the HTTP API's `recover`.
-    pub apply_lock: Arc<Mutex<()>>,
+    pub(crate) apply_lock: Arc<Mutex<()>>,
     /// Raised while restoring, so the keyspace watcher ignores the echoes.
-    pub own_writes: OwnWrites,
+    pub(crate) own_writes: OwnWrites,
 }
 
 /// The reconciler: one per watcher.
-pub struct Recovery {
+pub(crate) struct Recovery {
     ctx: Context,
     lease: Lease,
     /// The invalid rows of the last comparison and their reasons, so that
@@ -58,7 +58,7 @@ pub struct Recovery {
 }
 
 impl Recovery {
-    pub fn new(ctx: Context) -> Self {
+    pub(crate) fn new(ctx: Context) -> Self {
         let config = ctx.warden.config();
         let lease = Lease::new(ctx.warden.shared_store().clone(), config.recovery.lease_ttl);
         ctx.observer.emit(RecoveryMode {

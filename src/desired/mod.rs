@@ -5,7 +5,7 @@
 //! row that passes here restores, and a row that fails is reported with its id
 //! instead of failing the whole recovery.
 
-pub mod template;
+pub(crate) mod template;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -34,7 +34,7 @@ pub struct RowRules<'a> {
 pub struct DesiredSet {
     /// Valid rows by queue (queues named only by invalid rows included).
     by_queue: BTreeMap<String, Vec<DesiredScheduler>>,
-    pub invalid: Vec<InvalidRow>,
+    pub(crate) invalid: Vec<InvalidRow>,
     /// Verdicts on (pattern, time zone) pairs: thousands of rows share a few
     /// patterns, and parsing each row's pattern dominated reading the source.
     cron_checks: CronChecks,

@@ -67,7 +67,7 @@ impl IdTemplate {
     }
 
     /// The fixed text every id rendered from this template starts with.
-    pub fn literal_prefix(&self) -> &str {
+    pub(crate) fn literal_prefix(&self) -> &str {
         match self.parts.first() {
             Some(Part::Literal(text)) => text,
             _ => "",
@@ -75,12 +75,12 @@ impl IdTemplate {
     }
 
     /// Whether a scheduler id could have been rendered from this template.
-    pub fn may_have_rendered(&self, scheduler_id: &str) -> bool {
+    pub(crate) fn may_have_rendered(&self, scheduler_id: &str) -> bool {
         scheduler_id.starts_with(self.literal_prefix())
     }
 
     /// Renders the id; `lookup` gives a column's text, `None` when absent or NULL.
-    pub fn render<'a>(
+    pub(crate) fn render<'a>(
         &self,
         lookup: impl Fn(&str) -> Option<std::borrow::Cow<'a, str>>,
     ) -> Result<String, String> {

@@ -4,15 +4,14 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 /// How often a scheduler fires.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Schedule {
     Pattern(String),
     EveryMs(u64),
 }
 
 /// A job scheduler as the database says it should be.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DesiredScheduler {
     pub row_id: String,
     pub queue: String,
@@ -45,13 +44,13 @@ pub struct InvalidRow {
 
 impl DesiredScheduler {
     /// The job data as a JSON value, for writing.
-    pub fn data_value(&self) -> Value {
+    pub(crate) fn data_value(&self) -> Value {
         // The text was produced from a parsed value, so it parses.
         serde_json::from_str(&self.data).unwrap_or_else(|_| Value::Object(Map::new()))
     }
 
     /// The job options as a JSON object.
-    pub fn opts_value(&self) -> Map<String, Value> {
+    pub(crate) fn opts_value(&self) -> Map<String, Value> {
         serde_json::from_str(&self.opts).unwrap_or_default()
     }
 }

@@ -2,7 +2,7 @@
 //! need to tell apart.
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureReason {
+pub(crate) enum FailureReason {
     LeaseBusy,
     RedisDown,
     Timeout,
@@ -18,7 +18,7 @@ pub enum FailureReason {
 }
 
 impl FailureReason {
-    pub const ALL: [FailureReason; 11] = [
+    pub(crate) const ALL: [FailureReason; 11] = [
         FailureReason::LeaseBusy,
         FailureReason::RedisDown,
         FailureReason::Timeout,
@@ -33,7 +33,7 @@ impl FailureReason {
     ];
 
     /// The `reason` label of `bullmq_warden_recovery_failures_total`.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             FailureReason::LeaseBusy => "lease_busy",
             FailureReason::RedisDown => "redis_down",

@@ -10,10 +10,14 @@ mod stored;
 mod trigger;
 
 pub use counts::JobCounts;
-pub use desired::{DesiredScheduler, InvalidRow, Schedule};
-pub use failure::FailureReason;
+pub use desired::DesiredScheduler;
+pub use desired::InvalidRow;
+pub use desired::Schedule;
+pub(crate) use failure::FailureReason;
+pub use stored::NextJobFacts;
+pub use stored::QueueSchedulers;
+pub use stored::SchedulerFields;
+pub use stored::StoredScheduler;
 pub(crate) use stored::PROMOTION_MARGIN_MS;
-pub use stored::{
-    scheduler_job_id, NextJobFacts, NextJobState, QueueSchedulers, SchedulerFields, StoredScheduler,
-};
-pub use trigger::{Cause, Trigger};
+pub(crate) use stored::{scheduler_job_id, NextJobState};
+pub(crate) use trigger::{Cause, Trigger};

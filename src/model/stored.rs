@@ -34,7 +34,7 @@ impl NextJobFacts {
 
 /// Whether a scheduler's next run will happen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NextJobState {
+pub(crate) enum NextJobState {
     /// In the delayed set, or due and possibly already taken from it.
     Queued,
     /// Gone: the scheduler never fires again.
@@ -49,7 +49,7 @@ impl NextJobState {
     /// Judges a next job by what Redis holds. A job due within
     /// `PROMOTION_MARGIN_MS` may already have left the delayed set, as the
     /// workers' clocks and ours differ; only one further away must be in it.
-    pub fn judge(facts: NextJobFacts, next_ms: u64, now_ms: u64) -> Self {
+    pub(crate) fn judge(facts: NextJobFacts, next_ms: u64, now_ms: u64) -> Self {
         match (facts.exists, facts.in_delayed) {
             (false, _) => NextJobState::Missing,
             (true, false) if next_ms > now_ms.saturating_add(PROMOTION_MARGIN_MS) => {
@@ -64,7 +64,7 @@ impl NextJobState {
 pub(crate) const PROMOTION_MARGIN_MS: u64 = 60_000;
 
 /// The id BullMQ gives the job of a scheduler's run at `run_at_ms`.
-pub fn scheduler_job_id(scheduler_id: &str, run_at_ms: u64) -> String {
+pub(crate) fn scheduler_job_id(scheduler_id: &str, run_at_ms: u64) -> String {
     format!("repeat:{scheduler_id}:{run_at_ms}")
 }
 
@@ -77,7 +77,7 @@ pub struct SchedulerFields {
 
 impl SchedulerFields {
     /// Hash field names, in BullMQ's spelling.
-    pub const NAMES: [&'static str; 9] = [
+    pub(crate) const NAMES: [&'static str; 9] = [
         "name",
         "pattern",
         "every",

@@ -2,7 +2,7 @@
 
 /// Why the watcher looked (again) at the schedulers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Cause {
+pub(crate) enum Cause {
     /// A Redis restart: new run_id, or uptime going backwards.
     Restart,
     /// A scheduler set, or the delayed set its next jobs wait in, emptied
@@ -23,7 +23,7 @@ pub enum Cause {
 }
 
 impl Cause {
-    pub const ALL: [Cause; 8] = [
+    pub(crate) const ALL: [Cause; 8] = [
         Cause::Restart,
         Cause::Flush,
         Cause::Failover,
@@ -36,11 +36,11 @@ impl Cause {
 
     /// The causes a detection can have: all but `Manual`, which only
     /// triggers recoveries (an operator's request is no sign of a loss).
-    pub fn detected() -> impl Iterator<Item = Cause> {
+    pub(crate) fn detected() -> impl Iterator<Item = Cause> {
         Cause::ALL.into_iter().filter(|c| *c != Cause::Manual)
     }
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Cause::Restart => "restart",
             Cause::Flush => "flush",
@@ -56,17 +56,17 @@ impl Cause {
 
 /// A signal that the schedulers may need a look.
 #[derive(Debug, Clone)]
-pub struct Trigger {
-    pub cause: Cause,
+pub(crate) struct Trigger {
+    pub(crate) cause: Cause,
     /// Best estimate of when a loss began (epoch ms): the last moment the
     /// watcher saw Redis intact. Used to find runs missed during the outage.
-    pub since_ms: u64,
+    pub(crate) since_ms: u64,
     /// The queue the signal is about, when it names one.
-    pub queue: Option<String>,
+    pub(crate) queue: Option<String>,
 }
 
 impl Trigger {
-    pub fn new(cause: Cause, since_ms: u64) -> Self {
+    pub(crate) fn new(cause: Cause, since_ms: u64) -> Self {
         Self {
             cause,
             since_ms,

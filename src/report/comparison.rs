@@ -10,7 +10,7 @@ use crate::warden::{Drift, QueueStatus};
 
 /// Whether the plan's writes were all made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Settled {
+pub(crate) enum Settled {
     /// Only compared: what the plan found is what Redis holds.
     No,
     /// Every write succeeded: nothing is missing or differs any more, and
@@ -18,7 +18,7 @@ pub enum Settled {
     Written { pruned: bool },
 }
 
-pub fn publish_comparison(observer: &Observer, whole: &Plan, settled: Settled) {
+pub(crate) fn publish_comparison(observer: &Observer, whole: &Plan, settled: Settled) {
     let triggers = Cause::ALL.map(Cause::as_str);
     let mut latest = BTreeMap::new();
     for (queue, plan) in &whole.queues {

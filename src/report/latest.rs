@@ -20,16 +20,16 @@ use crate::warden::{QueueStatus, StatusReport};
 #[serde(rename_all = "camelCase")]
 pub(crate) struct ServedStatus {
     #[serde(flatten)]
-    pub report: StatusReport,
+    pub(crate) report: StatusReport,
     /// When rows and Redis were last compared, or brought in line by a
     /// recovery (epoch milliseconds): where `desired`, `legacy` and `drift`
     /// come from.
-    pub compared_at: u64,
+    pub(crate) compared_at: u64,
     /// When the job counts were polled (epoch milliseconds).
-    pub polled_at: u64,
+    pub(crate) polled_at: u64,
     /// Milliseconds since `comparedAt`; at most about one
     /// `watch.drift_interval` while the source and Redis answer.
-    pub age_ms: u64,
+    pub(crate) age_ms: u64,
 }
 
 /// Why there is no status to serve.

@@ -2,8 +2,8 @@
 //! metrics registry, and the status the HTTP API serves from the latest look.
 
 pub(crate) mod comparison;
-pub mod events;
+pub(crate) mod events;
 pub(crate) mod latest;
-pub mod metrics;
+pub(crate) mod metrics;
 mod observer;
 pub(crate) mod process_metrics;

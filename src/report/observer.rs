@@ -9,14 +9,14 @@ use super::latest::LatestStatus;
 use super::metrics::Metrics;
 
 /// One observable event: its log line and its metric change, together.
-pub trait InternalEvent {
+pub(crate) trait InternalEvent {
     fn emit(self, observer: &Observer);
 }
 
 /// An event that only writes a log line: emitted through an observer like
 /// any other, or logged where there is none yet (the command line before
 /// the watcher starts).
-pub trait LogEvent {
+pub(crate) trait LogEvent {
     fn log(self);
 }
 
@@ -28,15 +28,15 @@ impl<T: LogEvent> InternalEvent for T {
 
 /// What `/readyz` reports, kept by the same events that set the metrics.
 #[derive(Debug, Default)]
-pub struct Health {
-    pub redis_up: AtomicBool,
-    pub source_up: AtomicBool,
+pub(crate) struct Health {
+    pub(crate) redis_up: AtomicBool,
+    pub(crate) source_up: AtomicBool,
     /// Rows and Redis have been compared at least once.
-    pub synced: AtomicBool,
+    pub(crate) synced: AtomicBool,
 }
 
 impl Health {
-    pub fn ready(&self) -> bool {
+    pub(crate) fn ready(&self) -> bool {
         self.redis_up.load(Ordering::Relaxed)
             && self.source_up.load(Ordering::Relaxed)
             && self.synced.load(Ordering::Relaxed)
@@ -45,14 +45,14 @@ impl Health {
 
 /// Emits events; cheap to clone, shared by every part of the watcher.
 #[derive(Clone)]
-pub struct Observer {
+pub(crate) struct Observer {
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     latest: Arc<LatestStatus>,
 }
 
 impl Observer {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(metrics: Arc<Metrics>) -> Self {
         Self {
             metrics,
             health: Arc::default(),
@@ -60,7 +60,7 @@ impl Observer {
         }
     }
 
-    pub fn emit(&self, event: impl InternalEvent) {
+    pub(crate) fn emit(&self, event: impl InternalEvent) {
         event.emit(self);
     }
 
@@ -69,11 +69,11 @@ impl Observer {
         &self.latest
     }
 
-    pub fn metrics(&self) -> &Metrics {
+    pub(crate) fn metrics(&self) -> &Metrics {
         &self.metrics
     }
 
-    pub fn health(&self) -> &Health {
+    pub(crate) fn health(&self) -> &Health {
         &self.health
     }
 }

@@ -9,7 +9,7 @@ use crate::model::{DesiredScheduler, Schedule};
 use crate::store::{BullmqStore, StoreError};
 
 /// Whether a cron scheduler had a run due in `[from_ms, until_ms)`.
-pub fn missed_a_run(scheduler: &DesiredScheduler, from_ms: u64, until_ms: u64) -> bool {
+pub(crate) fn missed_a_run(scheduler: &DesiredScheduler, from_ms: u64, until_ms: u64) -> bool {
     let Schedule::Pattern(pattern) = &scheduler.schedule else {
         return false;
     };
@@ -28,7 +28,7 @@ pub fn missed_a_run(scheduler: &DesiredScheduler, from_ms: u64, until_ms: u64) -
 
 /// The job id is derived from the scheduler and the outage, so a second
 /// attempt for the same outage adds nothing (BullMQ ignores a known job id).
-pub fn catchup_job_id(scheduler_id: &str, outage_since_ms: u64) -> String {
+pub(crate) fn catchup_job_id(scheduler_id: &str, outage_since_ms: u64) -> String {
     // BullMQ refuses ':' in custom job ids.
     let safe: String = scheduler_id
         .chars()
@@ -38,7 +38,7 @@ pub fn catchup_job_id(scheduler_id: &str, outage_since_ms: u64) -> String {
 }
 
 /// Enqueues the catch-up job of one scheduler.
-pub async fn fire(
+pub(crate) async fn fire(
     store: &BullmqStore,
     scheduler: &DesiredScheduler,
     job_id: &str,

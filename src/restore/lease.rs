@@ -42,7 +42,7 @@ const RETRY_EVERY: Duration = Duration::from_millis(200);
     "the recovery lease {key} is held by {holder}: another bullmq-warden is restoring \
      schedulers; gave up after waiting {waited:?} (config key recovery.lease_wait)"
 )]
-pub struct LeaseBusy {
+pub(crate) struct LeaseBusy {
     key: String,
     holder: String,
     waited: Duration,
@@ -57,7 +57,7 @@ pub(crate) enum LeaseError {
 }
 
 #[derive(Clone)]
-pub struct Lease {
+pub(crate) struct Lease {
     store: SharedStore,
     key: String,
     token: String,
@@ -68,7 +68,7 @@ impl Lease {
     /// The lease key lives under the BullMQ prefix so that it follows the
     /// queues' hash tag on a cluster. The token names host and process, so
     /// that an operator told who holds the lease can find that writer.
-    pub fn new(store: SharedStore, ttl: Duration) -> Self {
+    pub(crate) fn new(store: SharedStore, ttl: Duration) -> Self {
         let key = format!("{}:bullmq-warden:recovery-lease", store.get().prefix());
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into());
         let token = format!("{host}:{}:{:016x}", std::process::id(), fastrand::u64(..));
@@ -184,7 +184,7 @@ impl Lease {
 /// A lease this writer holds, renewed every third of its lifetime until it is
 /// released or dropped. Once lost it stays lost: a writer must take a new
 /// lease (and compare again) before writing any more.
-pub struct Held {
+pub(crate) struct Held {
     lease: Lease,
     lost: Arc<OnceLock<String>>,
     _renewal: DropGuard,

@@ -5,22 +5,22 @@
 //! A new strategy implements [`Restore`] and is chosen in
 //! `decision::recovery` by `[recovery] strategy`.
 
-pub mod catchup;
-pub mod lease;
-pub mod native;
+pub(crate) mod catchup;
+pub(crate) mod lease;
+pub(crate) mod native;
 mod own_writes;
-pub mod webhook;
+pub(crate) mod webhook;
 
 use futures::future::BoxFuture;
 
 use crate::model::Cause;
 use crate::plan::Plan;
 use lease::Held;
-pub use native::RecoverReport;
-pub use own_writes::OwnWrites;
+pub(crate) use native::RecoverReport;
+pub(crate) use own_writes::OwnWrites;
 
 /// A way to bring Redis in line with a plan.
-pub trait Restore: Send + Sync {
+pub(crate) trait Restore: Send + Sync {
     /// Carries out `plan`, writing only while `lease` is held.
     fn restore<'a>(
         &'a self,
@@ -32,7 +32,7 @@ pub trait Restore: Send + Sync {
 
 /// What a strategy did.
 #[derive(Debug)]
-pub enum Restored {
+pub(crate) enum Restored {
     /// The writes were made here; the report says which.
     Written(RecoverReport),
     /// Someone else (the application) was asked to write: only a new
@@ -42,7 +42,7 @@ pub enum Restored {
 
 /// Why a restore did not finish.
 #[derive(Debug, thiserror::Error)]
-pub enum RestoreError {
+pub(crate) enum RestoreError {
     /// The lease was lost while writing, so the writes stopped: another
     /// sidecar may be writing now.
     #[error("{0}")]

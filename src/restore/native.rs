@@ -30,7 +30,7 @@ const LEASE_CHECK_EVERY: usize = 128;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
-pub enum Action {
+pub(crate) enum Action {
     Create,
     Update,
     Remove,
@@ -41,52 +41,52 @@ pub enum Action {
 /// One scheduler the plan touches (or would touch, in a dry run).
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct Change {
-    pub queue: String,
-    pub scheduler_id: String,
+pub(crate) struct Change {
+    pub(crate) queue: String,
+    pub(crate) scheduler_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub row_id: Option<String>,
-    pub action: Action,
+    pub(crate) row_id: Option<String>,
+    pub(crate) action: Action,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     #[schema(value_type = Vec<String>)]
-    pub differs: Vec<Difference>,
+    pub(crate) differs: Vec<Difference>,
     /// Not written: the writes stopped first (the report's `stopped` says why).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub not_done: bool,
+    pub(crate) not_done: bool,
 }
 
 /// A write that Redis refused or that could not be sent.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct Failure {
-    pub id: String,
-    pub scheduler_id: String,
-    pub reason: String,
+pub(crate) struct Failure {
+    pub(crate) id: String,
+    pub(crate) scheduler_id: String,
+    pub(crate) reason: String,
 }
 
 /// The manual's `recoverTasks()` result, with the detail an operator needs.
 #[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct RecoverReport {
-    pub success: bool,
-    pub dry_run: bool,
+pub(crate) struct RecoverReport {
+    pub(crate) success: bool,
+    pub(crate) dry_run: bool,
     /// Schedulers written: created plus updated.
-    pub recovered_tasks: usize,
-    pub created: usize,
-    pub updated: usize,
-    pub unchanged: usize,
-    pub removed: usize,
+    pub(crate) recovered_tasks: usize,
+    pub(crate) created: usize,
+    pub(crate) updated: usize,
+    pub(crate) unchanged: usize,
+    pub(crate) removed: usize,
     /// Orphans found; removed only when pruning is on.
-    pub orphaned: usize,
-    pub legacy: usize,
-    pub invalid: Vec<InvalidRow>,
-    pub failed: Vec<Failure>,
-    pub changes: Vec<Change>,
+    pub(crate) orphaned: usize,
+    pub(crate) legacy: usize,
+    pub(crate) invalid: Vec<InvalidRow>,
+    pub(crate) failed: Vec<Failure>,
+    pub(crate) changes: Vec<Change>,
     /// Why the writes stopped before the plan was carried out: the recovery
     /// lease was lost. The changes marked `notDone` were not written.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub stopped: Option<String>,
-    pub duration_ms: u64,
+    pub(crate) stopped: Option<String>,
+    pub(crate) duration_ms: u64,
 }
 
 enum Write<'a> {
@@ -118,11 +118,11 @@ impl<'a> Write<'a> {
 
 /// How a plan is carried out.
 #[derive(Debug, Clone, Copy)]
-pub struct WriteOptions {
+pub(crate) struct WriteOptions {
     /// Remove orphans too (`[recovery] prune_orphans`).
-    pub prune: bool,
+    pub(crate) prune: bool,
     /// Writes in flight at once (`[recovery] concurrency`).
-    pub concurrency: usize,
+    pub(crate) concurrency: usize,
 }
 
 impl From<&RecoveryConfig> for WriteOptions {
@@ -137,7 +137,7 @@ impl From<&RecoveryConfig> for WriteOptions {
 impl RecoverReport {
     /// What carrying out `plan` does, before anything is written: the dry
     /// run's report.
-    pub fn planned(plan: &Plan, prune: bool) -> Self {
+    pub(crate) fn planned(plan: &Plan, prune: bool) -> Self {
         let mut report = Self::listing(plan, prune);
         report.dry_run = true;
         report.count_changes(|_| true);
@@ -147,7 +147,7 @@ impl RecoverReport {
 
     /// `plan` carried out by someone else — the application, asked by the
     /// webhook — and found done by the comparison after it.
-    pub fn done_elsewhere(plan: &Plan, prune: bool) -> Self {
+    pub(crate) fn done_elsewhere(plan: &Plan, prune: bool) -> Self {
         let mut report = Self::planned(plan, prune);
         report.dry_run = false;
         report.recovered_tasks = report.created + report.updated;
@@ -204,11 +204,11 @@ impl RecoverReport {
 }
 
 /// The native strategy: writes through BullMQ's scripts from here.
-pub struct Native<'a> {
-    pub store: BullmqStore,
-    pub options: WriteOptions,
+pub(crate) struct Native<'a> {
+    pub(crate) store: BullmqStore,
+    pub(crate) options: WriteOptions,
     /// Raised while writing, so the keyspace watcher ignores the echoes.
-    pub own_writes: &'a OwnWrites,
+    pub(crate) own_writes: &'a OwnWrites,
 }
 
 impl Restore for Native<'_> {
@@ -239,7 +239,7 @@ impl Restore for Native<'_> {
 
 /// Carries out `plan` — creates and updates always, removals of orphans only
 /// with `options.prune` — while `lease` stays this writer's.
-pub async fn apply(
+pub(crate) async fn apply(
     store: &BullmqStore,
     plan: &Plan,
     options: WriteOptions,

@@ -8,24 +8,24 @@ use tokio::sync::watch;
 /// listening: nearly every notification then would be the echo of those
 /// writes, and reading them took CPU from the writes and from Redis.
 #[derive(Clone)]
-pub struct OwnWrites(Arc<watch::Sender<bool>>);
+pub(crate) struct OwnWrites(Arc<watch::Sender<bool>>);
 
 impl OwnWrites {
     /// The flag and a receiver for the keyspace watcher.
-    pub fn new() -> (Self, watch::Receiver<bool>) {
+    pub(crate) fn new() -> (Self, watch::Receiver<bool>) {
         let (sender, receiver) = watch::channel(false);
         (Self(Arc::new(sender)), receiver)
     }
 
     /// Raises the flag until the returned guard is dropped, also when the
     /// writes are abandoned at shutdown.
-    pub fn begin(&self) -> OwnWritesGuard<'_> {
+    pub(crate) fn begin(&self) -> OwnWritesGuard<'_> {
         self.0.send_replace(true);
         OwnWritesGuard(self)
     }
 }
 
-pub struct OwnWritesGuard<'a>(&'a OwnWrites);
+pub(crate) struct OwnWritesGuard<'a>(&'a OwnWrites);
 
 impl Drop for OwnWritesGuard<'_> {
     fn drop(&mut self) {

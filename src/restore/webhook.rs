@@ -14,9 +14,9 @@ use crate::model::Cause;
 use crate::plan::Plan;
 
 /// Environment variable holding the webhook's bearer token.
-pub const WEBHOOK_TOKEN_ENV: &str = "BULLMQ_WARDEN_WEBHOOK_TOKEN";
+pub(crate) const WEBHOOK_TOKEN_ENV: &str = "BULLMQ_WARDEN_WEBHOOK_TOKEN";
 
-pub struct Webhook {
+pub(crate) struct Webhook {
     client: reqwest::Client,
     url: String,
     headers: BTreeMap<String, String>,
@@ -24,7 +24,7 @@ pub struct Webhook {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum WebhookError {
+pub(crate) enum WebhookError {
     #[error("webhook {url}: {reason}")]
     Request { url: String, reason: String },
     #[error("webhook token from {origin} {reason}")]
@@ -33,7 +33,7 @@ pub enum WebhookError {
 
 impl Webhook {
     /// `None` unless the strategy is webhook (the config check ensures a URL).
-    pub fn from_config(config: &RecoveryConfig) -> Result<Option<Self>, WebhookError> {
+    pub(crate) fn from_config(config: &RecoveryConfig) -> Result<Option<Self>, WebhookError> {
         let Some(url) = config.webhook_url.clone() else {
             return Ok(None);
         };
@@ -69,7 +69,7 @@ impl Webhook {
     }
 
     /// Asks the application to recover; any 2xx answer counts as accepted.
-    pub async fn call(
+    pub(crate) async fn call(
         &self,
         trigger: Cause,
         missing: usize,

@@ -15,7 +15,7 @@ use redis::{ProtocolVersion, PushKind, Value};
 
 /// What the tracking connection reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FlushNotice {
+pub(crate) enum FlushNotice {
     /// A database of this server was flushed.
     Flushed,
     /// The tracking connection closed.
@@ -23,7 +23,7 @@ pub enum FlushNotice {
 }
 
 /// A connection that tracks flushes; dropping it stops the tracking.
-pub struct FlushTracking {
+pub(crate) struct FlushTracking {
     /// Kept open for as long as the notices are wanted.
     _connection: MultiplexedConnection,
 }
@@ -31,7 +31,7 @@ pub struct FlushTracking {
 impl FlushTracking {
     /// Opens a RESP3 connection to the server of `client` and turns tracking
     /// on; `Err` says why flushes will not be reported.
-    pub async fn start(
+    pub(crate) async fn start(
         client: &redis::Client,
     ) -> Result<(Self, BoxStream<'static, FlushNotice>), String> {
         let info = client.get_connection_info().clone();

@@ -59,29 +59,29 @@ const PROBE_TTL_MS: u64 = 20;
 /// be provoked.
 const PROBE_EVENTS: [(&str, char); 3] = [("zadd", 'z'), ("expire", 'g'), ("expired", 'x')];
 
-pub struct KeyspaceWatcher {
-    pub store: SharedStore,
+pub(crate) struct KeyspaceWatcher {
+    pub(crate) store: SharedStore,
     /// Bumped when Sentinel moves the primary: subscribe there instead.
-    pub moved: watch::Receiver<u64>,
-    pub db: u32,
-    pub prefix: String,
-    pub manage_config: bool,
-    pub queues: SharedQueues,
-    pub signals: Signals,
-    pub observer: Observer,
-    pub backoff_min: Duration,
-    pub backoff_max: Duration,
+    pub(crate) moved: watch::Receiver<u64>,
+    pub(crate) db: u32,
+    pub(crate) prefix: String,
+    pub(crate) manage_config: bool,
+    pub(crate) queues: SharedQueues,
+    pub(crate) signals: Signals,
+    pub(crate) observer: Observer,
+    pub(crate) backoff_min: Duration,
+    pub(crate) backoff_max: Duration,
     /// How often a cluster's primaries are listed again.
-    pub topology_interval: Duration,
+    pub(crate) topology_interval: Duration,
     /// Tells the poll to look at once when a subscription drops or a flush
     /// is reported.
-    pub poll_now: Arc<Notify>,
+    pub(crate) poll_now: Arc<Notify>,
     /// True while a recovery writes. The subscription is paused meanwhile:
     /// the notifications would be the echo of those writes, and reading them
     /// slowed a 100,000-scheduler restore by a third on two cores. A
     /// deletion by someone else in those moments is still found by the poll
     /// (an emptied set) or by the next drift check.
-    pub own_writes: watch::Receiver<bool>,
+    pub(crate) own_writes: watch::Receiver<bool>,
 }
 
 /// What is known of the server's notification flags.
@@ -195,7 +195,7 @@ enum Notice {
 
 impl KeyspaceWatcher {
     /// Subscribes, and subscribes again after every lost connection.
-    pub async fn run(mut self, shutdown: CancellationToken) {
+    pub(crate) async fn run(mut self, shutdown: CancellationToken) {
         let mut backoff = Backoff::new(self.backoff_min, self.backoff_max);
         let mut first = true;
         loop {

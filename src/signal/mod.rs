@@ -7,11 +7,11 @@
 //! A new signal source is a module here that takes a [`Signals`] and calls
 //! [`Signals::raise`] when it sees a possible loss.
 
-pub mod flushes;
-pub mod keyspace;
-pub mod poll;
+pub(crate) mod flushes;
+pub(crate) mod keyspace;
+pub(crate) mod poll;
 pub(crate) mod reload;
-pub mod sentinel;
+pub(crate) mod sentinel;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,12 +23,12 @@ use crate::model::{Cause, Trigger};
 use crate::report::events::{Detected, Observer};
 
 /// The queues the watcher looks at, refreshed from every comparison.
-pub type SharedQueues = Arc<std::sync::RwLock<Vec<String>>>;
+pub(crate) type SharedQueues = Arc<std::sync::RwLock<Vec<String>>>;
 
 /// Queues a recovery just filled, with how many schedulers they hold now. The
 /// poll takes them as its previous counts, so a flush right after a recovery
 /// (before the poll saw the filled set) is still seen as a flush.
-pub type RestoredCounts = Arc<std::sync::Mutex<BTreeMap<String, u64>>>;
+pub(crate) type RestoredCounts = Arc<std::sync::Mutex<BTreeMap<String, u64>>>;
 
 /// Triggers queued before the decision loop takes them; a full queue already
 /// holds triggers enough for one more cycle, so more are dropped.
@@ -36,21 +36,21 @@ const QUEUED_TRIGGERS: usize = 1024;
 
 /// Where every signal source sends what it noticed.
 #[derive(Clone)]
-pub struct Signals {
+pub(crate) struct Signals {
     triggers: mpsc::Sender<Trigger>,
     observer: Observer,
 }
 
 impl Signals {
     /// The sending side, and the receiver the decision loop reads.
-    pub fn channel(observer: Observer) -> (Self, mpsc::Receiver<Trigger>) {
+    pub(crate) fn channel(observer: Observer) -> (Self, mpsc::Receiver<Trigger>) {
         let (triggers, receiver) = mpsc::channel(QUEUED_TRIGGERS);
         (Self { triggers, observer }, receiver)
     }
 
     /// A detection: logged and counted once, then one trigger per queue it
     /// names (or one for all queues when it names none).
-    pub fn raise(&self, cause: Cause, queues: &[&str], since_ms: u64, detail: String) {
+    pub(crate) fn raise(&self, cause: Cause, queues: &[&str], since_ms: u64, detail: String) {
         self.observer.emit(Detected {
             cause,
             queue: match queues {
@@ -72,7 +72,7 @@ impl Signals {
     }
 
     /// A detection that happened just now.
-    pub fn raise_now(&self, cause: Cause, queue: Option<&str>, detail: String) {
+    pub(crate) fn raise_now(&self, cause: Cause, queue: Option<&str>, detail: String) {
         let queues: &[&str] = match &queue {
             Some(queue) => std::slice::from_ref(queue),
             None => &[],
@@ -82,7 +82,7 @@ impl Signals {
 
     /// A trigger that is not a detection of its own: a periodic check, a
     /// reload, or a repeat of a detection already logged.
-    pub fn nudge(&self, trigger: Trigger) {
+    pub(crate) fn nudge(&self, trigger: Trigger) {
         let _ = self.triggers.try_send(trigger);
     }
 }

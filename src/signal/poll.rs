@@ -58,19 +58,19 @@ impl Identity {
 /// scheduler but not yet its job; a real loss is still there at the next poll.
 const STRANDED_AFTER_POLLS: u32 = 2;
 
-pub struct Poller {
-    pub store: SharedStore,
-    pub observer: Observer,
-    pub queues: SharedQueues,
-    pub restored: RestoredCounts,
+pub(crate) struct Poller {
+    pub(crate) store: SharedStore,
+    pub(crate) observer: Observer,
+    pub(crate) queues: SharedQueues,
+    pub(crate) restored: RestoredCounts,
     /// Woken when Redis may have changed under the watcher (the keyspace
     /// subscription dropped, a flush was reported): the poll looks at once.
-    pub poll_now: Arc<Notify>,
-    pub signals: Signals,
-    pub loading: watch::Sender<bool>,
-    pub interval: Duration,
+    pub(crate) poll_now: Arc<Notify>,
+    pub(crate) signals: Signals,
+    pub(crate) loading: watch::Sender<bool>,
+    pub(crate) interval: Duration,
     /// How often persistence settings are read again.
-    pub settings_interval: Duration,
+    pub(crate) settings_interval: Duration,
 }
 
 /// What earlier polls saw, to compare the next one with.
@@ -97,7 +97,7 @@ struct Seen {
 impl Poller {
     /// Polls every `interval`, and ten times as often while Redis is away, so
     /// that a restarted server is seen within a fraction of the interval.
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub(crate) async fn run(self, shutdown: CancellationToken) {
         let mut seen = Seen::default();
         loop {
             let started = tokio::time::Instant::now();

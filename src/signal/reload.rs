@@ -70,9 +70,9 @@ macro_rules! restart_keys {
 /// What a reload changes: the config to put in force (the running one with
 /// the new values of the live keys) and the names of the keys that differ.
 pub(crate) struct Changes {
-    pub config: Config,
-    pub applied: Vec<&'static str>,
-    pub needs_restart: Vec<&'static str>,
+    pub(crate) config: Config,
+    pub(crate) applied: Vec<&'static str>,
+    pub(crate) needs_restart: Vec<&'static str>,
 }
 
 /// Compares the running config with a newly loaded one. Values are compared
@@ -124,16 +124,16 @@ pub(crate) struct Reloader {
     /// The file, the environment and the command line's overrides, read
     /// again as at start. Without a file, SIGHUP re-reads the defaults and
     /// the environment, which cannot have changed.
-    pub origin: ConfigOrigin,
-    pub warden: Arc<Warden>,
-    pub observer: Observer,
+    pub(crate) origin: ConfigOrigin,
+    pub(crate) warden: Arc<Warden>,
+    pub(crate) observer: Observer,
     /// A comparison right after a reload puts new source or recovery keys
     /// to work without waiting for the next drift check.
-    pub signals: Signals,
+    pub(crate) signals: Signals,
 }
 
 impl Reloader {
-    pub async fn run(self, hangup: std::io::Result<Signal>, shutdown: CancellationToken) {
+    pub(crate) async fn run(self, hangup: std::io::Result<Signal>, shutdown: CancellationToken) {
         let mut hangup = match hangup {
             Ok(hangup) => Some(hangup),
             Err(error) => {

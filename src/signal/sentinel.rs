@@ -14,17 +14,17 @@ use crate::report::events::{Observer, PrimaryUnreachable};
 use crate::store::target;
 use crate::store::{BullmqStore, SharedStore};
 
-pub struct PrimaryFollower {
-    pub config: RedisConfig,
-    pub store: SharedStore,
-    pub observer: Observer,
-    pub signals: Signals,
-    pub moved: watch::Sender<u64>,
-    pub interval: Duration,
+pub(crate) struct PrimaryFollower {
+    pub(crate) config: RedisConfig,
+    pub(crate) store: SharedStore,
+    pub(crate) observer: Observer,
+    pub(crate) signals: Signals,
+    pub(crate) moved: watch::Sender<u64>,
+    pub(crate) interval: Duration,
 }
 
 impl PrimaryFollower {
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub(crate) async fn run(self, shutdown: CancellationToken) {
         let mut ticker = tokio::time::interval(self.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

@@ -20,11 +20,11 @@ use sqlx::{AssertSqlSafe, Column, ConnectOptions, Database, Decode, Pool, Row, T
 use crate::config::{redact_url, SourceConfig};
 
 /// The manual's `InspectionTask` table: the enabled rows are the schedules.
-pub const DEFAULT_QUERY: &str = "SELECT id, name, cron, every_ms, tz, payload, opts, queue \
+pub(crate) const DEFAULT_QUERY: &str = "SELECT id, name, cron, every_ms, tz, payload, opts, queue \
                                  FROM inspection_tasks WHERE enabled";
 
 #[derive(Debug, thiserror::Error)]
-pub enum SourceError {
+pub(crate) enum SourceError {
     #[error("cannot connect to the source database {url}: {reason}")]
     Connect { url: String, reason: String },
     #[error("source query failed on {url}: {reason}")]
@@ -101,7 +101,7 @@ enum Pools {
     MySql(Pool<MySql>),
 }
 
-pub struct Source {
+pub(crate) struct Source {
     pools: Pools,
     /// Replaced by a config reload (`set_query`).
     query: std::sync::RwLock<String>,
@@ -111,13 +111,13 @@ pub struct Source {
 impl Source {
     /// Connects and checks that the database answers, so that a wrong URL or
     /// a missing SQLite file is reported at start rather than at the first loss.
-    pub async fn connect(config: &SourceConfig) -> Result<Self, SourceError> {
+    pub(crate) async fn connect(config: &SourceConfig) -> Result<Self, SourceError> {
         Self::open(config, true).await
     }
 
     /// Prepares the pool without connecting: the watcher starts even while the
     /// database is down, and reports it through its metrics and logs.
-    pub async fn connect_lazy(config: &SourceConfig) -> Result<Self, SourceError> {
+    pub(crate) async fn connect_lazy(config: &SourceConfig) -> Result<Self, SourceError> {
         Self::open(config, false).await
     }
 
@@ -180,14 +180,17 @@ impl Source {
     }
 
     /// The URL with its password redacted.
-    pub fn redacted_url(&self) -> &str {
+    pub(crate) fn redacted_url(&self) -> &str {
         &self.redacted_url
     }
 
     /// Runs the source query inside a read-only transaction where the database
     /// has one, handing each row to `each` as it arrives (100,000 rows are never
     /// held at once); returns how long the query took.
-    pub async fn fetch(&self, mut each: impl FnMut(SourceRow)) -> Result<Duration, SourceError> {
+    pub(crate) async fn fetch(
+        &self,
+        mut each: impl FnMut(SourceRow),
+    ) -> Result<Duration, SourceError> {
         use futures::TryStreamExt;
         let started = Instant::now();
         let query = self.query.read().unwrap_or_else(|e| e.into_inner()).clone();
@@ -256,7 +259,7 @@ impl Source {
         }
     }
 
-    pub async fn close(&self) {
+    pub(crate) async fn close(&self) {
         match &self.pools {
             Pools::Sqlite(pool) => pool.close().await,
             Pools::Postgres(pool) => pool.close().await,
@@ -269,7 +272,7 @@ impl Source {
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a source connection may sit unused before it is closed.
-pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One direct connection: unlike the pool, it reports why a database is
 /// unreachable (refused, unknown host, bad password) instead of a pool timeout.
@@ -424,11 +427,7 @@ fn missing_columns(found: &[String]) -> Option<String> {
 }
 
 fn one_line(error: &impl std::fmt::Display) -> String {
-    error
-        .to_string()
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
+    crate::text::collapse_whitespace(&error.to_string())
 }
 
 #[cfg(test)]

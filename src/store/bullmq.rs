@@ -36,10 +36,10 @@ pub enum StoreError {
 }
 
 /// The servers to subscribe on, each with its redacted URL.
-pub struct Primaries {
-    pub clients: Vec<(String, redis::Client)>,
+pub(crate) struct Primaries {
+    pub(crate) clients: Vec<(String, redis::Client)>,
     /// False while a cluster primary is flagged as failing and so left out.
-    pub whole: bool,
+    pub(crate) whole: bool,
 }
 
 /// What one poll read.
@@ -67,22 +67,22 @@ pub struct BullmqStore {
 
 /// The store in use, replaced when Sentinel moves the primary elsewhere.
 #[derive(Clone)]
-pub struct SharedStore(Arc<std::sync::RwLock<BullmqStore>>);
+pub(crate) struct SharedStore(Arc<std::sync::RwLock<BullmqStore>>);
 
 impl SharedStore {
-    pub fn new(store: BullmqStore) -> Self {
+    pub(crate) fn new(store: BullmqStore) -> Self {
         Self(Arc::new(std::sync::RwLock::new(store)))
     }
 
     /// The current store (a cheap clone; connections are shared).
-    pub fn get(&self) -> BullmqStore {
+    pub(crate) fn get(&self) -> BullmqStore {
         match self.0.read() {
             Ok(store) => store.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
     }
 
-    pub fn replace(&self, store: BullmqStore) {
+    pub(crate) fn replace(&self, store: BullmqStore) {
         match self.0.write() {
             Ok(mut current) => *current = store,
             Err(poisoned) => *poisoned.into_inner() = store,
@@ -93,7 +93,7 @@ impl SharedStore {
 impl BullmqStore {
     /// Connects to the configured Redis, to the primary the sentinels name, or
     /// to a Redis Cluster.
-    pub async fn connect(config: &RedisConfig) -> Result<Self, StoreError> {
+    pub(crate) async fn connect(config: &RedisConfig) -> Result<Self, StoreError> {
         if !config.cluster_nodes.is_empty() {
             return Self::connect_cluster(config).await;
         }
@@ -183,14 +183,14 @@ impl BullmqStore {
         })
     }
 
-    pub fn redacted_url(&self) -> &str {
+    pub(crate) fn redacted_url(&self) -> &str {
         &self.redacted_url
     }
 
     /// One client per server that holds BullMQ data, with its URL: the server
     /// itself, or every primary of a cluster (keyspace notifications are
     /// node-local); and whether that is every primary (see `cluster_primaries`).
-    pub async fn primary_clients(&self) -> Result<Primaries, StoreError> {
+    pub(crate) async fn primary_clients(&self) -> Result<Primaries, StoreError> {
         let Some(seed) = self.cluster_nodes.first() else {
             return Ok(Primaries {
                 clients: vec![(self.redacted_url.clone(), self.client()?)],
@@ -215,7 +215,7 @@ impl BullmqStore {
     }
 
     /// Whether this store talks to the server at `url`.
-    pub fn is_at(&self, url: &str) -> bool {
+    pub(crate) fn is_at(&self, url: &str) -> bool {
         self.url == url
     }
 
@@ -224,28 +224,28 @@ impl BullmqStore {
         redis::Client::open(self.url.as_str()).map_err(|e| self.error(e))
     }
 
-    pub fn is_cluster(&self) -> bool {
+    pub(crate) fn is_cluster(&self) -> bool {
         !self.cluster_nodes.is_empty()
     }
 
-    pub fn prefix(&self) -> &str {
+    pub(crate) fn prefix(&self) -> &str {
         &self.prefix
     }
 
     /// A connection for commands outside BullMQ's API (INFO, CONFIG, …).
-    pub fn raw(&self) -> AnyConnection {
+    pub(crate) fn raw(&self) -> AnyConnection {
         self.connection.connection()
     }
 
     /// Turns a client error into one line that names the server, never the password.
-    pub fn error(&self, error: impl std::fmt::Display) -> StoreError {
+    pub(crate) fn error(&self, error: impl std::fmt::Display) -> StoreError {
         StoreError::Command {
             url: self.redacted_url.clone(),
             reason: scrub(&error.to_string(), self.password.as_deref()),
         }
     }
 
-    pub fn keys(&self, queue: &str) -> QueueKeys {
+    pub(crate) fn keys(&self, queue: &str) -> QueueKeys {
         QueueKeys::new(queue, Some(&self.prefix))
     }
 
@@ -267,7 +267,7 @@ impl BullmqStore {
 
     /// BullMQ's job counts for many queues in one round trip: the commands
     /// of `getJobCounts()` and `getJobSchedulersCount()`, on BullMQ's key names.
-    pub async fn job_counts(
+    pub(crate) async fn job_counts(
         &self,
         queues: &[String],
     ) -> Result<BTreeMap<String, JobCounts>, StoreError> {
@@ -364,7 +364,7 @@ impl BullmqStore {
     /// Reads every scheduler of a queue: the `repeat` set, then each hash,
     /// next-run job and that job's place in the delayed set, in pipelined
     /// batches.
-    pub async fn read_schedulers(&self, queue: &str) -> Result<QueueSchedulers, StoreError> {
+    pub(crate) async fn read_schedulers(&self, queue: &str) -> Result<QueueSchedulers, StoreError> {
         let keys = self.keys(queue);
         let mut conn = self.raw();
         let members: Vec<(String, f64)> = redis::cmd("ZRANGE")
@@ -434,7 +434,7 @@ impl BullmqStore {
     /// the `repeat` key), BullMQ refuses the upsert: the job id for the next run
     /// is taken. That orphaned job is removed with BullMQ's `removeJob` — it
     /// belongs to no scheduler any more — and the upsert is tried once more.
-    pub async fn upsert(&self, scheduler: &DesiredScheduler) -> Result<(), StoreError> {
+    pub(crate) async fn upsert(&self, scheduler: &DesiredScheduler) -> Result<(), StoreError> {
         let queue = self.queue(&scheduler.queue).await?;
         match upsert_with(&queue, scheduler).await {
             Err(bullmq::Error::Script { code, .. }) if code == SCHEDULER_JOB_ID_COLLISION => {
@@ -452,7 +452,7 @@ impl BullmqStore {
     /// to run — it is that run, not a duplicate — and the upsert picks the
     /// run after it. A scheduler's job has no children, so BullMQ's child
     /// handling is skipped.
-    pub async fn upsert_after_orphan(
+    pub(crate) async fn upsert_after_orphan(
         &self,
         scheduler: &DesiredScheduler,
         orphan: &NextRunJob,
@@ -473,7 +473,7 @@ impl BullmqStore {
     /// `removeJobScheduler` (which leaves the stranded job, as it is in no
     /// set), the job with `removeJob`, and the scheduler created afresh. Its
     /// iteration count starts again, which matters only with a `limit`.
-    pub async fn replace_stranded(
+    pub(crate) async fn replace_stranded(
         &self,
         scheduler: &DesiredScheduler,
         stranded_job_id: &str,
@@ -509,7 +509,7 @@ impl BullmqStore {
     /// `queue`), the job an upsert now would create, when it already exists:
     /// the set lost its members while the delayed jobs survived. One `ZCARD`
     /// when the delayed set is empty, as after a flush or a restart.
-    pub async fn orphaned_next_jobs(
+    pub(crate) async fn orphaned_next_jobs(
         &self,
         queue: &str,
         missing: &[DesiredScheduler],
@@ -546,7 +546,7 @@ impl BullmqStore {
     }
 
     /// Adds one job now with BullMQ's add script; a known `job_id` adds nothing.
-    pub async fn add_job(
+    pub(crate) async fn add_job(
         &self,
         queue: &str,
         name: &str,
@@ -565,7 +565,7 @@ impl BullmqStore {
     }
 
     /// Removes a scheduler and its next job with BullMQ's `removeJobScheduler`.
-    pub async fn remove(&self, queue: &str, scheduler_id: &str) -> Result<bool, StoreError> {
+    pub(crate) async fn remove(&self, queue: &str, scheduler_id: &str) -> Result<bool, StoreError> {
         self.queue(queue)
             .await?
             .remove_job_scheduler(scheduler_id)
@@ -605,9 +605,9 @@ async fn upsert_with(queue: &Queue, scheduler: &DesiredScheduler) -> Result<(), 
 
 /// The job BullMQ creates for a scheduler's next run.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NextRunJob {
-    pub job_id: String,
-    pub run_at_ms: u64,
+pub(crate) struct NextRunJob {
+    pub(crate) job_id: String,
+    pub(crate) run_at_ms: u64,
 }
 
 /// Next runs of cron schedulers created at one instant. Parsing a pattern
@@ -683,7 +683,7 @@ fn is_legacy_repeatable(member: &str) -> bool {
 }
 
 fn scrub(text: &str, secret: Option<&str>) -> String {
-    let line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let line = crate::text::collapse_whitespace(text);
     match secret {
         Some(secret) if !secret.is_empty() => line.replace(secret, "***"),
         _ => line,

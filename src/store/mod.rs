@@ -2,7 +2,10 @@
 //! only through BullMQ's own scripts.
 
 mod bullmq;
-pub mod settings;
-pub mod target;
+pub(crate) mod settings;
+pub(crate) mod target;
 
-pub use bullmq::{BullmqStore, NextRunJob, Polled, Primaries, SharedStore, StoreError};
+pub use bullmq::BullmqStore;
+pub use bullmq::Polled;
+pub use bullmq::StoreError;
+pub(crate) use bullmq::{NextRunJob, SharedStore};

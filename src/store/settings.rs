@@ -7,14 +7,14 @@ use super::{BullmqStore, StoreError};
 
 /// The persistence-related settings, as far as the server lets us read them.
 #[derive(Debug, Clone, Default)]
-pub struct RedisSettings {
+pub(crate) struct RedisSettings {
     /// `None` when CONFIG GET is refused.
-    pub config: Option<HashMap<String, String>>,
-    pub info: HashMap<String, String>,
+    pub(crate) config: Option<HashMap<String, String>>,
+    pub(crate) info: HashMap<String, String>,
 }
 
 impl RedisSettings {
-    pub async fn read(store: &BullmqStore) -> Result<Self, StoreError> {
+    pub(crate) async fn read(store: &BullmqStore) -> Result<Self, StoreError> {
         let mut conn = store.raw();
         let info_text: String = redis::cmd("INFO")
             .arg("server")
@@ -76,7 +76,7 @@ pub(crate) async fn may_run(
 const ACL_CHECK: &str = "return redis.acl_check_cmd(unpack(ARGV)) and 1 or 0";
 
 /// `INFO` text as key/value pairs.
-pub fn parse_info(text: &str) -> HashMap<String, String> {
+pub(crate) fn parse_info(text: &str) -> HashMap<String, String> {
     text.lines()
         .filter(|line| !line.starts_with('#'))
         .filter_map(|line| line.trim_end().split_once(':'))

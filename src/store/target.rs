@@ -5,7 +5,7 @@
 use crate::config::{redact_url, RedisConfig};
 
 #[derive(Debug, thiserror::Error)]
-pub enum TargetError {
+pub(crate) enum TargetError {
     #[error("no sentinel of {sentinels} knows a primary named {name:?}: {reason}")]
     NoPrimary {
         sentinels: String,
@@ -15,7 +15,7 @@ pub enum TargetError {
 }
 
 /// The URL to connect to now.
-pub async fn resolve(config: &RedisConfig) -> Result<String, TargetError> {
+pub(crate) async fn resolve(config: &RedisConfig) -> Result<String, TargetError> {
     let Some(name) = config
         .master_name
         .as_deref()
@@ -65,7 +65,7 @@ async fn primary_address(sentinel: &str, name: &str) -> Result<(String, u16), St
 }
 
 /// `url` with its host and port replaced, keeping scheme, credentials and path.
-pub fn with_address(url: &str, host: &str, port: u16) -> String {
+pub(crate) fn with_address(url: &str, host: &str, port: u16) -> String {
     match url::Url::parse(url) {
         Ok(mut parsed) => {
             let _ = parsed.set_host(Some(host));
@@ -80,7 +80,7 @@ pub fn with_address(url: &str, host: &str, port: u16) -> String {
 /// whether that is all of them: a primary flagged as failing (`fail`, or
 /// `fail?` while the others have not agreed yet) is left out, but its slots
 /// still need a subscription once it answers again.
-pub fn cluster_primaries(nodes: &str) -> (Vec<(String, u16)>, bool) {
+pub(crate) fn cluster_primaries(nodes: &str) -> (Vec<(String, u16)>, bool) {
     let mut whole = true;
     let mut primaries: Vec<(String, u16)> = nodes
         .lines()

@@ -4,11 +4,11 @@ use super::{InternalEvent, Observer};
 
 /// The config file was read again (`trigger`: `SIGHUP` or `file changed`);
 /// `applied` keys took effect, `needs_restart` keys did not.
-pub struct ConfigReloaded<'a> {
-    pub trigger: &'a str,
-    pub applied: &'a [&'static str],
-    pub needs_restart: &'a [&'static str],
-    pub auto_recovery: bool,
+pub(crate) struct ConfigReloaded<'a> {
+    pub(crate) trigger: &'a str,
+    pub(crate) applied: &'a [&'static str],
+    pub(crate) needs_restart: &'a [&'static str],
+    pub(crate) auto_recovery: bool,
 }
 
 impl InternalEvent for ConfigReloaded<'_> {
@@ -37,9 +37,9 @@ impl InternalEvent for ConfigReloaded<'_> {
 }
 
 /// The new config did not load; the running one stays in force.
-pub struct ConfigReloadFailed<'a> {
-    pub trigger: &'a str,
-    pub reason: String,
+pub(crate) struct ConfigReloadFailed<'a> {
+    pub(crate) trigger: &'a str,
+    pub(crate) reason: String,
 }
 
 impl InternalEvent for ConfigReloadFailed<'_> {

@@ -2,8 +2,8 @@
 
 use super::LogEvent;
 
-pub struct HttpListening<'a> {
-    pub addr: &'a str,
+pub(crate) struct HttpListening<'a> {
+    pub(crate) addr: &'a str,
 }
 
 impl LogEvent for HttpListening<'_> {
@@ -17,8 +17,8 @@ impl LogEvent for HttpListening<'_> {
 }
 
 /// Every HTTP connection slot is taken: new connections wait for one.
-pub struct HttpConnectionsFull {
-    pub limit: usize,
+pub(crate) struct HttpConnectionsFull {
+    pub(crate) limit: usize,
 }
 
 impl LogEvent for HttpConnectionsFull {
@@ -32,8 +32,8 @@ impl LogEvent for HttpConnectionsFull {
 }
 
 /// The HTTP listener could not take a connection.
-pub struct HttpAcceptFailed {
-    pub error: String,
+pub(crate) struct HttpAcceptFailed {
+    pub(crate) error: String,
 }
 
 impl LogEvent for HttpAcceptFailed {

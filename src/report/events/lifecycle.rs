@@ -3,10 +3,10 @@
 use super::LogEvent;
 
 /// No config file was named: the built-in defaults apply.
-pub struct ConfigDefaults<'a> {
-    pub redis_url: &'a str,
-    pub source_url: &'a str,
-    pub path_variable: &'a str,
+pub(crate) struct ConfigDefaults<'a> {
+    pub(crate) redis_url: &'a str,
+    pub(crate) source_url: &'a str,
+    pub(crate) path_variable: &'a str,
 }
 
 impl LogEvent for ConfigDefaults<'_> {
@@ -23,7 +23,7 @@ impl LogEvent for ConfigDefaults<'_> {
 }
 
 /// SIGTERM or Ctrl-C.
-pub struct ShutdownRequested;
+pub(crate) struct ShutdownRequested;
 
 impl LogEvent for ShutdownRequested {
     fn log(self) {
@@ -31,9 +31,9 @@ impl LogEvent for ShutdownRequested {
     }
 }
 
-pub struct WatchStarted<'a> {
-    pub redis: &'a str,
-    pub source: &'a str,
+pub(crate) struct WatchStarted<'a> {
+    pub(crate) redis: &'a str,
+    pub(crate) source: &'a str,
 }
 
 impl LogEvent for WatchStarted<'_> {
@@ -47,7 +47,7 @@ impl LogEvent for WatchStarted<'_> {
     }
 }
 
-pub struct WatchStopping;
+pub(crate) struct WatchStopping;
 
 impl LogEvent for WatchStopping {
     fn log(self) {
@@ -59,7 +59,7 @@ impl LogEvent for WatchStopping {
 }
 
 /// A recovery was still running when the shutdown grace period ended.
-pub struct RecoveryAbandoned;
+pub(crate) struct RecoveryAbandoned;
 
 impl LogEvent for RecoveryAbandoned {
     fn log(self) {
@@ -70,7 +70,7 @@ impl LogEvent for RecoveryAbandoned {
     }
 }
 
-pub struct WatchStopped;
+pub(crate) struct WatchStopped;
 
 impl LogEvent for WatchStopped {
     fn log(self) {

@@ -15,19 +15,19 @@ mod redis;
 mod signal;
 mod source;
 
-pub use super::observer::{InternalEvent, LogEvent, Observer};
-pub use config::{ConfigReloadFailed, ConfigReloaded};
-pub use http::{HttpAcceptFailed, HttpConnectionsFull, HttpListening};
-pub use lifecycle::{
+pub(crate) use super::observer::{InternalEvent, LogEvent, Observer};
+pub(crate) use config::{ConfigReloadFailed, ConfigReloaded};
+pub(crate) use http::{HttpAcceptFailed, HttpConnectionsFull, HttpListening};
+pub(crate) use lifecycle::{
     ConfigDefaults, RecoveryAbandoned, ShutdownRequested, WatchStarted, WatchStopped, WatchStopping,
 };
-pub use recovery::{
+pub(crate) use recovery::{
     CatchupFailed, CatchupFired, DriftConfirmed, LeaseBusy, LeaseHeld, LeaseLost, LeaseReleased,
     RecoveryFailed, RecoveryFinished, RecoveryMode, RecoveryStarted,
 };
-pub use redis::{
+pub(crate) use redis::{
     Condition, Persistence, PersistenceRead, PrimaryUnreachable, RedisCondition, RedisDown,
     RedisLoading, RedisMemory, RedisUp,
 };
-pub use signal::{Detected, FlushNoticed, KeyspaceNotifications, KeyspacePaused};
-pub use source::{RowInvalid, SourceDown, SourceRead};
+pub(crate) use signal::{Detected, FlushNoticed, KeyspaceNotifications, KeyspacePaused};
+pub(crate) use source::{RowInvalid, SourceDown, SourceRead};

@@ -10,8 +10,8 @@ use crate::restore::native::Action;
 use crate::restore::RecoverReport;
 
 /// Whether the watcher restores by itself (`[recovery] auto`), at start.
-pub struct RecoveryMode {
-    pub auto: bool,
+pub(crate) struct RecoveryMode {
+    pub(crate) auto: bool,
 }
 
 impl InternalEvent for RecoveryMode {
@@ -37,11 +37,11 @@ impl InternalEvent for RecoveryMode {
 
 /// The rows and Redis differ after the debounce window; `acting` is false
 /// when automatic recovery is off.
-pub struct DriftConfirmed {
-    pub trigger: Cause,
-    pub missing: usize,
-    pub mismatched: usize,
-    pub acting: bool,
+pub(crate) struct DriftConfirmed {
+    pub(crate) trigger: Cause,
+    pub(crate) missing: usize,
+    pub(crate) mismatched: usize,
+    pub(crate) acting: bool,
 }
 
 impl InternalEvent for DriftConfirmed {
@@ -61,9 +61,9 @@ impl InternalEvent for DriftConfirmed {
     }
 }
 
-pub struct RecoveryStarted {
-    pub trigger: Cause,
-    pub attempt: u32,
+pub(crate) struct RecoveryStarted {
+    pub(crate) trigger: Cause,
+    pub(crate) attempt: u32,
 }
 
 impl InternalEvent for RecoveryStarted {
@@ -77,10 +77,10 @@ impl InternalEvent for RecoveryStarted {
     }
 }
 
-pub struct RecoveryFinished<'a> {
-    pub trigger: Cause,
-    pub report: &'a RecoverReport,
-    pub duration: Duration,
+pub(crate) struct RecoveryFinished<'a> {
+    pub(crate) trigger: Cause,
+    pub(crate) report: &'a RecoverReport,
+    pub(crate) duration: Duration,
 }
 
 impl InternalEvent for RecoveryFinished<'_> {
@@ -126,17 +126,17 @@ impl InternalEvent for RecoveryFinished<'_> {
     }
 }
 
-pub struct RecoveryFailed<'a> {
-    pub trigger: Cause,
+pub(crate) struct RecoveryFailed<'a> {
+    pub(crate) trigger: Cause,
     /// The queues the failed cycle was looking after.
-    pub queues: &'a [String],
-    pub attempt: u32,
-    pub reason: FailureReason,
-    pub error: String,
+    pub(crate) queues: &'a [String],
+    pub(crate) attempt: u32,
+    pub(crate) reason: FailureReason,
+    pub(crate) error: String,
     /// The exponential ceiling for this retry…
-    pub backoff: Duration,
+    pub(crate) backoff: Duration,
     /// …and the jittered delay actually waited.
-    pub retry_in: Duration,
+    pub(crate) retry_in: Duration,
 }
 
 impl InternalEvent for RecoveryFailed<'_> {
@@ -172,8 +172,8 @@ impl InternalEvent for RecoveryFailed<'_> {
 }
 
 /// Another sidecar holds the lease; this one re-checks afterwards.
-pub struct LeaseBusy {
-    pub recheck_in: Duration,
+pub(crate) struct LeaseBusy {
+    pub(crate) recheck_in: Duration,
 }
 
 impl InternalEvent for LeaseBusy {
@@ -187,7 +187,7 @@ impl InternalEvent for LeaseBusy {
 }
 
 /// This sidecar took the lease.
-pub struct LeaseHeld;
+pub(crate) struct LeaseHeld;
 
 impl InternalEvent for LeaseHeld {
     fn emit(self, observer: &Observer) {
@@ -197,8 +197,8 @@ impl InternalEvent for LeaseHeld {
 }
 
 /// This sidecar gave the lease back; a failed release leaves it to expire.
-pub struct LeaseReleased {
-    pub error: Option<String>,
+pub(crate) struct LeaseReleased {
+    pub(crate) error: Option<String>,
 }
 
 impl InternalEvent for LeaseReleased {
@@ -216,8 +216,8 @@ impl InternalEvent for LeaseReleased {
 
 /// The lease was lost during a recovery, which stopped writing; the attempt
 /// counts as failed and is retried.
-pub struct LeaseLost<'a> {
-    pub reason: &'a str,
+pub(crate) struct LeaseLost<'a> {
+    pub(crate) reason: &'a str,
 }
 
 impl InternalEvent for LeaseLost<'_> {
@@ -227,10 +227,10 @@ impl InternalEvent for LeaseLost<'_> {
     }
 }
 
-pub struct CatchupFired<'a> {
-    pub queue: &'a str,
-    pub scheduler_id: &'a str,
-    pub job_id: &'a str,
+pub(crate) struct CatchupFired<'a> {
+    pub(crate) queue: &'a str,
+    pub(crate) scheduler_id: &'a str,
+    pub(crate) job_id: &'a str,
 }
 
 impl InternalEvent for CatchupFired<'_> {
@@ -253,9 +253,9 @@ impl InternalEvent for CatchupFired<'_> {
     }
 }
 
-pub struct CatchupFailed<'a> {
-    pub scheduler_id: &'a str,
-    pub error: String,
+pub(crate) struct CatchupFailed<'a> {
+    pub(crate) scheduler_id: &'a str,
+    pub(crate) error: String,
 }
 
 impl InternalEvent for CatchupFailed<'_> {

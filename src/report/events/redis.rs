@@ -7,18 +7,18 @@ use crate::report::metrics::redis::PolicyLabels;
 
 /// Redis settings that decide whether schedulers survive a restart.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Persistence {
-    pub aof: bool,
-    pub rdb: bool,
-    pub appendfsync: String,
-    pub noeviction: bool,
+pub(crate) struct Persistence {
+    pub(crate) aof: bool,
+    pub(crate) rdb: bool,
+    pub(crate) appendfsync: String,
+    pub(crate) noeviction: bool,
 }
 
 /// A Redis setting that puts schedulers at risk for as long as it lasts. Its
 /// gauge carries it from one poll to the next; the log tells when it starts
 /// and when it ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Condition {
+pub(crate) enum Condition {
     /// Neither AOF nor RDB snapshots: a restart loses every scheduler.
     NoPersistence,
     /// maxmemory-policy is not noeviction: Redis may evict schedulers.
@@ -47,9 +47,9 @@ impl Condition {
 }
 
 /// A standing condition started (`holds`) or ended.
-pub struct RedisCondition {
-    pub condition: Condition,
-    pub holds: bool,
+pub(crate) struct RedisCondition {
+    pub(crate) condition: Condition,
+    pub(crate) holds: bool,
 }
 
 impl InternalEvent for RedisCondition {
@@ -85,7 +85,7 @@ impl InternalEvent for RedisCondition {
 }
 
 /// Redis answers (again).
-pub struct RedisUp;
+pub(crate) struct RedisUp;
 
 impl InternalEvent for RedisUp {
     fn emit(self, observer: &Observer) {
@@ -95,8 +95,8 @@ impl InternalEvent for RedisUp {
 }
 
 /// Redis does not answer.
-pub struct RedisDown {
-    pub error: String,
+pub(crate) struct RedisDown {
+    pub(crate) error: String,
 }
 
 impl InternalEvent for RedisDown {
@@ -112,8 +112,8 @@ fn set_up(observer: &Observer, up: bool) {
 }
 
 /// Redis started or finished loading its dataset.
-pub struct RedisLoading {
-    pub loading: bool,
+pub(crate) struct RedisLoading {
+    pub(crate) loading: bool,
 }
 
 impl InternalEvent for RedisLoading {
@@ -129,7 +129,7 @@ impl InternalEvent for RedisLoading {
 }
 
 /// The persistence settings as read; `None` while CONFIG is refused.
-pub struct PersistenceRead(pub Option<Persistence>);
+pub(crate) struct PersistenceRead(pub Option<Persistence>);
 
 impl InternalEvent for PersistenceRead {
     fn emit(self, observer: &Observer) {
@@ -157,9 +157,9 @@ impl InternalEvent for PersistenceRead {
 }
 
 /// Redis's memory use, from each poll's INFO.
-pub struct RedisMemory {
-    pub used: u64,
-    pub max: u64,
+pub(crate) struct RedisMemory {
+    pub(crate) used: u64,
+    pub(crate) max: u64,
 }
 
 impl InternalEvent for RedisMemory {
@@ -172,8 +172,8 @@ impl InternalEvent for RedisMemory {
 }
 
 /// The sentinels name a new primary that does not answer yet.
-pub struct PrimaryUnreachable {
-    pub error: String,
+pub(crate) struct PrimaryUnreachable {
+    pub(crate) error: String,
 }
 
 impl InternalEvent for PrimaryUnreachable {

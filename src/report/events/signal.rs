@@ -5,10 +5,10 @@ use crate::model::Cause;
 use crate::report::metrics::watcher::CauseLabels;
 
 /// A signal that schedulers may have been lost.
-pub struct Detected<'a> {
-    pub cause: Cause,
-    pub queue: Option<&'a str>,
-    pub detail: String,
+pub(crate) struct Detected<'a> {
+    pub(crate) cause: Cause,
+    pub(crate) queue: Option<&'a str>,
+    pub(crate) detail: String,
 }
 
 impl InternalEvent for Detected<'_> {
@@ -51,9 +51,9 @@ impl InternalEvent for Detected<'_> {
 }
 
 /// The keyspace subscription became active or was lost.
-pub struct KeyspaceNotifications {
-    pub active: bool,
-    pub detail: String,
+pub(crate) struct KeyspaceNotifications {
+    pub(crate) active: bool,
+    pub(crate) detail: String,
 }
 
 impl InternalEvent for KeyspaceNotifications {
@@ -74,8 +74,8 @@ impl InternalEvent for KeyspaceNotifications {
 
 /// The keyspace subscription paused (or resumed) around the watcher's own
 /// writes, whose echoes it would otherwise read.
-pub struct KeyspacePaused {
-    pub paused: bool,
+pub(crate) struct KeyspacePaused {
+    pub(crate) paused: bool,
 }
 
 impl InternalEvent for KeyspacePaused {
@@ -89,7 +89,7 @@ impl InternalEvent for KeyspacePaused {
 }
 
 /// A database was flushed; the poll compares the counts and reports it.
-pub struct FlushNoticed;
+pub(crate) struct FlushNoticed;
 
 impl InternalEvent for FlushNoticed {
     fn emit(self, _: &Observer) {

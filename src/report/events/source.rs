@@ -6,8 +6,8 @@ use std::time::Duration;
 use super::{InternalEvent, Observer};
 
 /// The source answered a whole comparison's read.
-pub struct SourceRead {
-    pub took: Duration,
+pub(crate) struct SourceRead {
+    pub(crate) took: Duration,
 }
 
 impl InternalEvent for SourceRead {
@@ -23,8 +23,8 @@ impl InternalEvent for SourceRead {
 }
 
 /// The source could not be read.
-pub struct SourceDown {
-    pub error: String,
+pub(crate) struct SourceDown {
+    pub(crate) error: String,
 }
 
 impl InternalEvent for SourceDown {
@@ -37,10 +37,10 @@ impl InternalEvent for SourceDown {
 
 /// A row that cannot become a scheduler: emitted when it first shows up and
 /// when its reason changes, not on every comparison.
-pub struct RowInvalid<'a> {
-    pub queue: Option<&'a str>,
-    pub id: &'a str,
-    pub reason: &'a str,
+pub(crate) struct RowInvalid<'a> {
+    pub(crate) queue: Option<&'a str>,
+    pub(crate) id: &'a str,
+    pub(crate) reason: &'a str,
 }
 
 impl InternalEvent for RowInvalid<'_> {

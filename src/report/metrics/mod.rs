@@ -3,11 +3,11 @@
 //! concern (`report::events`); values are set as things happen, so that a
 //! scrape only encodes what is cached. Names are listed in docs/metrics.md.
 
-pub mod queue;
-pub mod recovery;
-pub mod redis;
-pub mod source;
-pub mod watcher;
+pub(crate) mod queue;
+pub(crate) mod recovery;
+pub(crate) mod redis;
+pub(crate) mod source;
+pub(crate) mod watcher;
 
 use std::fmt::Write as _;
 
@@ -16,15 +16,15 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Metric, Registry};
 
-pub use queue::QueueMetrics;
-pub use recovery::RecoveryMetrics;
-pub use redis::RedisMetrics;
-pub use source::SourceMetrics;
-pub use watcher::WatcherMetrics;
+pub(crate) use queue::QueueMetrics;
+pub(crate) use recovery::RecoveryMetrics;
+pub(crate) use redis::RedisMetrics;
+pub(crate) use source::SourceMetrics;
+pub(crate) use watcher::WatcherMetrics;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct QueueLabels {
-    pub queue: String,
+pub(crate) struct QueueLabels {
+    pub(crate) queue: String,
 }
 
 type Gauges<L> = Family<L, Gauge>;
@@ -33,14 +33,14 @@ type FloatGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
 /// A gauge without labels that is left out while its value is unknown
 /// (`set_known`, `forget`).
 #[derive(Clone, Default)]
-pub struct OptionalGauge(Family<Vec<(String, String)>, Gauge>);
+pub(crate) struct OptionalGauge(Family<Vec<(String, String)>, Gauge>);
 
 impl OptionalGauge {
-    pub fn set_known(&self, value: i64) {
+    pub(crate) fn set_known(&self, value: i64) {
         self.0.get_or_create(&Vec::new()).set(value);
     }
 
-    pub fn forget(&self) {
+    pub(crate) fn forget(&self) {
         self.0.clear();
     }
 }
@@ -52,13 +52,13 @@ fn register<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, 
 }
 
 /// Every metric the sidecar exports.
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
-    pub queues: QueueMetrics,
-    pub redis: RedisMetrics,
-    pub recovery: RecoveryMetrics,
-    pub source: SourceMetrics,
-    pub watcher: WatcherMetrics,
+    pub(crate) queues: QueueMetrics,
+    pub(crate) redis: RedisMetrics,
+    pub(crate) recovery: RecoveryMetrics,
+    pub(crate) source: SourceMetrics,
+    pub(crate) watcher: WatcherMetrics,
 }
 
 impl Default for Metrics {
@@ -68,7 +68,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut registry = Registry::default();
         Self {
             queues: QueueMetrics::register(&mut registry),
@@ -82,12 +82,12 @@ impl Metrics {
 
     /// Creates a queue's labelled counters at zero, so that `increase()` sees
     /// their first change.
-    pub fn register_queue(&self, queue: &str, triggers: &[&'static str]) {
+    pub(crate) fn register_queue(&self, queue: &str, triggers: &[&'static str]) {
         self.recovery.register_queue(queue, triggers);
     }
 
     /// OpenMetrics text, as prometheus-client writes it.
-    pub fn encode_openmetrics(&self) -> String {
+    pub(crate) fn encode_openmetrics(&self) -> String {
         let mut text = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
@@ -97,7 +97,7 @@ impl Metrics {
     /// The classic Prometheus text format (0.0.4), for scrapers that do not ask
     /// for OpenMetrics: counters' TYPE and HELP name the `_total` series, and
     /// the OpenMetrics-only lines go.
-    pub fn encode_prometheus(&self) -> String {
+    pub(crate) fn encode_prometheus(&self) -> String {
         let open = self.encode_openmetrics();
         let counters: std::collections::HashSet<&str> = open
             .lines()

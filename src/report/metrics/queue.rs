@@ -9,18 +9,18 @@ use crate::model::JobCounts;
 use crate::warden::Drift;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StateLabels {
-    pub queue: String,
-    pub state: &'static str,
+pub(crate) struct StateLabels {
+    pub(crate) queue: String,
+    pub(crate) state: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DriftLabels {
-    pub queue: String,
-    pub kind: &'static str,
+pub(crate) struct DriftLabels {
+    pub(crate) queue: String,
+    pub(crate) kind: &'static str,
 }
 
-pub struct QueueMetrics {
+pub(crate) struct QueueMetrics {
     job_count: Gauges<StateLabels>,
     job_schedulers: Gauges<QueueLabels>,
     desired_schedulers: Gauges<QueueLabels>,
@@ -65,7 +65,7 @@ impl QueueMetrics {
     }
 
     /// Sets the rows-versus-Redis gauges of a queue.
-    pub fn set_drift(&self, queue: &str, desired: usize, legacy: usize, drift: &Drift) {
+    pub(crate) fn set_drift(&self, queue: &str, desired: usize, legacy: usize, drift: &Drift) {
         let labels = QueueLabels {
             queue: queue.to_owned(),
         };
@@ -91,7 +91,7 @@ impl QueueMetrics {
     }
 
     /// Sets `bullmq_job_count` and `bullmq_job_schedulers` for a queue.
-    pub fn set_job_counts(&self, queue: &str, counts: &JobCounts) {
+    pub(crate) fn set_job_counts(&self, queue: &str, counts: &JobCounts) {
         for (state, value) in counts.by_state() {
             self.job_count
                 .get_or_create(&StateLabels {

@@ -12,28 +12,28 @@ use super::{register, FloatGauge, QueueLabels};
 use crate::model::FailureReason;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RecoveryLabels {
-    pub queue: String,
-    pub trigger: &'static str,
-    pub result: &'static str,
+pub(crate) struct RecoveryLabels {
+    pub(crate) queue: String,
+    pub(crate) trigger: &'static str,
+    pub(crate) result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabels {
-    pub reason: &'static str,
+pub(crate) struct ReasonLabels {
+    pub(crate) reason: &'static str,
 }
 
-pub struct RecoveryMetrics {
-    pub recoveries: Family<RecoveryLabels, Counter>,
-    pub failures: Family<ReasonLabels, Counter>,
-    pub duration: Histogram,
-    pub schedulers_restored: Family<QueueLabels, Counter>,
-    pub catchup_jobs: Family<QueueLabels, Counter>,
-    pub last_success: Gauge,
-    pub consecutive_failures: Gauge,
-    pub backoff_seconds: FloatGauge,
-    pub lease_held: Gauge,
-    pub auto_enabled: Gauge,
+pub(crate) struct RecoveryMetrics {
+    pub(crate) recoveries: Family<RecoveryLabels, Counter>,
+    pub(crate) failures: Family<ReasonLabels, Counter>,
+    pub(crate) duration: Histogram,
+    pub(crate) schedulers_restored: Family<QueueLabels, Counter>,
+    pub(crate) catchup_jobs: Family<QueueLabels, Counter>,
+    pub(crate) last_success: Gauge,
+    pub(crate) consecutive_failures: Gauge,
+    pub(crate) backoff_seconds: FloatGauge,
+    pub(crate) lease_held: Gauge,
+    pub(crate) auto_enabled: Gauge,
 }
 
 impl RecoveryMetrics {

@@ -10,24 +10,24 @@ use prometheus_client::registry::Registry;
 use super::{register, Gauges, OptionalGauge};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct PolicyLabels {
-    pub policy: String,
+pub(crate) struct PolicyLabels {
+    pub(crate) policy: String,
 }
 
-pub struct RedisMetrics {
-    pub up: Gauge,
-    pub restarts: Counter,
-    pub flushes: Counter,
-    pub failovers: Counter,
-    pub last_restart: Gauge,
-    pub loading: Gauge,
-    pub aof_enabled: OptionalGauge,
-    pub rdb_save_configured: OptionalGauge,
-    pub appendfsync: Gauges<PolicyLabels>,
-    pub noeviction: OptionalGauge,
-    pub config_readable: Gauge,
-    pub used_memory: Gauge,
-    pub maxmemory: Gauge,
+pub(crate) struct RedisMetrics {
+    pub(crate) up: Gauge,
+    pub(crate) restarts: Counter,
+    pub(crate) flushes: Counter,
+    pub(crate) failovers: Counter,
+    pub(crate) last_restart: Gauge,
+    pub(crate) loading: Gauge,
+    pub(crate) aof_enabled: OptionalGauge,
+    pub(crate) rdb_save_configured: OptionalGauge,
+    pub(crate) appendfsync: Gauges<PolicyLabels>,
+    pub(crate) noeviction: OptionalGauge,
+    pub(crate) config_readable: Gauge,
+    pub(crate) used_memory: Gauge,
+    pub(crate) maxmemory: Gauge,
 }
 
 impl RedisMetrics {

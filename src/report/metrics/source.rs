@@ -6,9 +6,9 @@ use prometheus_client::registry::Registry;
 
 use super::register;
 
-pub struct SourceMetrics {
-    pub up: Gauge,
-    pub query_duration: Histogram,
+pub(crate) struct SourceMetrics {
+    pub(crate) up: Gauge,
+    pub(crate) query_duration: Histogram,
 }
 
 impl SourceMetrics {

@@ -11,8 +11,8 @@ use super::register;
 use crate::model::Cause;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct CauseLabels {
-    pub cause: &'static str,
+pub(crate) struct CauseLabels {
+    pub(crate) cause: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -21,10 +21,10 @@ struct VersionLabels {
     revision: &'static str,
 }
 
-pub struct WatcherMetrics {
-    pub detections: Family<CauseLabels, Counter>,
-    pub keyspace_notifications_active: Gauge,
-    pub config_reload_successful: Gauge,
+pub(crate) struct WatcherMetrics {
+    pub(crate) detections: Family<CauseLabels, Counter>,
+    pub(crate) keyspace_notifications_active: Gauge,
+    pub(crate) config_reload_successful: Gauge,
 }
 
 impl WatcherMetrics {
