@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::desired::template::IdTemplate;
+use crate::model::IdTemplate;
 use crate::model::{
     scheduler_job_id, NextJobState, QueueSchedulers, SchedulerFields, StoredScheduler,
 };

@@ -12,9 +12,9 @@ use serde::Serialize;
 
 use crate::clock::now_ms;
 use crate::config::{Config, ConfigError};
-use crate::desired::template::IdTemplate;
 use crate::desired::{DesiredSet, RowRules};
 use crate::model::DesiredScheduler;
+use crate::model::IdTemplate;
 use crate::model::JobCounts;
 use crate::plan::{protected_ids, Plan, QueuePlan};
 use crate::restore::lease::{Lease, LeaseBusy, LeaseError};

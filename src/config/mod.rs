@@ -558,7 +558,7 @@ impl Config {
         if self.source.queue.trim().is_empty() {
             return Err(invalid("source.queue", "must not be empty".into()));
         }
-        crate::desired::template::IdTemplate::parse(&self.source.scheduler_id)
+        crate::model::IdTemplate::parse(&self.source.scheduler_id)
             .map_err(|reason| invalid("source.scheduler_id", reason))?;
         if self.recovery.prune_orphans && self.id_template().literal_prefix().is_empty() {
             return Err(invalid(
@@ -658,8 +658,8 @@ impl Config {
     }
 
     /// The validated scheduler id template.
-    pub(crate) fn id_template(&self) -> crate::desired::template::IdTemplate {
-        crate::desired::template::IdTemplate::parse(&self.source.scheduler_id)
+    pub(crate) fn id_template(&self) -> crate::model::IdTemplate {
+        crate::model::IdTemplate::parse(&self.source.scheduler_id)
             .expect("validated when the config was loaded")
     }
 }

@@ -5,17 +5,15 @@
 //! row that passes here restores, and a row that fails is reported with its id
 //! instead of failing the whole recovery.
 
-pub(crate) mod template;
-
 use std::collections::{BTreeMap, HashMap};
 
 use bullmq::types::{BackoffStrategy, KeepJobs, RemoveOnFinish};
 use bullmq::JobOptions;
 use serde_json::{Map, Value};
 
+use crate::model::IdTemplate;
 use crate::model::{DesiredScheduler, InvalidRow, Schedule};
 use crate::source::{ColumnValue, SourceRow};
-use template::IdTemplate;
 
 /// What a row is judged against, beyond its own values.
 pub struct RowRules<'a> {

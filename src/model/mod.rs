@@ -7,6 +7,7 @@ mod counts;
 mod desired;
 mod failure;
 mod stored;
+mod template;
 mod trigger;
 
 pub use counts::JobCounts;
@@ -20,4 +21,5 @@ pub use stored::SchedulerFields;
 pub use stored::StoredScheduler;
 pub(crate) use stored::PROMOTION_MARGIN_MS;
 pub(crate) use stored::{scheduler_job_id, NextJobState};
+pub use template::IdTemplate;
 pub(crate) use trigger::{Cause, Trigger};
