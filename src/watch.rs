@@ -24,7 +24,9 @@ use crate::report::events::{
 use crate::report::metrics::Metrics;
 use crate::restore::webhook::Webhook;
 use crate::restore::OwnWrites;
-use crate::signal::{keyspace, poll, reload, sentinel, RestoredCounts, SharedQueues, Signals};
+use crate::signal::{
+    keyspace, poll, reload, sentinel, Context as SignalContext, RestoredCounts, Signals,
+};
 use crate::source::Source;
 use crate::store::BullmqStore;
 use crate::warden::Warden;
@@ -52,30 +54,16 @@ pub(crate) async fn run(
 ) -> Result<(), WatchError> {
     let hangup = reload::catch_hangup();
     let observer = Observer::new(Arc::new(Metrics::new()));
-    let token = http::api_token(&config.http)?;
-    let listener = match config.http.listen.is_empty() {
-        true => None,
-        false => Some(http::bind(&config.http, token.as_ref()).await?),
-    };
     let webhook = Webhook::from_config(&config.recovery)?;
     let source = Source::connect_lazy(&config.source).await?;
     let apply_lock = Arc::new(Mutex::new(()));
     let connected: http::WardenSlot = Arc::default();
     let mut tasks = tokio::task::JoinSet::new();
     // Metrics and health answer from the start, Redis or not.
-    if let Some(listener) = listener {
-        observer.emit(HttpListening {
-            addr: &config.http.listen,
-        });
-        tasks.spawn(http::serve(
-            listener,
-            config.http.clone(),
-            connected.clone(),
-            observer.clone(),
-            token.map(http::ApiToken::into_secret),
-            apply_lock.clone(),
-            shutdown.clone(),
-        ));
+    if let Some(server) =
+        http_server(&config, &connected, &observer, &apply_lock, &shutdown).await?
+    {
+        tasks.spawn(server);
     }
     let Some(store) = connect_redis(&config, &observer, &shutdown).await else {
         while tasks.join_next().await.is_some() {}
@@ -85,22 +73,25 @@ pub(crate) async fn run(
         redis: store.redacted_url(),
         source: source.redacted_url(),
     });
-    let warden = Arc::new(Warden::from_parts(config.clone(), store.clone(), source));
+    let warden = Arc::new(Warden::from_parts(config.clone(), store, source));
     let _ = connected.set(warden.clone());
-    let queues: SharedQueues = Arc::new(std::sync::RwLock::new(vec![config.source.queue.clone()]));
-    let restored: RestoredCounts = Arc::default();
-    let poll_now = Arc::new(tokio::sync::Notify::new());
     let (signals, triggers) = Signals::channel(observer.clone());
+    let ctx = SignalContext {
+        store: warden.shared_store().clone(),
+        observer: observer.clone(),
+        signals,
+        queues: Arc::new(std::sync::RwLock::new(vec![config.source.queue.clone()])),
+    };
+    let restored: RestoredCounts = Arc::default();
     let (loading_tx, loading_rx) = watch::channel(false);
     let (own_writes, own_writes_rx) = OwnWrites::new();
-
     let recovery = Recovery::new(Context {
         warden: warden.clone(),
         observer: observer.clone(),
         webhook,
-        queues: queues.clone(),
+        queues: ctx.queues.clone(),
         restored: restored.clone(),
-        apply_lock: apply_lock.clone(),
+        apply_lock,
         own_writes,
     });
     let controller = Controller::new(recovery, observer.clone(), loading_rx);
@@ -108,67 +99,27 @@ pub(crate) async fn run(
     // gets its own token, cancelled after the signal sources have stopped.
     let controller_stop = CancellationToken::new();
     let controller_task = tokio::spawn(controller.run(triggers, controller_stop.clone()));
-
-    let shared_store = warden.shared_store().clone();
-    let (moved_tx, moved_rx) = watch::channel(0u64);
-    if !config.redis.sentinels.is_empty() {
-        let follower = sentinel::PrimaryFollower {
-            config: config.redis.clone(),
-            store: shared_store.clone(),
-            observer: observer.clone(),
-            signals: signals.clone(),
-            moved: moved_tx,
-            interval: config.watch.info_interval,
-        };
-        tasks.spawn(follower.run(shutdown.clone()));
-    }
-    let poller = poll::Poller {
-        store: shared_store.clone(),
-        observer: observer.clone(),
-        queues: queues.clone(),
+    let wiring = Wiring {
         restored,
-        poll_now: poll_now.clone(),
-        signals: signals.clone(),
         loading: loading_tx,
-        interval: config.watch.info_interval,
-        settings_interval: config.watch.drift_interval,
-    };
-    tasks.spawn(poller.run(shutdown.clone()));
-    let keyspace = keyspace::KeyspaceWatcher {
-        store: shared_store,
-        moved: moved_rx,
-        db: redis_db(&config.redis.url),
-        prefix: config.redis.prefix.clone(),
-        manage_config: config.watch.manage_keyspace_config,
-        queues: queues.clone(),
-        signals: signals.clone(),
-        observer: observer.clone(),
-        backoff_min: config.recovery.backoff_min,
-        backoff_max: config.recovery.backoff_max,
-        topology_interval: config.watch.drift_interval,
-        poll_now,
         own_writes: own_writes_rx,
     };
-    tasks.spawn(keyspace.run(shutdown.clone()));
-    let reloader = reload::Reloader {
-        origin,
-        warden: warden.clone(),
-        observer: observer.clone(),
-        signals: signals.clone(),
-    };
-    tasks.spawn(reloader.run(hangup, shutdown.clone()));
-    tasks.spawn(periodic_drift_checks(
-        signals.clone(),
-        config.watch.drift_interval,
-        shutdown.clone(),
-    ));
+    start_signals(&mut tasks, &config, &ctx, wiring, &shutdown);
+    tasks.spawn(
+        reload::Reloader {
+            origin,
+            warden: warden.clone(),
+            observer: observer.clone(),
+            signals: ctx.signals.clone(),
+        }
+        .run(hangup, shutdown.clone()),
+    );
     // The manual's start-up health check, acted upon.
-    signals.raise_now(
+    ctx.signals.raise_now(
         Cause::Startup,
         None,
         "watcher started: comparing rows and Redis".into(),
     );
-
     shutdown.cancelled().await;
     observer.emit(WatchStopping);
     while tasks.join_next().await.is_some() {}
@@ -182,6 +133,93 @@ pub(crate) async fn run(
     warden.close().await;
     observer.emit(WatchStopped);
     Ok(())
+}
+
+/// The HTTP server's task, when `[http] listen` names an address; binding
+/// happens here, so that a port in use fails the start.
+async fn http_server(
+    config: &Config,
+    connected: &http::WardenSlot,
+    observer: &Observer,
+    apply_lock: &Arc<Mutex<()>>,
+    shutdown: &CancellationToken,
+) -> Result<Option<impl std::future::Future<Output = ()> + use<>>, WatchError> {
+    let token = http::api_token(&config.http)?;
+    if config.http.listen.is_empty() {
+        return Ok(None);
+    }
+    let listener = http::bind(&config.http, token.as_ref()).await?;
+    observer.emit(HttpListening {
+        addr: &config.http.listen,
+    });
+    Ok(Some(http::serve(
+        listener,
+        config.http.clone(),
+        connected.clone(),
+        observer.clone(),
+        token.map(http::ApiToken::into_secret),
+        apply_lock.clone(),
+        shutdown.clone(),
+    )))
+}
+
+/// What the signal sources tell each other and the recovery loop.
+struct Wiring {
+    /// Queues a recovery just filled, for the poll's flush detection.
+    restored: RestoredCounts,
+    /// Set by the poll while Redis loads; the loop waits meanwhile.
+    loading: watch::Sender<bool>,
+    /// Raised while a recovery writes; the keyspace subscription pauses.
+    own_writes: watch::Receiver<bool>,
+}
+
+/// Starts the signal sources: Sentinel (when configured), the poll, the
+/// keyspace subscription and the periodic drift check.
+fn start_signals(
+    tasks: &mut tokio::task::JoinSet<()>,
+    config: &Config,
+    ctx: &SignalContext,
+    wiring: Wiring,
+    shutdown: &CancellationToken,
+) {
+    let poll_now = Arc::new(tokio::sync::Notify::new());
+    let (moved_tx, moved_rx) = watch::channel(0u64);
+    if !config.redis.sentinels.is_empty() {
+        let follower = sentinel::PrimaryFollower {
+            ctx: ctx.clone(),
+            config: config.redis.clone(),
+            moved: moved_tx,
+            interval: config.watch.info_interval,
+        };
+        tasks.spawn(follower.run(shutdown.clone()));
+    }
+    let poller = poll::Poller {
+        ctx: ctx.clone(),
+        restored: wiring.restored,
+        poll_now: poll_now.clone(),
+        loading: wiring.loading,
+        interval: config.watch.info_interval,
+        settings_interval: config.watch.drift_interval,
+    };
+    tasks.spawn(poller.run(shutdown.clone()));
+    let keyspace = keyspace::KeyspaceWatcher {
+        ctx: ctx.clone(),
+        moved: moved_rx,
+        db: redis_db(&config.redis.url),
+        prefix: config.redis.prefix.clone(),
+        manage_config: config.watch.manage_keyspace_config,
+        backoff_min: config.recovery.backoff_min,
+        backoff_max: config.recovery.backoff_max,
+        topology_interval: config.watch.drift_interval,
+        poll_now,
+        own_writes: wiring.own_writes,
+    };
+    tasks.spawn(keyspace.run(shutdown.clone()));
+    tasks.spawn(periodic_drift_checks(
+        ctx.signals.clone(),
+        config.watch.drift_interval,
+        shutdown.clone(),
+    ));
 }
 
 /// Connects to Redis, retrying with backoff for as long as it takes; `None`

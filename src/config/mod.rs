@@ -4,6 +4,7 @@
 //! Unknown keys are rejected so that a typo never silently falls back to a default.
 
 mod statement;
+mod validate;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -464,176 +465,11 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key: &str, reason: String| ConfigError::Invalid {
-            key: key.into(),
-            reason,
-        };
-        let redis_url = url::Url::parse(&self.redis.url)
-            .map_err(|e| invalid("redis.url", format!("not a URL ({e})")))?;
-        if !matches!(
-            redis_url.scheme(),
-            "redis" | "rediss" | "unix" | "redis+unix"
-        ) {
-            return Err(invalid(
-                "redis.url",
-                format!(
-                    "scheme must be redis, rediss or unix, not {:?} in {}",
-                    redis_url.scheme(),
-                    redact_url(&self.redis.url)
-                ),
-            ));
-        }
-        if !self.redis.sentinels.is_empty() && self.redis.master_name.is_none() {
-            return Err(invalid(
-                "redis.master_name",
-                "is required with redis.sentinels".into(),
-            ));
-        }
-        for sentinel in &self.redis.sentinels {
-            if !sentinel.starts_with("redis://") && !sentinel.starts_with("rediss://") {
-                return Err(invalid(
-                    "redis.sentinels",
-                    format!("{} is not a redis:// URL", redact_url(sentinel)),
-                ));
-            }
-        }
-        if !self.redis.cluster_nodes.is_empty() {
-            if !self.redis.sentinels.is_empty() {
-                return Err(invalid(
-                    "redis.cluster_nodes",
-                    "cannot be combined with redis.sentinels".into(),
-                ));
-            }
-            let tagged = self
-                .redis
-                .prefix
-                .split_once('{')
-                .is_some_and(|(_, rest)| rest.find('}').is_some_and(|end| end > 0));
-            if !tagged {
-                return Err(invalid(
-                    "redis.prefix",
-                    format!(
-                        "{:?} needs a hash tag such as \"{{bull}}\" on a cluster, so that each queue's keys share a slot",
-                        self.redis.prefix
-                    ),
-                ));
-            }
-        }
-        if self.redis.prefix.is_empty() || self.redis.prefix.contains(':') {
-            return Err(invalid(
-                "redis.prefix",
-                "must be non-empty and contain no ':'".into(),
-            ));
-        }
-        let scheme = self.source.url.split(':').next().unwrap_or_default();
-        if !matches!(
-            scheme,
-            "sqlite" | "postgres" | "postgresql" | "mysql" | "mariadb"
-        ) {
-            return Err(invalid(
-                "source.url",
-                format!(
-                    "must start with sqlite:, postgres:, mysql: or mariadb:, got {}",
-                    redact_url(&self.source.url)
-                ),
-            ));
-        }
-        if self
-            .source
-            .query
-            .as_deref()
-            .is_some_and(statement::more_than_one_statement)
-        {
-            return Err(invalid(
-                "source.query",
-                "must be a single statement (a second one after ';' could write)".into(),
-            ));
-        }
-        if self.source.max_value_bytes == 0 {
-            return Err(invalid(
-                "source.max_value_bytes",
-                "must be at least 1 (bytes)".into(),
-            ));
-        }
-        if self.source.queue.trim().is_empty() {
-            return Err(invalid("source.queue", "must not be empty".into()));
-        }
-        crate::model::IdTemplate::parse(&self.source.scheduler_id)
-            .map_err(|reason| invalid("source.scheduler_id", reason))?;
-        if self.recovery.prune_orphans && self.id_template().literal_prefix().is_empty() {
-            return Err(invalid(
-                "recovery.prune_orphans",
-                "needs source.scheduler_id to start with literal text (such as \"inspection:\"), \
-                 or it would treat every scheduler in the queue as its own"
-                    .into(),
-            ));
-        }
-        if self.recovery.concurrency == 0 || self.recovery.concurrency > 4096 {
-            return Err(invalid(
-                "recovery.concurrency",
-                "must be between 1 and 4096".into(),
-            ));
-        }
-        if self.recovery.strategy == Strategy::Webhook {
-            let url = self.recovery.webhook_url.as_deref().unwrap_or_default();
-            let parsed = url::Url::parse(url).map_err(|_| {
-                invalid(
-                    "recovery.webhook_url",
-                    "strategy = \"webhook\" needs an http(s) URL".into(),
-                )
-            })?;
-            if !matches!(parsed.scheme(), "http" | "https") {
-                return Err(invalid(
-                    "recovery.webhook_url",
-                    format!("must be http or https, not {}", redact_url(url)),
-                ));
-            }
-        }
-        if self.recovery.backoff_min.is_zero()
-            || self.recovery.backoff_min > self.recovery.backoff_max
-        {
-            return Err(invalid(
-                "recovery.backoff_min",
-                "must be above zero and at most recovery.backoff_max".into(),
-            ));
-        }
-        if self.recovery.lease_ttl < Duration::from_secs(1) {
-            return Err(invalid("recovery.lease_ttl", "must be at least 1s".into()));
-        }
-        if self.recovery.lease_wait > MAX_LEASE_WAIT {
-            return Err(invalid(
-                "recovery.lease_wait",
-                "must be at most 10m: a caller waiting longer is better told to retry".into(),
-            ));
-        }
-        for (key, value) in [
-            ("watch.info_interval", self.watch.info_interval),
-            ("watch.drift_interval", self.watch.drift_interval),
-        ] {
-            if value < Duration::from_millis(50) {
-                return Err(invalid(key, "must be at least 50ms".into()));
-            }
-        }
-        if self.watch.debounce_quiet > self.watch.debounce_max {
-            return Err(invalid(
-                "watch.debounce_quiet",
-                "must not exceed watch.debounce_max".into(),
-            ));
-        }
-        for (key, value) in [
-            ("http.header_read_timeout", self.http.header_read_timeout),
-            ("http.idle_timeout", self.http.idle_timeout),
-        ] {
-            if value < Duration::from_millis(100) {
-                return Err(invalid(key, "must be at least 100ms".into()));
-            }
-        }
-        if self.http.max_connections == 0 || self.http.max_connections > 65_536 {
-            return Err(invalid(
-                "http.max_connections",
-                "must be between 1 and 65536".into(),
-            ));
-        }
+        self.redis.validate()?;
+        self.source.validate()?;
+        self.recovery.validate(&self.id_template())?;
+        self.watch.validate()?;
+        self.http.validate()?;
         self.validate_listen("http.listen")
     }
 

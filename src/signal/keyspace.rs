@@ -12,14 +12,12 @@ use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::flushes::{FlushNotice, FlushTracking};
-use super::SharedQueues;
-use super::Signals;
+use super::Context;
 use crate::backoff::Backoff;
 use crate::clock::now_ms;
 use crate::model::Cause;
 use crate::model::Trigger;
-use crate::report::events::{FlushNoticed, KeyspaceNotifications, KeyspacePaused, Observer};
-use crate::store::SharedStore;
+use crate::report::events::{FlushNoticed, KeyspaceNotifications, KeyspacePaused};
 
 /// Flags the watcher needs: keyspace channel (K), generic commands such as DEL
 /// (g), sorted sets (z), expirations (x) and evictions (e).
@@ -60,15 +58,12 @@ const PROBE_TTL_MS: u64 = 20;
 const PROBE_EVENTS: [(&str, char); 3] = [("zadd", 'z'), ("expire", 'g'), ("expired", 'x')];
 
 pub(crate) struct KeyspaceWatcher {
-    pub(crate) store: SharedStore,
+    pub(crate) ctx: Context,
     /// Bumped when Sentinel moves the primary: subscribe there instead.
     pub(crate) moved: watch::Receiver<u64>,
     pub(crate) db: u32,
     pub(crate) prefix: String,
     pub(crate) manage_config: bool,
-    pub(crate) queues: SharedQueues,
-    pub(crate) signals: Signals,
-    pub(crate) observer: Observer,
     pub(crate) backoff_min: Duration,
     pub(crate) backoff_max: Duration,
     /// How often a cluster's primaries are listed again.
@@ -211,7 +206,7 @@ impl KeyspaceWatcher {
             }
             self.poll_now.notify_one();
             first = false;
-            self.observer.emit(KeyspaceNotifications {
+            self.ctx.observer.emit(KeyspaceNotifications {
                 active: false,
                 detail: format!("keyspace subscription lost: {error}"),
             });
@@ -232,7 +227,7 @@ impl KeyspaceWatcher {
         established: &mut bool,
         shutdown: &CancellationToken,
     ) -> String {
-        let store = self.store.get();
+        let store = self.ctx.store.get();
         let (primaries, whole) = match store.primary_clients().await {
             Ok(listed) if listed.clients.is_empty() => {
                 // A subscription on no server would end at once and count as
@@ -254,7 +249,7 @@ impl KeyspaceWatcher {
         };
         let mut probe = self.report_flags(&store, &mut session).await;
         if !first {
-            self.signals.raise_now(
+            self.ctx.signals.raise_now(
                 Cause::Reconnect,
                 None,
                 "keyspace subscription re-established; notifications may have been missed".into(),
@@ -289,7 +284,7 @@ impl KeyspaceWatcher {
                             return format!("cannot resume or pause the subscription: {e}");
                         }
                     }
-                    self.observer.emit(KeyspacePaused { paused: writing });
+                    self.ctx.observer.emit(KeyspacePaused { paused: writing });
                     continue;
                 }
                 _ = tokio::time::sleep_until(probe_deadline), if probe.is_some() => {
@@ -313,7 +308,7 @@ impl KeyspaceWatcher {
                 Notice::Closed => return "connection closed".into(),
                 Notice::Flushed => {
                     // The poll compares the counts and reports the flush.
-                    self.observer.emit(FlushNoticed);
+                    self.ctx.observer.emit(FlushNoticed);
                     self.poll_now.notify_one();
                     continue;
                 }
@@ -321,7 +316,7 @@ impl KeyspaceWatcher {
             let event: String = message.get_payload().unwrap_or_default();
             if let Some(pending) = probe.as_mut() {
                 if message.get_channel_name() == pending.channel && pending.observe(&event) {
-                    self.observer.emit(KeyspaceNotifications {
+                    self.ctx.observer.emit(KeyspaceNotifications {
                         active: true,
                         detail: pending.detail("notifications arrived"),
                     });
@@ -405,14 +400,14 @@ impl KeyspaceWatcher {
         session: &mut Session,
     ) -> Option<Probe> {
         if !session.problems.is_empty() {
-            self.observer.emit(KeyspaceNotifications {
+            self.ctx.observer.emit(KeyspaceNotifications {
                 active: false,
                 detail: format!("{}; relying on polling alone", session.problems.join("; ")),
             });
             return None;
         }
         if session.unreadable.is_empty() {
-            self.observer.emit(KeyspaceNotifications {
+            self.ctx.observer.emit(KeyspaceNotifications {
                 active: true,
                 detail: session.details.join("; "),
             });
@@ -424,7 +419,7 @@ impl KeyspaceWatcher {
         match probe.write(store).await {
             Ok(()) => Some(probe),
             Err(e) => {
-                self.observer.emit(KeyspaceNotifications {
+                self.ctx.observer.emit(KeyspaceNotifications {
                     active: false,
                     detail: probe.detail(&format!("cannot write ({e}); relying on polling alone")),
                 });
@@ -434,7 +429,7 @@ impl KeyspaceWatcher {
     }
 
     fn probe_failed(&self, probe: &Probe) {
-        self.observer.emit(KeyspaceNotifications {
+        self.ctx.observer.emit(KeyspaceNotifications {
             active: false,
             detail: probe.detail(&format!(
                 "no notification needing the flags {:?} arrived within {PROBE_WAIT:?} \
@@ -452,6 +447,7 @@ impl KeyspaceWatcher {
             return;
         };
         let watched = self
+            .ctx
             .queues
             .read()
             .map(|queues| queues.iter().any(|q| q == queue))
@@ -465,13 +461,13 @@ impl KeyspaceWatcher {
             .is_none_or(|at| now.duration_since(*at) >= DETECTION_LOG_INTERVAL);
         if log {
             last_logged.insert(queue.to_owned(), now);
-            self.signals.raise_now(
+            self.ctx.signals.raise_now(
                 Cause::Keyspace,
                 Some(queue),
                 format!("{event} on {}:{key}", self.prefix),
             );
         } else {
-            self.signals.nudge(Trigger {
+            self.ctx.signals.nudge(Trigger {
                 cause: Cause::Keyspace,
                 since_ms: now_ms(),
                 queue: Some(queue.to_owned()),

@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use crate::clock::now_ms;
 use crate::model::{Cause, Trigger};
 use crate::report::events::{Detected, Observer};
+use crate::store::SharedStore;
 
 /// The queues the watcher looks at, refreshed from every comparison.
 pub(crate) type SharedQueues = Arc<std::sync::RwLock<Vec<String>>>;
@@ -29,6 +30,17 @@ pub(crate) type SharedQueues = Arc<std::sync::RwLock<Vec<String>>>;
 /// poll takes them as its previous counts, so a flush right after a recovery
 /// (before the poll saw the filled set) is still seen as a flush.
 pub(crate) type RestoredCounts = Arc<std::sync::Mutex<BTreeMap<String, u64>>>;
+
+/// What every signal source shares: where Redis is, where events and
+/// detections go, and which queues to look at.
+#[derive(Clone)]
+pub(crate) struct Context {
+    /// Replaced when Sentinel moves the primary.
+    pub(crate) store: SharedStore,
+    pub(crate) observer: Observer,
+    pub(crate) signals: Signals,
+    pub(crate) queues: SharedQueues,
+}
 
 /// Triggers queued before the decision loop takes them; a full queue already
 /// holds triggers enough for one more cycle, so more are dropped.

@@ -16,16 +16,16 @@ use std::sync::Arc;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
-use super::Signals;
-use super::{RestoredCounts, SharedQueues};
+use super::Context;
+use super::RestoredCounts;
 use crate::clock::now_ms;
 use crate::model::Cause;
 use crate::report::events::{
-    Condition, Observer, Persistence, PersistenceRead, RedisCondition, RedisDown, RedisLoading,
-    RedisMemory, RedisUp,
+    Condition, Persistence, PersistenceRead, RedisCondition, RedisDown, RedisLoading, RedisMemory,
+    RedisUp,
 };
 use crate::store::settings::{parse_info, RedisSettings};
-use crate::store::{Polled, SharedStore};
+use crate::store::Polled;
 
 /// Who Redis is: a change means a restart or a failover.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,14 +59,11 @@ impl Identity {
 const STRANDED_AFTER_POLLS: u32 = 2;
 
 pub(crate) struct Poller {
-    pub(crate) store: SharedStore,
-    pub(crate) observer: Observer,
-    pub(crate) queues: SharedQueues,
+    pub(crate) ctx: Context,
     pub(crate) restored: RestoredCounts,
     /// Woken when Redis may have changed under the watcher (the keyspace
     /// subscription dropped, a flush was reported): the poll looks at once.
     pub(crate) poll_now: Arc<Notify>,
-    pub(crate) signals: Signals,
     pub(crate) loading: watch::Sender<bool>,
     pub(crate) interval: Duration,
     /// How often persistence settings are read again.
@@ -116,8 +113,13 @@ impl Poller {
     }
 
     async fn poll_once(&self, seen: &mut Seen) {
-        let queues: Vec<String> = self.queues.read().map(|q| q.clone()).unwrap_or_default();
-        let store = self.store.get();
+        let queues: Vec<String> = self
+            .ctx
+            .queues
+            .read()
+            .map(|q| q.clone())
+            .unwrap_or_default();
+        let store = self.ctx.store.get();
         if store.redacted_url() != seen.server {
             // Another server (Sentinel moved the primary): its run_id is not a
             // restart, nor its counts a flush; the follower reports the failover.
@@ -156,8 +158,8 @@ impl Poller {
         let since_ms = seen.last_ok_ms.unwrap_or_else(now_ms);
         if seen.down {
             seen.down = false;
-            self.observer.emit(RedisUp);
-            self.signals.raise(
+            self.ctx.observer.emit(RedisUp);
+            self.ctx.signals.raise(
                 Cause::Reconnect,
                 &[],
                 since_ms,
@@ -172,7 +174,7 @@ impl Poller {
                 .and_then(|v| v.parse::<u64>().ok())
                 .unwrap_or_default()
         };
-        self.observer.emit(RedisMemory {
+        self.ctx.observer.emit(RedisMemory {
             used: number("used_memory"),
             max: number("maxmemory"),
         });
@@ -189,7 +191,7 @@ impl Poller {
         seen.connection = None;
         if !seen.down {
             seen.down = true;
-            self.observer.emit(RedisDown { error });
+            self.ctx.observer.emit(RedisDown { error });
         }
     }
 
@@ -209,7 +211,7 @@ impl Poller {
             now.uptime_s < before.uptime_s
         };
         if restarted {
-            self.signals.raise(
+            self.ctx.signals.raise(
                 Cause::Restart,
                 &[],
                 since_ms,
@@ -224,7 +226,7 @@ impl Poller {
             return true;
         }
         if new_server || now.role != before.role || now.replid != before.replid {
-            self.signals.raise(
+            self.ctx.signals.raise(
                 Cause::Failover,
                 &[],
                 since_ms,
@@ -245,7 +247,7 @@ impl Poller {
     fn observe_loading(&self, info: &HashMap<String, String>) {
         let loading = info.get("loading").is_some_and(|v| v == "1");
         if *self.loading.borrow() != loading {
-            self.observer.emit(RedisLoading { loading });
+            self.ctx.observer.emit(RedisLoading { loading });
             let _ = self.loading.send(loading);
         }
     }
@@ -256,14 +258,21 @@ impl Poller {
     fn observe_counts(&self, seen: &mut Seen, polled: &Polled, restarted: bool, since_ms: u64) {
         let mut emptied = Vec::new();
         let mut stranded = Vec::new();
-        self.observer.latest_status().record_poll(&polled.counts);
+        self.ctx
+            .observer
+            .latest_status()
+            .record_poll(&polled.counts);
         let restored = self
             .restored
             .lock()
             .map(|mut r| std::mem::take(&mut *r))
             .unwrap_or_default();
         for (queue, count) in &polled.counts {
-            self.observer.metrics().queues.set_job_counts(queue, count);
+            self.ctx
+                .observer
+                .metrics()
+                .queues
+                .set_job_counts(queue, count);
             let polled_before = seen.repeat_counts.insert(queue.clone(), count.repeatable);
             let before = polled_before.max(restored.get(queue).copied());
             if before.is_some_and(|b| b > 0) && count.repeatable == 0 {
@@ -309,13 +318,14 @@ impl Poller {
         if queues.is_empty() {
             return;
         }
-        self.signals
+        self.ctx
+            .signals
             .raise(Cause::Flush, &queues, since_ms, details.join("; "));
     }
 
     async fn read_settings(&self, seen: &mut Seen) {
         seen.settings_read_at = Some(Instant::now());
-        let Ok(settings) = RedisSettings::read(&self.store.get()).await else {
+        let Ok(settings) = RedisSettings::read(&self.ctx.store.get()).await else {
             return;
         };
         let persistence = settings.config.map(|config| {
@@ -331,11 +341,11 @@ impl Poller {
         if let Some(settings) = &persistence {
             let now = Condition::of(settings);
             for (condition, holds) in changes(&seen.conditions, &now) {
-                self.observer.emit(RedisCondition { condition, holds });
+                self.ctx.observer.emit(RedisCondition { condition, holds });
             }
             seen.conditions = now;
         }
-        self.observer.emit(PersistenceRead(persistence));
+        self.ctx.observer.emit(PersistenceRead(persistence));
     }
 }
 

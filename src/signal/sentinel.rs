@@ -7,18 +7,16 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::Signals;
+use super::Context;
 use crate::config::RedisConfig;
 use crate::model::Cause;
-use crate::report::events::{Observer, PrimaryUnreachable};
+use crate::report::events::PrimaryUnreachable;
 use crate::store::target;
-use crate::store::{BullmqStore, SharedStore};
+use crate::store::BullmqStore;
 
 pub(crate) struct PrimaryFollower {
+    pub(crate) ctx: Context,
     pub(crate) config: RedisConfig,
-    pub(crate) store: SharedStore,
-    pub(crate) observer: Observer,
-    pub(crate) signals: Signals,
     pub(crate) moved: watch::Sender<u64>,
     pub(crate) interval: Duration,
 }
@@ -40,7 +38,7 @@ impl PrimaryFollower {
             // No sentinel answers: the poll reports Redis itself.
             return;
         };
-        let current = self.store.get();
+        let current = self.ctx.store.get();
         if current.is_at(&url) {
             return;
         }
@@ -51,11 +49,11 @@ impl PrimaryFollower {
                     current.redacted_url(),
                     store.redacted_url()
                 );
-                self.store.replace(store);
+                self.ctx.store.replace(store);
                 self.moved.send_modify(|generation| *generation += 1);
-                self.signals.raise_now(Cause::Failover, None, detail);
+                self.ctx.signals.raise_now(Cause::Failover, None, detail);
             }
-            Err(error) => self.observer.emit(PrimaryUnreachable {
+            Err(error) => self.ctx.observer.emit(PrimaryUnreachable {
                 error: error.to_string(),
             }),
         }
