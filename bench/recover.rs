@@ -8,31 +8,35 @@
 
 // The crate root is `bench/recover.rs`, so its modules are named by path:
 // its own under `recover/`, those shared by the benchmarks (each using only
-// part of them) under `shared/`.
+// part of them) under `shared/`, and the test harness, which starts the
+// servers and the binary, under `tests/support/`.
 #[path = "recover/probe.rs"]
 mod probe;
 #[allow(dead_code)]
-#[path = "shared/process.rs"]
-mod process;
-#[allow(dead_code)]
-#[path = "shared/redis_server.rs"]
-mod redis_server;
+#[path = "shared/redis_admin.rs"]
+mod redis_admin;
 #[path = "recover/report.rs"]
 mod report;
 #[path = "recover/runs.rs"]
 mod runs;
 #[path = "recover/settings.rs"]
 mod settings;
+#[path = "../tests/support/mod.rs"]
+mod support;
+#[allow(dead_code)]
+#[path = "shared/timed.rs"]
+mod timed;
 #[allow(dead_code)]
 #[path = "shared/workload.rs"]
 mod workload;
 
 use std::time::{Duration, Instant};
 
-use redis_server::RedisServer;
+use redis_admin::Admin;
 use report::Row;
 use runs::{Inputs, Measurement, Method};
 use settings::Settings;
+use support::RedisServer;
 
 /// Repeats of one method stop once they have taken this long, so that the
 /// minute-long Node baseline at 100,000 runs once while fast runs get repeats.
@@ -98,9 +102,8 @@ fn run(redis: &RedisServer, method: Method, inputs: &Inputs, repeats: usize) -> 
 
 /// The baseline needs the pinned BullMQ packages; say how to get them.
 fn check_node_packages() {
-    let bullmq6 = runs::repo_path("tests/node/node_modules/bullmq6");
     assert!(
-        bullmq6.exists(),
+        support::node_packages_installed(),
         "Node packages missing: run `npm ci --prefix tests/node` first"
     );
 }
@@ -116,7 +119,7 @@ fn describe_setup(redis: &RedisServer, load_before: Option<f64>) -> String {
     format!(
         "{} cores, Redis {} on loopback, Node {node} with BullMQ 6; load average before the run {load}",
         cores(),
-        redis.admin().version(),
+        Admin::connect(redis).version(),
     )
 }
 

@@ -6,13 +6,13 @@
 //!
 //! `cargo bench --bench scale` prints one table; bench/README.md explains it.
 
-// Modules shared by the benchmarks; each uses only part of them.
+// Modules shared by the benchmarks, and the test harness, which starts the
+// servers and the binary; each uses only part of them.
+#[path = "../tests/support/mod.rs"]
+mod support;
 #[allow(dead_code)]
-#[path = "shared/process.rs"]
-mod process;
-#[allow(dead_code)]
-#[path = "shared/redis_server.rs"]
-mod redis_server;
+#[path = "shared/timed.rs"]
+mod timed;
 #[allow(dead_code)]
 #[path = "shared/watcher.rs"]
 mod watcher;
@@ -25,9 +25,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bullmq_warden::BullmqStore;
-use process::{rss_kib, run_timed, Finished};
-use redis_server::RedisServer;
 use serde_json::Value;
+use support::{node_driver, node_packages_installed, rss_kib, warden_command, RedisServer};
+use timed::{run_timed, Finished};
 use watcher::{start_watcher, EventLog};
 
 /// The bounds for the sidecar's resident memory.
@@ -189,8 +189,8 @@ fn idle_rss_kib(pid: u32) -> u64 {
 
 /// Runs the release binary with `args` and waits for it.
 fn warden(config: &Path, args: &[&str]) -> Finished {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_bullmq-warden"));
-    command.arg("--config").arg(config).args(args);
+    let mut command = warden_command(config);
+    command.args(args);
     let finished = run_timed(
         command,
         None,
@@ -209,15 +209,13 @@ fn warden(config: &Path, args: &[&str]) -> Finished {
 /// The manual's checkQueueStatus in Node over the same queues; `None` when
 /// the pinned packages are not installed (`npm ci --prefix tests/node`).
 fn node_status(redis: &RedisServer, queues: &[String]) -> Option<Finished> {
-    let driver = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node/bullmq-driver.mjs");
-    let modules = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node/node_modules");
-    if !modules.is_dir() {
+    if !node_packages_installed() {
         eprintln!("no Node baseline: run `npm ci --prefix tests/node` first");
         return None;
     }
     let mut command = Command::new("node");
     command
-        .arg(driver)
+        .arg(node_driver())
         .args(["counts-all", "--major", "6", "--redis", &redis.url()])
         .args(["--queue", &queues[0], "--queues", &queues.join(",")]);
     let finished = run_timed(command, None, "node", Duration::from_secs(600), || true);

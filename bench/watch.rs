@@ -8,13 +8,10 @@
 //!
 //! `cargo bench --bench watch` prints one table; bench/README.md explains it.
 
-// Modules shared by the benchmarks; each uses only part of them.
-#[allow(dead_code)]
-#[path = "shared/process.rs"]
-mod process;
-#[allow(dead_code)]
-#[path = "shared/redis_server.rs"]
-mod redis_server;
+// Modules shared by the benchmarks, and the test harness, which starts the
+// servers and the binary; each uses only part of them.
+#[path = "../tests/support/mod.rs"]
+mod support;
 #[allow(dead_code)]
 #[path = "shared/watcher.rs"]
 mod watcher;
@@ -24,7 +21,7 @@ mod workload;
 
 use std::time::{Duration, Instant, SystemTime};
 
-use redis_server::RedisServer;
+use support::RedisServer;
 use watcher::{start_watcher, EventLog};
 
 const QUEUE_REPEAT: &str = "bull:inspection:repeat";
@@ -164,7 +161,7 @@ impl Redis {
     }
 
     fn restart(&mut self) -> Instant {
-        let answering = self.server.restart();
+        let answering = self.server.start_again();
         self.connection = self
             .server
             .connect()

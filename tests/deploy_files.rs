@@ -21,12 +21,13 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use support::{free_port, ChildGuard};
 
 const BASE: &str = "deploy/kubernetes/base";
 const OVERLAY: &str = "deploy/kubernetes/overlays/example";
@@ -988,23 +989,6 @@ fn standalone_overlay_runs_the_warden_alone_against_an_external_redis() {
     );
 }
 
-/// A process that is killed when the test ends, however it ends.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
 /// `GET path` on 127.0.0.1:port: (status, body), or None when nothing answers.
 fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
@@ -1111,7 +1095,7 @@ fn the_pod_runs_redis_and_the_sidecar_as_configured() {
         .stderr(stderr)
         .spawn()
         .unwrap_or_else(|e| panic!("{}", support::missing_tool("sh", "dash", &e)));
-    let mut redis = Running(redis);
+    let mut redis = ChildGuard::new(redis, "redis-server");
     // redis-server itself must exist: fail with the package name if not.
     support::run_tool("redis-server", "redis-server", &["--version"]);
     wait_for(
@@ -1119,7 +1103,7 @@ fn the_pod_runs_redis_and_the_sidecar_as_configured() {
         Duration::from_secs(10),
         &redis_log,
         || {
-            if let Ok(Some(status)) = redis.0.try_wait() {
+            if let Some(status) = redis.exit_status() {
                 let log = std::fs::read_to_string(&redis_log).unwrap_or_default();
                 panic!("redis-server refused the rendered redis.conf ({status}):\n{log}");
             }
@@ -1189,7 +1173,7 @@ fn the_pod_runs_redis_and_the_sidecar_as_configured() {
         .stderr(stderr)
         .spawn()
         .expect("run bullmq-warden watch");
-    let mut watcher = Running(watcher);
+    let mut watcher = ChildGuard::new(watcher, "bullmq-warden watch");
     let probe = |path: &str| http_get(http_port, path).map(|(status, _)| status);
     wait_for("/healthz", Duration::from_secs(15), &watch_log, || {
         probe("/healthz") == Some(200)
@@ -1241,14 +1225,14 @@ fn the_pod_runs_redis_and_the_sidecar_as_configured() {
     );
 
     // SIGTERM (what the kubelet sends) stops it cleanly.
-    let pid = watcher.0.id().to_string();
+    let pid = watcher.id().to_string();
     support::assert_success(
         "kill -TERM",
         &support::run_tool("kill", "procps", &["-TERM", &pid]),
     );
     let start = Instant::now();
     let status = loop {
-        if let Some(status) = watcher.0.try_wait().expect("poll") {
+        if let Some(status) = watcher.exit_status() {
             break status;
         }
         assert!(

@@ -9,13 +9,13 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::{http, wait_until, Database, RedisServer, Setup, Watcher};
+use support::{http, wait_until, ChildGuard, Database, RedisServer, Setup, Watcher};
 
 const SECOND: Duration = Duration::from_secs(1);
 const LEASE_KEY: &str = "bull:bullmq-warden:recovery-lease";
@@ -214,27 +214,8 @@ impl Framing {
     }
 }
 
-/// A process of the drill's own, killed (SIGKILL) when the drill ends, also
-/// when it fails.
-struct KilledOnDrop(Child);
-
-impl KilledOnDrop {
-    fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for KilledOnDrop {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 fn redis_conn(redis: &RedisServer) -> redis::Connection {
-    redis::Client::open(redis.url())
-        .and_then(|c| c.get_connection())
-        .expect("connect to the test's redis-server")
+    redis.connect().expect("connect to the test's redis-server")
 }
 
 fn query<T: redis::FromRedisValue>(conn: &mut redis::Connection, args: &[&str]) -> T {
@@ -250,12 +231,7 @@ fn fds_and_rss(pid: u32) -> (usize, u64) {
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count())
         .unwrap_or(0);
-    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0);
+    let rss = support::rss_kib(pid).map_or(0, |(now, _)| now);
     (fds, rss)
 }
 
@@ -690,16 +666,12 @@ fn drill3_cli_recover_killed_halfway_then_recover_again() {
     let redis = RedisServer::start();
     let setup = killed_setup(&redis, "");
     let mut conn = redis_conn(&redis);
-    let mut recover = KilledOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_bullmq-warden"))
-            .arg("--config")
-            .arg(&setup.config_path)
+    let mut recover = ChildGuard::spawn(
+        support::warden_command(&setup.config_path)
             .args(["recover", "--json"])
-            .env_remove("BULLMQ_WARDEN_CONFIG")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("recover"),
+            .stderr(Stdio::null()),
+        "recover",
     );
     let deadline = Instant::now() + 60 * SECOND;
     while !reached(&mut conn, KillPoint::Halfway) {

@@ -7,7 +7,7 @@ mod support;
 
 use std::io::Read;
 use std::net::TcpListener;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -18,11 +18,8 @@ const TOKEN_ENV: &str = "BULLMQ_WARDEN_API_TOKEN";
 
 /// `watch` until it exits or `limit` passes; `None` when it was still serving.
 fn watch_exit(setup: &Setup, env: &[(&str, &str)], limit: Duration) -> (Option<i32>, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bullmq-warden"))
-        .arg("--config")
-        .arg(&setup.config_path)
+    let mut child = support::warden_command(&setup.config_path)
         .arg("watch")
-        .env_remove("BULLMQ_WARDEN_CONFIG")
         .env_remove(TOKEN_ENV)
         .envs(env.iter().copied())
         .stdout(Stdio::null())
@@ -356,11 +353,8 @@ fn a_queue_name_cannot_forge_a_plain_log_line() {
          (1, 'a', '0 * * * *', 'evil' || char(10) || 'FORGED line')",
     );
     let log = setup.dir.path().join("watch.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bullmq-warden"))
-        .arg("--config")
-        .arg(&setup.config_path)
+    let mut child = support::warden_command(&setup.config_path)
         .args(["--log-format", "plain", "watch"])
-        .env_remove("BULLMQ_WARDEN_CONFIG")
         .env("RUST_LOG", "info")
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()

@@ -23,11 +23,7 @@ fn redis_with_tls(dir: &std::path::Path) -> (RedisServer, u16) {
         .output()
         .expect("openssl must be installed (apt-get install openssl)");
     assert!(made.status.success(), "{}", support::text_of(&made));
-    let tls_port: u16 = support::free_local_addr()
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("a free port");
+    let tls_port = support::free_port();
     let (cert, key) = (cert.display().to_string(), key.display().to_string());
     let redis = RedisServer::start_with(&[
         "--tls-port",

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::redis_server::RedisServer;
+use crate::support::RedisServer;
 
 /// The shortest time between two probes. Unpaced, the probe would itself be
 /// a load: tens of thousands of commands a second while Redis is idle, which

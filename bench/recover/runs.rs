@@ -9,8 +9,9 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::probe::{Latency, LatencyProbe};
-use crate::process::{run_timed, Finished};
-use crate::redis_server::{Admin, RedisServer, RedisUsage};
+use crate::redis_admin::{Admin, RedisUsage};
+use crate::support::{node_driver, warden_command, RedisServer};
+use crate::timed::{run_timed, Finished};
 use crate::workload::{self, PREFIX, QUEUE, SCHEDULER_ID_TEMPLATE};
 
 /// Generous: 100,000 sequential upserts in Node take about a minute.
@@ -102,7 +103,7 @@ fn write_warden_config(path: &Path, redis: &RedisServer, sqlite: &Path) {
 pub fn measure(redis: &RedisServer, method: Method, inputs: &Inputs) -> Measurement {
     let what = format!("{method} (N={})", inputs.n);
     let (command, stdin) = command_for(method, inputs, redis);
-    let mut admin = redis.admin();
+    let mut admin = Admin::connect(redis);
     let cpu_at_reset = admin.reset();
     let probe = LatencyProbe::start(redis, &queue_key("repeat"));
     let finished = run_timed(command, stdin, &what, RUN_TIMEOUT, || probe.is_running());
@@ -138,7 +139,7 @@ fn command_for<'a>(
         Method::NodeSequential => (node_command(redis, false), Some(&inputs.node_input)),
         Method::NodeParallel => (node_command(redis, true), Some(&inputs.node_input)),
         Method::Warden { concurrency } => {
-            (warden_command(&inputs.warden_config, concurrency), None)
+            (recover_command(&inputs.warden_config, concurrency), None)
         }
     }
 }
@@ -168,7 +169,7 @@ fn queue_key(suffix: &str) -> String {
 fn node_command(redis: &RedisServer, parallel: bool) -> Command {
     let mut command = Command::new("node");
     command
-        .arg(repo_path("tests/node/bullmq-driver.mjs"))
+        .arg(node_driver())
         .args(["upsert-schedulers", "--major", "6", "--redis", &redis.url()])
         .args(["--prefix", PREFIX, "--queue", QUEUE]);
     if parallel {
@@ -177,12 +178,9 @@ fn node_command(redis: &RedisServer, parallel: bool) -> Command {
     command
 }
 
-fn warden_command(config: &Path, concurrency: Option<usize>) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_bullmq-warden"));
-    command
-        .arg("--config")
-        .arg(config)
-        .args(["recover", "--json"]);
+fn recover_command(config: &Path, concurrency: Option<usize>) -> Command {
+    let mut command = warden_command(config);
+    command.args(["recover", "--json"]);
     // Only the benchmark's config applies: drop overrides from the caller's environment.
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("BULLMQ_WARDEN") {
@@ -231,9 +229,4 @@ fn parse_json(finished: &Finished, what: &str) -> Value {
             finished.stderr_tail()
         )
     })
-}
-
-/// A path in this repository (the Node driver lives under `tests/node`).
-pub fn repo_path(relative: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
 }

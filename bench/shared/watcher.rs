@@ -1,24 +1,22 @@
-//! `bullmq-warden watch` as the benchmarks run it: the release binary with
-//! JSON logs, and its log read as events.
+//! `bullmq-warden watch` as the benchmarks run it: the harness's command for
+//! the (release) binary with JSON logs, the log written to a file rather than
+//! collected on a thread, and read back incrementally as events.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::Value;
 
-use crate::process::ChildGuard;
+use crate::support::{watch_command, ChildGuard};
 
 /// Runs `bullmq-warden watch` with JSON logs written to `log`.
 pub fn start_watcher(config: &Path, log: &Path) -> ChildGuard {
     let file = File::create(log).expect("log file");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_bullmq-warden"));
+    let mut command = watch_command(config);
     command
-        .arg("--config")
-        .arg(config)
-        .args(["--log-format", "json", "watch"])
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(file);

@@ -12,6 +12,8 @@ use serde_json::{json, Value};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use sqlx::{Connection, QueryBuilder, Sqlite};
 
+use crate::support::TASKS_TABLE_SQLITE;
+
 /// The queue all schedulers go to, unless they are spread over several.
 pub const QUEUE: &str = "inspection";
 
@@ -147,14 +149,10 @@ async fn fill_sqlite(tasks: &[Task], path: &Path, queues: &[String]) {
     let mut conn = SqliteConnection::connect_with(&options)
         .await
         .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-    sqlx::raw_sql(
-        "CREATE TABLE inspection_tasks (
-            id INTEGER PRIMARY KEY, name TEXT, cron TEXT, every_ms INTEGER, tz TEXT,
-            payload TEXT, opts TEXT, queue TEXT, enabled BOOLEAN NOT NULL DEFAULT 1)",
-    )
-    .execute(&mut conn)
-    .await
-    .expect("create inspection_tasks");
+    sqlx::raw_sql(TASKS_TABLE_SQLITE)
+        .execute(&mut conn)
+        .await
+        .expect("create inspection_tasks");
     let mut tx = conn.begin().await.expect("begin");
     for chunk in tasks.chunks(INSERT_CHUNK) {
         let mut insert: QueryBuilder<Sqlite> = QueryBuilder::new(

@@ -1,114 +1,10 @@
-//! The benchmark's own `redis-server` (never a shared one: every run starts
-//! with FLUSHALL), and the admin commands the measurements need.
+//! Redis's own accounting of a benchmark run (script time, main-thread CPU)
+//! over an admin connection to the benchmark's `redis-server`, which the
+//! test harness starts.
 
-use std::net::TcpListener;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::process::ChildGuard;
-
-/// A `redis-server` on a free loopback port, without persistence, killed on drop.
-pub struct RedisServer {
-    port: u16,
-    // Declared before the data dir so the server stops before its dir is removed.
-    process: ChildGuard,
-    dir: tempfile::TempDir,
-}
-
-impl RedisServer {
-    /// Starts a server; retries because a port found free can be taken before
-    /// `redis-server` binds it.
-    pub fn start() -> Self {
-        for _ in 0..5 {
-            if let Some(server) = Self::try_start(free_port()) {
-                return server;
-            }
-        }
-        panic!("could not start redis-server (is it installed?)");
-    }
-
-    fn try_start(port: u16) -> Option<Self> {
-        let dir = tempfile::tempdir().expect("temp dir for redis-server");
-        let mut server = Self {
-            port,
-            process: spawn_server(port, dir.path()),
-            dir,
-        };
-        // Dropping a server that never answered stops its process.
-        server.wait_until_ready().then_some(server)
-    }
-
-    /// Kills the server (everything in memory is gone, as nothing is
-    /// persisted) and starts it again, empty, on the same port; returns the
-    /// moment it answers again.
-    pub fn restart(&mut self) -> Instant {
-        self.process.kill();
-        self.process = spawn_server(self.port, self.dir.path());
-        assert!(
-            self.wait_until_ready(),
-            "redis-server did not come back on port {}",
-            self.port
-        );
-        Instant::now()
-    }
-
-    /// `redis://127.0.0.1:<port>/0`.
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    /// A new connection of its own; used for admin commands and by the probe.
-    pub fn connect(&self) -> redis::RedisResult<redis::Connection> {
-        redis::Client::open(self.url())?.get_connection()
-    }
-
-    /// An admin connection, separate from every measured client.
-    pub fn admin(&self) -> Admin {
-        Admin(
-            self.connect()
-                .expect("admin connection to the benchmark's Redis"),
-        )
-    }
-
-    /// True once the server answers PING; false if it exited (its port was
-    /// taken after all: a PING would then reach someone else's server) or never answered.
-    fn wait_until_ready(&mut self) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if self.process.exit_status().is_some() {
-                return false;
-            }
-            let pong = self
-                .connect()
-                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
-            if pong.is_ok() {
-                return self.process.exit_status().is_none();
-            }
-            // Short: a restart's measurements start when it answers.
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        false
-    }
-}
-
-fn spawn_server(port: u16, dir: &std::path::Path) -> ChildGuard {
-    let mut command = Command::new("redis-server");
-    command
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .arg("--dir")
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    ChildGuard::spawn(&mut command, "redis-server")
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .expect("a free loopback port")
-}
+use crate::support::RedisServer;
 
 /// Redis's own accounting of one run.
 #[derive(Debug, Clone, Copy, Default)]
@@ -136,6 +32,15 @@ const SCRIPT_COMMANDS: [&str; 6] = [
 pub struct Admin(redis::Connection);
 
 impl Admin {
+    /// A connection of its own, separate from every measured client.
+    pub fn connect(redis: &RedisServer) -> Self {
+        Self(
+            redis
+                .connect()
+                .expect("admin connection to the benchmark's Redis"),
+        )
+    }
+
     fn query<T: redis::FromRedisValue>(&mut self, command: &mut redis::Cmd) -> T {
         command
             .query(&mut self.0)

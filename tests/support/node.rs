@@ -1,0 +1,66 @@
+//! Node BullMQ: the pinned BullMQ 5 and 6 packages under `tests/node`, driven
+//! through `tests/node/bullmq-driver.mjs`, one command per run.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+use super::redis_server::RedisServer;
+use super::tools::repo_path;
+
+/// The driver script.
+pub fn node_driver() -> PathBuf {
+    repo_path("tests/node/bullmq-driver.mjs")
+}
+
+/// Whether `npm ci --prefix tests/node` has installed the pinned packages.
+pub fn node_packages_installed() -> bool {
+    repo_path("tests/node/node_modules/bullmq6").exists()
+}
+
+/// Runs a command of the Node BullMQ driver and returns the JSON it printed.
+pub fn node(
+    major: u8,
+    command: &str,
+    redis: &RedisServer,
+    queue: &str,
+    args: &[&str],
+    stdin: Option<&Value>,
+) -> Value {
+    assert!(
+        node_packages_installed(),
+        "Node packages missing: run `npm ci --prefix tests/node` (scripts/test does)"
+    );
+    let mut child = Command::new("node")
+        .arg(node_driver())
+        .arg(command)
+        .args(["--major", &major.to_string(), "--redis", &redis.url()])
+        .args(["--queue", queue])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("node must be installed");
+    {
+        let mut pipe = child.stdin.take().expect("stdin");
+        if let Some(input) = stdin {
+            pipe.write_all(input.to_string().as_bytes())
+                .expect("write stdin");
+        }
+    }
+    let output = child.wait_with_output().expect("node output");
+    assert!(
+        output.status.success(),
+        "node driver {command} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "node driver {command} printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })
+}
