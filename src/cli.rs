@@ -158,6 +158,69 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> u8 {
+    let (config, origin) = match load_config(&cli) {
+        Ok(loaded) => loaded,
+        Err(e) => return fail(&WardenError::Config(e)),
+    };
+    match cli.command {
+        Command::Watch { .. } => watch(config, origin).await,
+        Command::Status { queue, json } => {
+            with_warden(config, async |warden| {
+                match warden.status(queue.as_deref()).await {
+                    Ok(report) => {
+                        print_status(&report, json);
+                        exit::OK
+                    }
+                    Err(e) => fail(&e),
+                }
+            })
+            .await
+        }
+        Command::Recover {
+            dry_run,
+            queue,
+            json,
+        } => {
+            with_warden(config, async |warden| {
+                match warden.recover(queue.as_deref(), dry_run).await {
+                    Ok(report) => {
+                        print_recover(&report, json);
+                        recover_exit_code(&report)
+                    }
+                    Err(e) => fail(&e),
+                }
+            })
+            .await
+        }
+        Command::RemoveSchedulers { queue, all, yes } => {
+            if !yes {
+                eprintln!(
+                    "bullmq-warden: remove-schedulers removes the job schedulers of queue \
+                     {queue:?}; add --yes to confirm"
+                );
+                return exit::USAGE;
+            }
+            with_warden(config, async |warden| {
+                match warden.remove_schedulers(&queue, all).await {
+                    Ok(removed) => {
+                        let queue = printable(&queue);
+                        println!("removed {removed} job schedulers from queue {queue}");
+                        exit::OK
+                    }
+                    Err(e) => fail(&e),
+                }
+            })
+            .await
+        }
+        Command::Check { json } => {
+            with_warden(config, async |warden| check(warden, json).await).await
+        }
+    }
+}
+
+/// The config from the file the command line or the environment names (or
+/// the defaults), with the overrides, and where it came from for reloads.
+fn load_config(cli: &Cli) -> Result<(Config, ConfigOrigin), crate::config::ConfigError> {
     // Read here rather than by clap, which refuses an empty variable: an
     // empty BULLMQ_WARDEN_CONFIG names no file, as an empty override sets no key.
     let config_path = cli.config.clone().or_else(|| {
@@ -180,90 +243,54 @@ async fn run(cli: Cli) -> u8 {
             _ => None,
         },
     };
-    let config = match origin.load() {
-        Ok(config) => config,
-        Err(e) => return fail(&WardenError::Config(e)),
-    };
-    if let Command::Watch { .. } = cli.command {
-        return watch(config, origin).await;
-    }
-    if let Command::RemoveSchedulers {
-        yes: false, queue, ..
-    } = &cli.command
-    {
-        eprintln!(
-            "bullmq-warden: remove-schedulers removes the job schedulers of queue {queue:?}; \
-             add --yes to confirm"
-        );
-        return exit::USAGE;
-    }
+    let config = origin.load()?;
+    Ok((config, origin))
+}
+
+/// Runs a one-shot command against Redis and the source, and closes them.
+async fn with_warden(config: Config, command: impl AsyncFnOnce(&Warden) -> u8) -> u8 {
     let warden = match Warden::connect(config).await {
         Ok(warden) => warden,
         Err(e) => return fail(&e),
     };
-    let code = match cli.command {
-        Command::Watch { .. } => exit::OK, // returned above, before connecting
-        Command::Status { queue, json } => match warden.status(queue.as_deref()).await {
-            Ok(report) => {
-                print_status(&report, json);
-                exit::OK
-            }
-            Err(e) => fail(&e),
-        },
-        Command::Recover {
-            dry_run,
-            queue,
-            json,
-        } => match warden.recover(queue.as_deref(), dry_run).await {
-            Ok(report) => {
-                print_recover(&report, json);
-                if report.stopped.is_some() {
-                    exit::LEASE
-                } else if !report.success {
-                    exit::FAILURE
-                } else if !report.invalid.is_empty() {
-                    exit::INVALID_ROWS
-                } else {
-                    exit::OK
-                }
-            }
-            Err(e) => fail(&e),
-        },
-        Command::RemoveSchedulers { queue, all, .. } => {
-            match warden.remove_schedulers(&queue, all).await {
-                Ok(removed) => {
-                    println!(
-                        "removed {removed} job schedulers from queue {}",
-                        printable(&queue)
-                    );
-                    exit::OK
-                }
-                Err(e) => fail(&e),
-            }
-        }
-        Command::Check { json } => {
-            let audit = audit::run(&warden).await;
-            if json {
-                print_json(&audit);
-            } else {
-                for f in &audit.findings {
-                    let label = match f.severity {
-                        Severity::Info => "ok     ",
-                        Severity::Warning => "warning",
-                        Severity::Error => "error  ",
-                    };
-                    println!("{label} {:<18} {}", f.check, printable(&f.message));
-                }
-            }
-            if audit.has_errors() {
-                exit::FINDINGS
-            } else {
-                exit::OK
-            }
-        }
-    };
+    let code = command(&warden).await;
     warden.close().await;
     code
+}
+
+/// `recover`'s exit code: the lease lost, a write refused, invalid rows.
+fn recover_exit_code(report: &RecoverReport) -> u8 {
+    if report.stopped.is_some() {
+        exit::LEASE
+    } else if !report.success {
+        exit::FAILURE
+    } else if !report.invalid.is_empty() {
+        exit::INVALID_ROWS
+    } else {
+        exit::OK
+    }
+}
+
+/// `check`: prints every finding with its verdict.
+async fn check(warden: &Warden, json: bool) -> u8 {
+    let audit = audit::run(warden).await;
+    if json {
+        print_json(&audit);
+    } else {
+        for f in &audit.findings {
+            let label = match f.severity {
+                Severity::Info => "ok     ",
+                Severity::Warning => "warning",
+                Severity::Error => "error  ",
+            };
+            println!("{label} {:<18} {}", f.check, printable(&f.message));
+        }
+    }
+    if audit.has_errors() {
+        exit::FINDINGS
+    } else {
+        exit::OK
+    }
 }
 
 /// A variable's value; clap's own `env` would refuse an empty one, which

@@ -256,14 +256,7 @@ impl KeyspaceWatcher {
             );
         }
         let subscribed: Vec<String> = primaries.into_iter().map(|(url, _)| url).collect();
-        // While a primary is left out for failing, its slots have no
-        // subscription: list again soon, not only every topology_interval.
-        let relist_every = match whole {
-            true => self.topology_interval,
-            false => CLUSTER_RELIST_INTERVAL.min(self.topology_interval),
-        };
-        let mut topology =
-            tokio::time::interval_at(tokio::time::Instant::now() + relist_every, relist_every);
+        let mut topology = self.relisting(whole);
         let probe_deadline = tokio::time::Instant::now() + PROBE_WAIT;
         let mut last_logged: HashMap<String, Instant> = HashMap::new();
         let mut messages = futures::stream::select_all(std::mem::take(&mut session.streams));
@@ -275,16 +268,9 @@ impl KeyspaceWatcher {
                 Ok(()) = self.moved.changed() => return "the primary moved".into(),
                 Ok(()) = self.own_writes.changed() => {
                     let writing = *self.own_writes.borrow_and_update();
-                    for subscription in &mut session.subscriptions {
-                        let outcome = match writing {
-                            true => subscription.punsubscribe(&patterns).await,
-                            false => subscription.psubscribe(&patterns).await,
-                        };
-                        if let Err(e) = outcome {
-                            return format!("cannot resume or pause the subscription: {e}");
-                        }
+                    if let Err(reason) = self.pause_while_writing(&mut session, &patterns, writing).await {
+                        return reason;
                     }
-                    self.ctx.observer.emit(KeyspacePaused { paused: writing });
                     continue;
                 }
                 _ = tokio::time::sleep_until(probe_deadline), if probe.is_some() => {
@@ -314,20 +300,58 @@ impl KeyspaceWatcher {
                 }
             };
             let event: String = message.get_payload().unwrap_or_default();
-            if let Some(pending) = probe.as_mut() {
-                if message.get_channel_name() == pending.channel && pending.observe(&event) {
-                    self.ctx.observer.emit(KeyspaceNotifications {
-                        active: true,
-                        detail: pending.detail("notifications arrived"),
-                    });
-                    probe = None;
-                }
+            if self.probe_answered(probe.as_mut(), message.get_channel_name(), &event) {
+                probe = None;
             }
-            let Some(key) = message.get_channel_name().strip_prefix(&channel_prefix) else {
-                continue;
-            };
-            self.on_event(key, &event, &mut last_logged);
+            if let Some(key) = message.get_channel_name().strip_prefix(&channel_prefix) {
+                self.on_event(key, &event, &mut last_logged);
+            }
         }
+    }
+
+    /// When to list a cluster's primaries again. While a primary is left out
+    /// for failing, its slots have no subscription: list again soon, not only
+    /// every `topology_interval`.
+    fn relisting(&self, whole: bool) -> tokio::time::Interval {
+        let every = match whole {
+            true => self.topology_interval,
+            false => CLUSTER_RELIST_INTERVAL.min(self.topology_interval),
+        };
+        tokio::time::interval_at(tokio::time::Instant::now() + every, every)
+    }
+
+    /// Pauses the subscription while a recovery writes, resumes it after:
+    /// the notifications then would only echo those writes.
+    async fn pause_while_writing(
+        &self,
+        session: &mut Session,
+        patterns: &[String],
+        writing: bool,
+    ) -> Result<(), String> {
+        for subscription in &mut session.subscriptions {
+            let outcome = match writing {
+                true => subscription.punsubscribe(patterns).await,
+                false => subscription.psubscribe(patterns).await,
+            };
+            outcome.map_err(|e| format!("cannot resume or pause the subscription: {e}"))?;
+        }
+        self.ctx.observer.emit(KeyspacePaused { paused: writing });
+        Ok(())
+    }
+
+    /// Whether `event` on `channel` is the probe's answer: notifications arrive.
+    fn probe_answered(&self, probe: Option<&mut Probe>, channel: &str, event: &str) -> bool {
+        let Some(pending) = probe else {
+            return false;
+        };
+        if channel != pending.channel || !pending.observe(event) {
+            return false;
+        }
+        self.ctx.observer.emit(KeyspaceNotifications {
+            active: true,
+            detail: pending.detail("notifications arrived"),
+        });
+        true
     }
 
     /// Subscribes to `patterns` on every primary, and to the probe key where
