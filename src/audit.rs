@@ -8,6 +8,7 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
+use crate::plan::Plan;
 use crate::store::settings::RedisSettings;
 use crate::warden::Warden;
 
@@ -234,6 +235,8 @@ pub(crate) async fn run(warden: &Warden) -> Audit {
                     format!("{orphaned} schedulers under the id template's prefix have no row (prune with recovery.prune_orphans)"),
                 );
             }
+            let allowed = warden.config().recovery.allow_unverified_bullmq;
+            audit_bullmq_versions(plan, allowed, &mut audit);
             let legacy: usize = plan.queues.values().map(|q| q.legacy).sum();
             if legacy == 0 {
                 audit.push(
@@ -255,6 +258,40 @@ pub(crate) async fn run(warden: &Warden) -> Audit {
         Err(e) => audit.push(Severity::Error, "source", e.to_string()),
     }
     audit
+}
+
+/// Queues set up by a BullMQ major version the warden was not verified
+/// against: an error while the warden leaves them alone, a warning once an
+/// operator let it write there.
+fn audit_bullmq_versions(plan: &Plan, allowed: bool, audit: &mut Audit) {
+    let unverified = plan.unverified_queues();
+    if unverified.is_empty() {
+        audit.push(
+            Severity::Info,
+            "bullmq-version",
+            "every queue was set up by BullMQ 5 or 6, or records no version",
+        );
+    }
+    for (queue, version) in unverified {
+        let (severity, consequence) = match allowed {
+            false => (
+                Severity::Error,
+                "nothing is written there; set [recovery] allow_unverified_bullmq = true to write anyway",
+            ),
+            true => (
+                Severity::Warning,
+                "written anyway (recovery.allow_unverified_bullmq)",
+            ),
+        };
+        audit.push(
+            severity,
+            "bullmq-version",
+            format!(
+                "queue {queue} was set up by {version}, a BullMQ major version bullmq-warden \
+                 was not verified against (5 and 6 are): {consequence}"
+            ),
+        );
+    }
 }
 
 #[cfg(test)]

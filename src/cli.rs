@@ -390,10 +390,8 @@ fn print_recover(report: &RecoverReport, json: bool) {
         let differs = if change.differs.is_empty() {
             String::new()
         } else {
-            {
-                let names: Vec<&str> = change.differs.iter().map(|d| d.as_str()).collect();
-                format!(" ({} differs)", names.join(", "))
-            }
+            let names: Vec<&str> = change.differs.iter().map(|d| d.as_str()).collect();
+            format!(" ({} differs)", names.join(", "))
         };
         println!(
             "{verb:<13} {}/{}{differs}",
@@ -413,6 +411,14 @@ fn print_recover(report: &RecoverReport, json: bool) {
             "failed        {}: {}",
             printable(&failure.scheduler_id),
             printable(&failure.reason)
+        );
+    }
+    for withheld in &report.withheld {
+        println!(
+            "withheld      queue {} was set up by {}, a BullMQ major version bullmq-warden \
+             was not verified against; set [recovery] allow_unverified_bullmq = true to write there",
+            printable(&withheld.queue),
+            printable(&withheld.version)
         );
     }
     if let Some(reason) = &report.stopped {

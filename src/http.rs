@@ -262,6 +262,8 @@ async fn readyz(State(state): State<AppState>) -> Response {
         "redis": health.redis_up.load(std::sync::atomic::Ordering::Relaxed),
         "source": health.source_up.load(std::sync::atomic::Ordering::Relaxed),
         "synced": health.synced.load(std::sync::atomic::Ordering::Relaxed),
+        // Queues left unwritten for the BullMQ version that set them up.
+        "unverifiedBullmq": health.withheld.lock().map(|w| w.clone()).unwrap_or_default(),
     });
     let code = if health.ready() {
         StatusCode::OK

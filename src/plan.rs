@@ -8,11 +8,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::model::IdTemplate;
 use crate::model::{
     scheduler_job_id, NextJobState, QueueSchedulers, SchedulerFields, StoredScheduler,
 };
 use crate::model::{DesiredScheduler, InvalidRow, Schedule};
+use crate::model::{IdTemplate, VersionCheck};
 
 /// One way a stored scheduler can differ from its row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +85,8 @@ pub struct QueuePlan {
     /// Schedulers under the template's prefix that no row wants.
     pub orphaned: Vec<String>,
     pub legacy: usize,
+    /// The BullMQ version the queue's meta hash records (`bullmq:6.7.0`).
+    pub bullmq_version: Option<String>,
 }
 
 impl QueuePlan {
@@ -115,6 +117,7 @@ impl QueuePlan {
         let mut plan = QueuePlan {
             desired: rows.len(),
             legacy: in_redis.legacy,
+            bullmq_version: in_redis.bullmq_version.clone(),
             orphaned,
             ..QueuePlan::default()
         };
@@ -178,6 +181,34 @@ impl Plan {
 
     pub(crate) fn is_in_sync(&self) -> bool {
         self.missing() == 0 && self.mismatched() == 0
+    }
+
+    /// Queues written by a BullMQ major the warden was not verified
+    /// against, with the version their meta hash records.
+    pub(crate) fn unverified_queues(&self) -> BTreeMap<String, String> {
+        self.queues
+            .iter()
+            .filter_map(
+                |(queue, plan)| match VersionCheck::of(plan.bullmq_version.as_deref()) {
+                    VersionCheck::Unverified(version) => Some((queue.clone(), version)),
+                    VersionCheck::Absent | VersionCheck::Verified => None,
+                },
+            )
+            .collect()
+    }
+
+    /// The plan without the `withheld` queues: what may be written while
+    /// they wait for an operator.
+    pub(crate) fn without(&self, withheld: &BTreeMap<String, String>) -> Plan {
+        Plan {
+            queues: self
+                .queues
+                .iter()
+                .filter(|(queue, _)| !withheld.contains_key(*queue))
+                .map(|(queue, plan)| (queue.clone(), plan.clone()))
+                .collect(),
+            invalid: self.invalid.clone(),
+        }
     }
 }
 
@@ -310,6 +341,7 @@ mod tests {
         let in_redis = QueueSchedulers {
             schedulers: redis.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
             legacy: 1,
+            bullmq_version: None,
         };
         let template = IdTemplate::parse("t:{id}").unwrap();
         QueuePlan::new(

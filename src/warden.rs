@@ -233,16 +233,18 @@ impl Warden {
         let recovery = &config.recovery;
         if dry_run {
             let snapshot = self.snapshot(only_queue).await?;
-            return Ok(RecoverReport::planned(
-                &snapshot.plan,
-                recovery.prune_orphans,
-            ));
+            let (plan, withheld) = writable(&snapshot.plan, recovery);
+            return Ok(RecoverReport::planned(&plan, recovery.prune_orphans).withholding(&withheld));
         }
         let lease = Lease::new(self.store.clone(), recovery.lease_ttl)
             .acquire_within(recovery.lease_wait)
             .await?;
         let outcome = match self.snapshot(only_queue).await {
-            Ok(snapshot) => Ok(apply(&self.store(), &snapshot.plan, recovery.into(), &lease).await),
+            Ok(snapshot) => {
+                let (plan, withheld) = writable(&snapshot.plan, recovery);
+                let report = apply(&self.store(), &plan, recovery.into(), &lease).await;
+                Ok(report.withholding(&withheld))
+            }
             Err(error) => Err(error),
         };
         // A release that fails leaves the lease to expire after its ttl.
@@ -272,5 +274,22 @@ impl Warden {
 
     pub(crate) async fn close(&self) {
         self.source.close().await;
+    }
+}
+
+/// The part of `plan` that may be written, and the queues withheld from it:
+/// those a BullMQ major the warden was not verified against set up, unless
+/// `[recovery] allow_unverified_bullmq` lets it write there.
+pub(crate) fn writable<'p>(
+    plan: &'p Plan,
+    recovery: &crate::config::RecoveryConfig,
+) -> (std::borrow::Cow<'p, Plan>, BTreeMap<String, String>) {
+    let withheld = match recovery.allow_unverified_bullmq {
+        true => BTreeMap::new(),
+        false => plan.unverified_queues(),
+    };
+    match withheld.is_empty() {
+        true => (std::borrow::Cow::Borrowed(plan), withheld),
+        false => (std::borrow::Cow::Owned(plan.without(&withheld)), withheld),
     }
 }

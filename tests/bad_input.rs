@@ -170,6 +170,7 @@ fn in_redis(own_id: Option<&str>) -> QueueSchedulers {
     QueueSchedulers {
         schedulers,
         legacy: 0,
+        bullmq_version: None,
     }
 }
 

@@ -1243,3 +1243,137 @@ fn drill5_a_read_cut_short_without_an_error_fails_the_whole_read() {
         (Some(1), Some(0))
     );
 }
+
+// ---------------------------------------------------------------------------
+// Drill 7: a queue written by a BullMQ the warden does not know
+
+const VERSION_ROWS: u32 = 5;
+
+fn version_setup(redis: &RedisServer, listen: &str) -> Setup {
+    let setup = Setup::sqlite(
+        redis,
+        &format!(
+            "[watch]\ninfo_interval = \"200ms\"\ndrift_interval = \"1s\"\ndebounce_quiet = \"200ms\"\n\
+             [http]\nlisten = \"{listen}\"\n"
+        ),
+    );
+    support::sqlite_rows(&setup, VERSION_ROWS, "inspection");
+    setup
+}
+
+#[test]
+fn drill7_a_queue_set_up_by_an_unverified_bullmq_major_is_reported_and_left_alone() {
+    let redis = RedisServer::start();
+    let listen = support::free_local_addr();
+    let setup = version_setup(&redis, &listen);
+    let run = setup.warden(&["recover", "--json"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    // A BullMQ 7 application set the queue up; then a scheduler was lost.
+    redis.redis(&["HSET", "bull:inspection:meta", "version", "bullmq:7.0.0"]);
+    redis.redis(&["ZREM", "bull:inspection:repeat", "inspection:3"]);
+    let mut watcher = Watcher::start(&setup);
+    let base = format!("http://{listen}");
+    assert!(
+        watcher.wait_for("bullmq_version_unverified", 1, Duration::from_secs(15)),
+        "{}",
+        watcher.log()
+    );
+    // Several drift checks pass; nothing is written to the queue.
+    thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        redis.zcard("bull:inspection:repeat"),
+        u64::from(VERSION_ROWS) - 1
+    );
+    assert_eq!(watcher.count("recovery_started"), 0, "{}", watcher.log());
+    let (status, body, _) = get(&base, "/readyz");
+    assert_eq!(status, 503, "{body}");
+    let ready: serde_json::Value = serde_json::from_str(&body).expect("readyz JSON");
+    assert_eq!(
+        ready["unverifiedBullmq"]["inspection"], "bullmq:7.0.0",
+        "{body}"
+    );
+    let (_, page, _) = get(&base, "/metrics");
+    let gauge =
+        r#"bullmq_warden_bullmq_version_unverified{queue="inspection",version="bullmq:7.0.0"}"#;
+    assert_eq!(metric(&page, gauge), Some(1.0), "{page}");
+    let check = setup.warden(&["check", "--json"]);
+    assert_eq!(check.code, 4, "{}", check.stdout);
+    let findings = check.json()["findings"].clone();
+    let version_error = findings.as_array().into_iter().flatten().any(|f| {
+        f["check"] == "bullmq-version"
+            && f["severity"] == "error"
+            && f["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("bullmq:7.0.0"))
+    });
+    assert!(version_error, "{findings}");
+    // `recover` leaves the queue alone too, and says so.
+    let refused = setup.warden(&["recover"]);
+    assert_eq!(refused.code, 1, "{}\n{}", refused.stdout, refused.stderr);
+    assert!(
+        refused.stdout.contains("withheld      queue inspection"),
+        "{}",
+        refused.stdout
+    );
+    assert_eq!(
+        redis.zcard("bull:inspection:repeat"),
+        u64::from(VERSION_ROWS) - 1
+    );
+    // An operator opts in: the scheduler comes back.
+    let allowed = setup.warden_env(
+        &["recover", "--json"],
+        &[("BULLMQ_WARDEN__RECOVERY__ALLOW_UNVERIFIED_BULLMQ", "true")],
+    );
+    assert_eq!(allowed.code, 0, "{}", allowed.stderr);
+    assert_eq!(
+        redis.zcard("bull:inspection:repeat"),
+        u64::from(VERSION_ROWS)
+    );
+    // Back to a verified version: the watcher says so and is ready again.
+    redis.redis(&["HSET", "bull:inspection:meta", "version", "bullmq:6.7.0"]);
+    assert!(
+        wait_until(Duration::from_secs(10), || get(&base, "/readyz").0 == 200),
+        "{}",
+        watcher.log()
+    );
+    watcher.terminate();
+}
+
+#[test]
+fn drill7_a_flush_gets_the_queues_bullmq_version_back() {
+    let redis = RedisServer::start();
+    let listen = support::free_local_addr();
+    let setup = version_setup(&redis, &listen);
+    // Real BullMQ 5 sets the queue up and records its version.
+    support::node(5, "counts", &redis, "inspection", &[], None);
+    let version = redis.redis(&["HGET", "bull:inspection:meta", "version"]);
+    assert!(version.starts_with("bullmq:5."), "{version:?}");
+    let mut watcher = Watcher::start(&setup);
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            redis.zcard("bull:inspection:repeat") == u64::from(VERSION_ROWS)
+        }),
+        "{}",
+        watcher.log()
+    );
+    // Let a comparison see the version, then lose everything.
+    assert!(watcher.wait_for("recovery_finished", 1, Duration::from_secs(10)));
+    thread::sleep(Duration::from_millis(1500));
+    redis.redis(&["FLUSHALL"]);
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            redis.zcard("bull:inspection:repeat") == u64::from(VERSION_ROWS)
+                && redis.redis(&["HGET", "bull:inspection:meta", "version"]) == version
+        }),
+        "meta version now {:?}\n{}",
+        redis.redis(&["HGET", "bull:inspection:meta", "version"]),
+        watcher.log()
+    );
+    assert_whole(&redis, "inspection");
+    assert!(
+        watcher.count("bullmq_version_restored") >= 1,
+        "{}",
+        watcher.log()
+    );
+    watcher.terminate();
+}

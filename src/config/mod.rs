@@ -277,6 +277,9 @@ pub(crate) struct RecoveryConfig {
     pub(crate) webhook_token_file: Option<PathBuf>,
     #[serde(with = "duration_text")]
     pub(crate) webhook_timeout: Duration,
+    /// Write to queues whose meta hash names a BullMQ major version the
+    /// warden was not verified against (only 5 and 6 are).
+    pub(crate) allow_unverified_bullmq: bool,
 }
 
 impl Default for RecoveryConfig {
@@ -296,6 +299,7 @@ impl Default for RecoveryConfig {
             webhook_headers: BTreeMap::new(),
             webhook_token_file: None,
             webhook_timeout: Duration::from_secs(30),
+            allow_unverified_bullmq: false,
         }
     }
 }

@@ -2,7 +2,7 @@
 //! the recovery lease and restores what differs, with the strategy the config
 //! names. One [`Context`] holds what it shares with the rest of the watcher.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,8 +18,9 @@ use crate::model::{Cause, DesiredScheduler, InvalidRow};
 use crate::plan::Plan;
 use crate::report::comparison::{publish_comparison, Settled};
 use crate::report::events::{
-    CatchupFailed, CatchupFired, Detected, DriftConfirmed, LeaseHeld, LeaseReleased, Observer,
-    RecoveryFinished, RecoveryMode, RecoveryStarted, RowInvalid, SourceDown, SourceRead,
+    BullmqVersionRestored, BullmqVersionUnverified, CatchupFailed, CatchupFired, Detected,
+    DriftConfirmed, LeaseHeld, LeaseReleased, Observer, RecoveryFinished, RecoveryMode,
+    RecoveryStarted, RowInvalid, SourceDown, SourceRead,
 };
 use crate::restore::catchup;
 use crate::restore::lease::{Held, Lease};
@@ -27,7 +28,7 @@ use crate::restore::native::Native;
 use crate::restore::webhook::Webhook;
 use crate::restore::{OwnWrites, RecoverReport, Restore, Restored};
 use crate::signal::{RestoredCounts, SharedQueues};
-use crate::warden::{Snapshot, Warden};
+use crate::warden::{writable, Snapshot, Warden};
 
 /// A comparison that takes longer is abandoned and retried: something hangs.
 const COMPARE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -55,6 +56,12 @@ pub(crate) struct Recovery {
     /// The invalid rows of the last comparison and their reasons, so that
     /// each is logged once per change instead of every drift check.
     invalid_seen: HashMap<(Option<String>, String), String>,
+    /// The BullMQ version each queue's meta hash last recorded, to put back
+    /// after a loss.
+    known_versions: BTreeMap<String, String>,
+    /// Queues last seen with a BullMQ version the warden was not verified
+    /// against, so that each is reported once.
+    unverified_seen: BTreeMap<String, String>,
 }
 
 impl Recovery {
@@ -68,6 +75,8 @@ impl Recovery {
             ctx,
             lease,
             invalid_seen: HashMap::new(),
+            known_versions: BTreeMap::new(),
+            unverified_seen: BTreeMap::new(),
         }
     }
 
@@ -79,7 +88,9 @@ impl Recovery {
         lease: Option<&Held>,
     ) -> Result<Outcome, RecoveryError> {
         let snapshot = self.compare().await?;
-        let plan = &snapshot.plan;
+        // Queues withheld for their BullMQ version are reported, not acted on.
+        let (plan, _) = writable(&snapshot.plan, &config.recovery);
+        let plan = plan.as_ref();
         match verdict(
             plan,
             request.only_periodic,
@@ -108,7 +119,7 @@ impl Recovery {
             acting: config.recovery.auto,
         });
         if let Some(lease) = lease {
-            self.recover(config, request, snapshot, lease).await?;
+            self.recover(config, request, &snapshot.plan, lease).await?;
         }
         Ok(Outcome::Done)
     }
@@ -147,6 +158,8 @@ impl Recovery {
             took: snapshot.source_elapsed,
         });
         publish_comparison(&self.ctx.observer, &snapshot.plan, Settled::No);
+        let allowed = self.ctx.warden.config().recovery.allow_unverified_bullmq;
+        self.track_versions(&snapshot.plan, allowed);
         self.report_invalid_rows(&snapshot.plan.invalid);
         if let Ok(mut queues) = self.ctx.queues.write() {
             *queues = snapshot.plan.queues.keys().cloned().collect();
@@ -177,7 +190,7 @@ impl Recovery {
         &mut self,
         config: &Config,
         request: &Request,
-        snapshot: Snapshot,
+        compared: &Plan,
         lease: &Held,
     ) -> Result<(), RecoveryError> {
         self.ctx.observer.emit(RecoveryStarted {
@@ -185,7 +198,8 @@ impl Recovery {
             attempt: request.attempt,
         });
         let started = std::time::Instant::now();
-        let plan = &snapshot.plan;
+        let (plan, withheld) = writable(compared, &config.recovery);
+        let plan = plan.as_ref();
         let report = self.restore(config, plan, request.trigger, lease).await?;
         self.ctx.observer.emit(RecoveryFinished {
             trigger: request.trigger,
@@ -202,8 +216,10 @@ impl Recovery {
         // Every planned write succeeded.
         let settled = Settled::Written {
             pruned: config.recovery.prune_orphans,
+            except: &withheld,
         };
-        publish_comparison(&self.ctx.observer, plan, settled);
+        publish_comparison(&self.ctx.observer, compared, settled);
+        self.put_back_versions(plan).await;
         // Catch-up jobs are writes too: none once the lease is gone.
         if config.recovery.catchup == Catchup::FireOnce && lease.confirm().await.is_none() {
             self.catch_up(config, plan, request.since_ms).await;
@@ -245,6 +261,57 @@ impl Recovery {
                 Ok(RecoverReport::done_elsewhere(plan, false))
             }
         }
+    }
+
+    /// Writes back the BullMQ version of queues whose meta hash lost it with
+    /// the rest of their data, as the last comparison before the loss saw it.
+    async fn put_back_versions(&self, restored: &Plan) {
+        let store = self.ctx.warden.store();
+        for (queue, plan) in &restored.queues {
+            let (None, Some(version)) = (&plan.bullmq_version, self.known_versions.get(queue))
+            else {
+                continue;
+            };
+            let written = store.restore_version(queue, version).await;
+            self.ctx.observer.emit(BullmqVersionRestored {
+                queue,
+                version,
+                error: written.err().map(|e| e.to_string()),
+            });
+        }
+    }
+
+    /// Remembers each queue's recorded BullMQ version, and reports queues
+    /// whose version the warden was not verified against when that starts
+    /// and when it ends.
+    fn track_versions(&mut self, plan: &Plan, allowed: bool) {
+        for (queue, queue_plan) in &plan.queues {
+            if let Some(version) = &queue_plan.bullmq_version {
+                self.known_versions.insert(queue.clone(), version.clone());
+            }
+        }
+        let now = plan.unverified_queues();
+        for (queue, version) in &now {
+            if self.unverified_seen.get(queue) != Some(version) {
+                self.ctx.observer.emit(BullmqVersionUnverified {
+                    queue,
+                    version,
+                    holds: true,
+                    allowed,
+                });
+            }
+        }
+        for (queue, version) in &self.unverified_seen {
+            if !now.contains_key(queue) {
+                self.ctx.observer.emit(BullmqVersionUnverified {
+                    queue,
+                    version,
+                    holds: false,
+                    allowed,
+                });
+            }
+        }
+        self.unverified_seen = now;
     }
 
     /// Fires one job per lost cron scheduler that had a run due during the outage.

@@ -3,6 +3,7 @@
 //! signal names. Nothing here does I/O or reads the clock, so the plan that
 //! compares them is a pure function of them and of the time it is given.
 
+mod bullmq_version;
 mod counts;
 mod desired;
 mod failure;
@@ -10,16 +11,11 @@ mod stored;
 mod template;
 mod trigger;
 
+pub(crate) use bullmq_version::VersionCheck;
 pub use counts::JobCounts;
-pub use desired::DesiredScheduler;
-pub use desired::InvalidRow;
-pub use desired::Schedule;
+pub use desired::{DesiredScheduler, InvalidRow, Schedule};
 pub(crate) use failure::FailureReason;
-pub use stored::NextJobFacts;
-pub use stored::QueueSchedulers;
-pub use stored::SchedulerFields;
-pub use stored::StoredScheduler;
-pub(crate) use stored::PROMOTION_MARGIN_MS;
-pub(crate) use stored::{scheduler_job_id, NextJobState};
+pub(crate) use stored::{scheduler_job_id, NextJobState, PROMOTION_MARGIN_MS};
+pub use stored::{NextJobFacts, QueueSchedulers, SchedulerFields, StoredScheduler};
 pub use template::IdTemplate;
 pub(crate) use trigger::{Cause, Trigger};

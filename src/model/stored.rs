@@ -113,4 +113,7 @@ pub struct QueueSchedulers {
     pub schedulers: BTreeMap<String, StoredScheduler>,
     /// Legacy repeatable jobs (BullMQ 5 `queue.add(…, {repeat})`), counted, never touched.
     pub legacy: usize,
+    /// The `version` field of the queue's meta hash (`bullmq:6.7.0`), as the
+    /// BullMQ that last set the queue up wrote it; `None` when absent.
+    pub bullmq_version: Option<String>,
 }

@@ -10,15 +10,19 @@ use crate::warden::{Drift, QueueStatus};
 
 /// Whether the plan's writes were all made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Settled {
+pub(crate) enum Settled<'a> {
     /// Only compared: what the plan found is what Redis holds.
     No,
-    /// Every write succeeded: nothing is missing or differs any more, and
-    /// with `pruned` the orphans are gone too.
-    Written { pruned: bool },
+    /// Every write succeeded, but in the queues withheld from writing
+    /// (`except`): nothing is missing or differs any more, and with `pruned`
+    /// the orphans are gone too.
+    Written {
+        pruned: bool,
+        except: &'a BTreeMap<String, String>,
+    },
 }
 
-pub(crate) fn publish_comparison(observer: &Observer, whole: &Plan, settled: Settled) {
+pub(crate) fn publish_comparison(observer: &Observer, whole: &Plan, settled: Settled<'_>) {
     let triggers = Cause::ALL.map(Cause::as_str);
     let mut latest = BTreeMap::new();
     for (queue, plan) in &whole.queues {
@@ -28,8 +32,9 @@ pub(crate) fn publish_comparison(observer: &Observer, whole: &Plan, settled: Set
             .iter()
             .filter(|i| i.queue.as_deref() == Some(queue))
             .count();
-        let written = matches!(settled, Settled::Written { .. });
-        let pruned = matches!(settled, Settled::Written { pruned: true });
+        let written =
+            matches!(settled, Settled::Written { except, .. } if !except.contains_key(queue));
+        let pruned = written && matches!(settled, Settled::Written { pruned: true, .. });
         let drift = Drift {
             missing: if written { 0 } else { plan.create.len() },
             mismatched: if written { 0 } else { plan.update.len() },

@@ -33,6 +33,8 @@ pub(crate) struct Health {
     pub(crate) source_up: AtomicBool,
     /// Rows and Redis have been compared at least once.
     pub(crate) synced: AtomicBool,
+    /// Queues left unwritten for their BullMQ version, with that version.
+    pub(crate) withheld: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
 }
 
 impl Health {
@@ -40,6 +42,7 @@ impl Health {
         self.redis_up.load(Ordering::Relaxed)
             && self.source_up.load(Ordering::Relaxed)
             && self.synced.load(Ordering::Relaxed)
+            && self.withheld.lock().map(|w| w.is_empty()).unwrap_or(true)
     }
 }
 

@@ -8,7 +8,7 @@
 //! lost another writer may be at work, and two writers racing over the same
 //! schedulers make BullMQ refuse each other's upserts.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
@@ -55,6 +55,29 @@ pub(crate) struct Change {
     pub(crate) not_done: bool,
 }
 
+/// A queue whose writes wait for an operator.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub(crate) struct WithheldQueue {
+    pub(crate) queue: String,
+    /// As the queue's meta hash records it, e.g. `bullmq:7.0.0`.
+    pub(crate) version: String,
+}
+
+impl RecoverReport {
+    /// Marks `withheld` queues as not written: the report is no success.
+    pub(crate) fn withholding(mut self, withheld: &BTreeMap<String, String>) -> Self {
+        self.withheld = withheld
+            .iter()
+            .map(|(queue, version)| WithheldQueue {
+                queue: queue.clone(),
+                version: version.clone(),
+            })
+            .collect();
+        self.success &= self.withheld.is_empty();
+        self
+    }
+}
+
 /// A write that Redis refused or that could not be sent.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -86,6 +109,11 @@ pub(crate) struct RecoverReport {
     /// lease was lost. The changes marked `notDone` were not written.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) stopped: Option<String>,
+    /// Queues left unwritten because their meta hash names a BullMQ major
+    /// version the warden was not verified against (see
+    /// `[recovery] allow_unverified_bullmq`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) withheld: Vec<WithheldQueue>,
     pub(crate) duration_ms: u64,
 }
 

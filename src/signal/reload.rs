@@ -39,6 +39,7 @@ macro_rules! live_keys {
         $each!(recovery, backoff_min);
         $each!(recovery, backoff_max);
         $each!(recovery, lease_wait);
+        $each!(recovery, allow_unverified_bullmq);
         $each!(watch, debounce_quiet);
         $each!(watch, debounce_max);
     };

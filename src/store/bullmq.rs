@@ -367,15 +367,22 @@ impl BullmqStore {
     pub(crate) async fn read_schedulers(&self, queue: &str) -> Result<QueueSchedulers, StoreError> {
         let keys = self.keys(queue);
         let mut conn = self.raw();
-        let members: Vec<(String, f64)> = redis::cmd("ZRANGE")
+        let (members, bullmq_version): (Vec<(String, f64)>, Option<String>) = redis::pipe()
+            .cmd("ZRANGE")
             .arg(keys.repeat())
             .arg(0)
             .arg(-1)
             .arg("WITHSCORES")
+            .cmd("HGET")
+            .arg(keys.meta())
+            .arg("version")
             .query_async(&mut conn)
             .await
             .map_err(|e| self.error(e))?;
-        let mut result = QueueSchedulers::default();
+        let mut result = QueueSchedulers {
+            bullmq_version,
+            ..QueueSchedulers::default()
+        };
         let repeat_key = keys.repeat();
         let delayed_key = keys.delayed();
         let owned: Vec<(String, u64)> = members
@@ -426,6 +433,23 @@ impl BullmqStore {
             }
         }
         Ok(result)
+    }
+
+    /// Puts back the BullMQ version a queue's meta hash recorded before a
+    /// loss: BullMQ's scripts recreate the hash without it. Only where the
+    /// field is still missing, so a version BullMQ wrote meanwhile wins.
+    pub(crate) async fn restore_version(
+        &self,
+        queue: &str,
+        version: &str,
+    ) -> Result<bool, StoreError> {
+        redis::cmd("HSETNX")
+            .arg(self.keys(queue).meta())
+            .arg("version")
+            .arg(version)
+            .query_async(&mut self.raw())
+            .await
+            .map_err(|e| self.error(e))
     }
 
     /// Creates or replaces a scheduler with BullMQ's own `upsertJobScheduler`.

@@ -22,8 +22,9 @@ pub(crate) use lifecycle::{
     ConfigDefaults, RecoveryAbandoned, ShutdownRequested, WatchStarted, WatchStopped, WatchStopping,
 };
 pub(crate) use recovery::{
-    CatchupFailed, CatchupFired, DriftConfirmed, LeaseBusy, LeaseHeld, LeaseLost, LeaseReleased,
-    RecoveryFailed, RecoveryFinished, RecoveryMode, RecoveryStarted,
+    BullmqVersionRestored, BullmqVersionUnverified, CatchupFailed, CatchupFired, DriftConfirmed,
+    LeaseBusy, LeaseHeld, LeaseLost, LeaseReleased, RecoveryFailed, RecoveryFinished, RecoveryMode,
+    RecoveryStarted,
 };
 pub(crate) use redis::{
     Condition, Persistence, PersistenceRead, PrimaryUnreachable, RedisCondition, RedisDown,

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use super::{InternalEvent, Observer};
 use crate::model::{Cause, FailureReason};
+use crate::report::metrics::queue::VersionLabels;
 use crate::report::metrics::recovery::{ReasonLabels, RecoveryLabels};
 use crate::report::metrics::QueueLabels;
 use crate::restore::native::Action;
@@ -266,5 +267,93 @@ impl InternalEvent for CatchupFailed<'_> {
             "{}",
             self.error
         );
+    }
+}
+
+/// A queue's meta hash names a BullMQ major version the warden was not
+/// verified against (`holds`), or no longer does. Unless `allowed`, the
+/// warden writes nothing there.
+pub(crate) struct BullmqVersionUnverified<'a> {
+    pub(crate) queue: &'a str,
+    pub(crate) version: &'a str,
+    pub(crate) holds: bool,
+    pub(crate) allowed: bool,
+}
+
+impl InternalEvent for BullmqVersionUnverified<'_> {
+    fn emit(self, observer: &Observer) {
+        let (queue, version) = (self.queue, self.version);
+        match (self.holds, self.allowed) {
+            (true, false) => tracing::error!(
+                event = "bullmq_version_unverified",
+                queue,
+                version,
+                "queue {queue} was set up by {version}, a BullMQ major version bullmq-warden \
+                 was not verified against (5 and 6 are): nothing is written there; set \
+                 [recovery] allow_unverified_bullmq = true to write anyway"
+            ),
+            (true, true) => tracing::warn!(
+                event = "bullmq_version_unverified",
+                queue,
+                version,
+                "queue {queue} was set up by {version}, a BullMQ major version bullmq-warden \
+                 was not verified against; writing anyway (allow_unverified_bullmq)"
+            ),
+            (false, _) => tracing::info!(
+                event = "bullmq_version_unverified",
+                queue,
+                version,
+                holds = false,
+                "queue {queue} no longer records an unverified BullMQ version"
+            ),
+        }
+        let labels = VersionLabels {
+            queue: queue.to_owned(),
+            version: version.to_owned(),
+        };
+        let gauge = &observer.metrics().queues.bullmq_version_unverified;
+        let withheld = &observer.health().withheld;
+        if self.holds {
+            gauge.get_or_create(&labels).set(1);
+            if let Ok(mut withheld) = withheld.lock() {
+                match self.allowed {
+                    true => withheld.remove(queue),
+                    false => withheld.insert(queue.to_owned(), version.to_owned()),
+                };
+            }
+        } else {
+            gauge.remove(&labels);
+            if let Ok(mut withheld) = withheld.lock() {
+                withheld.remove(queue);
+            }
+        }
+    }
+}
+
+/// The BullMQ version a queue's meta hash lost with the rest of its data
+/// was written back after the restore.
+pub(crate) struct BullmqVersionRestored<'a> {
+    pub(crate) queue: &'a str,
+    pub(crate) version: &'a str,
+    pub(crate) error: Option<String>,
+}
+
+impl InternalEvent for BullmqVersionRestored<'_> {
+    fn emit(self, _: &Observer) {
+        let (queue, version) = (self.queue, self.version);
+        match self.error {
+            None => tracing::info!(
+                event = "bullmq_version_restored",
+                queue,
+                version,
+                "wrote the queue's BullMQ version back into its meta hash"
+            ),
+            Some(error) => tracing::warn!(
+                event = "bullmq_version_restored",
+                queue,
+                version,
+                "could not write the queue's BullMQ version back: {error}"
+            ),
+        }
     }
 }

@@ -20,12 +20,19 @@ pub(crate) struct DriftLabels {
     pub(crate) kind: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct VersionLabels {
+    pub(crate) queue: String,
+    pub(crate) version: String,
+}
+
 pub(crate) struct QueueMetrics {
     job_count: Gauges<StateLabels>,
     job_schedulers: Gauges<QueueLabels>,
     desired_schedulers: Gauges<QueueLabels>,
     drift_schedulers: Gauges<DriftLabels>,
     legacy_repeatables: Gauges<QueueLabels>,
+    pub(crate) bullmq_version_unverified: Gauges<VersionLabels>,
 }
 
 impl QueueMetrics {
@@ -59,6 +66,12 @@ impl QueueMetrics {
                 registry,
                 "bullmq_warden_legacy_repeatables",
                 "Legacy repeatable jobs (BullMQ 5 queue.add with repeat), never touched",
+                Gauges::default(),
+            ),
+            bullmq_version_unverified: register(
+                registry,
+                "bullmq_warden_bullmq_version_unverified",
+                "Queues whose meta hash names a BullMQ major version the warden was not verified against (1 while it does)",
                 Gauges::default(),
             ),
         }
