@@ -405,12 +405,16 @@ impl BullmqStore {
                 let job_id = scheduler_job_id(id, *next_ms);
                 pipe.cmd("EXISTS").arg(keys.job_key(&job_id));
                 pipe.cmd("ZSCORE").arg(&delayed_key).arg(job_id);
+                // After the job: see whether the scheduler moved on meanwhile.
+                pipe.cmd("ZSCORE").arg(&repeat_key).arg(id);
             }
-            let replies: Vec<(Vec<Option<String>>, bool, Option<String>)> = pipe
+            let replies: Vec<(Vec<Option<String>>, bool, Option<String>, Option<f64>)> = pipe
                 .query_async(&mut conn)
                 .await
                 .map_err(|e| self.error(e))?;
-            for ((id, next_ms), (values, exists, delayed_score)) in batch.iter().zip(replies) {
+            for ((id, next_ms), (values, exists, delayed_score, score_now)) in
+                batch.iter().zip(replies)
+            {
                 let present = values.iter().any(Option::is_some);
                 let hash = present.then(|| {
                     SchedulerFields::NAMES
@@ -424,10 +428,10 @@ impl BullmqStore {
                     StoredScheduler {
                         next_ms: *next_ms,
                         hash,
-                        next_job: NextJobFacts {
+                        next_job: moved_on(*next_ms, score_now).unwrap_or(NextJobFacts {
                             exists,
                             in_delayed: delayed_score.is_some(),
-                        },
+                        }),
                     },
                 );
             }
@@ -699,6 +703,17 @@ fn counts_from_replies(queues: &[String], replies: &[u64]) -> BTreeMap<String, J
             (queue.clone(), counts)
         })
         .collect()
+}
+
+/// A scheduler whose score changed between the listing and the read of its
+/// next job was moved on by a Worker in between: BullMQ queues the next run
+/// when it takes the current one, then (with `removeOnComplete`) deletes the
+/// finished job. The job read is then the old one, gone for a good reason, and
+/// the scheduler counts as queued; one removed meanwhile is left to the next
+/// comparison.
+fn moved_on(listed_ms: u64, score_now: Option<f64>) -> Option<NextJobFacts> {
+    let unchanged = score_now.is_some_and(|score| score as u64 == listed_ms);
+    (!unchanged).then_some(NextJobFacts::QUEUED)
 }
 
 /// BullMQ 5's legacy repeatable jobs use an md5 hex digest as the set member.
