@@ -161,7 +161,7 @@ fn initial_rows() -> Vec<Row> {
                 id,
                 queue,
                 schedule: schedule.clone(),
-                remove_on_complete: id % 2 == 0,
+                remove_on_complete: id.is_multiple_of(2),
             });
         }
     }
