@@ -705,39 +705,55 @@ fn scheduler_problem(conn: &mut redis::Connection, row: &Row) -> Option<String> 
 // ---------------------------------------------------------------------------
 // The checks at the end
 
+/// The `created` and `updated` of a `recovery_finished` line.
+fn restored(recovery: &Value) -> u64 {
+    recovery["created"].as_u64().unwrap_or(0) + recovery["updated"].as_u64().unwrap_or(0)
+}
+
 impl Soak {
+    /// The `recovery_finished` lines of each phase: those logged between its
+    /// disturbance and the next one.
+    fn recoveries_by_phase(&self) -> Vec<Vec<Value>> {
+        let finished = self.watcher.events("recovery_finished");
+        let mut ends: Vec<usize> = self
+            .phases
+            .iter()
+            .skip(1)
+            .map(|p| p.first_recovery)
+            .collect();
+        ends.push(finished.len());
+        self.phases
+            .iter()
+            .zip(ends)
+            .map(|(phase, end)| finished[phase.first_recovery..end].to_vec())
+            .collect()
+    }
+
     /// Every phase must have exactly one recovery, named by the trigger its
     /// disturbance can show and restoring at least what it lost (or what the
     /// edit changed): more is the open finding that healthy schedulers read
     /// while they advance may be rewritten (see `surplus`). Returns the
     /// violations.
     fn recovery_violations(&self) -> Vec<String> {
-        let finished = self.watcher.events("recovery_finished");
         let mut violations = Vec::new();
-        for (index, phase) in self.phases.iter().enumerate() {
-            let end = self
-                .phases
-                .get(index + 1)
-                .map_or(finished.len(), |next| next.first_recovery);
-            let recoveries = &finished[phase.first_recovery..end];
+        for (index, recoveries) in self.recoveries_by_phase().iter().enumerate() {
+            let phase = &self.phases[index];
             let what = format!("phase {index} ({} {})", phase.what.name(), phase.detail);
-            if recoveries.len() != 1 {
+            let [recovery] = recoveries.as_slice() else {
                 violations.push(format!(
                     "{what}: {} recoveries: {recoveries:?}",
                     recoveries.len()
                 ));
                 continue;
-            }
-            let recovery = &recoveries[0];
+            };
             let trigger = recovery["trigger"].as_str().unwrap_or_default();
             if !phase.what.triggers().contains(&trigger) {
                 violations.push(format!("{what}: trigger {trigger}: {recovery}"));
             }
-            let restored = recovery["created"].as_u64().unwrap_or(0)
-                + recovery["updated"].as_u64().unwrap_or(0);
-            if restored < phase.expected_restored as u64 {
+            if restored(recovery) < phase.expected_restored as u64 {
                 violations.push(format!(
-                    "{what}: restored {restored}, expected {}: {recovery}",
+                    "{what}: restored {}, expected {}: {recovery}",
+                    restored(recovery),
                     phase.expected_restored
                 ));
             }
@@ -745,28 +761,21 @@ impl Soak {
         violations
     }
 
-    /// The recoveries that created or rewrote more schedulers than their
-    /// disturbance touched: (phase, how many more). A comparison reads the
-    /// scheduler set before the next jobs, so a scheduler that the Worker
+    /// The phases whose recoveries created or rewrote more schedulers than
+    /// their disturbance touched: (phase, how many more). A comparison reads
+    /// the scheduler set before the next jobs, so a scheduler that the Worker
     /// advances in between, its finished job removed at once
     /// (`removeOnComplete`), looks as if it had lost its next job.
     fn surplus(&self) -> Vec<(usize, u64)> {
-        let finished = self.watcher.events("recovery_finished");
-        let mut surplus = Vec::new();
-        for (index, phase) in self.phases.iter().enumerate() {
-            let end = self
-                .phases
-                .get(index + 1)
-                .map_or(finished.len(), |next| next.first_recovery);
-            let restored: u64 = finished[phase.first_recovery..end]
-                .iter()
-                .map(|r| r["created"].as_u64().unwrap_or(0) + r["updated"].as_u64().unwrap_or(0))
-                .sum();
-            if restored > phase.expected_restored as u64 {
-                surplus.push((index, restored - phase.expected_restored as u64));
-            }
-        }
-        surplus
+        self.recoveries_by_phase()
+            .iter()
+            .enumerate()
+            .filter_map(|(index, recoveries)| {
+                let total: u64 = recoveries.iter().map(restored).sum();
+                let expected = self.phases[index].expected_restored as u64;
+                (total > expected).then(|| (index, total - expected))
+            })
+            .collect()
     }
 
     /// BullMQ's own view (`getJobSchedulers()` through the Node driver):
@@ -882,40 +891,50 @@ fn first_and_last(samples: &[Sample], run: Duration) -> (Window, Window) {
 // ---------------------------------------------------------------------------
 // The report
 
+/// What the phases of one kind of disturbance came to.
+#[derive(Default)]
+struct Tally {
+    count: usize,
+    triggers: BTreeMap<String, usize>,
+    failed_attempts: usize,
+    restores: Vec<Duration>,
+}
+
 /// Per kind of disturbance: how many, the triggers of their recoveries, the
 /// failed attempts on the way, and the time to the repair.
 fn print_phases(soak: &Soak) {
-    let finished = soak.watcher.events("recovery_finished");
-    let failures_total = soak.watcher.count("recovery_failed");
-    let mut by_kind: BTreeMap<Disturbance, Vec<usize>> = BTreeMap::new();
+    let by_phase = soak.recoveries_by_phase();
+    let mut failures_after: Vec<usize> = soak
+        .phases
+        .iter()
+        .skip(1)
+        .map(|p| p.failures_before)
+        .collect();
+    failures_after.push(soak.watcher.count("recovery_failed"));
+    let mut kinds: BTreeMap<Disturbance, Tally> = BTreeMap::new();
     for (index, phase) in soak.phases.iter().enumerate() {
-        by_kind.entry(phase.what).or_default().push(index);
-    }
-    for (what, indices) in by_kind {
-        let mut triggers: BTreeMap<String, usize> = BTreeMap::new();
-        let mut failed = 0;
-        let mut restores: Vec<Duration> = Vec::new();
-        for &index in &indices {
-            let phase = &soak.phases[index];
-            let next = soak.phases.get(index + 1);
-            let end = next.map_or(finished.len(), |n| n.first_recovery);
-            for recovery in &finished[phase.first_recovery..end] {
-                let trigger = recovery["trigger"].as_str().unwrap_or("?").to_owned();
-                *triggers.entry(trigger).or_default() += 1;
-            }
-            failed += next.map_or(failures_total, |n| n.failures_before) - phase.failures_before;
-            restores.extend(phase.restore);
+        let tally = kinds.entry(phase.what).or_default();
+        tally.count += 1;
+        for recovery in &by_phase[index] {
+            let trigger = recovery["trigger"].as_str().unwrap_or("?").to_owned();
+            *tally.triggers.entry(trigger).or_default() += 1;
         }
-        restores.sort();
-        let (low, median, high) = match restores.as_slice() {
+        tally.failed_attempts += failures_after[index] - phase.failures_before;
+        tally.restores.extend(phase.restore);
+    }
+    for (what, mut tally) in kinds {
+        tally.restores.sort();
+        let (low, median, high) = match tally.restores.as_slice() {
             [] => (Duration::ZERO, Duration::ZERO, Duration::ZERO),
             all => (all[0], all[all.len() / 2], all[all.len() - 1]),
         };
         println!(
-            "  {:<24} {:>3} × · recoveries by trigger {triggers:?} · failed attempts {failed} · \
+            "  {:<24} {:>3} × · recoveries by trigger {:?} · failed attempts {} · \
              repaired after {low:.2?} / median {median:.2?} / {high:.2?}",
             what.name(),
-            indices.len()
+            tally.count,
+            tally.triggers,
+            tally.failed_attempts
         );
     }
 }
@@ -948,6 +967,126 @@ fn print_metrics(page: &str) {
 // ---------------------------------------------------------------------------
 // The drill
 
+/// What the soak found at its end.
+struct Outcome {
+    run: Duration,
+    page: String,
+    entries: Vec<Value>,
+    violations: Vec<String>,
+    differences: Vec<String>,
+    duplicates: Vec<(String, u64, usize)>,
+    surplus: Vec<(usize, u64)>,
+    first: Window,
+    last: Window,
+}
+
+impl Outcome {
+    fn gather(soak: &Soak, run: Duration, samples: &[Sample]) -> Self {
+        let entries = soak.worker.entries();
+        let (first, last) = first_and_last(samples, run);
+        Self {
+            run,
+            page: http("GET", &format!("{}/metrics", soak.base), &[]).1,
+            duplicates: duplicate_runs(&entries),
+            entries,
+            violations: soak.recovery_violations(),
+            differences: soak.bullmq_view_differences(),
+            surplus: soak.surplus(),
+            first,
+            last,
+        }
+    }
+
+    /// Jobs the Worker ran that no scheduler made.
+    fn unscheduled(&self) -> usize {
+        let jobs = self.entries.iter().filter(|e| e["jobId"].is_string());
+        jobs.filter(|e| e["scheduler"].is_null()).count()
+    }
+
+    fn print(&self, soak: &Soak) {
+        let runs = self
+            .entries
+            .iter()
+            .filter(|e| e["jobId"].is_string())
+            .count();
+        let (first, last) = (self.first, self.last);
+        println!(
+            "soak ran {:.0?}: {} phases, {} rows at the end",
+            self.run,
+            soak.phases.len(),
+            soak.rows.len()
+        );
+        print_phases(soak);
+        println!(
+            "  healthy schedulers rewritten beside a repair (open finding): {} in {} recoveries {:?}",
+            self.surplus.iter().map(|(_, n)| n).sum::<u64>(),
+            self.surplus.len(),
+            self.surplus
+        );
+        println!(
+            "  worker: {runs} runs, {} run twice, {} not from a scheduler, errors {:?}",
+            self.duplicates.len(),
+            self.unscheduled(),
+            worker_errors(&self.entries)
+        );
+        print_metrics(&self.page);
+        println!(
+            "  watcher: RSS {:.1} MiB → {:.1} MiB (mean of the first and the last window), \
+             descriptors {}–{} → {}–{} ({} and {} samples)",
+            first.rss_mib,
+            last.rss_mib,
+            first.fds_min,
+            first.fds_max,
+            last.fds_min,
+            last.fds_max,
+            first.samples,
+            last.samples
+        );
+    }
+
+    fn assert_holds(&self, soak: &Soak) {
+        assert!(
+            self.duplicates.is_empty(),
+            "runs made twice: {:?}",
+            self.duplicates
+        );
+        assert!(
+            self.violations.is_empty(),
+            "recoveries: {:#?}",
+            self.violations
+        );
+        assert!(
+            self.differences.is_empty(),
+            "BullMQ's view: {:#?}",
+            self.differences
+        );
+        assert_eq!(self.unscheduled(), 0, "jobs that no scheduler made");
+        assert_eq!(
+            metric(&self.page, "bullmq_warden_recovery_duration_seconds_count"),
+            Some(soak.watcher.count("recovery_finished") as f64),
+            "the metrics count the recoveries the log shows"
+        );
+        let restarts = soak
+            .phases
+            .iter()
+            .filter(|p| p.what == Disturbance::Loss(Loss::Restart));
+        assert_eq!(
+            metric(&self.page, "bullmq_warden_redis_restarts_total"),
+            Some(restarts.count() as f64),
+            "every restart seen once"
+        );
+        let (first, last) = (self.first, self.last);
+        assert!(
+            last.rss_mib <= first.rss_mib * 1.10 + 2.0,
+            "memory grew: {first:?} → {last:?}"
+        );
+        assert!(
+            last.fds_max <= first.fds_max + 2,
+            "descriptors grew: {first:?} → {last:?}"
+        );
+    }
+}
+
 #[test]
 fn soak_beside_a_node_worker_repairs_every_loss_once_and_runs_nothing_twice() {
     let params = Params::from_env();
@@ -964,84 +1103,12 @@ fn soak_beside_a_node_worker_repairs_every_loss_once_and_runs_nothing_twice() {
     // Quiet at the end: a stray recovery or a late loss would show now.
     thread::sleep(2 * DRIFT_INTERVAL + 2 * SECOND);
     soak.await_whole();
-    let run = started.elapsed();
-    let samples = sampler.samples();
+    let outcome = Outcome::gather(&soak, started.elapsed(), &sampler.samples());
     drop(sampler);
-
-    let page = http("GET", &format!("{}/metrics", soak.base), &[]).1;
-    let entries = soak.worker.entries();
-    let violations = soak.recovery_violations();
-    let differences = soak.bullmq_view_differences();
-    let duplicates = duplicate_runs(&entries);
-    let runs = entries.iter().filter(|e| e["jobId"].is_string()).count();
-    let unscheduled = entries
-        .iter()
-        .filter(|e| e["jobId"].is_string() && e["scheduler"].is_null())
-        .count();
-    let (first, last) = first_and_last(&samples, run);
-    let finished = soak.watcher.count("recovery_finished");
-    let restarts = soak
-        .phases
-        .iter()
-        .filter(|p| p.what == Disturbance::Loss(Loss::Restart))
-        .count();
-
-    println!(
-        "soak ran {:.0?}: {} phases, rows {} at the end, {finished} recoveries",
-        run,
-        soak.phases.len(),
-        soak.rows.len()
-    );
-    print_phases(&soak);
-    let surplus = soak.surplus();
-    println!(
-        "  healthy schedulers rewritten beside a repair (open finding): {} in {} recoveries {surplus:?}",
-        surplus.iter().map(|(_, n)| n).sum::<u64>(),
-        surplus.len()
-    );
-    println!(
-        "  worker: {runs} runs, {} run twice, {unscheduled} not from a scheduler, errors {:?}",
-        duplicates.len(),
-        worker_errors(&entries)
-    );
-    print_metrics(&page);
-    println!(
-        "  watcher: RSS {:.1} MiB → {:.1} MiB (mean of the first and the last window), \
-         descriptors {}–{} → {}–{} ({} and {} samples)",
-        first.rss_mib,
-        last.rss_mib,
-        first.fds_min,
-        first.fds_max,
-        last.fds_min,
-        last.fds_max,
-        first.samples,
-        last.samples
-    );
-
+    outcome.print(&soak);
     soak.worker.stop();
     let exit = soak.watcher.terminate();
-    assert!(duplicates.is_empty(), "runs made twice: {duplicates:?}");
-    assert!(violations.is_empty(), "recoveries: {violations:#?}");
-    assert!(differences.is_empty(), "BullMQ's view: {differences:#?}");
-    assert_eq!(unscheduled, 0, "jobs that no scheduler made");
-    assert_eq!(
-        metric(&page, "bullmq_warden_recovery_duration_seconds_count"),
-        Some(finished as f64),
-        "the metrics count the recoveries the log shows"
-    );
-    assert_eq!(
-        metric(&page, "bullmq_warden_redis_restarts_total"),
-        Some(restarts as f64),
-        "every restart seen once"
-    );
-    assert!(
-        last.rss_mib <= first.rss_mib * 1.10 + 2.0,
-        "memory grew: {first:?} → {last:?}"
-    );
-    assert!(
-        last.fds_max <= first.fds_max + 2,
-        "descriptors grew: {first:?} → {last:?}"
-    );
+    outcome.assert_holds(&soak);
     assert_eq!(exit, Some(0), "the watcher stops cleanly on SIGTERM");
 }
 
