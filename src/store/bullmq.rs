@@ -408,7 +408,7 @@ impl BullmqStore {
                 // After the job: see whether the scheduler moved on meanwhile.
                 pipe.cmd("ZSCORE").arg(&repeat_key).arg(id);
             }
-            let replies: Vec<(Vec<Option<String>>, bool, Option<String>, Option<f64>)> = pipe
+            let replies: Vec<SchedulerReply> = pipe
                 .query_async(&mut conn)
                 .await
                 .map_err(|e| self.error(e))?;
@@ -704,6 +704,10 @@ fn counts_from_replies(queues: &[String], replies: &[u64]) -> BTreeMap<String, J
         })
         .collect()
 }
+
+/// One scheduler's replies: its hash fields, whether its next job exists,
+/// that job's score in the delayed set, and the scheduler's score again.
+type SchedulerReply = (Vec<Option<String>>, bool, Option<String>, Option<f64>);
 
 /// A scheduler whose score changed between the listing and the read of its
 /// next job was moved on by a Worker in between: BullMQ queues the next run
