@@ -1293,9 +1293,8 @@ fn drill7_a_queue_set_up_by_an_unverified_bullmq_major_is_reported_and_left_alon
         "{body}"
     );
     let (_, page, _) = get(&base, "/metrics");
-    let gauge =
-        r#"bullmq_warden_bullmq_version_unverified{queue="inspection",version="bullmq:7.0.0"}"#;
-    assert_eq!(metric(&page, gauge), Some(1.0), "{page}");
+    let withheld = metric(&page, "bullmq_warden_withheld_queues");
+    assert_eq!(withheld, Some(1.0), "{page}");
     let check = setup.warden(&["check", "--json"]);
     assert_eq!(check.code, 4, "{}", check.stdout);
     let findings = check.json()["findings"].clone();

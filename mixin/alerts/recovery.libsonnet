@@ -36,6 +36,17 @@
               runbook_url: $._config.runbookURL('BullMQWardenAutoRecoveryDisabled'),
             },
           },
+          {
+            alert: 'BullMQWardenUnverifiedBullmq',
+            expr: 'bullmq_warden_withheld_queues > 0',
+            'for': '10m',
+            labels: { severity: 'warning' },
+            annotations: {
+              summary: 'bullmq-warden leaves {{ $value }} queues alone on {{ $labels.instance }}: set up by an unverified BullMQ',
+              description: 'Sidecar {{ $labels.instance }} writes nothing to {{ $value }} queues whose meta hash names a BullMQ major version bullmq-warden was not verified against, so their lost schedulers are not restored; /readyz and bullmq-warden check name them.',
+              runbook_url: $._config.runbookURL('BullMQWardenUnverifiedBullmq'),
+            },
+          },
         ],
       },
     ],

@@ -351,6 +351,12 @@ local panels(c) = [
     target('A', 'process_open_fds%s' % sidecar, '{{instance}} open'),
     target('B', 'process_max_fds%s' % sidecar, '{{instance}} limit'),
   ]),
+  timeseries(c, 39, 'Recovery failures by reason', 'Failed recovery attempts per interval, by reason (bullmq_warden_recovery_failures_total): redis_down, redis, redis_oom, source, timeout, writes_failed, lease_lost, webhook, webhook_incomplete, other.', grid(0, 80, 12, 8), [
+    target('A', 'sum by (reason) (increase(bullmq_warden_recovery_failures_total%s[$__rate_interval]))' % sidecar, '{{reason}}'),
+  ], unit='short', runbook=['BullMQWardenRecoveryFailing']),
+  stat(c, 40, 'Queues withheld', 'Queues left unwritten because their meta hash names a BullMQ major version the warden was not verified against (bullmq_warden_withheld_queues); /readyz and check name them.', grid(12, 80, 12, 8), [
+    target('A', 'bullmq_warden_withheld_queues%s' % sidecar, '{{instance}}', true),
+  ], thresholds=steps([['green'], ['orange', 1]]), colorMode='background', runbook=['BullMQWardenUnverifiedBullmq']),
   stat(c, 37, 'Sidecar uptime', 'Time since the sidecar process started (process_start_time_seconds); a small value that keeps coming back means it restarts.', grid(16, 72, 8, 4), [
     target('A', 'time() - process_start_time_seconds%s' % sidecar, '{{instance}}', true),
   ], unit='s'),

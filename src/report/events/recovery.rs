@@ -4,7 +4,6 @@ use std::time::Duration;
 
 use super::{InternalEvent, Observer};
 use crate::model::{Cause, FailureReason};
-use crate::report::metrics::queue::VersionLabels;
 use crate::report::metrics::recovery::{ReasonLabels, RecoveryLabels};
 use crate::report::metrics::QueueLabels;
 use crate::restore::native::Action;
@@ -307,26 +306,15 @@ impl InternalEvent for BullmqVersionUnverified<'_> {
                 "queue {queue} no longer records an unverified BullMQ version"
             ),
         }
-        let labels = VersionLabels {
-            queue: queue.to_owned(),
-            version: version.to_owned(),
+        let Ok(mut withheld) = observer.health().withheld.lock() else {
+            return;
         };
-        let gauge = &observer.metrics().queues.bullmq_version_unverified;
-        let withheld = &observer.health().withheld;
-        if self.holds {
-            gauge.get_or_create(&labels).set(1);
-            if let Ok(mut withheld) = withheld.lock() {
-                match self.allowed {
-                    true => withheld.remove(queue),
-                    false => withheld.insert(queue.to_owned(), version.to_owned()),
-                };
-            }
-        } else {
-            gauge.remove(&labels);
-            if let Ok(mut withheld) = withheld.lock() {
-                withheld.remove(queue);
-            }
-        }
+        match self.holds && !self.allowed {
+            true => withheld.insert(queue.to_owned(), version.to_owned()),
+            false => withheld.remove(queue),
+        };
+        let count = i64::try_from(withheld.len()).unwrap_or(i64::MAX);
+        observer.metrics().queues.withheld.set(count);
     }
 }
 

@@ -2,6 +2,7 @@
 //! compared with what Redis holds.
 
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use super::{gauge_value, register, Gauges, QueueLabels};
@@ -20,19 +21,14 @@ pub(crate) struct DriftLabels {
     pub(crate) kind: &'static str,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub(crate) struct VersionLabels {
-    pub(crate) queue: String,
-    pub(crate) version: String,
-}
-
 pub(crate) struct QueueMetrics {
     job_count: Gauges<StateLabels>,
     job_schedulers: Gauges<QueueLabels>,
     desired_schedulers: Gauges<QueueLabels>,
     drift_schedulers: Gauges<DriftLabels>,
     legacy_repeatables: Gauges<QueueLabels>,
-    pub(crate) bullmq_version_unverified: Gauges<VersionLabels>,
+    /// Queues left unwritten for the BullMQ version that set them up.
+    pub(crate) withheld: Gauge,
 }
 
 impl QueueMetrics {
@@ -68,11 +64,11 @@ impl QueueMetrics {
                 "Legacy repeatable jobs (BullMQ 5 queue.add with repeat), never touched",
                 Gauges::default(),
             ),
-            bullmq_version_unverified: register(
+            withheld: register(
                 registry,
-                "bullmq_warden_bullmq_version_unverified",
-                "Queues whose meta hash names a BullMQ major version the warden was not verified against (1 while it does)",
-                Gauges::default(),
+                "bullmq_warden_withheld_queues",
+                "Queues left unwritten because their meta hash names a BullMQ major version the warden was not verified against",
+                Gauge::default(),
             ),
         }
     }
