@@ -151,19 +151,10 @@ mod tests {
         missing.queues.insert(
             "q".into(),
             QueuePlan {
-                create: vec![crate::model::DesiredScheduler {
-                    row_id: "1".into(),
-                    queue: "q".into(),
-                    scheduler_id: "t:1".into(),
-                    name: "n".into(),
-                    schedule: crate::model::Schedule::EveryMs(1000),
-                    tz: None,
-                    data: "{}".into(),
-                    opts: "{}".into(),
-                    start_date: None,
-                    end_date: None,
-                    limit: None,
-                }],
+                create: vec![crate::model::DesiredScheduler::example(
+                    "1",
+                    crate::model::Schedule::EveryMs(1000),
+                )],
                 ..QueuePlan::default()
             },
         );

@@ -399,19 +399,7 @@ mod tests {
     use crate::plan::{Difference, QueuePlan, Update};
 
     fn scheduler(id: &str) -> DesiredScheduler {
-        DesiredScheduler {
-            row_id: id.into(),
-            queue: "q".into(),
-            scheduler_id: format!("t:{id}"),
-            name: "n".into(),
-            schedule: Schedule::Pattern("* * * * *".into()),
-            tz: None,
-            data: "{}".into(),
-            opts: "{}".into(),
-            start_date: None,
-            end_date: None,
-            limit: None,
-        }
+        DesiredScheduler::example(id, Schedule::Pattern("* * * * *".into()))
     }
 
     #[test]

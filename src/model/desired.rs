@@ -54,3 +54,23 @@ impl DesiredScheduler {
         serde_json::from_str(&self.opts).unwrap_or_default()
     }
 }
+
+#[cfg(test)]
+impl DesiredScheduler {
+    /// A scheduler of queue `q` for row `id`, with empty data and options.
+    pub(crate) fn example(id: &str, schedule: Schedule) -> Self {
+        Self {
+            row_id: id.into(),
+            queue: "q".into(),
+            scheduler_id: format!("t:{id}"),
+            name: "n".into(),
+            schedule,
+            tz: None,
+            data: "{}".into(),
+            opts: "{}".into(),
+            start_date: None,
+            end_date: None,
+            limit: None,
+        }
+    }
+}

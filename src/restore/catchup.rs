@@ -59,19 +59,7 @@ mod tests {
     use super::*;
 
     fn cron(pattern: &str) -> DesiredScheduler {
-        DesiredScheduler {
-            row_id: "1".into(),
-            queue: "q".into(),
-            scheduler_id: "t:1".into(),
-            name: "n".into(),
-            schedule: Schedule::Pattern(pattern.into()),
-            tz: None,
-            data: "{}".into(),
-            opts: "{}".into(),
-            start_date: None,
-            end_date: None,
-            limit: None,
-        }
+        DesiredScheduler::example("1", Schedule::Pattern(pattern.into()))
     }
 
     const HOUR: u64 = 3_600_000;
