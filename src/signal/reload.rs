@@ -39,6 +39,7 @@ macro_rules! live_keys {
         $each!(recovery, backoff_min);
         $each!(recovery, backoff_max);
         $each!(recovery, lease_wait);
+        $each!(recovery, snapshot_max_age);
         $each!(watch, debounce_quiet);
         $each!(watch, debounce_max);
     };
@@ -53,6 +54,8 @@ macro_rules! restart_keys {
         $each!(redis, sentinels);
         $each!(redis, master_name);
         $each!(redis, cluster_nodes);
+        $each!(source, connect_timeout);
+        $each!(source, snapshot_file);
         $each!(source, url);
         $each!(source, sqlite_seed);
         $each!(recovery, strategy);

@@ -23,11 +23,12 @@ pub(crate) use lifecycle::{
 };
 pub(crate) use recovery::{
     CatchupFailed, CatchupFired, DriftConfirmed, LeaseBusy, LeaseHeld, LeaseLost, LeaseReleased,
-    RecoveryFailed, RecoveryFinished, RecoveryMode, RecoveryStarted,
+    RecoveryFailed, RecoveryFinished, RecoveryMode, RecoveryStarted, RestoredFromSnapshot,
+    SourceRecheck, SyncState,
 };
 pub(crate) use redis::{
     Condition, Persistence, PersistenceRead, PrimaryUnreachable, RedisCondition, RedisDown,
     RedisLoading, RedisMemory, RedisUp,
 };
 pub(crate) use signal::{Detected, FlushNoticed, KeyspaceNotifications, KeyspacePaused};
-pub(crate) use source::{RowInvalid, SourceDown, SourceRead};
+pub(crate) use source::{RowInvalid, SnapshotFailed, SnapshotKept, SourceDown, SourceRead};
