@@ -354,6 +354,14 @@ local panels(c) = [
   stat(c, 37, 'Sidecar uptime', 'Time since the sidecar process started (process_start_time_seconds); a small value that keeps coming back means it restarts.', grid(16, 72, 8, 4), [
     target('A', 'time() - process_start_time_seconds%s' % sidecar, '{{instance}}', true),
   ], unit='s'),
+  timeseries(c, 40, 'Source snapshot age', 'Age of the snapshot of the last rows read (time() - bullmq_warden_source_snapshot_timestamp_seconds): while the source is down, a loss is restored from it if it is younger than [recovery] snapshot_max_age. 0 timestamp: none.', grid(0, 80, 12, 8), [
+    target('A', 'time() - (bullmq_warden_source_snapshot_timestamp_seconds%s > 0)' % sidecar, '{{instance}}'),
+  ], unit='s', runbook=['BullMQWardenSourceUnreachable']),
+  timeseries(c, 41, 'Restores, failed attempts and snapshot file errors', 'Recoveries that wrote, by where their rows came from (bullmq_warden_restores_total: database or snapshot); failed recovery attempts by reason (bullmq_warden_recovery_failures_total; source: the rows could not be read and no snapshot stood in); snapshot files that could not be read or written (bullmq_warden_source_snapshot_errors_total).', grid(12, 80, 12, 8), [
+    target('A', 'sum by (source) (increase(bullmq_warden_restores_total%s[$__rate_interval]))' % sidecar, 'restores from {{source}}'),
+    target('B', 'sum by (operation) (increase(bullmq_warden_source_snapshot_errors_total%s[$__rate_interval]))' % sidecar, 'snapshot {{operation}} errors'),
+    target('C', 'sum by (reason) (increase(bullmq_warden_recovery_failures_total%s[$__rate_interval]))' % sidecar, 'failed attempts: {{reason}}'),
+  ], unit='short', runbook=['BullMQWardenSourceUnreachable']),
 ];
 
 {

@@ -511,7 +511,11 @@ mod tests {
         let calls = running.calls();
         assert_eq!(calls.len(), 4, "three owed, then done: {calls:?}");
         assert_eq!(calls[0].0, 200, "the loss, after the window");
-        assert_eq!(calls[1].1.trigger, Cause::Drift, "a re-read is a drift check");
+        assert_eq!(
+            calls[1].1.trigger,
+            Cause::Drift,
+            "a re-read is a drift check"
+        );
         // Each re-read waits a jittered backoff under 500 ms, then 1 s, and
         // a debounce window (a drift check, which waits out the window).
         assert!(calls[1].0 - calls[0].0 <= 500 + 200, "{calls:?}");
