@@ -389,6 +389,7 @@ async fn recover(
                     trigger: Cause::Manual,
                     report: &report,
                     duration: started.elapsed(),
+                    rows: "database",
                 });
             }
             Json(report).into_response()

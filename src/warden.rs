@@ -13,10 +13,10 @@ use serde::Serialize;
 use crate::clock::now_ms;
 use crate::config::{Config, ConfigError};
 use crate::desired::{DesiredSet, RowRules};
-use crate::model::DesiredScheduler;
 use crate::model::IdTemplate;
 use crate::model::JobCounts;
-use crate::plan::{protected_ids, Plan, QueuePlan};
+use crate::model::{DesiredScheduler, InvalidRow};
+use crate::plan::{protected_ids, Plan, Protected, QueuePlan};
 use crate::restore::lease::{Lease, LeaseBusy, LeaseError};
 use crate::restore::native::{apply, RecoverReport};
 use crate::source::{Source, SourceError};
@@ -69,11 +69,20 @@ pub(crate) struct StatusReport {
     pub(crate) queues: BTreeMap<String, QueueStatus>,
 }
 
+/// What the source asks for, before Redis is read.
+pub(crate) struct Desired {
+    /// Valid rows by queue.
+    pub(crate) by_queue: BTreeMap<String, Vec<DesiredScheduler>>,
+    pub(crate) invalid: Vec<InvalidRow>,
+    /// The schedulers of invalid rows: never orphans.
+    pub(crate) protected: Protected,
+    /// How long the source query took.
+    pub(crate) source_elapsed: std::time::Duration,
+}
+
 /// What the source asks for compared with Redis.
 pub(crate) struct Snapshot {
     pub(crate) plan: Plan,
-    /// How long the source query took.
-    pub(crate) source_elapsed: std::time::Duration,
 }
 
 pub(crate) struct Warden {
@@ -142,9 +151,13 @@ impl Warden {
 
     /// Reads the rows and the schedulers of every queue they name (plus the
     /// default queue, and `only_queue` when given) and plans the difference.
-    /// Each queue is planned as soon as it is read, so only a few queues'
-    /// schedulers are held at a time.
     pub(crate) async fn snapshot(&self, only_queue: Option<&str>) -> Result<Snapshot, WardenError> {
+        let desired = self.read_desired().await?;
+        self.plan(desired, only_queue).await
+    }
+
+    /// Reads and judges the rows: what every queue should hold.
+    pub(crate) async fn read_desired(&self) -> Result<Desired, WardenError> {
         let Live { config, template } = self.live();
         let mut desired = DesiredSet::default();
         let rules = RowRules {
@@ -154,14 +167,38 @@ impl Warden {
             max_value_bytes: config.source.max_value_bytes,
         };
         let source_elapsed = self.source.fetch(|row| desired.add(&row, &rules)).await?;
-        let (mut by_queue, mut invalid) = desired.finish().into_queues();
+        let (by_queue, invalid) = desired.finish().into_queues();
+        Ok(Desired {
+            protected: protected_ids(&invalid),
+            by_queue,
+            invalid,
+            source_elapsed,
+        })
+    }
+
+    /// Reads the schedulers of every queue `desired` names (plus the default
+    /// queue, and `only_queue` when given) and plans the difference. Each
+    /// queue is planned as soon as it is read, so only a few queues'
+    /// schedulers are held at a time.
+    pub(crate) async fn plan(
+        &self,
+        desired: Desired,
+        only_queue: Option<&str>,
+    ) -> Result<Snapshot, WardenError> {
+        let Live { config, template } = self.live();
+        let Desired {
+            mut by_queue,
+            mut invalid,
+            mut protected,
+            source_elapsed: _,
+        } = desired;
         by_queue.entry(config.source.queue.clone()).or_default();
         if let Some(only) = only_queue {
             by_queue.entry(only.to_owned()).or_default();
             by_queue.retain(|queue, _| queue == only);
             invalid.retain(|i| i.queue.as_deref() == Some(only));
+            protected.retain(|queue, _| queue == only);
         }
-        let protected = protected_ids(&invalid);
         // A few queues at a time: each read holds up to a thousand replies.
         const QUEUES_AT_ONCE: usize = 8;
         let store = self.store();
@@ -179,7 +216,6 @@ impl Warden {
         }
         Ok(Snapshot {
             plan: Plan { queues, invalid },
-            source_elapsed,
         })
     }
 

@@ -351,15 +351,23 @@ local panels(c) = [
     target('A', 'process_open_fds%s' % sidecar, '{{instance}} open'),
     target('B', 'process_max_fds%s' % sidecar, '{{instance}} limit'),
   ]),
-  timeseries(c, 39, 'Recovery failures by reason', 'Failed recovery attempts per interval, by reason (bullmq_warden_recovery_failures_total): redis_down, redis, redis_oom, source, timeout, writes_failed, lease_lost, webhook, webhook_incomplete, other.', grid(0, 80, 12, 8), [
+  timeseries(c, 42, 'Recovery failures by reason', 'Failed recovery attempts per interval, by reason (bullmq_warden_recovery_failures_total): redis_down, redis, redis_oom, source, timeout, writes_failed, lease_lost, webhook, webhook_incomplete, other.', grid(0, 88, 12, 8), [
     target('A', 'sum by (reason) (increase(bullmq_warden_recovery_failures_total%s[$__rate_interval]))' % sidecar, '{{reason}}'),
   ], unit='short', runbook=['BullMQWardenRecoveryFailing']),
-  stat(c, 40, 'Queues withheld', 'Queues left unwritten because their meta hash names a BullMQ major version the warden was not verified against (bullmq_warden_withheld_queues); /readyz and check name them.', grid(12, 80, 12, 8), [
+  stat(c, 43, 'Queues withheld', 'Queues left unwritten because their meta hash names a BullMQ major version the warden was not verified against (bullmq_warden_withheld_queues); /readyz and check name them.', grid(12, 88, 12, 8), [
     target('A', 'bullmq_warden_withheld_queues%s' % sidecar, '{{instance}}', true),
   ], thresholds=steps([['green'], ['orange', 1]]), colorMode='background', runbook=['BullMQWardenUnverifiedBullmq']),
   stat(c, 37, 'Sidecar uptime', 'Time since the sidecar process started (process_start_time_seconds); a small value that keeps coming back means it restarts.', grid(16, 72, 8, 4), [
     target('A', 'time() - process_start_time_seconds%s' % sidecar, '{{instance}}', true),
   ], unit='s'),
+  timeseries(c, 40, 'Source snapshot age', 'Age of the snapshot of the last rows read (time() - bullmq_warden_source_snapshot_timestamp_seconds): while the source is down, a loss is restored from it if it is younger than [recovery] snapshot_max_age. 0 timestamp: none.', grid(0, 80, 12, 8), [
+    target('A', 'time() - (bullmq_warden_source_snapshot_timestamp_seconds%s > 0)' % sidecar, '{{instance}}'),
+  ], unit='s', runbook=['BullMQWardenSourceUnreachable']),
+  timeseries(c, 41, 'Restores, failed attempts and snapshot file errors', 'Recoveries that wrote, by where their rows came from (bullmq_warden_restores_total: database or snapshot); failed recovery attempts by reason (bullmq_warden_recovery_failures_total; source: the rows could not be read and no snapshot stood in); snapshot files that could not be read or written (bullmq_warden_source_snapshot_errors_total).', grid(12, 80, 12, 8), [
+    target('A', 'sum by (source) (increase(bullmq_warden_restores_total%s[$__rate_interval]))' % sidecar, 'restores from {{source}}'),
+    target('B', 'sum by (operation) (increase(bullmq_warden_source_snapshot_errors_total%s[$__rate_interval]))' % sidecar, 'snapshot {{operation}} errors'),
+    target('C', 'sum by (reason) (increase(bullmq_warden_recovery_failures_total%s[$__rate_interval]))' % sidecar, 'failed attempts: {{reason}}'),
+  ], unit='short', runbook=['BullMQWardenSourceUnreachable']),
 ];
 
 {

@@ -225,6 +225,14 @@ pub(crate) struct SourceConfig {
     /// column) is invalid: one huge payload would be parsed and held on
     /// every comparison.
     pub(crate) max_value_bytes: usize,
+    /// How long one attempt to connect to the source (and begin its read)
+    /// may take before the database counts as unreachable: a recovery that
+    /// cannot read its rows learns it quickly and says why.
+    #[serde(with = "duration_text")]
+    pub(crate) connect_timeout: Duration,
+    /// Where the last desired set read from the source is kept across
+    /// restarts; `None`: next to an SQLite file, else in memory only.
+    pub(crate) snapshot_file: Option<PathBuf>,
 }
 
 impl Default for SourceConfig {
@@ -236,6 +244,8 @@ impl Default for SourceConfig {
             scheduler_id: "inspection:{id}".into(),
             sqlite_seed: None,
             max_value_bytes: 1024 * 1024,
+            connect_timeout: Duration::from_secs(2),
+            snapshot_file: None,
         }
     }
 }
@@ -268,6 +278,10 @@ pub(crate) struct RecoveryConfig {
     /// before it gives up.
     #[serde(with = "duration_text")]
     pub(crate) lease_wait: Duration,
+    /// A loss found while the source cannot be read is restored from the
+    /// last desired set read, when it is younger than this; zero: never.
+    #[serde(with = "duration_text")]
+    pub(crate) snapshot_max_age: Duration,
     /// The application's recover endpoint, for `strategy = "webhook"`.
     pub(crate) webhook_url: Option<String>,
     /// Extra request headers for the webhook.
@@ -295,6 +309,7 @@ impl Default for RecoveryConfig {
             backoff_max: Duration::from_secs(60),
             lease_ttl: Duration::from_secs(30),
             lease_wait: Duration::from_secs(30),
+            snapshot_max_age: Duration::from_secs(24 * 3600),
             webhook_url: None,
             webhook_headers: BTreeMap::new(),
             webhook_token_file: None,

@@ -109,6 +109,14 @@ impl SourceConfig {
                 "must be at least 1 (bytes)".into(),
             ));
         }
+        if self.connect_timeout < Duration::from_millis(100)
+            || self.connect_timeout > Duration::from_secs(60)
+        {
+            return Err(invalid(
+                "source.connect_timeout",
+                "must be between 100ms and 60s".into(),
+            ));
+        }
         if self.queue.trim().is_empty() {
             return Err(invalid("source.queue", "must not be empty".into()));
         }

@@ -22,10 +22,10 @@ use tokio_util::sync::CancellationToken;
 use super::debounce::Debounce;
 use super::error::RecoveryError;
 use super::policy::{error_policy, naming_cause, Timing};
-use crate::backoff::Backoff;
+use crate::backoff::{full_jitter, Backoff};
 use crate::clock::now_ms;
 use crate::model::{Cause, Trigger};
-use crate::report::events::{LeaseBusy, LeaseLost, Observer, RecoveryFailed};
+use crate::report::events::{LeaseBusy, LeaseLost, Observer, RecoveryFailed, SourceRecheck};
 
 /// One attempt's question: why look, and what the loop knows so far.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +50,10 @@ pub(crate) enum Outcome {
     /// Drift seen for the first time by a periodic check: look again after
     /// the debounce window before acting.
     ConfirmLater,
+    /// The source could not be read and the snapshot stood in for it:
+    /// Redis is whole as far as the snapshot knows, and the source is read
+    /// again after a backoff, or at the next signal.
+    SourceOwed,
 }
 
 /// One reconcile attempt over the real world (or a test's).
@@ -84,6 +88,7 @@ struct Batch {
 enum CycleEnd {
     Done,
     ConfirmLater,
+    SourceOwed,
     Stopped,
 }
 
@@ -107,6 +112,11 @@ impl<R: Reconcile> Controller<R> {
         shutdown: CancellationToken,
     ) {
         let mut confirm = false;
+        // While the source is owed a comparison: when to read it again, and
+        // the backoff that spaces those reads.
+        let timing = self.reconciler.timing();
+        let mut owed = Backoff::new(timing.backoff_min, timing.backoff_max);
+        let mut recheck: Option<Instant> = None;
         loop {
             let first = if confirm {
                 Trigger::new(Cause::Drift, now_ms())
@@ -116,15 +126,26 @@ impl<R: Reconcile> Controller<R> {
                         Some(trigger) => trigger,
                         None => return,
                     },
+                    _ = sleep_until(recheck.unwrap_or_else(Instant::now)), if recheck.is_some() => {
+                        Trigger::new(Cause::Drift, now_ms())
+                    }
                     _ = shutdown.cancelled() => return,
                 }
             };
+            recheck = None;
             let Some(batch) = self.gather(first, &mut triggers, &shutdown).await else {
                 return;
             };
-            match self.cycle(&batch, confirm, &shutdown).await {
-                CycleEnd::Done => confirm = false,
-                CycleEnd::ConfirmLater => confirm = true,
+            let end = self.cycle(&batch, confirm, &shutdown).await;
+            confirm = matches!(end, CycleEnd::ConfirmLater);
+            match end {
+                CycleEnd::Done => owed.reset(),
+                CycleEnd::ConfirmLater => {}
+                CycleEnd::SourceOwed => {
+                    let wait = full_jitter(owed.fail());
+                    self.observer.emit(SourceRecheck { retry_in: wait });
+                    recheck = Some(Instant::now() + wait);
+                }
                 CycleEnd::Stopped => return,
             }
             // The comparison held every row and scheduler; an idle sidecar
@@ -195,6 +216,7 @@ impl<R: Reconcile> Controller<R> {
             let error = match self.reconciler.reconcile(request).await {
                 Ok(Outcome::Done) => return CycleEnd::Done,
                 Ok(Outcome::ConfirmLater) => return CycleEnd::ConfirmLater,
+                Ok(Outcome::SourceOwed) => return CycleEnd::SourceOwed,
                 Err(error) => error,
             };
             let retry = error_policy(&error, &mut backoff, &self.reconciler.timing());
@@ -477,6 +499,33 @@ mod tests {
         assert_eq!((calls[0].0, calls[0].1.seen_before), (200, false));
         assert_eq!((calls[1].0, calls[1].1.seen_before), (400, true));
         assert!(calls.iter().all(|(_, r)| r.only_periodic));
+        running.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_source_owed_is_read_again_after_a_backoff_or_at_the_next_signal() {
+        let owed = || (Duration::ZERO, Ok(Outcome::SourceOwed));
+        let running = Running::start(vec![owed(), owed(), owed()]);
+        running.send(Cause::Flush, 1).await;
+        sleep(Duration::from_secs(5)).await;
+        let calls = running.calls();
+        assert_eq!(calls.len(), 4, "three owed, then done: {calls:?}");
+        assert_eq!(calls[0].0, 200, "the loss, after the window");
+        assert_eq!(
+            calls[1].1.trigger,
+            Cause::Drift,
+            "a re-read is a drift check"
+        );
+        // Each re-read waits a jittered backoff under 500 ms, then 1 s, and
+        // a debounce window (a drift check, which waits out the window).
+        assert!(calls[1].0 - calls[0].0 <= 500 + 200, "{calls:?}");
+        assert!(calls[2].0 - calls[1].0 <= 1000 + 200, "{calls:?}");
+        assert!(calls[3].0 - calls[2].0 <= 2000 + 200, "{calls:?}");
+        let failures = r#"bullmq_warden_recovery_consecutive_failures"#;
+        assert_eq!(running.metric(failures), Some(0.0), "no failure counted");
+        // Done: nothing is owed any more.
+        sleep(Duration::from_secs(10)).await;
+        assert_eq!(running.calls().len(), 4);
         running.stop().await;
     }
 

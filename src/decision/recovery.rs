@@ -1,6 +1,8 @@
-//! The reconciler over the real world: compares the rows with Redis under
-//! the recovery lease and restores what differs, with the strategy the config
-//! names. One [`Context`] holds what it shares with the rest of the watcher.
+//! The reconciler over the real world: reads the rows, then compares them
+//! with Redis under the recovery lease and restores what differs, with the
+//! strategy the config names. While the source cannot be read, the last rows
+//! it gave (the snapshot) stand in for it, for restoring only. One
+//! [`Context`] holds what it shares with the rest of the watcher.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
@@ -14,13 +16,15 @@ use super::error::RecoveryError;
 use super::policy::{verdict, Timing, Verdict};
 use crate::clock::now_ms;
 use crate::config::{Catchup, Config, Strategy};
+use crate::desired::snapshot::{self, DesiredSnapshot, Kept, SnapshotError};
 use crate::model::{Cause, DesiredScheduler, InvalidRow};
 use crate::plan::Plan;
 use crate::report::comparison::{publish_comparison, Settled};
 use crate::report::events::{
     BullmqVersionRestored, BullmqVersionUnverified, CatchupFailed, CatchupFired, Detected,
     DriftConfirmed, LeaseHeld, LeaseReleased, Observer, RecoveryFinished, RecoveryMode,
-    RecoveryStarted, RowInvalid, SourceDown, SourceRead,
+    RecoveryStarted, RestoredFromSnapshot, RowInvalid, SnapshotFailed, SnapshotKept, SourceDown,
+    SourceRead, SyncState,
 };
 use crate::restore::catchup;
 use crate::restore::lease::{Held, Lease};
@@ -28,7 +32,7 @@ use crate::restore::native::Native;
 use crate::restore::webhook::Webhook;
 use crate::restore::{OwnWrites, RecoverReport, Restore, Restored};
 use crate::signal::{RestoredCounts, SharedQueues};
-use crate::warden::{writable, Snapshot, Warden};
+use crate::warden::{writable, Desired, Snapshot, Warden, WardenError};
 
 /// A comparison that takes longer is abandoned and retried: something hangs.
 const COMPARE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -56,12 +60,32 @@ pub(crate) struct Recovery {
     /// The invalid rows of the last comparison and their reasons, so that
     /// each is logged once per change instead of every drift check.
     invalid_seen: HashMap<(Option<String>, String), String>,
+    /// The last desired set the source gave, for when it cannot be read.
+    kept: Kept,
     /// The BullMQ version each queue's meta hash last recorded, to put back
     /// after a loss.
     known_versions: BTreeMap<String, String>,
     /// Queues last seen with a BullMQ version the warden was not verified
     /// against, so that each is reported once.
     unverified_seen: BTreeMap<String, String>,
+}
+
+/// Where a comparison's desired schedulers came from.
+enum Rows {
+    /// Read from the source just now.
+    Source,
+    /// The source could not be read (`error`); the kept snapshot, `age` old,
+    /// stands in for it. Nothing is removed on its word.
+    Snapshot { age: Duration, error: String },
+}
+
+impl Rows {
+    fn label(&self) -> &'static str {
+        match self {
+            Rows::Source => "database",
+            Rows::Snapshot { .. } => "snapshot",
+        }
+    }
 }
 
 impl Recovery {
@@ -71,10 +95,27 @@ impl Recovery {
         ctx.observer.emit(RecoveryMode {
             auto: config.recovery.auto,
         });
+        let path = config
+            .source
+            .snapshot_file
+            .clone()
+            .or_else(|| snapshot::default_path(&config.source.url));
+        let (kept, error) = Kept::load(path.clone(), &config.source.scheduler_id);
+        if let Some(error) = error {
+            ctx.observer.emit(SnapshotFailed { error: &error });
+        }
+        if let Some(taken_at_ms) = kept.taken_at_ms() {
+            ctx.observer.emit(SnapshotKept {
+                taken_at_ms,
+                written_to: path.as_deref(),
+                loaded: true,
+            });
+        }
         Self {
             ctx,
             lease,
             invalid_seen: HashMap::new(),
+            kept,
             known_versions: BTreeMap::new(),
             unverified_seen: BTreeMap::new(),
         }
@@ -85,19 +126,25 @@ impl Recovery {
         &mut self,
         config: &Config,
         request: &Request,
+        (desired, rows): (Desired, Rows),
         lease: Option<&Held>,
     ) -> Result<Outcome, RecoveryError> {
-        let snapshot = self.compare().await?;
+        let snapshot = self.compare(desired, &rows).await?;
         // Queues withheld for their BullMQ version are reported, not acted on.
         let (plan, _) = writable(&snapshot.plan, &config.recovery);
         let plan = plan.as_ref();
-        match verdict(
-            plan,
-            request.only_periodic,
-            request.seen_before,
-            config.recovery.auto,
-        ) {
-            Verdict::InSync => return Ok(Outcome::Done),
+        let done = match rows {
+            Rows::Source => Outcome::Done,
+            Rows::Snapshot { .. } => Outcome::SourceOwed,
+        };
+        let auto = config.recovery.auto;
+        let judged = verdict(plan, request.only_periodic, request.seen_before, auto);
+        // Drift is "to repair" until a recovery writes it away.
+        self.ctx.observer.emit(SyncState {
+            synced: judged == Verdict::InSync || !auto,
+        });
+        match judged {
+            Verdict::InSync => return Ok(done),
             Verdict::ConfirmLater => {
                 self.ctx.observer.emit(Detected {
                     cause: Cause::Drift,
@@ -116,12 +163,13 @@ impl Recovery {
             trigger: request.trigger,
             missing: plan.missing(),
             mismatched: plan.mismatched(),
-            acting: config.recovery.auto,
+            acting: auto,
         });
         if let Some(lease) = lease {
-            self.recover(config, request, &snapshot.plan, lease).await?;
+            self.recover(config, request, &snapshot.plan, &rows, lease)
+                .await?;
         }
-        Ok(Outcome::Done)
+        Ok(done)
     }
 
     /// While the poller sees Redis down, commands would only wait out the
@@ -136,33 +184,113 @@ impl Recovery {
         }
     }
 
-    /// Reads rows and Redis, publishes drift and the queue list.
-    async fn compare(&mut self) -> Result<Snapshot, RecoveryError> {
-        self.redis_answers()?;
-        let snapshot = tokio::time::timeout(COMPARE_TIMEOUT, self.ctx.warden.snapshot(None))
-            .await
-            .map_err(|_| RecoveryError::CompareTimeout(COMPARE_TIMEOUT))?
-            .map_err(RecoveryError::from);
-        let snapshot = match snapshot {
-            Ok(snapshot) => snapshot,
-            Err(error) => {
-                if let RecoveryError::Source(e) = &error {
-                    self.ctx.observer.emit(SourceDown {
-                        error: e.to_string(),
-                    });
-                }
-                return Err(error);
+    /// Reads the rows, keeping what they ask for as the snapshot. When the
+    /// source cannot be read, the snapshot stands in for it if it is younger
+    /// than `[recovery] snapshot_max_age`.
+    async fn read_rows(&mut self, config: &Config) -> Result<(Desired, Rows), RecoveryError> {
+        let read = tokio::time::timeout(COMPARE_TIMEOUT, self.ctx.warden.read_desired()).await;
+        let error = match read {
+            Ok(Ok(desired)) => {
+                self.ctx.observer.emit(SourceRead {
+                    took: desired.source_elapsed,
+                });
+                self.keep(config, &desired).await;
+                return Ok((desired, Rows::Source));
             }
+            Ok(Err(WardenError::Source(error))) => RecoveryError::Source(error),
+            Ok(Err(other)) => return Err(other.into()),
+            Err(_) => RecoveryError::CompareTimeout(COMPARE_TIMEOUT),
         };
-        self.ctx.observer.emit(SourceRead {
-            took: snapshot.source_elapsed,
+        self.ctx.observer.emit(SourceDown {
+            error: error.to_string(),
         });
-        publish_comparison(&self.ctx.observer, &snapshot.plan, Settled::No);
-        let allowed = self.ctx.warden.config().recovery.allow_unverified_bullmq;
-        self.track_versions(&snapshot.plan, allowed);
-        self.report_invalid_rows(&snapshot.plan.invalid);
+        let now = now_ms();
+        let template = &config.source.scheduler_id;
+        let Some(kept) = self
+            .kept
+            .usable(config.recovery.snapshot_max_age, template, now)
+        else {
+            return Err(error);
+        };
+        let rows = Rows::Snapshot {
+            age: Duration::from_millis(now.saturating_sub(kept.taken_at_ms)),
+            error: error.to_string(),
+        };
+        Ok((desired_from(&kept, now), rows))
+    }
+
+    /// Keeps the desired set of a successful read, writing it to the
+    /// snapshot file when it changed or the file's copy has aged.
+    async fn keep(&mut self, config: &Config, desired: &Desired) {
+        if config.recovery.snapshot_max_age.is_zero() {
+            return;
+        }
+        let fresh = DesiredSnapshot {
+            taken_at_ms: now_ms(),
+            template: config.source.scheduler_id.clone(),
+            queues: desired.by_queue.clone(),
+            protected: desired.protected.clone(),
+        };
+        let taken_at_ms = fresh.taken_at_ms;
+        // A tenth of the age limit, at most an hour: a restarted sidecar
+        // judges the file's snapshot at most that much older than it is.
+        let refresh = (config.recovery.snapshot_max_age / 10).min(Duration::from_secs(3600));
+        let refresh_ms = u64::try_from(refresh.as_millis()).unwrap_or(u64::MAX);
+        let Some((path, fresh)) = self.kept.offer(fresh, refresh_ms) else {
+            self.ctx.observer.emit(SnapshotKept {
+                taken_at_ms,
+                written_to: None,
+                loaded: false,
+            });
+            return;
+        };
+        let target = path.clone();
+        let written = tokio::task::spawn_blocking(move || snapshot::write_file(&target, &fresh))
+            .await
+            .unwrap_or_else(|e| {
+                Err(SnapshotError::Write {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })
+            });
+        match written {
+            Ok(()) => {
+                self.kept.persisted(taken_at_ms);
+                self.ctx.observer.emit(SnapshotKept {
+                    taken_at_ms,
+                    written_to: Some(&path),
+                    loaded: false,
+                });
+            }
+            Err(error) => self.ctx.observer.emit(SnapshotFailed { error: &error }),
+        }
+    }
+
+    /// Reads Redis and plans against `desired`; publishes drift and the
+    /// queue list when the rows came from the source.
+    async fn compare(&mut self, desired: Desired, rows: &Rows) -> Result<Snapshot, RecoveryError> {
+        self.redis_answers()?;
+        let mut snapshot =
+            tokio::time::timeout(COMPARE_TIMEOUT, self.ctx.warden.plan(desired, None))
+                .await
+                .map_err(|_| RecoveryError::CompareTimeout(COMPARE_TIMEOUT))??;
         if let Ok(mut queues) = self.ctx.queues.write() {
             *queues = snapshot.plan.queues.keys().cloned().collect();
+        }
+        // Redis's side is current whatever the rows came from.
+        let allowed = self.ctx.warden.config().recovery.allow_unverified_bullmq;
+        self.track_versions(&snapshot.plan, allowed);
+        match rows {
+            Rows::Source => {
+                publish_comparison(&self.ctx.observer, &snapshot.plan, Settled::No);
+                self.report_invalid_rows(&snapshot.plan.invalid);
+            }
+            // The snapshot's word never removes a scheduler.
+            Rows::Snapshot { .. } => {
+                for queue in snapshot.plan.queues.values_mut() {
+                    queue.orphaned.clear();
+                }
+            }
         }
         Ok(snapshot)
     }
@@ -191,6 +319,7 @@ impl Recovery {
         config: &Config,
         request: &Request,
         compared: &Plan,
+        rows: &Rows,
         lease: &Held,
     ) -> Result<(), RecoveryError> {
         self.ctx.observer.emit(RecoveryStarted {
@@ -205,7 +334,16 @@ impl Recovery {
             trigger: request.trigger,
             report: &report,
             duration: started.elapsed(),
+            rows: rows.label(),
         });
+        self.ctx.observer.emit(SyncState { synced: true });
+        if let Rows::Snapshot { age, error } = rows {
+            self.ctx.observer.emit(RestoredFromSnapshot {
+                age: *age,
+                report: &report,
+                source_error: error,
+            });
+        }
         if let Ok(mut restored) = self.ctx.restored.lock() {
             for (queue, queue_plan) in &plan.queues {
                 if queue_plan.desired > 0 {
@@ -214,11 +352,13 @@ impl Recovery {
             }
         }
         // Every planned write succeeded.
-        let settled = Settled::Written {
-            pruned: config.recovery.prune_orphans,
-            except: &withheld,
-        };
-        publish_comparison(&self.ctx.observer, compared, settled);
+        if let Rows::Source = rows {
+            let settled = Settled::Written {
+                pruned: config.recovery.prune_orphans,
+                except: &withheld,
+            };
+            publish_comparison(&self.ctx.observer, compared, settled);
+        }
         self.put_back_versions(plan).await;
         // Catch-up jobs are writes too: none once the lease is gone.
         if config.recovery.catchup == Catchup::FireOnce && lease.confirm().await.is_none() {
@@ -251,7 +391,8 @@ impl Recovery {
         match strategy.restore(plan, trigger, lease).await? {
             Restored::Written(report) => Ok(report),
             Restored::Requested => {
-                let after = self.compare().await?;
+                let (desired, rows) = self.read_rows(config).await?;
+                let after = self.compare(desired, &rows).await?;
                 if !after.plan.is_in_sync() {
                     return Err(RecoveryError::WebhookIncomplete {
                         missing: after.plan.missing(),
@@ -340,6 +481,27 @@ impl Recovery {
     }
 }
 
+/// The snapshot's desired set as a read would have given it; rows whose end
+/// date passed since are left out, as a read now would reject them.
+fn desired_from(kept: &DesiredSnapshot, now_ms: u64) -> Desired {
+    let by_queue = kept
+        .queues
+        .iter()
+        .map(|(queue, rows)| {
+            let live = rows
+                .iter()
+                .filter(|r| r.end_date.is_none_or(|end| end > now_ms));
+            (queue.clone(), live.cloned().collect())
+        })
+        .collect();
+    Desired {
+        by_queue,
+        invalid: Vec::new(),
+        protected: kept.protected.clone(),
+        source_elapsed: Duration::ZERO,
+    }
+}
+
 /// The schedulers the plan restores that had stopped firing: created, or
 /// updated because their hash or next job was gone. Only these missed runs.
 fn stopped_schedulers(plan: &Plan) -> impl Iterator<Item = &DesiredScheduler> {
@@ -358,24 +520,28 @@ impl Reconcile for Recovery {
         Timing::from(&*self.ctx.warden.config())
     }
 
-    /// One attempt: take the lease (when acting), compare once, restore what
-    /// differs. Comparing under the lease means a sidecar that waited for
-    /// another one sees its work instead of redoing it.
+    /// One attempt: read the rows, take the lease (when acting), read Redis
+    /// and restore what differs. The rows are read before the lease is
+    /// taken, so a slow source never holds it; Redis is read under it, so a
+    /// sidecar that waited for another one sees its work instead of redoing it.
     async fn reconcile(&mut self, request: Request) -> Result<Outcome, RecoveryError> {
         let config = self.ctx.warden.config();
         let _serialised = self.ctx.apply_lock.clone().lock_owned().await;
-        if !config.recovery.auto {
-            return self.compare_and_act(&config, &request, None).await;
-        }
         self.redis_answers()?;
+        let rows = self.read_rows(&config).await?;
+        if !config.recovery.auto {
+            return self.compare_and_act(&config, &request, rows, None).await;
+        }
         let lease = self
             .lease
             .try_acquire()
             .await
-            .map_err(|e| RecoveryError::from(crate::warden::WardenError::from(e)))?
+            .map_err(|e| RecoveryError::from(WardenError::from(e)))?
             .ok_or(RecoveryError::LeaseBusy)?;
         self.ctx.observer.emit(LeaseHeld);
-        let outcome = self.compare_and_act(&config, &request, Some(&lease)).await;
+        let outcome = self
+            .compare_and_act(&config, &request, rows, Some(&lease))
+            .await;
         let released = lease.release().await;
         self.ctx.observer.emit(LeaseReleased {
             error: released.err().map(|e| e.to_string()),
@@ -399,7 +565,19 @@ mod tests {
     use crate::plan::{Difference, QueuePlan, Update};
 
     fn scheduler(id: &str) -> DesiredScheduler {
-        DesiredScheduler::example(id, Schedule::Pattern("* * * * *".into()))
+        DesiredScheduler {
+            row_id: id.into(),
+            queue: "q".into(),
+            scheduler_id: format!("t:{id}"),
+            name: "n".into(),
+            schedule: Schedule::Pattern("* * * * *".into()),
+            tz: None,
+            data: "{}".into(),
+            opts: "{}".into(),
+            start_date: None,
+            end_date: None,
+            limit: None,
+        }
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! row that passes here restores, and a row that fails is reported with its id
 //! instead of failing the whole recovery.
 
+pub(crate) mod snapshot;
+
 use std::collections::{BTreeMap, HashMap};
 
 use bullmq::types::{BackoffStrategy, KeepJobs, RemoveOnFinish};

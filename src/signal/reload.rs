@@ -40,6 +40,7 @@ macro_rules! live_keys {
         $each!(recovery, backoff_max);
         $each!(recovery, lease_wait);
         $each!(recovery, allow_unverified_bullmq);
+        $each!(recovery, snapshot_max_age);
         $each!(watch, debounce_quiet);
         $each!(watch, debounce_max);
     };
@@ -54,6 +55,8 @@ macro_rules! restart_keys {
         $each!(redis, sentinels);
         $each!(redis, master_name);
         $each!(redis, cluster_nodes);
+        $each!(source, connect_timeout);
+        $each!(source, snapshot_file);
         $each!(source, url);
         $each!(source, sqlite_seed);
         $each!(recovery, strategy);

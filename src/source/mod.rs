@@ -9,13 +9,17 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use sqlx::mysql::{MySql, MySqlConnectOptions};
 use sqlx::pool::PoolOptions;
 use sqlx::postgres::{PgConnectOptions, Postgres};
 use sqlx::sqlite::{Sqlite, SqliteConnectOptions};
-use sqlx::{AssertSqlSafe, Column, ConnectOptions, Database, Decode, Pool, Row, Type, ValueRef};
+use sqlx::{
+    AssertSqlSafe, Column, ConnectOptions, Connection, Database, Decode, Pool, Row, Transaction,
+    Type, ValueRef,
+};
 
 use crate::config::{redact_url, SourceConfig};
 
@@ -106,6 +110,13 @@ pub(crate) struct Source {
     /// Replaced by a config reload (`set_query`).
     query: std::sync::RwLock<String>,
     redacted_url: String,
+    /// `[source] connect_timeout`: bounds each connection attempt and the
+    /// start of each read.
+    connect_timeout: Duration,
+    /// The last read could not connect: the next one tries one direct
+    /// connection first, which fails at once with the database's own reason
+    /// where the pool would retry a refused connection until its timeout.
+    unreachable: AtomicBool,
 }
 
 impl Source {
@@ -128,6 +139,7 @@ impl Source {
             reason: one_line(&e),
         };
         let scheme = config.url.split(':').next().unwrap_or_default();
+        let timeout = config.connect_timeout;
         let pools = match scheme {
             "sqlite" => {
                 if let Some(seed) = &config.sqlite_seed {
@@ -141,24 +153,24 @@ impl Source {
                     .read_only(true)
                     .pragma("query_only", "ON");
                 if check {
-                    probe(&options).await.map_err(connect_error)?;
+                    probe(&options, timeout).await.map_err(connect_error)?;
                 }
-                Pools::Sqlite(pool_options().connect_lazy_with(quiet(options)))
+                Pools::Sqlite(pool_options(timeout).connect_lazy_with(quiet(options)))
             }
             "postgres" | "postgresql" => {
                 let options = PgConnectOptions::from_str(&config.url).map_err(connect_error)?;
                 if check {
-                    probe(&options).await.map_err(connect_error)?;
+                    probe(&options, timeout).await.map_err(connect_error)?;
                 }
-                Pools::Postgres(pool_options().connect_lazy_with(quiet(options)))
+                Pools::Postgres(pool_options(timeout).connect_lazy_with(quiet(options)))
             }
             _ => {
                 let url = config.url.replacen("mariadb:", "mysql:", 1);
                 let options = MySqlConnectOptions::from_str(&url).map_err(connect_error)?;
                 if check {
-                    probe(&options).await.map_err(connect_error)?;
+                    probe(&options, timeout).await.map_err(connect_error)?;
                 }
-                Pools::MySql(pool_options().connect_lazy_with(quiet(options)))
+                Pools::MySql(pool_options(timeout).connect_lazy_with(quiet(options)))
             }
         };
         Ok(Self {
@@ -170,6 +182,8 @@ impl Source {
                     .unwrap_or_else(|| DEFAULT_QUERY.to_owned()),
             ),
             redacted_url,
+            connect_timeout: timeout,
+            unreachable: AtomicBool::new(false),
         })
     }
 
@@ -187,10 +201,14 @@ impl Source {
     /// Runs the source query inside a read-only transaction where the database
     /// has one, handing each row to `each` as it arrives (100,000 rows are never
     /// held at once); returns how long the query took.
-    pub(crate) async fn fetch(
-        &self,
-        mut each: impl FnMut(SourceRow),
-    ) -> Result<Duration, SourceError> {
+    pub(crate) async fn fetch(&self, each: impl FnMut(SourceRow)) -> Result<Duration, SourceError> {
+        let outcome = self.read(each).await;
+        let unreachable = matches!(outcome, Err(SourceError::Connect { .. }));
+        self.unreachable.store(unreachable, Ordering::Relaxed);
+        outcome
+    }
+
+    async fn read(&self, mut each: impl FnMut(SourceRow)) -> Result<Duration, SourceError> {
         use futures::TryStreamExt;
         let started = Instant::now();
         let query = self.query.read().unwrap_or_else(|e| e.into_inner()).clone();
@@ -198,7 +216,7 @@ impl Source {
         // One arm per database: each has its own row type.
         macro_rules! read_only {
             ($begin:expr, $db:ty) => {{
-                let mut tx = $begin.await.map_err(|e| self.error(e))?;
+                let mut tx = $begin.await?;
                 let mut rows = sqlx::query(AssertSqlSafe(query)).fetch(&mut *tx);
                 let mut first = true;
                 while let Some(row) = rows.try_next().await.map_err(|e| self.read_error(e))? {
@@ -210,14 +228,60 @@ impl Source {
             }};
         }
         match &self.pools {
-            Pools::Sqlite(pool) => read_only!(pool.begin(), Sqlite),
-            Pools::Postgres(pool) => {
-                read_only!(pool.begin_with("START TRANSACTION READ ONLY"), Postgres)
-            }
-            Pools::MySql(pool) => read_only!(pool.begin_with("START TRANSACTION READ ONLY"), MySql),
+            Pools::Sqlite(pool) => read_only!(self.begin(pool, None), Sqlite),
+            Pools::Postgres(pool) => read_only!(self.begin(pool, Some(READ_ONLY)), Postgres),
+            Pools::MySql(pool) => read_only!(self.begin(pool, Some(READ_ONLY)), MySql),
         }
         // Dropping a transaction rolls it back: nothing was meant to be written.
         Ok(started.elapsed())
+    }
+
+    /// A transaction on a pooled connection, within `connect_timeout`.
+    async fn begin<DB: Database>(
+        &self,
+        pool: &Pool<DB>,
+        statement: Option<&'static str>,
+    ) -> Result<Transaction<'static, DB>, SourceError>
+    where
+        <DB::Connection as Connection>::Options: ConnectOptions<Connection = DB::Connection>,
+    {
+        if self.unreachable.load(Ordering::Relaxed) {
+            let options = pool.connect_options();
+            probe(&*options, self.connect_timeout)
+                .await
+                .map_err(|e| self.unreachable_error(e))?;
+        }
+        let begin = async {
+            match statement {
+                Some(statement) => pool.begin_with(statement).await,
+                None => pool.begin().await,
+            }
+        };
+        match tokio::time::timeout(self.connect_timeout, begin).await {
+            Ok(Ok(tx)) => Ok(tx),
+            Ok(Err(sqlx::Error::PoolTimedOut)) | Err(_) => {
+                // The pool only says it timed out; one direct attempt says why.
+                let options = pool.connect_options();
+                let reason = probe(&*options, self.connect_timeout).await.err();
+                Err(self.unreachable_error(reason.unwrap_or(sqlx::Error::PoolTimedOut)))
+            }
+            Ok(Err(error)) => Err(self.error(error)),
+        }
+    }
+
+    /// A connection that failed or timed out, named with the key that bounds it.
+    fn unreachable_error(&self, error: sqlx::Error) -> SourceError {
+        let reason = match error {
+            sqlx::Error::PoolTimedOut => format!(
+                "no answer within source.connect_timeout ({} ms)",
+                self.connect_timeout.as_millis()
+            ),
+            other => return self.error(other),
+        };
+        SourceError::Connect {
+            url: self.redacted_url.clone(),
+            reason,
+        }
     }
 
     fn check_columns<'c>(&self, names: impl Iterator<Item = &'c str>) -> Result<(), SourceError> {
@@ -268,20 +332,20 @@ impl Source {
     }
 }
 
-/// How long a first connection may take before the database counts as unreachable.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Begins the read of PostgreSQL and MySQL sources: nothing is meant to be written.
+const READ_ONLY: &str = "START TRANSACTION READ ONLY";
 
 /// How long a source connection may sit unused before it is closed.
 pub(crate) const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One direct connection: unlike the pool, it reports why a database is
 /// unreachable (refused, unknown host, bad password) instead of a pool timeout.
-async fn probe<O>(options: &O) -> Result<(), sqlx::Error>
+async fn probe<O>(options: &O, timeout: Duration) -> Result<(), sqlx::Error>
 where
     O: ConnectOptions,
     O::Connection: Sized,
 {
-    let connection = tokio::time::timeout(CONNECT_TIMEOUT, options.connect())
+    let connection = tokio::time::timeout(timeout, options.connect())
         .await
         .map_err(|_| sqlx::Error::PoolTimedOut)??;
     sqlx::Connection::close(connection).await
@@ -290,12 +354,12 @@ where
 /// The source is read once per drift check or recovery. Between reads an idle
 /// connection would only hold memory (SQLite's page cache and worker thread)
 /// in a sidecar that should stay small, so it is closed soon after.
-fn pool_options<DB: Database>() -> PoolOptions<DB> {
+fn pool_options<DB: Database>(connect_timeout: Duration) -> PoolOptions<DB> {
     PoolOptions::new()
         .max_connections(2)
         .min_connections(0)
         .idle_timeout(IDLE_CONNECTION_TIMEOUT)
-        .acquire_timeout(CONNECT_TIMEOUT)
+        .acquire_timeout(connect_timeout)
 }
 
 /// Statements are logged at debug level only: the source query runs every drift check.
@@ -399,7 +463,7 @@ async fn seed_new_sqlite(url: &str, seed: &std::path::Path) -> Result<(), Source
 }
 
 /// The file behind `sqlite://path?opts` or `sqlite:path`; empty for in-memory databases.
-fn sqlite_path(url: &str) -> PathBuf {
+pub(crate) fn sqlite_path(url: &str) -> PathBuf {
     let rest = url
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))

@@ -24,11 +24,11 @@ pub(crate) use lifecycle::{
 pub(crate) use recovery::{
     BullmqVersionRestored, BullmqVersionUnverified, CatchupFailed, CatchupFired, DriftConfirmed,
     LeaseBusy, LeaseHeld, LeaseLost, LeaseReleased, RecoveryFailed, RecoveryFinished, RecoveryMode,
-    RecoveryStarted,
+    RecoveryStarted, RestoredFromSnapshot, SourceRecheck, SyncState,
 };
 pub(crate) use redis::{
     Condition, Persistence, PersistenceRead, PrimaryUnreachable, RedisCondition, RedisDown,
     RedisLoading, RedisMemory, RedisUp,
 };
 pub(crate) use signal::{Detected, FlushNoticed, KeyspaceNotifications, KeyspacePaused};
-pub(crate) use source::{RowInvalid, SourceDown, SourceRead};
+pub(crate) use source::{RowInvalid, SnapshotFailed, SnapshotKept, SourceDown, SourceRead};

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::{InternalEvent, Observer};
 use crate::model::{Cause, FailureReason};
-use crate::report::metrics::recovery::{ReasonLabels, RecoveryLabels};
+use crate::report::metrics::recovery::{ReasonLabels, RecoveryLabels, RowsLabels};
 use crate::report::metrics::QueueLabels;
 use crate::restore::native::Action;
 use crate::restore::RecoverReport;
@@ -81,6 +81,8 @@ pub(crate) struct RecoveryFinished<'a> {
     pub(crate) trigger: Cause,
     pub(crate) report: &'a RecoverReport,
     pub(crate) duration: Duration,
+    /// Where the desired schedulers came from: `database` or `snapshot`.
+    pub(crate) rows: &'static str,
 }
 
 impl InternalEvent for RecoveryFinished<'_> {
@@ -95,9 +97,13 @@ impl InternalEvent for RecoveryFinished<'_> {
             removed = report.removed,
             invalid = report.invalid.len(),
             duration_ms = self.duration.as_millis() as u64,
+            rows = self.rows,
             "schedulers restored"
         );
         let m = &observer.metrics().recovery;
+        m.restores
+            .get_or_create(&RowsLabels { source: self.rows })
+            .inc();
         let mut per_queue: std::collections::BTreeMap<&str, u64> = Default::default();
         for change in &report.changes {
             if matches!(change.action, Action::Create | Action::Update) {
@@ -343,5 +349,65 @@ impl InternalEvent for BullmqVersionRestored<'_> {
                 "could not write the queue's BullMQ version back: {error}"
             ),
         }
+    }
+}
+
+/// A loss was restored from the snapshot because the source could not be
+/// read; the real source is compared as soon as it answers.
+pub(crate) struct RestoredFromSnapshot<'a> {
+    /// How old the snapshot's rows are.
+    pub(crate) age: Duration,
+    pub(crate) report: &'a RecoverReport,
+    /// Why the source could not be read.
+    pub(crate) source_error: &'a str,
+}
+
+impl InternalEvent for RestoredFromSnapshot<'_> {
+    fn emit(self, _: &Observer) {
+        tracing::warn!(
+            event = "restored_from_snapshot",
+            snapshot_age_ms = self.age.as_millis() as u64,
+            created = self.report.created,
+            updated = self.report.updated,
+            "restored from the last rows read, as the source cannot be read ({}); nothing was removed",
+            self.source_error
+        );
+    }
+}
+
+/// The rows came from the snapshot: the source is read again after
+/// `retry_in`, or at the next signal, whichever comes first.
+pub(crate) struct SourceRecheck {
+    pub(crate) retry_in: Duration,
+}
+
+impl InternalEvent for SourceRecheck {
+    fn emit(self, observer: &Observer) {
+        tracing::info!(
+            event = "source_recheck",
+            retry_in_ms = self.retry_in.as_millis() as u64,
+            "compared with the snapshot; reading the source again"
+        );
+        observer
+            .metrics()
+            .recovery
+            .backoff_seconds
+            .set(self.retry_in.as_secs_f64());
+    }
+}
+
+/// Whether the watcher knows of drift it means to repair: `/readyz` reports
+/// `synced: false` until it is repaired.
+pub(crate) struct SyncState {
+    pub(crate) synced: bool,
+}
+
+impl InternalEvent for SyncState {
+    fn emit(self, observer: &Observer) {
+        tracing::debug!(event = "sync_state", synced = self.synced, "sync state");
+        observer
+            .health()
+            .synced
+            .store(self.synced, std::sync::atomic::Ordering::Relaxed);
     }
 }

@@ -4,6 +4,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::{InternalEvent, Observer};
+use crate::desired::snapshot::SnapshotError;
+use crate::report::metrics::source::OperationLabels;
 
 /// The source answered a whole comparison's read.
 pub(crate) struct SourceRead {
@@ -17,8 +19,6 @@ impl InternalEvent for SourceRead {
         m.up.set(1);
         m.query_duration.observe(self.took.as_secs_f64());
         observer.health().source_up.store(true, Ordering::Relaxed);
-        // Only a completed comparison reports its query time.
-        observer.health().synced.store(true, Ordering::Relaxed);
     }
 }
 
@@ -52,5 +52,57 @@ impl InternalEvent for RowInvalid<'_> {
             "{}",
             self.reason
         );
+    }
+}
+
+/// The desired set of a successful read is kept: the snapshot a recovery
+/// falls back on while the source cannot be read.
+pub(crate) struct SnapshotKept<'a> {
+    pub(crate) taken_at_ms: u64,
+    /// The file it was written to this time (only when it changed, or the
+    /// file's copy had grown old).
+    pub(crate) written_to: Option<&'a std::path::Path>,
+    /// Read from the file at start rather than from the source.
+    pub(crate) loaded: bool,
+}
+
+impl InternalEvent for SnapshotKept<'_> {
+    fn emit(self, observer: &Observer) {
+        let path = self.written_to.map(|p| p.display().to_string());
+        if self.loaded {
+            tracing::info!(
+                event = "snapshot_loaded",
+                taken_at_ms = self.taken_at_ms,
+                path = path.as_deref().unwrap_or(""),
+                "the last desired set read from the source is at hand"
+            );
+        } else {
+            tracing::debug!(
+                event = "snapshot_kept",
+                taken_at_ms = self.taken_at_ms,
+                written_to = path.as_deref().unwrap_or(""),
+                "kept the desired set of this read"
+            );
+        }
+        let seconds = i64::try_from(self.taken_at_ms / 1000).unwrap_or(i64::MAX);
+        observer.metrics().source.snapshot_timestamp.set(seconds);
+    }
+}
+
+/// A snapshot file that could not be read (and is ignored) or written.
+pub(crate) struct SnapshotFailed<'a> {
+    pub(crate) error: &'a SnapshotError,
+}
+
+impl InternalEvent for SnapshotFailed<'_> {
+    fn emit(self, observer: &Observer) {
+        let operation = self.error.operation();
+        tracing::warn!(event = "snapshot_failed", operation, "{}", self.error);
+        observer
+            .metrics()
+            .source
+            .snapshot_errors
+            .get_or_create(&OperationLabels { operation })
+            .inc();
     }
 }

@@ -18,6 +18,12 @@ pub(crate) struct RecoveryLabels {
     pub(crate) result: &'static str,
 }
 
+/// Where a recovery's desired schedulers came from.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct RowsLabels {
+    pub(crate) source: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct ReasonLabels {
     pub(crate) reason: &'static str,
@@ -26,6 +32,7 @@ pub(crate) struct ReasonLabels {
 pub(crate) struct RecoveryMetrics {
     pub(crate) recoveries: Family<RecoveryLabels, Counter>,
     pub(crate) failures: Family<ReasonLabels, Counter>,
+    pub(crate) restores: Family<RowsLabels, Counter>,
     pub(crate) duration: Histogram,
     pub(crate) schedulers_restored: Family<QueueLabels, Counter>,
     pub(crate) catchup_jobs: Family<QueueLabels, Counter>,
@@ -49,6 +56,12 @@ impl RecoveryMetrics {
                 registry,
                 "bullmq_warden_recovery_failures",
                 "Failed recovery attempts, by reason",
+                Family::default(),
+            ),
+            restores: register(
+                registry,
+                "bullmq_warden_restores",
+                "Recoveries that wrote, by where the desired schedulers came from",
                 Family::default(),
             ),
             duration: register(
@@ -101,6 +114,9 @@ impl RecoveryMetrics {
             ),
         };
         // Counters exist from the start, so that increase() sees their first change.
+        for source in ["database", "snapshot"] {
+            let _ = metrics.restores.get_or_create(&RowsLabels { source });
+        }
         for reason in FailureReason::ALL {
             let _ = metrics.failures.get_or_create(&ReasonLabels {
                 reason: reason.as_str(),

@@ -1,19 +1,30 @@
-//! The source database: whether it answers and how long its query takes.
+//! The source database: whether it answers and how long its query takes,
+//! and the snapshot of its last answer that recoveries fall back on.
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use super::register;
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct OperationLabels {
+    pub(crate) operation: &'static str,
+}
+
 pub(crate) struct SourceMetrics {
     pub(crate) up: Gauge,
     pub(crate) query_duration: Histogram,
+    pub(crate) snapshot_timestamp: Gauge,
+    pub(crate) snapshot_errors: Family<OperationLabels, Counter>,
 }
 
 impl SourceMetrics {
     pub(super) fn register(registry: &mut Registry) -> Self {
-        Self {
+        let metrics = Self {
             up: register(
                 registry,
                 "bullmq_warden_source_up",
@@ -26,6 +37,24 @@ impl SourceMetrics {
                 "Time the source query takes",
                 Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             ),
+            snapshot_timestamp: register(
+                registry,
+                "bullmq_warden_source_snapshot_timestamp_seconds",
+                "When the rows of the kept snapshot were read from the source (0: none)",
+                Gauge::default(),
+            ),
+            snapshot_errors: register(
+                registry,
+                "bullmq_warden_source_snapshot_errors",
+                "Snapshot files that could not be read or written, by operation",
+                Family::default(),
+            ),
+        };
+        for operation in ["read", "write"] {
+            let _ = metrics
+                .snapshot_errors
+                .get_or_create(&OperationLabels { operation });
         }
+        metrics
     }
 }
