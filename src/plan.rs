@@ -183,6 +183,16 @@ impl Plan {
         self.missing() == 0 && self.mismatched() == 0
     }
 
+    pub(crate) fn orphaned(&self) -> usize {
+        self.queues.values().map(|q| q.orphaned.len()).sum()
+    }
+
+    /// In sync, and with `prune` no orphan left either: what a recovery
+    /// would leave.
+    pub(crate) fn is_settled(&self, prune: bool) -> bool {
+        self.is_in_sync() && (!prune || self.orphaned() == 0)
+    }
+
     /// Queues written by a BullMQ major the warden was not verified
     /// against, with the version their meta hash records.
     pub(crate) fn unverified_queues(&self) -> BTreeMap<String, String> {

@@ -4,7 +4,7 @@
 //! The CLI, the HTTP API and the watcher all call these, so each operation
 //! behaves the same whichever way it is started.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use futures::future::try_join_all;
@@ -91,7 +91,22 @@ pub(crate) struct Warden {
     live: std::sync::RwLock<Live>,
     store: SharedStore,
     source: Source,
+    /// Queues found in Redis under the prefix, with the scan's cursor: a
+    /// queue whose rows were all disabled or deleted is still compared, so
+    /// its schedulers are reported (and pruned) instead of forgotten.
+    discovered: tokio::sync::Mutex<Discovered>,
 }
+
+/// What the incremental scan for queues has found so far.
+#[derive(Default)]
+struct Discovered {
+    cursor: u64,
+    queues: BTreeSet<String>,
+}
+
+/// `SCAN` steps of 1,000 keys per comparison: bounds what one comparison
+/// costs Redis; the cursor goes on from there at the next one.
+const DISCOVERY_STEPS: usize = 64;
 
 /// The config in force and the id template made from it.
 #[derive(Clone)]
@@ -115,7 +130,21 @@ impl Warden {
             }),
             store: SharedStore::new(store),
             source,
+            discovered: tokio::sync::Mutex::default(),
         }
+    }
+
+    /// The queues under the prefix that have a scheduler set, as far as the
+    /// scan has got: never forgotten once found. A failed scan step leaves
+    /// what is known.
+    async fn discovered_queues(&self) -> BTreeSet<String> {
+        let mut discovered = self.discovered.lock().await;
+        let cursor = discovered.cursor;
+        if let Ok((found, next)) = self.store().discover_queues(cursor, DISCOVERY_STEPS).await {
+            discovered.queues.extend(found);
+            discovered.cursor = next;
+        }
+        discovered.queues.clone()
     }
 
     /// The config in force now (a reload may replace it).
@@ -193,6 +222,9 @@ impl Warden {
             source_elapsed: _,
         } = desired;
         by_queue.entry(config.source.queue.clone()).or_default();
+        for queue in self.discovered_queues().await {
+            by_queue.entry(queue).or_default();
+        }
         if let Some(only) = only_queue {
             by_queue.entry(only.to_owned()).or_default();
             by_queue.retain(|queue, _| queue == only);

@@ -67,10 +67,28 @@ pub(crate) enum Verdict {
     Restore,
 }
 
-/// Judges a comparison. `only_periodic`: nothing but periodic checks asked;
-/// `seen_before`: the cycle before this one already saw the drift.
-pub(crate) fn verdict(plan: &Plan, only_periodic: bool, seen_before: bool, auto: bool) -> Verdict {
-    if plan.is_in_sync() {
+/// How a comparison is judged.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Judging {
+    /// Nothing but periodic checks asked.
+    pub(crate) only_periodic: bool,
+    /// The cycle before this one already saw the drift.
+    pub(crate) seen_before: bool,
+    /// `[recovery] auto`.
+    pub(crate) auto: bool,
+    /// `[recovery] prune_orphans`: orphans are drift to repair.
+    pub(crate) prune: bool,
+}
+
+/// Judges a comparison.
+pub(crate) fn verdict(plan: &Plan, judging: Judging) -> Verdict {
+    let Judging {
+        only_periodic,
+        seen_before,
+        auto,
+        prune,
+    } = judging;
+    if plan.is_settled(prune) {
         Verdict::InSync
     } else if only_periodic && !seen_before {
         Verdict::ConfirmLater
@@ -134,6 +152,32 @@ mod tests {
         plan
     }
 
+    fn judging(only_periodic: bool, seen_before: bool, auto: bool, prune: bool) -> Judging {
+        Judging {
+            only_periodic,
+            seen_before,
+            auto,
+            prune,
+        }
+    }
+
+    #[test]
+    fn orphans_are_drift_to_repair_only_when_pruning() {
+        assert_eq!(
+            verdict(&orphans_only(), judging(false, false, true, false)),
+            Verdict::InSync
+        );
+        assert_eq!(
+            verdict(&orphans_only(), judging(false, false, true, true)),
+            Verdict::Restore
+        );
+        // A periodic check sees them twice before acting, like other drift.
+        assert_eq!(
+            verdict(&orphans_only(), judging(true, false, true, true)),
+            Verdict::ConfirmLater
+        );
+    }
+
     #[test]
     fn a_loss_names_the_cycle_whatever_else_came_with_it() {
         let causes = BTreeSet::from([Cause::Drift, Cause::Reconnect, Cause::Flush]);
@@ -146,7 +190,10 @@ mod tests {
     #[test]
     fn drift_seen_only_by_a_periodic_check_is_confirmed_before_acting() {
         let in_sync = Plan::default();
-        assert_eq!(verdict(&in_sync, true, false, true), Verdict::InSync);
+        assert_eq!(
+            verdict(&in_sync, judging(true, false, true, false)),
+            Verdict::InSync
+        );
         let mut missing = Plan::default();
         missing.queues.insert(
             "q".into(),
@@ -158,13 +205,25 @@ mod tests {
                 ..QueuePlan::default()
             },
         );
-        assert_eq!(verdict(&missing, true, false, true), Verdict::ConfirmLater);
-        assert_eq!(verdict(&missing, true, true, true), Verdict::Restore);
-        assert_eq!(verdict(&missing, false, false, true), Verdict::Restore);
-        assert_eq!(verdict(&missing, false, false, false), Verdict::ReportOnly);
+        assert_eq!(
+            verdict(&missing, judging(true, false, true, false)),
+            Verdict::ConfirmLater
+        );
+        assert_eq!(
+            verdict(&missing, judging(true, true, true, false)),
+            Verdict::Restore
+        );
+        assert_eq!(
+            verdict(&missing, judging(false, false, true, false)),
+            Verdict::Restore
+        );
+        assert_eq!(
+            verdict(&missing, judging(false, false, false, false)),
+            Verdict::ReportOnly
+        );
         // Orphans alone are not drift to restore.
         assert_eq!(
-            verdict(&orphans_only(), false, false, true),
+            verdict(&orphans_only(), judging(false, false, true, false)),
             Verdict::InSync
         );
     }

@@ -4,7 +4,7 @@
 //! it gave (the snapshot) stand in for it, for restoring only. One
 //! [`Context`] holds what it shares with the rest of the watcher.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +13,7 @@ use tokio::sync::Mutex;
 
 use super::controller::{Outcome, Reconcile, Request};
 use super::error::RecoveryError;
-use super::policy::{verdict, Timing, Verdict};
+use super::policy::{verdict, Judging, Timing, Verdict};
 use crate::clock::now_ms;
 use crate::config::{Catchup, Config, Strategy};
 use crate::desired::snapshot::{self, DesiredSnapshot, Kept, SnapshotError};
@@ -22,9 +22,9 @@ use crate::plan::Plan;
 use crate::report::comparison::{publish_comparison, Settled};
 use crate::report::events::{
     BullmqVersionRestored, BullmqVersionUnverified, CatchupFailed, CatchupFired, Detected,
-    DriftConfirmed, LeaseHeld, LeaseReleased, Observer, RecoveryFinished, RecoveryMode,
-    RecoveryStarted, RestoredFromSnapshot, RowInvalid, SnapshotFailed, SnapshotKept, SourceDown,
-    SourceRead, SyncState,
+    DriftConfirmed, LeaseHeld, LeaseReleased, Observer, OrphanFound, RecoveryFinished,
+    RecoveryMode, RecoveryStarted, RestoredFromSnapshot, RowInvalid, SnapshotFailed, SnapshotKept,
+    SourceDown, SourceRead, SyncState,
 };
 use crate::restore::catchup;
 use crate::restore::lease::{Held, Lease};
@@ -68,6 +68,8 @@ pub(crate) struct Recovery {
     /// Queues last seen with a BullMQ version the warden was not verified
     /// against, so that each is reported once.
     unverified_seen: BTreeMap<String, String>,
+    /// Orphans already warned about, by (queue, scheduler id).
+    orphans_seen: BTreeSet<(String, String)>,
 }
 
 /// Where a comparison's desired schedulers came from.
@@ -118,6 +120,7 @@ impl Recovery {
             kept,
             known_versions: BTreeMap::new(),
             unverified_seen: BTreeMap::new(),
+            orphans_seen: BTreeSet::new(),
         }
     }
 
@@ -138,7 +141,13 @@ impl Recovery {
             Rows::Snapshot { .. } => Outcome::SourceOwed,
         };
         let auto = config.recovery.auto;
-        let judged = verdict(plan, request.only_periodic, request.seen_before, auto);
+        let judging = Judging {
+            only_periodic: request.only_periodic,
+            seen_before: request.seen_before,
+            auto,
+            prune: config.recovery.prune_orphans,
+        };
+        let judged = verdict(plan, judging);
         // Drift is "to repair" until a recovery writes it away.
         self.ctx.observer.emit(SyncState {
             synced: judged == Verdict::InSync || !auto,
@@ -163,6 +172,11 @@ impl Recovery {
             trigger: request.trigger,
             missing: plan.missing(),
             mismatched: plan.mismatched(),
+            orphaned: if config.recovery.prune_orphans {
+                plan.orphaned()
+            } else {
+                0
+            },
             acting: auto,
         });
         if let Some(lease) = lease {
@@ -284,6 +298,8 @@ impl Recovery {
             Rows::Source => {
                 publish_comparison(&self.ctx.observer, &snapshot.plan, Settled::No);
                 self.report_invalid_rows(&snapshot.plan.invalid);
+                let prune = self.ctx.warden.config().recovery.prune_orphans;
+                self.report_orphans(&snapshot.plan, prune);
             }
             // The snapshot's word never removes a scheduler.
             Rows::Snapshot { .. } => {
@@ -293,6 +309,34 @@ impl Recovery {
             }
         }
         Ok(snapshot)
+    }
+
+    /// Warns once about each orphan while pruning is off (pruning removes
+    /// them instead, and the recovery reports that); says when one is gone.
+    fn report_orphans(&mut self, plan: &Plan, prune: bool) {
+        let now: BTreeSet<(String, String)> = match prune {
+            true => BTreeSet::new(),
+            false => plan
+                .queues
+                .iter()
+                .flat_map(|(queue, q)| q.orphaned.iter().map(move |id| (queue.clone(), id.clone())))
+                .collect(),
+        };
+        for (queue, scheduler_id) in now.difference(&self.orphans_seen) {
+            self.ctx.observer.emit(OrphanFound {
+                queue,
+                scheduler_id,
+                holds: true,
+            });
+        }
+        for (queue, scheduler_id) in self.orphans_seen.difference(&now) {
+            self.ctx.observer.emit(OrphanFound {
+                queue,
+                scheduler_id,
+                holds: false,
+            });
+        }
+        self.orphans_seen = now;
     }
 
     /// Emits the rows that are newly invalid or invalid for another reason;

@@ -232,6 +232,46 @@ impl BullmqStore {
         &self.prefix
     }
 
+    /// One bounded step of finding the queues under the prefix that have a
+    /// scheduler set: up to `steps` `SCAN`s of 1,000 keys from `cursor`.
+    /// Returns the queues found and the cursor to go on from (0: the
+    /// keyspace was covered). A cluster spreads its keys over its primaries,
+    /// which this does not walk: there, it finds nothing.
+    pub(crate) async fn discover_queues(
+        &self,
+        mut cursor: u64,
+        steps: usize,
+    ) -> Result<(Vec<String>, u64), StoreError> {
+        if self.is_cluster() {
+            return Ok((Vec::new(), 0));
+        }
+        let pattern = format!("{}:*:repeat", self.prefix);
+        let mut conn = self.raw();
+        let mut queues = Vec::new();
+        for _ in 0..steps {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .arg("TYPE")
+                .arg("zset")
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.error(e))?;
+            queues.extend(keys.iter().filter_map(|key| {
+                let queue = key.strip_prefix(&self.prefix)?.strip_prefix(':')?;
+                queue.strip_suffix(":repeat").map(str::to_owned)
+            }));
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        Ok((queues, cursor))
+    }
+
     /// A connection for commands outside BullMQ's API (INFO, CONFIG, …).
     pub(crate) fn raw(&self) -> AnyConnection {
         self.connection.connection()

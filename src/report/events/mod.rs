@@ -23,8 +23,8 @@ pub(crate) use lifecycle::{
 };
 pub(crate) use recovery::{
     BullmqVersionRestored, BullmqVersionUnverified, CatchupFailed, CatchupFired, DriftConfirmed,
-    LeaseBusy, LeaseHeld, LeaseLost, LeaseReleased, RecoveryFailed, RecoveryFinished, RecoveryMode,
-    RecoveryStarted, RestoredFromSnapshot, SourceRecheck, SyncState,
+    LeaseBusy, LeaseHeld, LeaseLost, LeaseReleased, OrphanFound, RecoveryFailed, RecoveryFinished,
+    RecoveryMode, RecoveryStarted, RestoredFromSnapshot, SourceRecheck, SyncState,
 };
 pub(crate) use redis::{
     Condition, Persistence, PersistenceRead, PrimaryUnreachable, RedisCondition, RedisDown,

@@ -41,6 +41,8 @@ pub(crate) struct DriftConfirmed {
     pub(crate) trigger: Cause,
     pub(crate) missing: usize,
     pub(crate) mismatched: usize,
+    /// Orphans to prune (0 unless `prune_orphans` is on).
+    pub(crate) orphaned: usize,
     pub(crate) acting: bool,
 }
 
@@ -51,6 +53,7 @@ impl InternalEvent for DriftConfirmed {
             trigger = self.trigger.as_str(),
             missing = self.missing,
             mismatched = self.mismatched,
+            orphaned = self.orphaned,
             decision = if self.acting {
                 "recover"
             } else {
@@ -409,5 +412,38 @@ impl InternalEvent for SyncState {
             .health()
             .synced
             .store(self.synced, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A scheduler under the id template's prefix that no enabled row wants
+/// (the row was disabled, deleted or moved to another queue), while
+/// `prune_orphans` is off: it keeps firing. Emitted when it is first seen,
+/// and (`holds` false) when it is gone, not on every comparison.
+pub(crate) struct OrphanFound<'a> {
+    pub(crate) queue: &'a str,
+    pub(crate) scheduler_id: &'a str,
+    pub(crate) holds: bool,
+}
+
+impl InternalEvent for OrphanFound<'_> {
+    fn emit(self, _: &Observer) {
+        let (queue, scheduler_id) = (self.queue, self.scheduler_id);
+        if self.holds {
+            tracing::warn!(
+                event = "orphan_found",
+                queue,
+                scheduler_id,
+                "scheduler {scheduler_id} of queue {queue} has no enabled row and keeps firing; \
+                 set [recovery] prune_orphans = true to remove such schedulers"
+            );
+        } else {
+            tracing::info!(
+                event = "orphan_found",
+                queue,
+                scheduler_id,
+                holds = false,
+                "scheduler {scheduler_id} of queue {queue} is no longer an orphan"
+            );
+        }
     }
 }
