@@ -55,6 +55,9 @@ macro_rules! restart_keys {
         $each!(redis, cluster_nodes);
         $each!(source, url);
         $each!(source, sqlite_seed);
+        $each!(source, notify_channel);
+        $each!(source, change_query);
+        $each!(source, change_interval);
         $each!(recovery, strategy);
         $each!(recovery, webhook_url);
         $each!(recovery, webhook_headers);

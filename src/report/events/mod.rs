@@ -30,4 +30,4 @@ pub(crate) use redis::{
     RedisLoading, RedisMemory, RedisUp,
 };
 pub(crate) use signal::{Detected, FlushNoticed, KeyspaceNotifications, KeyspacePaused};
-pub(crate) use source::{RowInvalid, SourceDown, SourceRead};
+pub(crate) use source::{RowInvalid, SourceDown, SourceRead, SourceWatch};
