@@ -723,18 +723,31 @@ fn a_deleted_scheduler_hash_is_restored_within_a_second_and_bullmqs_upsert_is_no
         watcher.log()
     );
     let key = "bull:inspection:repeat:inspection:2";
+    let deleted_at = chrono::Utc::now();
     redis.redis(&["DEL", key]);
     latency("DEL of a scheduler hash to restored", SECOND, || {
         redis.redis(&["EXISTS", key]) == "1"
     });
     let detected = watcher.events("detected");
-    assert!(
-        detected.iter().any(|e| e["cause"] == "keyspace"
-            && e["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("still in the repeat set"))),
-        "{detected:?}"
+    let loss = detected
+        .iter()
+        .find(|e| {
+            e["cause"] == "keyspace"
+                && e["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("still in the repeat set"))
+        })
+        .unwrap_or_else(|| panic!("no keyspace detection: {detected:?}"));
+    let detected_at = loss["timestamp"]
+        .as_str()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .expect("a timestamp");
+    let detection = detected_at.signed_duration_since(deleted_at);
+    eprintln!(
+        "DEL of a scheduler hash to detected: {} ms",
+        detection.num_milliseconds()
     );
+    assert!(detection.num_milliseconds() < 100, "{loss}");
     assert_one_next_job_each(&redis);
 }
 

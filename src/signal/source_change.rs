@@ -142,7 +142,11 @@ impl SourceChangeWatcher {
                 _ = probes.tick(), if probing => Look::ChangeQuery,
                 _ = shutdown.cancelled() => break,
             };
-            self.look(&mut state, look).await;
+            // A database that does not answer must not hold up shutdown.
+            tokio::select! {
+                () = self.look(&mut state, look) => {}
+                _ = shutdown.cancelled() => break,
+            }
         }
         if let Some(watching) = state.watching.take() {
             watching.close().await;
