@@ -1,8 +1,9 @@
 //! `watch`: the sidecar's main loop.
 //!
-//! Three signal sources feed one recovery controller: keyspace notifications
+//! Four signal sources feed one recovery controller: keyspace notifications
 //! (deletions within milliseconds), the INFO/count poll (restarts, flushes,
-//! failovers, lost connections) and a periodic full comparison. The HTTP server
+//! failovers, lost connections), the watch on the rows (changes within
+//! seconds) and a periodic full comparison. The HTTP server
 //! shares the same `Warden`, metrics and apply lock.
 
 use std::sync::Arc;
@@ -25,7 +26,8 @@ use crate::report::metrics::Metrics;
 use crate::restore::webhook::Webhook;
 use crate::restore::OwnWrites;
 use crate::signal::{
-    keyspace, poll, reload, sentinel, Context as SignalContext, RestoredCounts, Signals,
+    keyspace, poll, reload, sentinel, source_change, Context as SignalContext, RestoredCounts,
+    Signals,
 };
 use crate::source::Source;
 use crate::store::BullmqStore;
@@ -174,7 +176,7 @@ struct Wiring {
 }
 
 /// Starts the signal sources: Sentinel (when configured), the poll, the
-/// keyspace subscription and the periodic drift check.
+/// keyspace subscription, the watch on the rows and the periodic drift check.
 fn start_signals(
     tasks: &mut tokio::task::JoinSet<()>,
     config: &Config,
@@ -215,6 +217,13 @@ fn start_signals(
         own_writes: wiring.own_writes,
     };
     tasks.spawn(keyspace.run(shutdown.clone()));
+    let rows = source_change::SourceChangeWatcher {
+        ctx: ctx.clone(),
+        config: config.source.clone(),
+        backoff_min: config.recovery.backoff_min,
+        backoff_max: config.recovery.backoff_max,
+    };
+    tasks.spawn(rows.run(shutdown.clone()));
     tasks.spawn(periodic_drift_checks(
         ctx.signals.clone(),
         config.watch.drift_interval,

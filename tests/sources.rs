@@ -4,7 +4,12 @@
 
 mod support;
 
-use support::{run_sql, Database, RedisServer, Setup};
+use std::time::Duration;
+
+use support::{
+    run_sql, time_until, wait_until, Database, RedisServer, Setup, Watcher, FAST_RECOVERY,
+    FAST_WATCH,
+};
 
 fn setup_for(redis: &RedisServer, db: &Database, extra: &str) -> Setup {
     Setup::new(
@@ -114,5 +119,164 @@ fn sqlite_source_is_opened_read_only() {
         run.stderr.contains("readonly") || run.stderr.contains("read-only"),
         "{}",
         run.stderr
+    );
+}
+
+/// The trigger the README documents for `[source] notify_channel`.
+const NOTIFY_TRIGGER_SQL: &str = "
+CREATE OR REPLACE FUNCTION bullmq_warden_notify() RETURNS trigger AS $$
+BEGIN
+  PERFORM pg_notify(TG_ARGV[0], TG_TABLE_NAME);
+  RETURN NULL;
+END;
+$$ LANGUAGE plpgsql;
+
+CREATE TRIGGER inspection_tasks_changed
+  AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON inspection_tasks
+  FOR EACH STATEMENT EXECUTE FUNCTION bullmq_warden_notify('inspection_tasks_changed');
+";
+
+/// A drift check too far off to explain anything a test sees.
+const NO_DRIFT_CHECK: (&str, &str) = ("BULLMQ_WARDEN__WATCH__DRIFT_INTERVAL", "10m");
+
+/// A watcher over `db` with `source_extra` in `[source]`, its start-up
+/// recovery done.
+fn watching(redis: &RedisServer, db: &Database, source_extra: &str) -> (Setup, Watcher) {
+    let extra = format!("{source_extra}{FAST_WATCH}[recovery]\n{FAST_RECOVERY}");
+    let setup = setup_for(redis, db, &extra);
+    let watcher = Watcher::start_env(&setup, &[NO_DRIFT_CHECK]);
+    assert!(
+        watcher.wait_for("recovery_finished", 1, Duration::from_secs(10)),
+        "{}",
+        watcher.log()
+    );
+    (setup, watcher)
+}
+
+/// Runs `sql` and measures until scheduler `id` has `pattern` in Redis.
+fn edit_reaches_redis(
+    redis: &RedisServer,
+    db: &Database,
+    what: &str,
+    sql: &str,
+    id: &str,
+    pattern: &str,
+) {
+    run_sql(&db.url, sql);
+    let key = format!("bull:inspection:repeat:inspection:{id}");
+    let took = time_until(Duration::from_secs(3), || {
+        redis.redis(&["HGET", &key, "pattern"]) == pattern
+    })
+    .unwrap_or_else(|| panic!("{what}: not in Redis within 3 s"));
+    eprintln!("{what}: {} ms", took.as_millis());
+}
+
+#[test]
+fn postgres_notify_trigger_brings_row_edits_to_redis_within_seconds() {
+    let db = Database::postgres();
+    run_sql(
+        &db.url,
+        "CREATE TABLE inspection_tasks (id BIGINT PRIMARY KEY, name TEXT, cron TEXT, every_ms INTEGER,
+         tz TEXT, payload JSONB, opts JSON, queue TEXT, enabled BOOLEAN NOT NULL DEFAULT TRUE);
+         INSERT INTO inspection_tasks (id, name, cron) VALUES (1, 'a', '0 0 * * * *');",
+    );
+    run_sql(&db.url, NOTIFY_TRIGGER_SQL);
+    let redis = RedisServer::start();
+    let channel = "notify_channel = \"inspection_tasks_changed\"\n";
+    let (_setup, watcher) = watching(&redis, &db, channel);
+    let (edit, insert) = (
+        "UPDATE inspection_tasks SET cron = '0 5 * * * *' WHERE id = 1",
+        "INSERT INTO inspection_tasks (id, name, cron) VALUES (2, 'b', '0 7 * * * *')",
+    );
+    edit_reaches_redis(
+        &redis,
+        &db,
+        "PostgreSQL NOTIFY edit",
+        edit,
+        "1",
+        "0 5 * * * *",
+    );
+    edit_reaches_redis(
+        &redis,
+        &db,
+        "PostgreSQL NOTIFY insert",
+        insert,
+        "2",
+        "0 7 * * * *",
+    );
+    // A dropped listening connection is listened again, and counts as a change.
+    let detections = watcher.count("detected");
+    run_sql(
+        &db.url,
+        &format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = '{}' AND query LIKE 'LISTEN%'",
+            db.name
+        ),
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || watcher
+            .events("detected")
+            .iter()
+            .skip(detections)
+            .any(|e| e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("re-established")))),
+        "{}",
+        watcher.log()
+    );
+    let again = "UPDATE inspection_tasks SET cron = '0 9 * * * *' WHERE id = 1";
+    edit_reaches_redis(
+        &redis,
+        &db,
+        "PostgreSQL NOTIFY after reconnect",
+        again,
+        "1",
+        "0 9 * * * *",
+    );
+}
+
+#[test]
+fn mariadb_change_query_brings_row_edits_to_redis_within_seconds() {
+    let db = Database::mariadb();
+    run_sql(
+        &db.url,
+        "CREATE TABLE inspection_tasks (id BIGINT PRIMARY KEY, name VARCHAR(100), cron VARCHAR(100),
+         every_ms INT, tz VARCHAR(64), payload JSON, opts TEXT, queue VARCHAR(100),
+         enabled BOOLEAN NOT NULL DEFAULT TRUE,
+         updated_at TIMESTAMP(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3) ON UPDATE CURRENT_TIMESTAMP(3));
+         INSERT INTO inspection_tasks (id, name, cron) VALUES (1, 'a', '0 0 * * * *');",
+    );
+    let redis = RedisServer::start();
+    let probe = "change_query = \"SELECT count(*), max(updated_at) FROM inspection_tasks\"\n";
+    let (_setup, watcher) = watching(&redis, &db, probe);
+    let (edit, insert) = (
+        "UPDATE inspection_tasks SET cron = '0 5 * * * *' WHERE id = 1",
+        "INSERT INTO inspection_tasks (id, name, cron) VALUES (2, 'b', '0 7 * * * *')",
+    );
+    edit_reaches_redis(
+        &redis,
+        &db,
+        "MariaDB change_query edit",
+        edit,
+        "1",
+        "0 5 * * * *",
+    );
+    edit_reaches_redis(
+        &redis,
+        &db,
+        "MariaDB change_query insert",
+        insert,
+        "2",
+        "0 7 * * * *",
+    );
+    assert!(
+        watcher
+            .events("recovery_finished")
+            .iter()
+            .skip(1)
+            .all(|f| f["trigger"] == "source_change"),
+        "{}",
+        watcher.log()
     );
 }

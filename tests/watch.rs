@@ -651,3 +651,140 @@ fn the_webhook_strategy_asks_the_application_and_checks_the_result() {
         "the token is never logged"
     );
 }
+
+/// A drift check too far off to explain anything a test sees.
+const NO_DRIFT_CHECK: (&str, &str) = ("BULLMQ_WARDEN__WATCH__DRIFT_INTERVAL", "10m");
+
+/// How long until `check` holds, printed as `what`; fails after `limit`.
+fn latency(what: &str, limit: Duration, check: impl FnMut() -> bool) -> Duration {
+    let took =
+        support::time_until(limit, check).unwrap_or_else(|| panic!("{what}: not within {limit:?}"));
+    eprintln!("{what}: {} ms", took.as_millis());
+    took
+}
+
+#[test]
+fn sqlite_row_edits_reach_redis_within_seconds_without_configuration() {
+    let redis = RedisServer::start();
+    let setup = watched(&redis, "");
+    let watcher = started_env(&setup, &redis, &[NO_DRIFT_CHECK]);
+    let pattern = |id: &str| {
+        let key = format!("bull:inspection:repeat:{id}");
+        redis.redis(&["HGET", &key, "pattern"])
+    };
+    setup.sql("UPDATE inspection_tasks SET cron = '0 45 4 * * *' WHERE id = 2");
+    latency("SQLite edit to Redis", 3 * SECOND, || {
+        pattern("inspection:2") == "0 45 4 * * *"
+    });
+    setup.sql("INSERT INTO inspection_tasks (id, name, cron) VALUES (5, 'new', '0 15 * * * *')");
+    latency("SQLite insert to Redis", 3 * SECOND, || {
+        pattern("inspection:5") == "0 15 * * * *"
+    });
+    assert_detected(&watcher, "source_change", "");
+    let finished = watcher.events("recovery_finished");
+    assert!(
+        finished[1..]
+            .iter()
+            .all(|f| f["trigger"] == "source_change"),
+        "{finished:?}"
+    );
+    // A disabled row leaves an orphan; it is compared at once too. (Past
+    // the one detection log line a second that changes get.)
+    std::thread::sleep(SECOND);
+    let before = watcher.count("detected");
+    setup.sql("UPDATE inspection_tasks SET enabled = 0 WHERE id = 3");
+    assert!(
+        watcher.wait_for("detected", before + 1, 3 * SECOND),
+        "{}",
+        watcher.log()
+    );
+}
+
+#[test]
+fn a_deleted_scheduler_hash_is_restored_within_a_second_and_bullmqs_upsert_is_no_loss() {
+    let redis = RedisServer::start();
+    let setup = watched(&redis, "");
+    let watcher = started_env(&setup, &redis, &[NO_DRIFT_CHECK]);
+    // BullMQ's upsert deletes and rewrites the hash in one script.
+    node(
+        6,
+        "upsert-schedulers",
+        &redis,
+        "inspection",
+        &[],
+        Some(
+            &json!([{"id": "inspection:1", "repeat": {"pattern": "0 * * * * *"}, "name": "minutely"}]),
+        ),
+    );
+    std::thread::sleep(SECOND);
+    assert!(
+        watcher
+            .events("detected")
+            .iter()
+            .all(|e| e["cause"] != "keyspace"),
+        "{}",
+        watcher.log()
+    );
+    let key = "bull:inspection:repeat:inspection:2";
+    let deleted_at = chrono::Utc::now();
+    redis.redis(&["DEL", key]);
+    latency("DEL of a scheduler hash to restored", SECOND, || {
+        redis.redis(&["EXISTS", key]) == "1"
+    });
+    let detected = watcher.events("detected");
+    let loss = detected
+        .iter()
+        .find(|e| {
+            e["cause"] == "keyspace"
+                && e["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("still in the repeat set"))
+        })
+        .unwrap_or_else(|| panic!("no keyspace detection: {detected:?}"));
+    let detected_at = loss["timestamp"]
+        .as_str()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .expect("a timestamp");
+    let detection = detected_at.signed_duration_since(deleted_at);
+    eprintln!(
+        "DEL of a scheduler hash to detected: {} ms",
+        detection.num_milliseconds()
+    );
+    assert!(detection.num_milliseconds() < 100, "{loss}");
+    assert_one_next_job_each(&redis);
+}
+
+#[test]
+fn a_worker_running_scheduled_jobs_for_a_minute_raises_no_keyspace_detection() {
+    let redis = RedisServer::start();
+    let setup = Setup::sqlite(&redis, &format!("{FAST_WATCH}[recovery]\n{FAST_RECOVERY}"));
+    setup.sql(TASKS_TABLE_SQLITE);
+    setup.sql(
+        "INSERT INTO inspection_tasks (id, name, every_ms, opts, queue) VALUES
+         (1, 'tick', 500, '{\"removeOnComplete\":true}', 'reports')",
+    );
+    let watcher = Watcher::start_env(&setup, &[NO_DRIFT_CHECK]);
+    assert!(watcher.wait_for("recovery_finished", 1, 10 * SECOND));
+    let ran = node(
+        6,
+        "worker",
+        &redis,
+        "reports",
+        &["--until-runs", "120", "--timeout-ms", "75000"],
+        None,
+    );
+    assert!(ran["runs"].as_u64().unwrap_or(0) >= 100, "{ran}");
+    // A job's lock that expires, as when a worker dies mid-job.
+    let lock = "bull:reports:repeat:inspection:1:1796169635000:lock";
+    redis.redis(&["SET", lock, "token", "PX", "20"]);
+    std::thread::sleep(Duration::from_millis(300));
+    redis.redis(&["EXISTS", lock]);
+    std::thread::sleep(SECOND);
+    let keyspace: Vec<_> = watcher
+        .events("detected")
+        .into_iter()
+        .filter(|e| e["cause"] == "keyspace")
+        .collect();
+    assert!(keyspace.is_empty(), "{keyspace:?}");
+    assert_eq!(watcher.count("recovery_started"), 1, "{}", watcher.log());
+}

@@ -233,6 +233,15 @@ pub(crate) struct SourceConfig {
     /// Where the last desired set read from the source is kept across
     /// restarts; `None`: next to an SQLite file, else in memory only.
     pub(crate) snapshot_file: Option<PathBuf>,
+    /// PostgreSQL: a channel the task table's trigger sends `NOTIFY` on when
+    /// rows change; the watcher listens and compares within moments.
+    pub(crate) notify_channel: Option<String>,
+    /// Any database: one cheap statement (such as `SELECT count(*),
+    /// max(updated_at) FROM …`) whose answer changes when the rows do.
+    pub(crate) change_query: Option<String>,
+    /// How often `change_query` runs.
+    #[serde(with = "duration_text")]
+    pub(crate) change_interval: Duration,
 }
 
 impl Default for SourceConfig {
@@ -246,6 +255,9 @@ impl Default for SourceConfig {
             max_value_bytes: 1024 * 1024,
             connect_timeout: Duration::from_secs(2),
             snapshot_file: None,
+            notify_channel: None,
+            change_query: None,
+            change_interval: Duration::from_secs(2),
         }
     }
 }
@@ -893,5 +905,23 @@ mod tests {
     fn password_never_appears_in_url_errors() {
         let err = load_str("[source]\nurl = \"oracle://u:hunter2@db\"\n", &[]).unwrap_err();
         assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn change_watch_keys_are_checked_and_named() {
+        let error = |toml_text: &str| load_str(toml_text, &[]).unwrap_err().to_string();
+        let notify = "[source]\nurl = \"sqlite://t.db\"\nnotify_channel = \"tasks\"\n";
+        assert!(error(notify).contains("source.notify_channel"));
+        let quoted = "[source]\nurl = \"postgres://db/t\"\nnotify_channel = \"a\\\"b\"\n";
+        assert!(error(quoted).contains("source.notify_channel"));
+        let two = "[source]\nchange_query = \"SELECT 1; DELETE FROM t\"\n";
+        assert!(error(two).contains("source.change_query"));
+        let fast = "[source]\nchange_interval = \"10ms\"\n";
+        assert!(error(fast).contains("source.change_interval"));
+        let fine = "[source]\nurl = \"postgres://db/t\"\nnotify_channel = \"tasks\"\n\
+                    change_query = \"SELECT count(*) FROM t;\"\nchange_interval = \"1s\"\n";
+        let config = load_str(fine, &[]).expect("valid change watch");
+        assert_eq!(config.source.change_interval, Duration::from_secs(1));
+        assert_eq!(config.source.notify_channel.as_deref(), Some("tasks"));
     }
 }

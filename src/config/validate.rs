@@ -103,6 +103,7 @@ impl SourceConfig {
                 "must be a single statement (a second one after ';' could write)".into(),
             ));
         }
+        self.validate_change_watch(scheme)?;
         if self.max_value_bytes == 0 {
             return Err(invalid(
                 "source.max_value_bytes",
@@ -122,6 +123,50 @@ impl SourceConfig {
         }
         crate::model::IdTemplate::parse(&self.scheduler_id)
             .map_err(|reason| invalid("source.scheduler_id", reason))?;
+        Ok(())
+    }
+}
+
+impl SourceConfig {
+    /// The keys that notice a change of the rows: a LISTEN channel needs
+    /// PostgreSQL; the change probe runs like the query and is paced like
+    /// the other intervals.
+    fn validate_change_watch(&self, scheme: &str) -> Result<(), ConfigError> {
+        if let Some(channel) = &self.notify_channel {
+            if !matches!(scheme, "postgres" | "postgresql") {
+                return Err(invalid(
+                    "source.notify_channel",
+                    "needs a postgres:// source.url (LISTEN/NOTIFY is PostgreSQL's)".into(),
+                ));
+            }
+            let valid = !channel.is_empty()
+                && channel.len() <= 63
+                && !channel.contains('"')
+                && !channel.chars().any(char::is_control);
+            if !valid {
+                return Err(invalid(
+                    "source.notify_channel",
+                    "must be 1 to 63 bytes without quotes or control characters".into(),
+                ));
+            }
+        }
+        if let Some(query) = &self.change_query {
+            if query.trim().is_empty() {
+                return Err(invalid("source.change_query", "must not be empty".into()));
+            }
+            if statement::more_than_one_statement(query) {
+                return Err(invalid(
+                    "source.change_query",
+                    "must be a single statement (a second one after ';' could write)".into(),
+                ));
+            }
+        }
+        if self.change_interval < Duration::from_millis(50) {
+            return Err(invalid(
+                "source.change_interval",
+                "must be at least 50ms".into(),
+            ));
+        }
         Ok(())
     }
 }

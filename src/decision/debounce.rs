@@ -7,6 +7,12 @@
 //! single loss waits two windows. What does push it back is Redis still
 //! changing: another restart, another flush, another deletion — a flapping
 //! server gets one recovery once it settles.
+//!
+//! A change of the rows is no sign of Redis changing: it never pushes the
+//! decision back, and a window it opens waits only [`SOURCE_CHANGE_QUIET`] —
+//! enough to gather a burst of edits into one comparison, short enough that
+//! an edited row reaches Redis within a few seconds. Redis news in that window
+//! restarts the full quiet window as usual.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -16,6 +22,10 @@ use tokio::time::Instant;
 use crate::model::Cause;
 
 use crate::model::Trigger;
+
+/// The quiet window of a cycle opened by a change of the rows (or the
+/// configured `debounce_quiet`, when that is shorter).
+pub(crate) const SOURCE_CHANGE_QUIET: Duration = Duration::from_millis(500);
 
 pub(crate) struct Debounce {
     quiet: Duration,
@@ -29,9 +39,13 @@ pub(crate) struct Debounce {
 impl Debounce {
     /// Opens the window with its first signal.
     pub(crate) fn open(first: &Trigger, at: Instant, quiet: Duration, max: Duration) -> Self {
+        let first_quiet = match first.cause {
+            Cause::SourceChange => quiet.min(SOURCE_CHANGE_QUIET),
+            _ => quiet,
+        };
         let mut window = Self {
             quiet,
-            quiet_deadline: at + quiet,
+            quiet_deadline: at + first_quiet,
             hard_deadline: at + max,
             deleted: BTreeSet::new(),
         };
@@ -63,8 +77,13 @@ impl Debounce {
                 .queue
                 .as_ref()
                 .is_none_or(|queue| !self.deleted.contains(queue)),
-            // Observations of a state already signalled, or requests to look.
-            Cause::Reconnect | Cause::Drift | Cause::Startup | Cause::Manual => false,
+            // Observations of a state already signalled, or requests to look;
+            // a change of the rows says nothing about Redis settling.
+            Cause::Reconnect
+            | Cause::SourceChange
+            | Cause::Drift
+            | Cause::Startup
+            | Cause::Manual => false,
         }
     }
 
@@ -123,6 +142,26 @@ mod tests {
             window.observe(&signal(Cause::Restart, None), after(start, second * 1000));
         }
         assert_eq!(window.deadline(), after(start, 15_000));
+    }
+
+    #[test]
+    fn a_change_of_the_rows_waits_a_short_window_and_pushes_nothing_back() {
+        let start = Instant::now();
+        let mut window = Debounce::open(&signal(Cause::SourceChange, None), start, QUIET, MAX);
+        assert_eq!(window.deadline(), after(start, 500));
+        window.observe(&signal(Cause::SourceChange, None), after(start, 400));
+        assert_eq!(window.deadline(), after(start, 500));
+        // Redis news in the window waits the full quiet window.
+        window.observe(&signal(Cause::Restart, None), after(start, 450));
+        assert_eq!(window.deadline(), after(start, 2450));
+        // A change of the rows within a Redis window does not push it back.
+        let mut window = Debounce::open(&signal(Cause::Restart, None), start, QUIET, MAX);
+        window.observe(&signal(Cause::SourceChange, None), after(start, 1900));
+        assert_eq!(window.deadline(), after(start, 2000));
+        // A configured quiet window shorter than the source change's is kept.
+        let short = Duration::from_millis(200);
+        let window = Debounce::open(&signal(Cause::SourceChange, None), start, short, MAX);
+        assert_eq!(window.deadline(), after(start, 200));
     }
 
     #[test]

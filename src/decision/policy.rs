@@ -33,7 +33,9 @@ impl From<&Config> for Timing {
 }
 
 /// The cause that names a cycle started by `causes`: the most telling one,
-/// a loss before a reconnect before a routine check.
+/// a loss before a reconnect before a change of the rows before a routine
+/// check. A loss in Redis names a cycle that also saw the rows change: the
+/// recovery is mostly its doing.
 pub(crate) fn naming_cause(causes: &BTreeSet<Cause>) -> Cause {
     causes
         .iter()
@@ -49,9 +51,10 @@ fn precedence(cause: Cause) -> u8 {
         Cause::Failover => 2,
         Cause::Keyspace => 3,
         Cause::Reconnect => 4,
-        Cause::Startup => 5,
-        Cause::Drift => 6,
-        Cause::Manual => 7,
+        Cause::SourceChange => 5,
+        Cause::Startup => 6,
+        Cause::Drift => 7,
+        Cause::Manual => 8,
     }
 }
 
@@ -80,7 +83,8 @@ pub(crate) struct Judging {
     pub(crate) prune: bool,
 }
 
-/// Judges a comparison.
+/// Judges a comparison. A change of the rows is a signal of its own, not a
+/// periodic check, and acts in its first cycle.
 pub(crate) fn verdict(plan: &Plan, judging: Judging) -> Verdict {
     let Judging {
         only_periodic,
@@ -185,6 +189,10 @@ mod tests {
         let causes = BTreeSet::from([Cause::Manual, Cause::Restart]);
         assert_eq!(naming_cause(&causes), Cause::Restart);
         assert_eq!(naming_cause(&BTreeSet::new()), Cause::Drift);
+        let causes = BTreeSet::from([Cause::Drift, Cause::SourceChange]);
+        assert_eq!(naming_cause(&causes), Cause::SourceChange);
+        let causes = BTreeSet::from([Cause::SourceChange, Cause::Keyspace]);
+        assert_eq!(naming_cause(&causes), Cause::Keyspace);
     }
 
     #[test]

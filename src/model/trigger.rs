@@ -14,6 +14,10 @@ pub(crate) enum Cause {
     Keyspace,
     /// The connection to Redis came back; notifications may have been missed.
     Reconnect,
+    /// The source database's rows changed (a notification, the change
+    /// probe's answer, SQLite's data version), or the watch on them came
+    /// back after a lost connection.
+    SourceChange,
     /// The watcher started.
     Startup,
     /// The periodic full comparison of rows and Redis.
@@ -23,12 +27,13 @@ pub(crate) enum Cause {
 }
 
 impl Cause {
-    pub(crate) const ALL: [Cause; 8] = [
+    pub(crate) const ALL: [Cause; 9] = [
         Cause::Restart,
         Cause::Flush,
         Cause::Failover,
         Cause::Keyspace,
         Cause::Reconnect,
+        Cause::SourceChange,
         Cause::Startup,
         Cause::Drift,
         Cause::Manual,
@@ -47,6 +52,7 @@ impl Cause {
             Cause::Failover => "failover",
             Cause::Keyspace => "keyspace",
             Cause::Reconnect => "reconnect",
+            Cause::SourceChange => "source_change",
             Cause::Startup => "startup",
             Cause::Drift => "drift",
             Cause::Manual => "manual",

@@ -39,6 +39,10 @@ const LOSS_EVENTS: [&str; 8] = [
 /// counts as a trigger.
 const DETECTION_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How long the check of a scheduler whose hash was deleted may take; it
+/// holds up the next notification meanwhile.
+const SCHEDULER_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// How long the probe key's notifications may take. They are published while
 /// the write runs, so they arrive within milliseconds when they arrive at all.
 const PROBE_WAIT: Duration = Duration::from_secs(2);
@@ -304,7 +308,7 @@ impl KeyspaceWatcher {
                 probe = None;
             }
             if let Some(key) = message.get_channel_name().strip_prefix(&channel_prefix) {
-                self.on_event(key, &event, &mut last_logged);
+                self.on_event(key, &event, &mut last_logged).await;
             }
         }
     }
@@ -466,9 +470,11 @@ impl KeyspaceWatcher {
 
     /// Turns a notification on `<prefix>:<key>` into a trigger when it may
     /// mean a watched queue lost schedulers.
-    fn on_event(&self, key: &str, event: &str, last_logged: &mut HashMap<String, Instant>) {
-        let Some(queue) = loss_on_scheduler_key(key, event) else {
-            return;
+    async fn on_event(&self, key: &str, event: &str, last_logged: &mut HashMap<String, Instant>) {
+        let (queue, broken) = match classify(key, event) {
+            KeyEvent::Ignore => return,
+            KeyEvent::Loss(queue) => (queue, None),
+            KeyEvent::SchedulerHash { queue, id } => (queue, Some(id)),
         };
         let watched = self
             .ctx
@@ -479,23 +485,62 @@ impl KeyspaceWatcher {
         if !watched {
             return;
         }
+        let mut detail = format!("{event} on {}:{key}", self.prefix);
+        if let Some(id) = broken {
+            match self.check_scheduler(queue, id).await {
+                Some(why) => detail = format!("{detail}: {why}"),
+                None => return,
+            }
+        }
         let now = Instant::now();
         let log = last_logged
             .get(queue)
             .is_none_or(|at| now.duration_since(*at) >= DETECTION_LOG_INTERVAL);
         if log {
             last_logged.insert(queue.to_owned(), now);
-            self.ctx.signals.raise_now(
-                Cause::Keyspace,
-                Some(queue),
-                format!("{event} on {}:{key}", self.prefix),
-            );
+            self.ctx
+                .signals
+                .raise_now(Cause::Keyspace, Some(queue), detail);
         } else {
             self.ctx.signals.nudge(Trigger {
                 cause: Cause::Keyspace,
                 since_ms: now_ms(),
                 queue: Some(queue.to_owned()),
             });
+        }
+    }
+
+    /// Whether the scheduler `id` of `queue` is broken after an event on its
+    /// hash, and how: the hash gone while the id is still in the repeat set,
+    /// or the reverse. `None` when both agree (BullMQ rewrote the hash, or
+    /// removed the scheduler whole).
+    ///
+    /// One pipelined round trip, sent after the notification arrived. Redis
+    /// runs a script or a MULTI block whole before any other client's
+    /// command, and publishes its notifications as it runs, so this read
+    /// comes after the script that deleted the hash has finished — an
+    /// upsert's delete-and-rewrite reads as the rewritten hash. A read that
+    /// fails counts as broken: the comparison then decides.
+    async fn check_scheduler(&self, queue: &str, id: &str) -> Option<String> {
+        let store = self.ctx.store.get();
+        let mut conn = store.raw();
+        let mut pipe = redis::pipe();
+        pipe.cmd("EXISTS")
+            .arg(format!("{}:{queue}:repeat:{id}", self.prefix))
+            .cmd("ZSCORE")
+            .arg(format!("{}:{queue}:repeat", self.prefix))
+            .arg(id);
+        let read = pipe.query_async::<(bool, Option<f64>)>(&mut conn);
+        match tokio::time::timeout(SCHEDULER_CHECK_TIMEOUT, read).await {
+            Ok(Ok((true, None))) => Some("the hash is back but the id left the repeat set".into()),
+            Ok(Ok((false, Some(_)))) => {
+                Some("the hash is gone but the id is still in the repeat set".into())
+            }
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(format!("cannot check the scheduler ({})", store.error(e))),
+            Err(_) => Some(format!(
+                "cannot check the scheduler (no answer within {SCHEDULER_CHECK_TIMEOUT:?})"
+            )),
         }
     }
 
@@ -568,31 +613,60 @@ fn missing_flags(flags: &str) -> String {
         .collect()
 }
 
-/// The queue whose schedulers an event may have removed, for events on
-/// `<queue>:repeat` or `<queue>:repeat:<scheduler id>`. Job hashes
-/// (`repeat:<id>:<millis>`) come and go with every run, so only their
-/// eviction counts: it is never routine, and a next job evicted from under
-/// its scheduler leaves a scheduler that never fires again.
-fn loss_on_scheduler_key<'k>(key: &'k str, event: &str) -> Option<&'k str> {
+/// What an event on a key under `<queue>:repeat` calls for.
+#[derive(Debug, PartialEq, Eq)]
+enum KeyEvent<'k> {
+    /// No possible loss.
+    Ignore,
+    /// A possible loss in `queue`: look at once.
+    Loss(&'k str),
+    /// The scheduler hash `<queue>:repeat:<id>` was deleted, expired or
+    /// evicted: a loss only if the scheduler is now broken.
+    SchedulerHash { queue: &'k str, id: &'k str },
+}
+
+/// Sorts an event on `<queue>:repeat…` (the key without the prefix).
+///
+/// - `<queue>:repeat`, the set of scheduler ids: every removal is a loss.
+/// - `<queue>:repeat:<id>:<13 digits>`, a scheduler's job (its id is
+///   `repeat:<id>:<millis>`): these come and go with every run, so only
+///   their eviction counts — it is never routine, and a next job evicted
+///   from under its scheduler leaves a scheduler that never fires again.
+/// - `<queue>:repeat:<id>:<13 digits>:<word>`, a job's lock, logs or
+///   dependencies: never a loss (a lock expires whenever a worker stops).
+/// - anything else, `<queue>:repeat:<id>`, is the scheduler hash; the id may
+///   itself contain `:` (`inspection:1`). BullMQ's own upsert deletes and
+///   rewrites it in one script, so its `del` is no loss in itself: the
+///   scheduler is checked first (`check_scheduler`). A scheduler id that
+///   itself ends in `:<13 digits>` reads as a job; its hash's loss is
+///   found by the drift check.
+fn classify<'k>(key: &'k str, event: &str) -> KeyEvent<'k> {
     if !LOSS_EVENTS.contains(&event) {
-        return None;
+        return KeyEvent::Ignore;
     }
-    let (queue, rest) = key.split_once(':')?;
-    match rest {
-        "repeat" => Some(queue),
-        _ => {
-            let scheduler = rest.strip_prefix("repeat:")?;
-            let is_job_hash = scheduler.rsplit_once(':').is_some_and(|(_, tail)| {
-                tail.len() >= 12 && tail.bytes().all(|b| b.is_ascii_digit())
-            });
-            // BullMQ's own upsert deletes and rewrites the hash, so a `del`
-            // here is routine; a removed scheduler also leaves the `repeat` set.
-            let lost = match is_job_hash {
-                true => event == "evicted",
-                false => matches!(event, "expired" | "evicted"),
-            };
-            lost.then_some(queue)
+    let Some((queue, rest)) = key.split_once(':') else {
+        return KeyEvent::Ignore;
+    };
+    if rest == "repeat" {
+        return KeyEvent::Loss(queue);
+    }
+    let Some(id) = rest.strip_prefix("repeat:") else {
+        return KeyEvent::Ignore;
+    };
+    let millis = |part: &str| part.len() == 13 && part.bytes().all(|b| b.is_ascii_digit());
+    let mut parts = id.rsplit(':');
+    let (last, before) = (parts.next().unwrap_or_default(), parts.next());
+    let is_job = before.is_some() && millis(last);
+    let is_job_part = before.is_some_and(millis)
+        && parts.next().is_some()
+        && last.bytes().all(|b| b.is_ascii_alphabetic());
+    match (is_job, is_job_part) {
+        (true, _) if event == "evicted" => KeyEvent::Loss(queue),
+        (true, _) | (_, true) => KeyEvent::Ignore,
+        _ if matches!(event, "del" | "expired" | "evicted") => {
+            KeyEvent::SchedulerHash { queue, id }
         }
+        _ => KeyEvent::Ignore,
     }
 }
 
@@ -609,30 +683,45 @@ mod tests {
 
     #[test]
     fn only_losses_on_scheduler_keys_count() {
-        assert_eq!(loss_on_scheduler_key("mail:repeat", "del"), Some("mail"));
-        assert_eq!(loss_on_scheduler_key("mail:repeat", "zrem"), Some("mail"));
-        assert_eq!(loss_on_scheduler_key("mail:repeat", "zadd"), None);
-        assert_eq!(
-            loss_on_scheduler_key("mail:repeat:inspection:1", "evicted"),
-            Some("mail")
-        );
-        assert_eq!(
-            loss_on_scheduler_key("mail:repeat:inspection:1", "del"),
-            None
-        );
-        assert_eq!(
-            loss_on_scheduler_key("mail:repeat:inspection:1", "hset"),
-            None
-        );
-        assert_eq!(
-            loss_on_scheduler_key("mail:repeat:inspection:1:1790000000000", "del"),
-            None
-        );
-        assert_eq!(
-            loss_on_scheduler_key("mail:repeat:inspection:1:1790000000000", "evicted"),
-            Some("mail")
-        );
-        assert_eq!(loss_on_scheduler_key("mail:delayed", "del"), None);
-        assert_eq!(loss_on_scheduler_key("mail:wait", "del"), None);
+        use KeyEvent::*;
+        assert_eq!(classify("mail:repeat", "del"), Loss("mail"));
+        assert_eq!(classify("mail:repeat", "zrem"), Loss("mail"));
+        assert_eq!(classify("mail:repeat", "zadd"), Ignore);
+        assert_eq!(classify("mail:delayed", "del"), Ignore);
+        assert_eq!(classify("mail:wait", "del"), Ignore);
+        assert_eq!(classify("mail:repeat:inspection:1", "hset"), Ignore);
+    }
+
+    #[test]
+    fn the_scheduler_hash_is_checked_and_its_jobs_and_locks_are_not_losses() {
+        use KeyEvent::*;
+        let hash = SchedulerHash {
+            queue: "mail",
+            id: "inspection:1",
+        };
+        for event in ["del", "expired", "evicted"] {
+            assert_eq!(classify("mail:repeat:inspection:1", event), hash);
+        }
+        let plain = SchedulerHash {
+            queue: "mail",
+            id: "nightly",
+        };
+        assert_eq!(classify("mail:repeat:nightly", "del"), plain);
+        let job = "mail:repeat:inspection:1:1796169635000";
+        assert_eq!(classify(job, "del"), Ignore);
+        assert_eq!(classify(job, "expired"), Ignore);
+        assert_eq!(classify(job, "evicted"), Loss("mail"));
+        for part in ["lock", "logs", "dependencies"] {
+            let key = format!("{job}:{part}");
+            for event in ["del", "expired", "evicted"] {
+                assert_eq!(classify(&key, event), Ignore, "{key} {event}");
+            }
+        }
+        // A scheduler id with a short number is no job.
+        let numbered = SchedulerHash {
+            queue: "mail",
+            id: "invoice:2024",
+        };
+        assert_eq!(classify("mail:repeat:invoice:2024", "del"), numbered);
     }
 }

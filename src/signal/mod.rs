@@ -1,6 +1,6 @@
 //! Signals: the ways the watcher notices that Redis may have lost schedulers —
 //! keyspace notifications, the INFO/count poll, Sentinel failovers, config
-//! reloads and the periodic check. Each raises a [`Trigger`] through
+//! reloads and the periodic check — or that the rows changed (`source_change`). Each raises a [`Trigger`] through
 //! [`Signals`], the one place a detection is logged, counted and handed to
 //! the decision loop.
 //!
@@ -12,6 +12,7 @@ pub(crate) mod keyspace;
 pub(crate) mod poll;
 pub(crate) mod reload;
 pub(crate) mod sentinel;
+pub(crate) mod source_change;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

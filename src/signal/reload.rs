@@ -59,6 +59,9 @@ macro_rules! restart_keys {
         $each!(source, snapshot_file);
         $each!(source, url);
         $each!(source, sqlite_seed);
+        $each!(source, notify_channel);
+        $each!(source, change_query);
+        $each!(source, change_interval);
         $each!(recovery, strategy);
         $each!(recovery, webhook_url);
         $each!(recovery, webhook_headers);

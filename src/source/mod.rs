@@ -6,6 +6,8 @@
 //! sqlx's `Any` driver, which fails a whole query on a column type it does not
 //! map (SQLite BOOLEAN, PostgreSQL jsonb or timestamptz, …).
 
+pub(crate) mod change;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -370,7 +372,7 @@ fn quiet<O: ConnectOptions>(options: O) -> O {
 /// Each column as the value the database returned. The column types a task
 /// table plausibly uses are tried, most specific first; dates become RFC 3339
 /// text and JSON columns their JSON text.
-fn decode_row<DB: Database>(row: &DB::Row) -> SourceRow
+pub(super) fn decode_row<DB: Database>(row: &DB::Row) -> SourceRow
 where
     usize: sqlx::ColumnIndex<DB::Row>,
     for<'r> i64: Decode<'r, DB> + Type<DB>,
@@ -490,7 +492,7 @@ fn missing_columns(found: &[String]) -> Option<String> {
     (!missing.is_empty()).then(|| missing.join(" and "))
 }
 
-fn one_line(error: &impl std::fmt::Display) -> String {
+pub(super) fn one_line(error: &impl std::fmt::Display) -> String {
     crate::text::collapse_whitespace(&error.to_string())
 }
 

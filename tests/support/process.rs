@@ -91,6 +91,19 @@ pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
     check()
 }
 
+/// How long `check` took to hold, polled every 10 ms; `None` when it did
+/// not within `timeout`. For latencies a test measures and prints.
+pub fn time_until(timeout: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < timeout {
+        if check() {
+            return Some(started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
 /// Runs the future that `make` returns to completion, on a runtime and a
 /// thread of its own: callable from plain tests and from inside a runtime.
 pub fn block_on<F>(make: impl FnOnce() -> F + Send + 'static) -> F::Output

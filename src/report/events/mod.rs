@@ -31,4 +31,6 @@ pub(crate) use redis::{
     RedisLoading, RedisMemory, RedisUp,
 };
 pub(crate) use signal::{Detected, FlushNoticed, KeyspaceNotifications, KeyspacePaused};
-pub(crate) use source::{RowInvalid, SnapshotFailed, SnapshotKept, SourceDown, SourceRead};
+pub(crate) use source::{
+    RowInvalid, SnapshotFailed, SnapshotKept, SourceDown, SourceRead, SourceWatch,
+};

@@ -14,9 +14,16 @@ pub(crate) struct Detected<'a> {
 impl InternalEvent for Detected<'_> {
     fn emit(self, observer: &Observer) {
         let cause = self.cause.as_str();
-        // Every start compares; that alone is no sign of a loss.
-        if self.cause == Cause::Startup {
-            tracing::info!(event = "detected", cause, "{}", self.detail);
+        // Every start compares, and rows change as the application edits
+        // them; neither is a sign of a loss.
+        if matches!(self.cause, Cause::Startup | Cause::SourceChange) {
+            tracing::info!(
+                event = "detected",
+                cause,
+                queue = self.queue.unwrap_or(""),
+                "{}",
+                self.detail
+            );
         } else {
             tracing::warn!(
                 event = "detected",

@@ -3,7 +3,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::{InternalEvent, Observer};
+use super::{InternalEvent, LogEvent, Observer};
 use crate::desired::snapshot::SnapshotError;
 use crate::report::metrics::source::OperationLabels;
 
@@ -104,5 +104,26 @@ impl InternalEvent for SnapshotFailed<'_> {
             .snapshot_errors
             .get_or_create(&OperationLabels { operation })
             .inc();
+    }
+}
+
+/// The watch on the rows (SQLite's data version, the change probe, or
+/// PostgreSQL's LISTEN) started or came back (`active`), or was lost. Emitted
+/// when that changes, not on every failed attempt.
+pub(crate) struct SourceWatch<'a> {
+    /// `data_version`, `change_query` or `notify_channel`.
+    pub(crate) how: &'a str,
+    pub(crate) active: bool,
+    pub(crate) detail: String,
+}
+
+impl LogEvent for SourceWatch<'_> {
+    fn log(self) {
+        let (how, active) = (self.how, self.active);
+        if active {
+            tracing::info!(event = "source_watch", how, active, "{}", self.detail);
+        } else {
+            tracing::warn!(event = "source_watch", how, active, "{}", self.detail);
+        }
     }
 }
