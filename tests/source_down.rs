@@ -152,6 +152,34 @@ fn setup(redis: &RedisServer, source_url: &str, listen: &str, extra: &str) -> Se
     )
 }
 
+/// PostgreSQL with the task table, reached through a proxy the test can cut,
+/// and a watcher's config over it serving HTTP on `base`.
+struct Fixture {
+    db: Database,
+    redis: RedisServer,
+    proxy: Proxy,
+    base: String,
+    setup: Setup,
+}
+
+impl Fixture {
+    fn new(extra: &str) -> Self {
+        let db = Database::postgres();
+        tasks_table(&db);
+        let redis = RedisServer::start();
+        let proxy = Proxy::start("127.0.0.1:5432".parse().expect("addr"));
+        let listen = free_local_addr();
+        let setup = setup(&redis, &proxy.url_for(&db), &listen, extra);
+        Self {
+            db,
+            redis,
+            proxy,
+            base: format!("http://{listen}"),
+            setup,
+        }
+    }
+}
+
 fn metric(base: &str, name: &str) -> Option<f64> {
     let (_, page) = http("GET", &format!("{base}/metrics"), &[]);
     page.lines()
@@ -171,13 +199,13 @@ fn until_schedulers(redis: &RedisServer, n: u64, timeout: Duration) -> Option<Du
 
 #[test]
 fn a_loss_while_postgres_is_down_is_restored_from_the_snapshot_and_reconciled_after() {
-    let db = Database::postgres();
-    tasks_table(&db);
-    let redis = RedisServer::start();
-    let proxy = Proxy::start("127.0.0.1:5432".parse().expect("addr"));
-    let listen = free_local_addr();
-    let base = format!("http://{listen}");
-    let setup = setup(&redis, &proxy.url_for(&db), &listen, "");
+    let Fixture {
+        db,
+        redis,
+        proxy,
+        base,
+        setup,
+    } = Fixture::new("");
     let watcher = Watcher::start(&setup);
     wait_until_ready(&base, &watcher, 20 * SECOND);
     assert_eq!(redis.zcard(QUEUE_SET), 3);
@@ -235,13 +263,13 @@ fn a_loss_while_postgres_is_down_is_restored_from_the_snapshot_and_reconciled_af
 
 #[test]
 fn a_warden_restarted_while_the_source_is_down_restores_from_the_persisted_snapshot() {
-    let db = Database::postgres();
-    tasks_table(&db);
-    let redis = RedisServer::start();
-    let proxy = Proxy::start("127.0.0.1:5432".parse().expect("addr"));
-    let listen = free_local_addr();
-    let base = format!("http://{listen}");
-    let setup = setup(&redis, &proxy.url_for(&db), &listen, "");
+    let Fixture {
+        db: _db,
+        redis,
+        proxy,
+        base,
+        setup,
+    } = Fixture::new("");
     let mut first = Watcher::start(&setup);
     wait_until_ready(&base, &first, 20 * SECOND);
     let snapshot_file = setup.dir.path().join("snapshot.json");
@@ -293,19 +321,14 @@ fn a_corrupt_snapshot_file_is_reported_and_ignored() {
 
 #[test]
 fn a_hanging_source_fails_within_connect_timeout_and_holds_no_lease() {
-    let db = Database::postgres();
-    tasks_table(&db);
-    let redis = RedisServer::start();
-    let proxy = Proxy::start("127.0.0.1:5432".parse().expect("addr"));
-    let listen = free_local_addr();
-    let base = format!("http://{listen}");
     // No snapshot: every attempt must read the source, and fails.
-    let setup = setup(
-        &redis,
-        &proxy.url_for(&db),
-        &listen,
-        "snapshot_max_age = \"0s\"\n",
-    );
+    let Fixture {
+        db: _db,
+        redis,
+        proxy,
+        base,
+        setup,
+    } = Fixture::new("snapshot_max_age = \"0s\"\n");
     let watcher = Watcher::start(&setup);
     wait_until_ready(&base, &watcher, 20 * SECOND);
     proxy.blackhole.store(true, SeqCst);
@@ -354,8 +377,9 @@ fn readyz_is_not_synced_while_drift_waits_to_be_repaired() {
     let redis = RedisServer::start();
     let listen = free_local_addr();
     let base = format!("http://{listen}");
-    // The row change is seen by the periodic check, then confirmed after a
-    // long debounce window: the time /readyz must say so.
+    // A scheduler changed in Redis behind the rows' back is seen by the
+    // periodic check, then confirmed after a long debounce window: the time
+    // /readyz must say so. (A change of the rows would be acted on at once.)
     let setup = Setup::sqlite(
         &redis,
         &format!(
@@ -367,7 +391,8 @@ fn readyz_is_not_synced_while_drift_waits_to_be_repaired() {
     let watcher = Watcher::start(&setup);
     wait_until_ready(&base, &watcher, 20 * SECOND);
     assert_eq!(readyz(&base)["synced"], true);
-    setup.sql("UPDATE inspection_tasks SET cron = '7 7 * * *' WHERE id = 1;");
+    let hash = "bull:inspection:repeat:inspection:1";
+    redis.redis(&["HSET", hash, "pattern", "7 7 * * *"]);
     assert!(
         wait_until(5 * SECOND, || readyz(&base)["synced"] == false),
         "{}",
@@ -380,10 +405,8 @@ fn readyz_is_not_synced_while_drift_waits_to_be_repaired() {
         "{}",
         watcher.log()
     );
-    assert_eq!(
-        redis.redis(&["HGET", "bull:inspection:repeat:inspection:1", "pattern"]),
-        "7 7 * * *"
-    );
+    // Row 1's pattern, as `sqlite_rows` writes it.
+    assert_eq!(redis.redis(&["HGET", hash, "pattern"]), "1 3 * * *");
 }
 
 #[test]
