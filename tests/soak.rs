@@ -377,16 +377,22 @@ impl Disturbance {
     /// The trigger its one recovery must name: what the watcher's signals
     /// can tell. A flush sends no keyspace event, a restart empties Redis
     /// under a new run id, a deleted set is a keyspace `del` (or, when the
-    /// poll sees the set at zero first, a flush), and neither a scheduler
-    /// hash's `del` (BullMQ deletes and rewrites it on every update) nor a
-    /// row edit signals anything: the drift check finds them.
+    /// poll sees the set at zero first, a flush), a scheduler hash's `del`
+    /// is checked at once (`keyspace`), and a row edit is noticed by
+    /// SQLite's `data_version` (`source_change`); for those two the periodic
+    /// drift check may be first.
     fn triggers(self) -> &'static [&'static str] {
         match self {
             Disturbance::Startup => &["startup"],
             Disturbance::Loss(Loss::Flush) => &["flush"],
             Disturbance::Loss(Loss::Restart) => &["restart"],
             Disturbance::Loss(Loss::SetDeleted) => &["keyspace", "flush"],
-            Disturbance::Loss(Loss::HashDeleted) | Disturbance::Edit(_) => &["drift"],
+            // The hash's deletion is checked at once; the periodic check
+            // may still be first.
+            Disturbance::Loss(Loss::HashDeleted) => &["keyspace", "drift"],
+            // SQLite's data_version notices the edit; the periodic check
+            // may still be first.
+            Disturbance::Edit(_) => &["source_change", "drift"],
         }
     }
 }
