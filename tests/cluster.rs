@@ -183,10 +183,14 @@ fn a_primary_that_restarts_empty_is_subscribed_again_within_seconds() {
     );
     let ok_at = std::time::Instant::now();
     // While the cluster was down the subscription was retried on a backoff,
-    // not re-established over no server and counted as a reconnect each time.
+    // not re-established over no server and counted as a reconnect each time
+    // (that spin made about ten a second). A few are real: each time the
+    // converging cluster changes its list of primaries the subscription is
+    // made again, and the poll's own connection comes back once; on a loaded
+    // machine the cluster takes longer to settle and changes it more often.
     let during_outage = reconnects(&watcher) - reconnects_before;
     assert!(
-        during_outage <= 3,
+        during_outage <= 6,
         "{during_outage} reconnects while the primary was down: {}",
         watcher.log()
     );
