@@ -455,6 +455,9 @@ fn fire_once_enqueues_exactly_one_catchup_job_per_missed_cron_scheduler() {
     );
     let watcher = Watcher::start(&setup);
     assert!(watcher.wait_for("recovery_finished", 1, 10 * SECOND));
+    // A run that fell due while the start-up recovery wrote was missed too
+    // and may have its catch-up already; the outage's are counted apart.
+    let fired_at_start = watcher.events("catchup_fired").len();
     redis.stop();
     std::thread::sleep(3 * SECOND);
     redis.start_again();
@@ -465,7 +468,7 @@ fn fire_once_enqueues_exactly_one_catchup_job_per_missed_cron_scheduler() {
     );
     std::thread::sleep(SECOND);
     let fired = watcher.events("catchup_fired");
-    let mut ids: Vec<&str> = fired
+    let mut ids: Vec<&str> = fired[fired_at_start..]
         .iter()
         .map(|e| e["scheduler_id"].as_str().unwrap())
         .collect();
