@@ -19,24 +19,11 @@ mod watcher;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use support::{run_sql, Database, RedisServer};
+use support::{run_sql, Database, RedisServer, NOTIFY_TRIGGER_SQL};
 use watcher::{start_watcher, EventLog};
 
 /// The p99 target from a committed edit to Redis.
 const TARGET: Duration = Duration::from_secs(3);
-
-/// The README's trigger for `[source] notify_channel`.
-const NOTIFY_TRIGGER_SQL: &str = "
-CREATE OR REPLACE FUNCTION bullmq_warden_notify() RETURNS trigger AS $$
-BEGIN
-  PERFORM pg_notify(TG_ARGV[0], TG_TABLE_NAME);
-  RETURN NULL;
-END;
-$$ LANGUAGE plpgsql;
-CREATE TRIGGER inspection_tasks_changed
-  AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON inspection_tasks
-  FOR EACH STATEMENT EXECUTE FUNCTION bullmq_warden_notify('inspection_tasks_changed');
-";
 
 fn main() {
     let measured = std::env::args().any(|arg| arg == "--bench");

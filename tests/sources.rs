@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use support::{
     run_sql, time_until, wait_until, Database, RedisServer, Setup, Watcher, FAST_RECOVERY,
-    FAST_WATCH,
+    FAST_WATCH, NOTIFY_TRIGGER_SQL,
 };
 
 fn setup_for(redis: &RedisServer, db: &Database, extra: &str) -> Setup {
@@ -121,20 +121,6 @@ fn sqlite_source_is_opened_read_only() {
         run.stderr
     );
 }
-
-/// The trigger the README documents for `[source] notify_channel`.
-const NOTIFY_TRIGGER_SQL: &str = "
-CREATE OR REPLACE FUNCTION bullmq_warden_notify() RETURNS trigger AS $$
-BEGIN
-  PERFORM pg_notify(TG_ARGV[0], TG_TABLE_NAME);
-  RETURN NULL;
-END;
-$$ LANGUAGE plpgsql;
-
-CREATE TRIGGER inspection_tasks_changed
-  AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON inspection_tasks
-  FOR EACH STATEMENT EXECUTE FUNCTION bullmq_warden_notify('inspection_tasks_changed');
-";
 
 /// A drift check too far off to explain anything a test sees.
 const NO_DRIFT_CHECK: (&str, &str) = ("BULLMQ_WARDEN__WATCH__DRIFT_INTERVAL", "10m");

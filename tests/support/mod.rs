@@ -33,7 +33,7 @@ pub use self::promql::{
     promql_skip_enclosed, promql_skip_string, PROMQL_LABEL_LIST_KEYWORDS, PROMQL_NON_METRIC_WORDS,
 };
 pub use self::redis_server::{redis_cli, RedisServer};
-pub use self::source::{run_sql, sqlite_rows, Database, TASKS_TABLE_SQLITE};
+pub use self::source::{run_sql, sqlite_rows, Database, NOTIFY_TRIGGER_SQL, TASKS_TABLE_SQLITE};
 pub use self::tools::{assert_success, missing_tool, repo_path, run_tool, text_of};
 pub use self::topology::{ClusterGroup, SentinelGroup};
 pub use self::warden::{

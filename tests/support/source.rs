@@ -10,6 +10,21 @@ pub const TASKS_TABLE_SQLITE: &str = "CREATE TABLE inspection_tasks (
     id INTEGER PRIMARY KEY, name TEXT, cron TEXT, every_ms INTEGER, tz TEXT,
     payload TEXT, opts TEXT, queue TEXT, enabled BOOLEAN NOT NULL DEFAULT 1);";
 
+/// The PostgreSQL trigger the README documents for `[source] notify_channel`,
+/// on the default table and channel `inspection_tasks_changed`.
+pub const NOTIFY_TRIGGER_SQL: &str = "
+CREATE OR REPLACE FUNCTION bullmq_warden_notify() RETURNS trigger AS $$
+BEGIN
+  PERFORM pg_notify(TG_ARGV[0], TG_TABLE_NAME);
+  RETURN NULL;
+END;
+$$ LANGUAGE plpgsql;
+
+CREATE TRIGGER inspection_tasks_changed
+  AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON inspection_tasks
+  FOR EACH STATEMENT EXECUTE FUNCTION bullmq_warden_notify('inspection_tasks_changed');
+";
+
 /// Executes SQL statements on any supported database URL.
 pub fn run_sql(url: &str, sql: &str) {
     let url = url.to_owned();
