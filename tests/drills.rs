@@ -7,212 +7,20 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::{http, wait_until, ChildGuard, Database, RedisServer, Setup, Watcher};
+use support::{http, wait_until, ChildGuard, Database, Proxy, RedisServer, Setup, Watcher};
 
 const SECOND: Duration = Duration::from_secs(1);
 const LEASE_KEY: &str = "bull:bullmq-warden:recovery-lease";
 
 // ---------------------------------------------------------------------------
 // Tools of the drills
-
-/// A TCP proxy on loopback between the warden and a server. The test can make
-/// it stop forwarding without closing anything (a network partition: bytes
-/// wait in the kernel's buffers, no side sees an error), or close a
-/// PostgreSQL connection at the first message boundary past a number of
-/// bytes from the server (a read cut short without an error message).
-struct Proxy {
-    addr: SocketAddr,
-    shared: Arc<ProxyShared>,
-}
-
-#[derive(Default)]
-struct ProxyShared {
-    blackholed: AtomicBool,
-    stopped: AtomicBool,
-    accepted: AtomicUsize,
-    /// Connections whose two directions have not both ended.
-    open: AtomicUsize,
-    /// Server-to-client bytes after which a connection is closed; 0: never.
-    cut_after: AtomicUsize,
-    /// Milliseconds each direction holds what it read before passing it on:
-    /// a slow network, twice this per round trip.
-    delay_ms: AtomicUsize,
-    cut: AtomicUsize,
-}
-
-impl Proxy {
-    fn start(upstream: SocketAddr) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("proxy listens");
-        let addr = listener.local_addr().expect("proxy address");
-        let shared = Arc::new(ProxyShared::default());
-        let accepting = shared.clone();
-        thread::spawn(move || {
-            for client in listener.incoming() {
-                if accepting.stopped.load(SeqCst) {
-                    return;
-                }
-                let Ok(client) = client else { continue };
-                accepting.accepted.fetch_add(1, SeqCst);
-                let Ok(server) = TcpStream::connect(upstream) else {
-                    continue;
-                };
-                accepting.open.fetch_add(1, SeqCst);
-                let ended = Arc::new(AtomicUsize::new(0));
-                for (from, to, from_server) in [
-                    (client.try_clone(), server.try_clone(), false),
-                    (Ok(server), Ok(client), true),
-                ] {
-                    let (Ok(from), Ok(to)) = (from, to) else {
-                        continue;
-                    };
-                    let shared = accepting.clone();
-                    let ended = ended.clone();
-                    thread::spawn(move || {
-                        pump(from, to, from_server, &shared);
-                        if ended.fetch_add(1, SeqCst) == 1 {
-                            shared.open.fetch_sub(1, SeqCst);
-                        }
-                    });
-                }
-            }
-        });
-        Self { addr, shared }
-    }
-
-    fn blackhole(&self, on: bool) {
-        self.shared.blackholed.store(on, SeqCst);
-    }
-
-    fn delay_each_way(&self, delay: Duration) {
-        let millis = usize::try_from(delay.as_millis()).unwrap_or(usize::MAX);
-        self.shared.delay_ms.store(millis, SeqCst);
-    }
-
-    fn accepted(&self) -> usize {
-        self.shared.accepted.load(SeqCst)
-    }
-
-    fn open(&self) -> usize {
-        self.shared.open.load(SeqCst)
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.shared.stopped.store(true, SeqCst);
-        // Wakes the accepting thread so that it sees the flag.
-        let _ = TcpStream::connect(self.addr);
-    }
-}
-
-/// Copies one direction until either side closes, the proxy stops, or the
-/// byte budget of a server-to-client direction is spent.
-fn pump(mut from: TcpStream, mut to: TcpStream, from_server: bool, shared: &ProxyShared) {
-    let _ = from.set_read_timeout(Some(Duration::from_millis(50)));
-    let mut buffer = [0u8; 16 * 1024];
-    let mut carried = 0usize;
-    let mut framing = Framing::default();
-    while !shared.stopped.load(SeqCst) {
-        if shared.blackholed.load(SeqCst) {
-            thread::sleep(Duration::from_millis(20));
-            continue;
-        }
-        let n = match from.read(&mut buffer) {
-            Ok(0) => break,
-            // Bytes read as the partition began wait for it to end.
-            Ok(n) => {
-                while shared.blackholed.load(SeqCst) && !shared.stopped.load(SeqCst) {
-                    thread::sleep(Duration::from_millis(20));
-                }
-                n
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                continue
-            }
-            Err(_) => break,
-        };
-        // Whatever arrived meanwhile is read next time and held once: the
-        // delay is per trip, not per command, as on a slow link.
-        let delay = shared.delay_ms.load(SeqCst);
-        if delay > 0 {
-            thread::sleep(Duration::from_millis(delay as u64));
-        }
-        let budget = shared.cut_after.load(SeqCst);
-        let ends = match from_server {
-            true => framing.message_ends(&buffer[..n]),
-            false => Vec::new(),
-        };
-        // The first message end past the budget: the client gets whole
-        // messages only, as if the server had nothing more to say.
-        let cut_at = ends.into_iter().find(|end| carried + end > budget);
-        if let (true, Some(end)) = (budget > 0, cut_at) {
-            let _ = to.write_all(&buffer[..end]);
-            shared.cut.fetch_add(1, SeqCst);
-            let _ = to.shutdown(Shutdown::Both);
-            let _ = from.shutdown(Shutdown::Both);
-            return;
-        }
-        if to.write_all(&buffer[..n]).is_err() {
-            break;
-        }
-        carried += n;
-    }
-    let _ = to.shutdown(Shutdown::Write);
-}
-
-/// Where PostgreSQL's server messages end in a byte stream: each is a type
-/// byte and a 4-byte big-endian length that counts itself.
-#[derive(Default)]
-struct Framing {
-    header: Vec<u8>,
-    left: usize,
-}
-
-impl Framing {
-    /// Offsets in `chunk` just past the end of a message.
-    fn message_ends(&mut self, chunk: &[u8]) -> Vec<usize> {
-        let mut ends = Vec::new();
-        let mut at = 0;
-        while at < chunk.len() {
-            if self.left > 0 {
-                let take = self.left.min(chunk.len() - at);
-                self.left -= take;
-                at += take;
-            } else {
-                self.header.push(chunk[at]);
-                at += 1;
-                if self.header.len() < 5 {
-                    continue;
-                }
-                let length = u32::from_be_bytes([
-                    self.header[1],
-                    self.header[2],
-                    self.header[3],
-                    self.header[4],
-                ]);
-                self.left = (length as usize).saturating_sub(4);
-                self.header.clear();
-            }
-            if self.left == 0 && self.header.is_empty() {
-                ends.push(at);
-            }
-        }
-        ends
-    }
-}
 
 fn redis_conn(redis: &RedisServer) -> redis::Connection {
     redis.connect().expect("connect to the test's redis-server")
@@ -1199,18 +1007,10 @@ fn drill5_a_statement_timeout_fails_the_whole_read() {
 fn drill5_a_read_cut_short_without_an_error_fails_the_whole_read() {
     let db = Database::postgres();
     let redis = RedisServer::start();
-    let proxy = Proxy::start("127.0.0.1:5432".parse().expect("addr"));
+    let proxy = Proxy::in_front_of(&db.url);
     // Without TLS, whose close_notify would catch the cut by itself: the
     // database protocol alone must tell a whole result from a cut one.
-    let through_proxy = format!(
-        "{}?sslmode=disable",
-        db.url
-            .replacen("127.0.0.1:5432", &proxy.addr.to_string(), 1)
-    );
-    assert_ne!(
-        through_proxy, db.url,
-        "the test database is not on 127.0.0.1:5432"
-    );
+    let through_proxy = proxy.url_for(&db.url);
     let setup = pg_source(&db, &redis, &through_proxy, "0", "");
     let fast = Setup::new(
         &redis,
@@ -1218,10 +1018,10 @@ fn drill5_a_read_cut_short_without_an_error_fails_the_whole_read() {
     );
     in_sync_but_one(&redis, &fast);
     // The whole result is about 220 KB; connections are closed after 60 KB.
-    proxy.shared.cut_after.store(60 * 1024, SeqCst);
+    proxy.cut_replies_after(60 * 1024);
     let before = redis.zmembers("bull:inspection:repeat");
     let run = setup.warden(&["recover", "--json"]);
-    let cut = proxy.shared.cut.load(SeqCst);
+    let cut = proxy.replies_cut();
     println!(
         "drill 5 read cut short ({cut} connections cut): recover exit {}: {}",
         run.code,
@@ -1235,7 +1035,7 @@ fn drill5_a_read_cut_short_without_an_error_fails_the_whole_read() {
         before,
         "acted on a partial read"
     );
-    proxy.shared.cut_after.store(0, SeqCst);
+    proxy.cut_replies_after(0);
     let (code, report) = setup.recover();
     assert_eq!(code, 0, "{report}");
     assert_eq!(

@@ -2,125 +2,23 @@
 //! the snapshot of the last rows read (also after a restart), the real source
 //! is compared as soon as it answers, failures come within
 //! `source.connect_timeout` and hold no lease, and `/readyz` and the status
-//! route say what is true. PostgreSQL "goes down" behind a TCP proxy that
-//! each test controls; the shared server keeps running.
+//! route say what is true. PostgreSQL "goes down" (every connection closed
+//! at once) or hangs behind the harness's TCP proxy, which each test
+//! controls; the shared server keeps running.
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
-use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use support::{
-    free_local_addr, http, run_sql, wait_until, wait_until_ready, Database, RedisServer, Setup,
-    Watcher,
+    free_local_addr, http, run_sql, wait_until, wait_until_ready, Database, Outage, Proxy,
+    RedisServer, Setup, Watcher,
 };
 
 const SECOND: Duration = Duration::from_secs(1);
 const QUEUE_SET: &str = "bull:inspection:repeat";
 const LEASE_KEY: &str = "bull:bullmq-warden:recovery-lease";
-
-/// A TCP proxy on loopback in front of PostgreSQL. `cut` closes every
-/// connection and every new one at once (the database is gone);
-/// `blackhole` accepts and forwards nothing (the database hangs).
-struct Proxy {
-    addr: SocketAddr,
-    cut: Arc<AtomicBool>,
-    blackhole: Arc<AtomicBool>,
-    stopped: Arc<AtomicBool>,
-}
-
-impl Proxy {
-    fn start(upstream: SocketAddr) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("proxy listens");
-        let addr = listener.local_addr().expect("proxy address");
-        let proxy = Proxy {
-            addr,
-            cut: Arc::default(),
-            blackhole: Arc::default(),
-            stopped: Arc::default(),
-        };
-        let (cut, blackhole, stopped) = (
-            proxy.cut.clone(),
-            proxy.blackhole.clone(),
-            proxy.stopped.clone(),
-        );
-        thread::spawn(move || {
-            for client in listener.incoming() {
-                if stopped.load(SeqCst) {
-                    return;
-                }
-                let Ok(client) = client else { continue };
-                if cut.load(SeqCst) {
-                    let _ = client.shutdown(Shutdown::Both);
-                    continue;
-                }
-                let Ok(server) = TcpStream::connect(upstream) else {
-                    continue;
-                };
-                for (from, to) in [
-                    (client.try_clone(), server.try_clone()),
-                    (Ok(server), Ok(client)),
-                ] {
-                    let (Ok(from), Ok(to)) = (from, to) else {
-                        continue;
-                    };
-                    let flags = (cut.clone(), blackhole.clone(), stopped.clone());
-                    thread::spawn(move || pump(from, to, flags));
-                }
-            }
-        });
-        proxy
-    }
-
-    /// The database URL with its host and port replaced by the proxy's.
-    fn url_for(&self, db: &Database) -> String {
-        let url = db.url.replacen("127.0.0.1:5432", &self.addr.to_string(), 1);
-        assert_ne!(url, db.url, "the test database is not on 127.0.0.1:5432");
-        format!("{url}?sslmode=disable")
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.stopped.store(true, SeqCst);
-        let _ = TcpStream::connect(self.addr);
-    }
-}
-
-fn pump(
-    mut from: TcpStream,
-    mut to: TcpStream,
-    (cut, blackhole, stopped): (Arc<AtomicBool>, Arc<AtomicBool>, Arc<AtomicBool>),
-) {
-    let _ = from.set_read_timeout(Some(Duration::from_millis(50)));
-    let mut buffer = [0u8; 16 * 1024];
-    while !stopped.load(SeqCst) && !cut.load(SeqCst) {
-        if blackhole.load(SeqCst) {
-            thread::sleep(Duration::from_millis(20));
-            continue;
-        }
-        match from.read(&mut buffer) {
-            Ok(0) => break,
-            Ok(n) => {
-                if to.write_all(&buffer[..n]).is_err() {
-                    break;
-                }
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(_) => break,
-        }
-    }
-    let _ = to.shutdown(Shutdown::Both);
-    let _ = from.shutdown(Shutdown::Both);
-}
 
 /// Three cron rows on PostgreSQL.
 fn tasks_table(db: &Database) {
@@ -167,9 +65,9 @@ impl Fixture {
         let db = Database::postgres();
         tasks_table(&db);
         let redis = RedisServer::start();
-        let proxy = Proxy::start("127.0.0.1:5432".parse().expect("addr"));
+        let proxy = Proxy::in_front_of(&db.url);
         let listen = free_local_addr();
-        let setup = setup(&redis, &proxy.url_for(&db), &listen, extra);
+        let setup = setup(&redis, &proxy.url_for(&db.url), &listen, extra);
         Self {
             db,
             redis,
@@ -210,7 +108,7 @@ fn a_loss_while_postgres_is_down_is_restored_from_the_snapshot_and_reconciled_af
     wait_until_ready(&base, &watcher, 20 * SECOND);
     assert_eq!(redis.zcard(QUEUE_SET), 3);
 
-    proxy.cut.store(true, SeqCst);
+    proxy.go_down(Outage::Closed);
     redis.redis(&["FLUSHALL"]);
     let took = until_schedulers(&redis, 3, 10 * SECOND)
         .unwrap_or_else(|| panic!("not restored:\n{}", watcher.log()));
@@ -245,7 +143,7 @@ fn a_loss_while_postgres_is_down_is_restored_from_the_snapshot_and_reconciled_af
     );
     thread::sleep(SECOND);
     assert_eq!(redis.zcard(QUEUE_SET), 3, "the snapshot removes nothing");
-    proxy.cut.store(false, SeqCst);
+    proxy.come_back();
     let reconciled = wait_until(15 * SECOND, || {
         redis.zcard(QUEUE_SET) == 2
             && redis.redis(&["HGET", "bull:inspection:repeat:inspection:2", "pattern"])
@@ -280,7 +178,7 @@ fn a_warden_restarted_while_the_source_is_down_restores_from_the_persisted_snaps
     );
     assert_eq!(first.terminate(), Some(0));
 
-    proxy.cut.store(true, SeqCst);
+    proxy.go_down(Outage::Closed);
     redis.redis(&["FLUSHALL"]);
     let started = Instant::now();
     let second = Watcher::start(&setup);
@@ -331,7 +229,7 @@ fn a_hanging_source_fails_within_connect_timeout_and_holds_no_lease() {
     } = Fixture::new("snapshot_max_age = \"0s\"\n");
     let watcher = Watcher::start(&setup);
     wait_until_ready(&base, &watcher, 20 * SECOND);
-    proxy.blackhole.store(true, SeqCst);
+    proxy.blackhole(true);
     redis.redis(&["FLUSHALL"]);
     let mut lease_seen = false;
     let until = Instant::now() + 6 * SECOND;
@@ -364,7 +262,7 @@ fn a_hanging_source_fails_within_connect_timeout_and_holds_no_lease() {
         (false.into(), false.into()),
         "{ready}"
     );
-    proxy.blackhole.store(false, SeqCst);
+    proxy.blackhole(false);
     assert!(
         until_schedulers(&redis, 3, 15 * SECOND).is_some(),
         "{}",

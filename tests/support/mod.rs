@@ -4,6 +4,7 @@
 //! start servers and the binary through the same code.
 //!
 //! - `process`: child processes killed on drop, free ports, waiting
+//! - `proxy`: a TCP proxy that forwards, hangs, goes down and comes back
 //! - `redis_server`: one `redis-server` of the test's own
 //! - `topology`: Sentinel and Cluster groups of such servers
 //! - `source`: SQL on any database, the tasks table, throwaway databases
@@ -20,6 +21,7 @@ mod http;
 mod node;
 mod process;
 mod promql;
+mod proxy;
 mod redis_server;
 mod source;
 mod tools;
@@ -32,6 +34,7 @@ pub use self::process::{block_on, free_port, rss_kib, time_until, wait_until, Ch
 pub use self::promql::{
     promql_skip_enclosed, promql_skip_string, PROMQL_LABEL_LIST_KEYWORDS, PROMQL_NON_METRIC_WORDS,
 };
+pub use self::proxy::{Outage, Proxy};
 pub use self::redis_server::{redis_cli, RedisServer};
 pub use self::source::{run_sql, sqlite_rows, Database, NOTIFY_TRIGGER_SQL, TASKS_TABLE_SQLITE};
 pub use self::tools::{assert_success, missing_tool, repo_path, run_tool, text_of};
