@@ -14,10 +14,16 @@ use crate::support::{watch_command, ChildGuard};
 
 /// Runs `bullmq-warden watch` with JSON logs written to `log`.
 pub fn start_watcher(config: &Path, log: &Path) -> ChildGuard {
+    start_watcher_logging(config, log, "info")
+}
+
+/// Like `start_watcher`, with `filter` as `RUST_LOG`: a benchmark that
+/// waits for a debug-level event names its target.
+pub fn start_watcher_logging(config: &Path, log: &Path, filter: &str) -> ChildGuard {
     let file = File::create(log).expect("log file");
     let mut command = watch_command(config);
     command
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", filter)
         .stdout(Stdio::null())
         .stderr(file);
     ChildGuard::spawn(&mut command, "bullmq-warden watch")
@@ -59,6 +65,30 @@ impl EventLog {
 
     pub fn skip_to_end(&mut self) {
         while self.next_line().is_some() {}
+    }
+
+    /// The next line after the last one looked at for which `wanted` holds.
+    pub fn wait_for_line(
+        &mut self,
+        wanted: impl Fn(&Value) -> bool,
+        timeout: Duration,
+    ) -> Option<LogLine> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            while let Some(line) = self.next_line() {
+                if !wanted(&line) {
+                    continue;
+                }
+                let stamp = line["timestamp"].as_str().unwrap_or_default();
+                let time = chrono::DateTime::parse_from_rfc3339(stamp).ok()?;
+                return Some(LogLine {
+                    at: SystemTime::from(time),
+                    fields: line,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        None
     }
 
     /// The next `event` after the last one looked at.
