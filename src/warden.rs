@@ -165,10 +165,14 @@ impl Warden {
         discovered.queues.clone()
     }
 
-    /// Remembers the queues a comparison found schedulers in, so that they
-    /// stay compared when their last row goes, between discovery passes.
+    /// Remembers the queues a comparison found schedulers in or meant to
+    /// write, so that they stay compared when their last row goes, between
+    /// discovery passes.
     async fn remember_queues(&self, plan: &Plan) {
-        let seen = plan.queues.iter().filter(|(_, q)| q.holds_schedulers());
+        let seen = plan
+            .queues
+            .iter()
+            .filter(|(_, q)| q.desired > 0 || q.holds_schedulers());
         let mut discovered = self.discovered.lock().await;
         discovered
             .queues
