@@ -289,6 +289,15 @@ fn trial(
         .wait_for("detected", Duration::from_secs(30))
         .unwrap_or_else(|| panic!("the loss was not detected:\n{}", tail(log)));
     let back = wait_restored(redis, n, Duration::from_secs(60));
+    if back.duration_since(answering) > TARGET {
+        eprintln!(
+            "[bench] {} with the source {}: over the target; the watcher's events since 3 s \
+             before the loss:\n{}",
+            loss.name(),
+            source.name(),
+            events_since(log, lost_at - Duration::from_secs(3), lost_at)
+        );
+    }
     let finished = events
         .wait_for("recovery_finished", Duration::from_secs(30))
         .unwrap_or_else(|| panic!("no recovery_finished:\n{}", tail(log)));
@@ -472,6 +481,37 @@ fn tail(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// The watcher's events logged since `since`, one line each: milliseconds
+/// from `zero`, the event, and its other fields but the timestamp.
+fn events_since(log: &Path, since: SystemTime, zero: SystemTime) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let mut lines = Vec::new();
+    for line in text.lines() {
+        let Ok(Value::Object(mut fields)) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        let at = fields
+            .remove("timestamp")
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t.as_str()?).ok())
+            .map(SystemTime::from);
+        let Some(at) = at.filter(|at| *at >= since) else {
+            continue;
+        };
+        let offset = match at.duration_since(zero) {
+            Ok(after) => after.as_secs_f64() * 1000.0,
+            Err(before) => -before.duration().as_secs_f64() * 1000.0,
+        };
+        let event = fields.remove("event").unwrap_or_default();
+        fields.remove("target");
+        fields.remove("level");
+        lines.push(format!(
+            "  {offset:+.0} ms {event} {}",
+            Value::Object(fields)
+        ));
+    }
+    lines.join("\n")
 }
 
 fn millis_between(from: SystemTime, to: SystemTime) -> f64 {
