@@ -141,8 +141,9 @@ fn main() {
         row.print();
     }
     println!();
+    println!("Redis time by command in each window (calls × and µs):\n");
     for row in &rows {
-        println!("N={}: other = {}", row.n, row.other_detail());
+        println!("- N={}: {}", row.n, row.detail());
     }
 }
 
@@ -162,31 +163,42 @@ impl Row {
         commands.iter().map(|c| self.stats.get(c).usec).sum()
     }
 
-    /// Commands in neither list, nor the benchmark's own.
-    fn others(&self) -> Vec<(&str, u64, u64)> {
+    /// The window's commands that `belongs` accepts: name, calls, µs.
+    fn commands(&self, belongs: impl Fn(&str) -> bool) -> Vec<(&str, u64, u64)> {
         self.stats
             .0
             .iter()
-            .filter(|(name, _)| {
-                let name = name.as_str();
-                !POLL_COMMANDS.contains(&name)
-                    && !DRIFT_COMMANDS.contains(&name)
-                    && !OWN_COMMANDS.contains(&name)
-            })
+            .filter(|(name, _)| belongs(name))
             .map(|(name, stat)| (name.as_str(), stat.calls, stat.usec))
             .collect()
     }
 
-    fn other_detail(&self) -> String {
-        let others = self.others();
-        if others.is_empty() {
-            return "nothing".to_owned();
-        }
-        others
-            .iter()
-            .map(|(name, calls, usec)| format!("{name} {calls} calls {usec} µs"))
-            .collect::<Vec<_>>()
-            .join(", ")
+    /// Commands in neither list, nor the benchmark's own.
+    fn others(&self) -> Vec<(&str, u64, u64)> {
+        self.commands(|name| {
+            !POLL_COMMANDS.contains(&name)
+                && !DRIFT_COMMANDS.contains(&name)
+                && !OWN_COMMANDS.contains(&name)
+        })
+    }
+
+    /// Every command of the window by group, for the lines below the table.
+    fn detail(&self) -> String {
+        let list = |commands: Vec<(&str, u64, u64)>| match commands.is_empty() {
+            true => "nothing".to_owned(),
+            false => commands
+                .iter()
+                .map(|(name, calls, usec)| format!("{name} {calls}× {usec} µs"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        };
+        format!(
+            "poll: {}; drift check: {}; other: {}; benchmark's own: {}",
+            list(self.commands(|name| POLL_COMMANDS.contains(&name))),
+            list(self.commands(|name| DRIFT_COMMANDS.contains(&name))),
+            list(self.others()),
+            list(self.commands(|name| OWN_COMMANDS.contains(&name))),
+        )
     }
 
     fn print(&self) {
