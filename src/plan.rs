@@ -90,6 +90,11 @@ pub struct QueuePlan {
 }
 
 impl QueuePlan {
+    /// Redis held schedulers of the id template's for this queue.
+    pub(crate) fn holds_schedulers(&self) -> bool {
+        !(self.unchanged.is_empty() && self.update.is_empty() && self.orphaned.is_empty())
+    }
+
     /// Sorts one queue's rows against what Redis held for it at `now_ms`.
     pub fn new(
         queue: &str,

@@ -102,11 +102,19 @@ pub(crate) struct Warden {
 struct Discovered {
     cursor: u64,
     queues: BTreeSet<String>,
+    /// When the last full pass over the keyspace ended.
+    swept_at: Option<std::time::Instant>,
 }
 
 /// `SCAN` steps of 1,000 keys per comparison: bounds what one comparison
 /// costs Redis; the cursor goes on from there at the next one.
 const DISCOVERY_STEPS: usize = 64;
+
+/// The pause between two full passes. A pass visits every key of the
+/// database (about 0.8 ms of Redis time per 1,000 keys), while what it finds
+/// is rare: a queue with schedulers that no row names and no comparison of
+/// this process saw before (those are remembered).
+const DISCOVERY_PAUSE: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// The config in force and the id template made from it.
 #[derive(Clone)]
@@ -139,12 +147,36 @@ impl Warden {
     /// what is known.
     async fn discovered_queues(&self) -> BTreeSet<String> {
         let mut discovered = self.discovered.lock().await;
+        let resting = discovered.cursor == 0
+            && discovered
+                .swept_at
+                .is_some_and(|at| at.elapsed() < DISCOVERY_PAUSE);
+        if resting {
+            return discovered.queues.clone();
+        }
         let cursor = discovered.cursor;
         if let Ok((found, next)) = self.store().discover_queues(cursor, DISCOVERY_STEPS).await {
             discovered.queues.extend(found);
             discovered.cursor = next;
+            if next == 0 {
+                discovered.swept_at = Some(std::time::Instant::now());
+            }
         }
         discovered.queues.clone()
+    }
+
+    /// Remembers the queues a comparison found schedulers in or meant to
+    /// write, so that they stay compared when their last row goes, between
+    /// discovery passes.
+    async fn remember_queues(&self, plan: &Plan) {
+        let seen = plan
+            .queues
+            .iter()
+            .filter(|(_, q)| q.desired > 0 || q.holds_schedulers());
+        let mut discovered = self.discovered.lock().await;
+        discovered
+            .queues
+            .extend(seen.map(|(queue, _)| queue.clone()));
     }
 
     /// The config in force now (a reload may replace it).
@@ -246,9 +278,9 @@ impl Warden {
                 queues.insert(queue, plan);
             }
         }
-        Ok(Snapshot {
-            plan: Plan { queues, invalid },
-        })
+        let plan = Plan { queues, invalid };
+        self.remember_queues(&plan).await;
+        Ok(Snapshot { plan })
     }
 
     /// checkQueueStatus: BullMQ's job counts per queue, with rows and drift.

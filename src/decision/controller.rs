@@ -4,12 +4,15 @@
 //! [`error_policy`] decides the wait after a failure, and this loop only
 //! keeps time.
 //!
-//! Every signal leads to the same decision: once signals have been quiet for
-//! the debounce window, compare rows and Redis; restore only what still
-//! differs. A scheduler the application removed while disabling its row in that
-//! window is therefore left alone, and a flapping Redis gets one recovery once
-//! it settles. Triggers that arrive during a cycle wait in the channel and make
-//! up one follow-up cycle.
+//! Every signal leads to the same decision: compare rows and Redis; restore
+//! only what still differs. When to look depends on the signal. A loss Redis
+//! itself shows (a restart, a failover, a flush, a deleted scheduler key) is
+//! looked at once, if Redis had been calm: waiting would only add missed runs.
+//! Anything else — and a loss while Redis is still changing — waits until
+//! signals have been quiet for the debounce window, so a scheduler the
+//! application removed while disabling its row in that window is left alone,
+//! and a flapping Redis gets one more recovery once it settles. Triggers that
+//! arrive during a cycle wait in the channel and make up one follow-up cycle.
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -40,6 +43,11 @@ pub(crate) struct Request {
     pub(crate) since_ms: u64,
     /// 1 for the first attempt of a cycle.
     pub(crate) attempt: u32,
+    /// The cycle started without a quiet window, for a loss Redis showed:
+    /// the desired set kept in memory may stand in for reading the rows.
+    pub(crate) at_once: bool,
+    /// A change of the rows was signalled in this cycle: they must be read.
+    pub(crate) rows_changed: bool,
 }
 
 /// How an attempt ended, when it did not fail.
@@ -76,12 +84,46 @@ pub(crate) struct Controller<R> {
     observer: Observer,
     /// True while Redis loads its dataset: attempts wait instead of failing.
     redis_loading: watch::Receiver<bool>,
+    /// When the loop last heard of a loss Redis showed, or ended a cycle
+    /// for one: another loss within a quiet window of it means Redis keeps
+    /// changing.
+    last_loss_at: Option<Instant>,
 }
 
 /// The triggers that make up one cycle.
 struct Batch {
     causes: BTreeSet<Cause>,
     since_ms: u64,
+    at_once: bool,
+    /// One of the triggers showed a loss in Redis itself.
+    saw_a_loss: bool,
+}
+
+impl Batch {
+    fn new(first: &Trigger) -> Self {
+        Self {
+            causes: BTreeSet::from([first.cause]),
+            since_ms: first.since_ms,
+            at_once: false,
+            saw_a_loss: first.shows_loss,
+        }
+    }
+
+    fn add(&mut self, trigger: &Trigger) {
+        self.causes.insert(trigger.cause);
+        self.since_ms = self.since_ms.min(trigger.since_ms);
+        self.saw_a_loss |= trigger.shows_loss;
+    }
+
+    /// Goes at once, with the triggers already waiting: they are signals
+    /// of the same loss.
+    fn at_once(mut self, triggers: &mut mpsc::Receiver<Trigger>) -> Self {
+        while let Ok(trigger) = triggers.try_recv() {
+            self.add(&trigger);
+        }
+        self.at_once = true;
+        self
+    }
 }
 
 /// How a cycle ended.
@@ -102,6 +144,7 @@ impl<R: Reconcile> Controller<R> {
             reconciler,
             observer,
             redis_loading,
+            last_loss_at: None,
         }
     }
 
@@ -137,6 +180,9 @@ impl<R: Reconcile> Controller<R> {
                 return;
             };
             let end = self.cycle(&batch, confirm, &shutdown).await;
+            if batch.saw_a_loss {
+                self.last_loss_at = Some(Instant::now());
+            }
             confirm = matches!(end, CycleEnd::ConfirmLater);
             match end {
                 CycleEnd::Done => owed.reset(),
@@ -155,21 +201,26 @@ impl<R: Reconcile> Controller<R> {
     }
 
     /// Lets the debounce window pass, taking the triggers that come in it.
-    /// A start-up or an operator's request goes at once. `None` on shutdown.
+    /// A start-up, an operator's request and a loss after a calm spell go at
+    /// once, with whatever triggers are already waiting. `None` on shutdown.
     async fn gather(
-        &self,
+        &mut self,
         first: Trigger,
         triggers: &mut mpsc::Receiver<Trigger>,
         shutdown: &CancellationToken,
     ) -> Option<Batch> {
-        let mut batch = Batch {
-            causes: BTreeSet::from([first.cause]),
-            since_ms: first.since_ms,
-        };
+        let mut batch = Batch::new(&first);
+        let timing = self.reconciler.timing();
         if matches!(first.cause, Cause::Startup | Cause::Manual) {
             return Some(batch);
         }
-        let timing = self.reconciler.timing();
+        let calm = self.redis_was_calm(timing.debounce_quiet);
+        if first.shows_loss {
+            self.last_loss_at = Some(Instant::now());
+            if calm {
+                return Some(batch.at_once(triggers));
+            }
+        }
         let mut window = Debounce::open(
             &first,
             Instant::now(),
@@ -180,14 +231,27 @@ impl<R: Reconcile> Controller<R> {
             tokio::select! {
                 trigger = triggers.recv() => {
                     let trigger = trigger?;
-                    batch.causes.insert(trigger.cause);
-                    batch.since_ms = batch.since_ms.min(trigger.since_ms);
+                    batch.add(&trigger);
+                    if trigger.shows_loss {
+                        self.last_loss_at = Some(Instant::now());
+                        // A loss in a window that a change of the rows or a
+                        // reconnect opened is no less urgent.
+                        if calm {
+                            return Some(batch.at_once(triggers));
+                        }
+                    }
                     window.observe(&trigger, Instant::now());
                 }
                 _ = sleep_until(window.deadline()) => return Some(batch),
                 _ = shutdown.cancelled() => return None,
             }
         }
+    }
+
+    /// No loss was heard of, and no cycle for one ended, within the last
+    /// quiet window.
+    fn redis_was_calm(&self, quiet: Duration) -> bool {
+        self.last_loss_at.is_none_or(|at| at.elapsed() >= quiet)
     }
 
     /// Attempts until one succeeds or the watcher stops, waiting as the
@@ -212,6 +276,8 @@ impl<R: Reconcile> Controller<R> {
                 seen_before,
                 since_ms: batch.since_ms,
                 attempt: backoff.failures() + 1,
+                at_once: batch.at_once,
+                rows_changed: batch.causes.contains(&Cause::SourceChange),
             };
             let error = match self.reconciler.reconcile(request).await {
                 Ok(Outcome::Done) => return CycleEnd::Done,
@@ -362,11 +428,7 @@ mod tests {
         }
 
         async fn send(&self, cause: Cause, since_ms: u64) {
-            let trigger = Trigger {
-                cause,
-                since_ms,
-                queue: Some("q".into()),
-            };
+            let trigger = Trigger::new(cause, since_ms).about("q");
             self.triggers.send(trigger).await.expect("loop runs");
         }
 
@@ -398,9 +460,69 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn news_restarts_the_quiet_window_and_echoes_do_not() {
+    async fn a_loss_after_a_calm_spell_is_repaired_at_once_with_what_is_waiting() {
+        let running = Running::start(vec![]);
+        // Two signals of one loss, queued before the loop looks.
+        running.send(Cause::Keyspace, 900).await;
+        running.send(Cause::Flush, 800).await;
+        sleep(Duration::from_secs(1)).await;
+        let calls = running.calls();
+        assert_eq!(calls.len(), 1, "one cycle for both: {calls:?}");
+        let (at, request) = &calls[0];
+        assert_eq!(*at, 0, "no quiet window");
+        assert!(request.at_once);
+        assert_eq!(request.trigger, Cause::Flush, "the flush names the cycle");
+        assert_eq!(request.since_ms, 800, "the earliest start of the loss");
+        running.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ambiguous_signals_wait_for_the_quiet_window() {
+        let running = Running::start(vec![]);
+        // A keyspace event that shows no loss by itself: a member removed
+        // from a scheduler set, as the application's removeJobScheduler does.
+        let causes = [
+            Cause::Reconnect,
+            Cause::Drift,
+            Cause::SourceChange,
+            Cause::Keyspace,
+        ];
+        for cause in causes {
+            running.send(cause, 1).await;
+            sleep(Duration::from_secs(1)).await;
+        }
+        let calls = running.calls();
+        let at: Vec<u128> = calls.iter().map(|(at, _)| *at).collect();
+        // A change of the rows waits only its short window (500 ms, or the
+        // quiet window when shorter).
+        assert_eq!(at, vec![200, 1200, 2200, 3200], "{calls:?}");
+        assert!(calls.iter().all(|(_, r)| !r.at_once));
+        running.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_loss_in_a_window_the_rows_opened_goes_at_once_and_reads_them() {
+        let running = Running::start(vec![]);
+        running.send(Cause::SourceChange, 1).await;
+        sleep(Duration::from_millis(100)).await;
+        running.send(Cause::Restart, 2).await;
+        sleep(Duration::from_secs(1)).await;
+        let calls = running.calls();
+        assert_eq!(calls.len(), 1, "{calls:?}");
+        let (at, request) = &calls[0];
+        assert_eq!(*at, 100);
+        assert!(request.at_once && request.rows_changed, "{request:?}");
+        assert_eq!(request.trigger, Cause::Restart);
+        running.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn news_right_after_a_repair_restarts_the_quiet_window_and_echoes_do_not() {
         let running = Running::start(vec![]);
         running.send(Cause::Flush, 1_000).await;
+        sleep(Duration::from_millis(100)).await;
+        // Redis changes again right after the repair: not calm, so wait.
+        running.send(Cause::Flush, 1_100).await;
         sleep(Duration::from_millis(150)).await;
         // Another deletion: Redis is still changing, so the window restarts.
         running.send(Cause::Keyspace, 900).await;
@@ -409,12 +531,43 @@ mod tests {
         running.send(Cause::Reconnect, 2_000).await;
         sleep(Duration::from_secs(1)).await;
         let calls = running.calls();
-        assert_eq!(calls.len(), 1, "{calls:?}");
-        let (at, request) = &calls[0];
-        assert_eq!(*at, 350, "quiet 200 ms after the keyspace event");
+        assert_eq!(calls.len(), 2, "{calls:?}");
+        let (at, request) = &calls[1];
+        assert_eq!(*at, 450, "quiet 200 ms after the keyspace event");
+        assert!(!request.at_once);
         assert_eq!(request.trigger, Cause::Flush, "the loss names the cycle");
         assert_eq!(request.since_ms, 900, "the earliest start of the loss");
         assert!(!request.only_periodic);
+        running.stop().await;
+    }
+
+    /// The bound on recoveries for a flapping Redis: the first loss at once,
+    /// then one cycle per burst, at most one per `debounce_max` while it lasts.
+    #[tokio::test(start_paused = true)]
+    async fn a_flapping_redis_gets_the_first_repair_at_once_and_one_when_it_settles() {
+        let takes = || (Duration::from_millis(100), Ok(Outcome::Done));
+        let running = Running::start(vec![takes(), takes(), takes(), takes()]);
+        for _ in 0..5 {
+            running.send(Cause::Restart, 1).await;
+            sleep(Duration::from_millis(150)).await;
+        }
+        sleep(Duration::from_secs(2)).await;
+        let calls = running.calls();
+        let at: Vec<u128> = calls.iter().map(|(at, _)| *at).collect();
+        assert_eq!(at, vec![0, 800], "quiet 200 ms after the fifth: {calls:?}");
+        // A flap that goes on for 25 s: cycles at most every `debounce_max`
+        // (10 s) after the first.
+        let running = Running::start((0..8).map(|_| takes()).collect());
+        for _ in 0..(25_000 / 150) {
+            running.send(Cause::Restart, 1).await;
+            sleep(Duration::from_millis(150)).await;
+        }
+        sleep(Duration::from_secs(1)).await;
+        let cycles = running.calls().len();
+        assert!(
+            (3..=4).contains(&cycles),
+            "1 + ceil(25 / 10) at most: {cycles}"
+        );
         running.stop().await;
     }
 
@@ -463,7 +616,7 @@ mod tests {
         sleep(Duration::from_secs(5)).await;
         let calls = running.calls();
         let at: Vec<u128> = calls.iter().map(|(at, _)| *at).collect();
-        assert_eq!(at, vec![200, 700, 1200], "re-checked every 500 ms");
+        assert_eq!(at, vec![0, 500, 1000], "re-checked every 500 ms");
         assert!(calls.iter().all(|(_, r)| r.attempt == 1), "{calls:?}");
         let failures = r#"bullmq_warden_recovery_failures_total{reason="lease_busy"}"#;
         assert_eq!(running.metric(failures), Some(0.0));
@@ -483,9 +636,9 @@ mod tests {
         sleep(Duration::from_secs(5)).await;
         let calls = running.calls();
         let at: Vec<u128> = calls.iter().map(|(at, _)| *at).collect();
-        // The first ends at 2200; the three waiting triggers make one
-        // cycle, a quiet window after it.
-        assert_eq!(at, vec![200, 2400], "{calls:?}");
+        // The first ends at 2000; the three waiting triggers make one
+        // cycle, a quiet window after it: Redis changed during the repair.
+        assert_eq!(at, vec![0, 2200], "{calls:?}");
         running.stop().await;
     }
 
@@ -510,7 +663,7 @@ mod tests {
         sleep(Duration::from_secs(5)).await;
         let calls = running.calls();
         assert_eq!(calls.len(), 4, "three owed, then done: {calls:?}");
-        assert_eq!(calls[0].0, 200, "the loss, after the window");
+        assert_eq!(calls[0].0, 0, "the loss, at once");
         assert_eq!(
             calls[1].1.trigger,
             Cause::Drift,

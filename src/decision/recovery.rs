@@ -76,6 +76,10 @@ pub(crate) struct Recovery {
 enum Rows {
     /// Read from the source just now.
     Source,
+    /// The last read of this process, kept ready in memory: a loss Redis
+    /// showed is repaired at once, without waiting for the source, while a
+    /// live watch on the rows has signalled no change since that read.
+    Kept,
     /// The source could not be read (`error`); the kept snapshot, `age` old,
     /// stands in for it. Nothing is removed on its word.
     Snapshot { age: Duration, error: String },
@@ -85,6 +89,7 @@ impl Rows {
     fn label(&self) -> &'static str {
         match self {
             Rows::Source => "database",
+            Rows::Kept => "kept",
             Rows::Snapshot { .. } => "snapshot",
         }
     }
@@ -137,7 +142,7 @@ impl Recovery {
         let (plan, _) = writable(&snapshot.plan, &config.recovery);
         let plan = plan.as_ref();
         let done = match rows {
-            Rows::Source => Outcome::Done,
+            Rows::Source | Rows::Kept => Outcome::Done,
             Rows::Snapshot { .. } => Outcome::SourceOwed,
         };
         let auto = config.recovery.auto;
@@ -233,24 +238,46 @@ impl Recovery {
         Ok((desired_from(&kept, now), rows))
     }
 
-    /// Keeps the desired set of a successful read, writing it to the
-    /// snapshot file when it changed or the file's copy has aged.
-    async fn keep(&mut self, config: &Config, desired: &Desired) {
-        if config.recovery.snapshot_max_age.is_zero() {
-            return;
+    /// The rows as last read, when a loss Redis showed may be repaired
+    /// from them at once: they came from this process's last read, no change
+    /// of them came with the signals, and a watch on them answers.
+    fn ready_rows(&self, config: &Config, request: &Request) -> Option<(Desired, Rows)> {
+        let watched = self
+            .ctx
+            .observer
+            .health()
+            .rows_watched
+            .load(Ordering::Relaxed);
+        if !request.at_once || request.rows_changed || !watched {
+            return None;
         }
+        let kept = self.kept.last_read(&config.source.scheduler_id)?;
+        let mut desired = desired_from(&kept, now_ms());
+        desired.invalid = kept.invalid.clone();
+        Some((desired, Rows::Kept))
+    }
+
+    /// Keeps the desired set of a successful read, ready for the next loss,
+    /// and writes it to the snapshot file (unless `snapshot_max_age` is 0)
+    /// when it changed or the file's copy has aged.
+    async fn keep(&mut self, config: &Config, desired: &Desired) {
         let fresh = DesiredSnapshot {
             taken_at_ms: now_ms(),
             template: config.source.scheduler_id.clone(),
             queues: desired.by_queue.clone(),
             protected: desired.protected.clone(),
+            invalid: desired.invalid.clone(),
         };
         let taken_at_ms = fresh.taken_at_ms;
         // A tenth of the age limit, at most an hour: a restarted sidecar
         // judges the file's snapshot at most that much older than it is.
         let refresh = (config.recovery.snapshot_max_age / 10).min(Duration::from_secs(3600));
         let refresh_ms = u64::try_from(refresh.as_millis()).unwrap_or(u64::MAX);
-        let Some((path, fresh)) = self.kept.offer(fresh, refresh_ms) else {
+        let offered = self.kept.offer(fresh, refresh_ms);
+        if config.recovery.snapshot_max_age.is_zero() {
+            return;
+        }
+        let Some((path, fresh)) = offered else {
             self.ctx.observer.emit(SnapshotKept {
                 taken_at_ms,
                 written_to: None,
@@ -295,7 +322,7 @@ impl Recovery {
         let allowed = self.ctx.warden.config().recovery.allow_unverified_bullmq;
         self.track_versions(&snapshot.plan, allowed);
         match rows {
-            Rows::Source => {
+            Rows::Source | Rows::Kept => {
                 publish_comparison(&self.ctx.observer, &snapshot.plan, Settled::No);
                 self.report_invalid_rows(&snapshot.plan.invalid);
                 let prune = self.ctx.warden.config().recovery.prune_orphans;
@@ -369,6 +396,7 @@ impl Recovery {
         self.ctx.observer.emit(RecoveryStarted {
             trigger: request.trigger,
             attempt: request.attempt,
+            at_once: request.at_once,
         });
         let started = std::time::Instant::now();
         let (plan, withheld) = writable(compared, &config.recovery);
@@ -396,7 +424,7 @@ impl Recovery {
             }
         }
         // Every planned write succeeded.
-        if let Rows::Source = rows {
+        if let Rows::Source | Rows::Kept = rows {
             let settled = Settled::Written {
                 pruned: config.recovery.prune_orphans,
                 except: &withheld,
@@ -572,7 +600,10 @@ impl Reconcile for Recovery {
         let config = self.ctx.warden.config();
         let _serialised = self.ctx.apply_lock.clone().lock_owned().await;
         self.redis_answers()?;
-        let rows = self.read_rows(&config).await?;
+        let rows = match self.ready_rows(&config, &request) {
+            Some(ready) => ready,
+            None => self.read_rows(&config).await?,
+        };
         if !config.recovery.auto {
             return self.compare_and_act(&config, &request, rows, None).await;
         }

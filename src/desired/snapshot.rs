@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{DesiredScheduler, Schedule};
+use crate::model::{DesiredScheduler, InvalidRow, Schedule};
 
 /// The format this sidecar writes and reads.
 pub(crate) const FORMAT_VERSION: u32 = 1;
@@ -31,6 +31,10 @@ pub(crate) struct DesiredSnapshot {
     pub(crate) template: String,
     pub(crate) queues: BTreeMap<String, Vec<DesiredScheduler>>,
     pub(crate) protected: ProtectedIds,
+    /// The invalid rows of the read, for a restore from memory to report
+    /// as a read would. Not written to the file: a snapshot restored from
+    /// there is no comparison with the rows.
+    pub(crate) invalid: Vec<InvalidRow>,
 }
 
 impl DesiredSnapshot {
@@ -67,6 +71,8 @@ impl SnapshotError {
 /// The snapshot in memory and where it is persisted.
 pub(crate) struct Kept {
     current: Option<Arc<DesiredSnapshot>>,
+    /// `current` came from a read of this process, not from the file.
+    read_here: bool,
     path: Option<PathBuf>,
     /// The time of the snapshot last written to the file.
     persisted_ms: Option<u64>,
@@ -78,6 +84,7 @@ impl Kept {
     pub(crate) fn load(path: Option<PathBuf>, template: &str) -> (Self, Option<SnapshotError>) {
         let mut kept = Kept {
             current: None,
+            read_here: false,
             path,
             persisted_ms: None,
         };
@@ -119,6 +126,14 @@ impl Kept {
         (age < max_age_ms && current.template == template).then(|| current.clone())
     }
 
+    /// The desired set this process last read from the source, under
+    /// `template`: what the rows ask for now, as long as no change of them
+    /// has been signalled since.
+    pub(crate) fn last_read(&self, template: &str) -> Option<Arc<DesiredSnapshot>> {
+        let current = self.current.as_ref()?;
+        (self.read_here && current.template == template).then(|| current.clone())
+    }
+
     /// Keeps `fresh` in place of the snapshot before; returns it with the
     /// path to write it to when the file should be rewritten: the set
     /// changed, or the file's time lags by more than `refresh_ms` (so that a
@@ -134,6 +149,7 @@ impl Kept {
             .is_none_or(|at| fresh.taken_at_ms.saturating_sub(at) > refresh_ms);
         let fresh = Arc::new(fresh);
         self.current = Some(fresh.clone());
+        self.read_here = true;
         let path = self.path.clone()?;
         (changed || lags).then_some((path, fresh))
     }
@@ -325,6 +341,7 @@ fn read_file(path: &Path) -> Result<Option<DesiredSnapshot>, SnapshotError> {
         template: file.scheduler_id_template,
         queues,
         protected: file.protected,
+        invalid: Vec::new(),
     }))
 }
 
@@ -375,6 +392,7 @@ mod tests {
                 ],
             )]),
             protected: BTreeMap::from([("q".to_owned(), BTreeSet::from(["t:9".to_owned()]))]),
+            invalid: Vec::new(),
         }
     }
 

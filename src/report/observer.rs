@@ -33,6 +33,10 @@ pub(crate) struct Health {
     pub(crate) source_up: AtomicBool,
     /// Rows and Redis have been compared at least once.
     pub(crate) synced: AtomicBool,
+    /// A watch on the rows (`data_version`, the change probe or `LISTEN`)
+    /// answers, so a change of the rows is signalled within seconds: the
+    /// rows last read are current unless such a signal is pending.
+    pub(crate) rows_watched: AtomicBool,
     /// Queues left unwritten for their BullMQ version, with that version.
     pub(crate) withheld: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
 }

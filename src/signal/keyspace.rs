@@ -471,10 +471,11 @@ impl KeyspaceWatcher {
     /// Turns a notification on `<prefix>:<key>` into a trigger when it may
     /// mean a watched queue lost schedulers.
     async fn on_event(&self, key: &str, event: &str, last_logged: &mut HashMap<String, Instant>) {
-        let (queue, broken) = match classify(key, event) {
+        let (queue, broken, shows_loss) = match classify(key, event) {
             KeyEvent::Ignore => return,
-            KeyEvent::Loss(queue) => (queue, None),
-            KeyEvent::SchedulerHash { queue, id } => (queue, Some(id)),
+            KeyEvent::Loss(queue) => (queue, None, false),
+            KeyEvent::ShownLoss(queue) => (queue, None, true),
+            KeyEvent::SchedulerHash { queue, id } => (queue, Some(id), true),
         };
         let watched = self
             .ctx
@@ -496,17 +497,15 @@ impl KeyspaceWatcher {
         let log = last_logged
             .get(queue)
             .is_none_or(|at| now.duration_since(*at) >= DETECTION_LOG_INTERVAL);
+        let trigger = Trigger {
+            shows_loss,
+            ..Trigger::new(Cause::Keyspace, now_ms())
+        };
         if log {
             last_logged.insert(queue.to_owned(), now);
-            self.ctx
-                .signals
-                .raise_now(Cause::Keyspace, Some(queue), detail);
+            self.ctx.signals.raise_trigger(trigger, &[queue], detail);
         } else {
-            self.ctx.signals.nudge(Trigger {
-                cause: Cause::Keyspace,
-                since_ms: now_ms(),
-                queue: Some(queue.to_owned()),
-            });
+            self.ctx.signals.nudge(trigger.about(queue));
         }
     }
 
@@ -620,6 +619,9 @@ enum KeyEvent<'k> {
     Ignore,
     /// A possible loss in `queue`: look at once.
     Loss(&'k str),
+    /// A loss in `queue` that no change of the application's looks like:
+    /// the whole scheduler set gone, or a next job evicted.
+    ShownLoss(&'k str),
     /// The scheduler hash `<queue>:repeat:<id>` was deleted, expired or
     /// evicted: a loss only if the scheduler is now broken.
     SchedulerHash { queue: &'k str, id: &'k str },
@@ -648,7 +650,12 @@ fn classify<'k>(key: &'k str, event: &str) -> KeyEvent<'k> {
         return KeyEvent::Ignore;
     };
     if rest == "repeat" {
-        return KeyEvent::Loss(queue);
+        // BullMQ removes one scheduler with ZREM; only Redis, or someone
+        // by hand, takes the whole set.
+        return match event {
+            "del" | "expired" | "evicted" => KeyEvent::ShownLoss(queue),
+            _ => KeyEvent::Loss(queue),
+        };
     }
     let Some(id) = rest.strip_prefix("repeat:") else {
         return KeyEvent::Ignore;
@@ -661,7 +668,7 @@ fn classify<'k>(key: &'k str, event: &str) -> KeyEvent<'k> {
         && parts.next().is_some()
         && last.bytes().all(|b| b.is_ascii_alphabetic());
     match (is_job, is_job_part) {
-        (true, _) if event == "evicted" => KeyEvent::Loss(queue),
+        (true, _) if event == "evicted" => KeyEvent::ShownLoss(queue),
         (true, _) | (_, true) => KeyEvent::Ignore,
         _ if matches!(event, "del" | "expired" | "evicted") => {
             KeyEvent::SchedulerHash { queue, id }
@@ -684,7 +691,7 @@ mod tests {
     #[test]
     fn only_losses_on_scheduler_keys_count() {
         use KeyEvent::*;
-        assert_eq!(classify("mail:repeat", "del"), Loss("mail"));
+        assert_eq!(classify("mail:repeat", "del"), ShownLoss("mail"));
         assert_eq!(classify("mail:repeat", "zrem"), Loss("mail"));
         assert_eq!(classify("mail:repeat", "zadd"), Ignore);
         assert_eq!(classify("mail:delayed", "del"), Ignore);
@@ -710,7 +717,7 @@ mod tests {
         let job = "mail:repeat:inspection:1:1796169635000";
         assert_eq!(classify(job, "del"), Ignore);
         assert_eq!(classify(job, "expired"), Ignore);
-        assert_eq!(classify(job, "evicted"), Loss("mail"));
+        assert_eq!(classify(job, "evicted"), ShownLoss("mail"));
         for part in ["lock", "logs", "dependencies"] {
             let key = format!("{job}:{part}");
             for event in ["del", "expired", "evicted"] {

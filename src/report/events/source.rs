@@ -3,7 +3,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::{InternalEvent, LogEvent, Observer};
+use super::{InternalEvent, Observer};
 use crate::desired::snapshot::SnapshotError;
 use crate::report::metrics::source::OperationLabels;
 
@@ -117,13 +117,17 @@ pub(crate) struct SourceWatch<'a> {
     pub(crate) detail: String,
 }
 
-impl LogEvent for SourceWatch<'_> {
-    fn log(self) {
+impl InternalEvent for SourceWatch<'_> {
+    fn emit(self, observer: &Observer) {
         let (how, active) = (self.how, self.active);
         if active {
             tracing::info!(event = "source_watch", how, active, "{}", self.detail);
         } else {
             tracing::warn!(event = "source_watch", how, active, "{}", self.detail);
         }
+        observer
+            .health()
+            .rows_watched
+            .store(active, Ordering::Relaxed);
     }
 }

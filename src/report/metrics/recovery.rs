@@ -114,7 +114,7 @@ impl RecoveryMetrics {
             ),
         };
         // Counters exist from the start, so that increase() sees their first change.
-        for source in ["database", "snapshot"] {
+        for source in ["database", "kept", "snapshot"] {
             let _ = metrics.restores.get_or_create(&RowsLabels { source });
         }
         for reason in FailureReason::ALL {
