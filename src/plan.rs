@@ -233,6 +233,12 @@ fn differences(
     have: &StoredScheduler,
     next_job: NextJobState,
 ) -> Vec<Difference> {
+    if have.matches_row {
+        return match next_job {
+            NextJobState::Queued => Vec::new(),
+            NextJobState::Missing | NextJobState::Stranded => vec![Difference::NextJob],
+        };
+    }
     let Some(hash) = &have.hash else {
         return match next_job {
             NextJobState::Queued => vec![Difference::SchedulerHash],
@@ -330,6 +336,7 @@ mod tests {
         StoredScheduler {
             next_ms: NEXT_RUN_MS,
             hash: Some(fields.iter().copied().collect()),
+            matches_row: false,
             next_job: NextJobFacts::QUEUED,
         }
     }
@@ -447,6 +454,7 @@ mod tests {
         let gone = StoredScheduler {
             next_ms: NEXT_RUN_MS,
             hash: None,
+            matches_row: false,
             next_job: NextJobFacts::QUEUED,
         };
         let queue = plan(

@@ -4,6 +4,7 @@
 //! The CLI, the HTTP API and the watcher all call these, so each operation
 //! behaves the same whichever way it is started.
 
+use crate::store::verified::{ReadPlan, VerifiedDefinitions};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -95,6 +96,9 @@ pub(crate) struct Warden {
     /// queue whose rows were all disabled or deleted is still compared, so
     /// its schedulers are reported (and pruned) instead of forgotten.
     discovered: tokio::sync::Mutex<Discovered>,
+    /// Scheduler hashes known to match their rows, whose reads a comparison
+    /// skips; fed by the watcher's keyspace subscription.
+    verified: Arc<VerifiedDefinitions>,
 }
 
 /// What the incremental scan for queues has found so far.
@@ -139,7 +143,13 @@ impl Warden {
             store: SharedStore::new(store),
             source,
             discovered: tokio::sync::Mutex::default(),
+            verified: Arc::default(),
         }
+    }
+
+    /// What the keyspace watcher tells about rewritten scheduler hashes.
+    pub(crate) fn verified_definitions(&self) -> Arc<VerifiedDefinitions> {
+        self.verified.clone()
     }
 
     /// The queues under the prefix that have a scheduler set, as far as the
@@ -271,10 +281,18 @@ impl Warden {
         while pending.peek().is_some() {
             let chunk: Vec<(String, Vec<DesiredScheduler>)> =
                 pending.by_ref().take(QUEUES_AT_ONCE).collect();
-            let reads = chunk.iter().map(|(queue, _)| store.read_schedulers(queue));
+            let read_plans: Vec<ReadPlan> = chunk
+                .iter()
+                .map(|(queue, rows)| self.verified.plan_read(queue, rows))
+                .collect();
+            let reads = chunk
+                .iter()
+                .zip(&read_plans)
+                .map(|((queue, _), read)| store.read_schedulers(queue, |id| read.skips(id)));
             let stored = try_join_all(reads).await?;
-            for ((queue, rows), in_redis) in chunk.into_iter().zip(stored) {
+            for (((queue, rows), in_redis), read) in chunk.into_iter().zip(stored).zip(read_plans) {
                 let plan = QueuePlan::new(&queue, rows, &in_redis, &protected, &template, now_ms());
+                self.verified.confirm(&read, &queue, plan.unchanged.iter());
                 queues.insert(queue, plan);
             }
         }
@@ -362,7 +380,7 @@ impl Warden {
     ) -> Result<usize, WardenError> {
         let store = self.store();
         let template = self.live().template;
-        let stored = store.read_schedulers(queue).await?;
+        let stored = store.read_schedulers(queue, |_| false).await?;
         let mut removed = 0;
         for id in stored.schedulers.keys() {
             if (all || template.may_have_rendered(id)) && store.remove(queue, id).await? {

@@ -6,6 +6,7 @@
 //! seconds) and a periodic full comparison. The HTTP server
 //! shares the same `Warden`, metrics and apply lock.
 
+use crate::store::verified::VerifiedDefinitions;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -105,6 +106,7 @@ pub(crate) async fn run(
         restored,
         loading: loading_tx,
         own_writes: own_writes_rx,
+        verified: warden.verified_definitions(),
     };
     start_signals(&mut tasks, &config, &ctx, wiring, &shutdown);
     tasks.spawn(
@@ -173,6 +175,8 @@ struct Wiring {
     loading: watch::Sender<bool>,
     /// Raised while a recovery writes; the keyspace subscription pauses.
     own_writes: watch::Receiver<bool>,
+    /// Told by the keyspace subscription which scheduler hashes changed.
+    verified: Arc<VerifiedDefinitions>,
 }
 
 /// Starts the signal sources: Sentinel (when configured), the poll, the
@@ -215,6 +219,7 @@ fn start_signals(
         topology_interval: config.watch.drift_interval,
         poll_now,
         own_writes: wiring.own_writes,
+        verified: wiring.verified,
     };
     tasks.spawn(keyspace.run(shutdown.clone()));
     let rows = source_change::SourceChangeWatcher {

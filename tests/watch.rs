@@ -345,6 +345,48 @@ fn a_flush_is_repaired_at_once_from_the_rows_kept_ready() {
     assert_one_next_job_each(&redis);
 }
 
+/// A drift check reads a scheduler's hash only when it may have changed:
+/// while the keyspace subscription is live, a hash that matched its row and
+/// had no notification since is not read again (none of the idle checks
+/// below sends an HMGET). The application rewriting one through BullMQ is a
+/// notification, so the next check reads that hash and puts the row back.
+#[test]
+fn drift_checks_read_only_the_hashes_that_may_have_changed() {
+    let redis = RedisServer::start();
+    let setup = watched(&redis, "");
+    let watcher = started(&setup, &redis);
+    // Two drift checks (every 2 s): the first after the start-up writes reads
+    // everything (the subscription paused while they were written).
+    std::thread::sleep(5 * SECOND);
+    redis.redis(&["CONFIG", "RESETSTAT"]);
+    std::thread::sleep(5 * SECOND);
+    let stats = redis.redis(&["INFO", "commandstats"]);
+    assert!(
+        stats.contains("cmdstat_zrange:"),
+        "drift checks ran: {stats}"
+    );
+    assert!(!stats.contains("cmdstat_hmget:"), "{stats}");
+    let rewrite = json!([{"id": "inspection:1", "name": "minutely",
+        "repeat": {"pattern": "0 * * * * *"}, "data": {"written": "by the application"}}]);
+    node(
+        6,
+        "upsert-schedulers",
+        &redis,
+        "inspection",
+        &[],
+        Some(&rewrite),
+    );
+    let data = || redis.redis(&["HGET", "bull:inspection:repeat:inspection:1", "data"]);
+    assert!(data().contains("by the application"), "{}", data());
+    assert!(
+        support::wait_until(10 * SECOND, || !data().contains("by the application")),
+        "the row's data was not put back: {}\n{}",
+        data(),
+        watcher.log()
+    );
+    assert_one_next_job_each(&redis);
+}
+
 /// The bound for a flapping Redis, with the default debounce window (2 s
 /// quiet): the first restart is repaired at once, the four that follow
 /// within the quiet window make one more recovery once Redis settles.

@@ -2,6 +2,7 @@
 //! milliseconds. Notifications are fire-and-forget, so every (re)subscription
 //! is itself a signal to compare rows and Redis again.
 
+use crate::store::verified::VerifiedDefinitions;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -81,6 +82,10 @@ pub(crate) struct KeyspaceWatcher {
     /// deletion by someone else in those moments is still found by the poll
     /// (an emptied set) or by the next drift check.
     pub(crate) own_writes: watch::Receiver<bool>,
+    /// Told of every notification on a scheduler hash, and of every moment
+    /// notifications may have been missed, so that drift checks skip only
+    /// the reads that cannot have changed.
+    pub(crate) verified: Arc<VerifiedDefinitions>,
 }
 
 /// What is known of the server's notification flags.
@@ -193,6 +198,13 @@ enum Notice {
 }
 
 impl KeyspaceWatcher {
+    /// Reports whether notifications flow; what was learned from them before
+    /// is forgotten either way (some may have been missed).
+    fn announce(&self, state: KeyspaceNotifications) {
+        self.verified.watching(state.active);
+        self.ctx.observer.emit(state);
+    }
+
     /// Subscribes, and subscribes again after every lost connection.
     pub(crate) async fn run(mut self, shutdown: CancellationToken) {
         let mut backoff = Backoff::new(self.backoff_min, self.backoff_max);
@@ -210,7 +222,7 @@ impl KeyspaceWatcher {
             }
             self.poll_now.notify_one();
             first = false;
-            self.ctx.observer.emit(KeyspaceNotifications {
+            self.announce(KeyspaceNotifications {
                 active: false,
                 detail: format!("keyspace subscription lost: {error}"),
             });
@@ -339,6 +351,7 @@ impl KeyspaceWatcher {
             };
             outcome.map_err(|e| format!("cannot resume or pause the subscription: {e}"))?;
         }
+        self.verified.watching(!writing);
         self.ctx.observer.emit(KeyspacePaused { paused: writing });
         Ok(())
     }
@@ -351,7 +364,7 @@ impl KeyspaceWatcher {
         if channel != pending.channel || !pending.observe(event) {
             return false;
         }
-        self.ctx.observer.emit(KeyspaceNotifications {
+        self.announce(KeyspaceNotifications {
             active: true,
             detail: pending.detail("notifications arrived"),
         });
@@ -428,14 +441,14 @@ impl KeyspaceWatcher {
         session: &mut Session,
     ) -> Option<Probe> {
         if !session.problems.is_empty() {
-            self.ctx.observer.emit(KeyspaceNotifications {
+            self.announce(KeyspaceNotifications {
                 active: false,
                 detail: format!("{}; relying on polling alone", session.problems.join("; ")),
             });
             return None;
         }
         if session.unreadable.is_empty() {
-            self.ctx.observer.emit(KeyspaceNotifications {
+            self.announce(KeyspaceNotifications {
                 active: true,
                 detail: session.details.join("; "),
             });
@@ -447,7 +460,7 @@ impl KeyspaceWatcher {
         match probe.write(store).await {
             Ok(()) => Some(probe),
             Err(e) => {
-                self.ctx.observer.emit(KeyspaceNotifications {
+                self.announce(KeyspaceNotifications {
                     active: false,
                     detail: probe.detail(&format!("cannot write ({e}); relying on polling alone")),
                 });
@@ -457,7 +470,7 @@ impl KeyspaceWatcher {
     }
 
     fn probe_failed(&self, probe: &Probe) {
-        self.ctx.observer.emit(KeyspaceNotifications {
+        self.announce(KeyspaceNotifications {
             active: false,
             detail: probe.detail(&format!(
                 "no notification needing the flags {:?} arrived within {PROBE_WAIT:?} \
@@ -488,6 +501,7 @@ impl KeyspaceWatcher {
         }
         let mut detail = format!("{event} on {}:{key}", self.prefix);
         if let Some(id) = broken {
+            self.verified.rewritten(queue, id);
             match self.check_scheduler(queue, id).await {
                 Some(why) => detail = format!("{detail}: {why}"),
                 None => return,

@@ -431,10 +431,14 @@ impl BullmqStore {
         }
     }
 
-    /// Reads every scheduler of a queue: the `repeat` set, then each hash,
-    /// next-run job and that job's place in the delayed set, in pipelined
-    /// batches.
-    pub(crate) async fn read_schedulers(&self, queue: &str) -> Result<QueueSchedulers, StoreError> {
+    /// Reads every scheduler of a queue: the `repeat` set, then each hash
+    /// (but those `skips` names: known to match their rows), next-run job
+    /// and that job's place in the delayed set, in pipelined batches.
+    pub(crate) async fn read_schedulers(
+        &self,
+        queue: &str,
+        skips: impl Fn(&str) -> bool,
+    ) -> Result<QueueSchedulers, StoreError> {
         let keys = self.keys(queue);
         let mut conn = self.raw();
         let (members, bullmq_version): (Vec<(String, f64)>, Option<String>) = redis::pipe()
@@ -465,23 +469,26 @@ impl BullmqStore {
             })
             .collect();
         for batch in owned.chunks(READ_BATCH) {
-            let read = self.read_batch(&mut conn, &keys, batch).await?;
+            let read = self.read_batch(&mut conn, &keys, batch, &skips).await?;
             for ((id, next_ms), (values, exists, delayed_score, score_now)) in
                 batch.iter().zip(read)
             {
-                let present = values.iter().any(Option::is_some);
-                let hash = present.then(|| {
-                    SchedulerFields::NAMES
-                        .iter()
-                        .zip(values)
-                        .filter_map(|(name, value)| Some((*name, value?)))
-                        .collect()
-                });
+                let matches_row = values.is_none();
+                let hash = values
+                    .filter(|v| v.iter().any(Option::is_some))
+                    .map(|values| {
+                        SchedulerFields::NAMES
+                            .iter()
+                            .zip(values)
+                            .filter_map(|(name, value)| Some((*name, value?)))
+                            .collect()
+                    });
                 result.schedulers.insert(
                     id.clone(),
                     StoredScheduler {
                         next_ms: *next_ms,
                         hash,
+                        matches_row,
                         next_job: moved_on(*next_ms, score_now).unwrap_or(NextJobFacts {
                             exists,
                             in_delayed: delayed_score.is_some(),
@@ -493,7 +500,8 @@ impl BullmqStore {
         Ok(result)
     }
 
-    /// One round trip for a batch of schedulers: each hash, then for all of
+    /// One round trip for a batch of schedulers: each hash `skips` does not
+    /// name (`None` for the others), then for all of
     /// them at once whether their next jobs exist (one `EXISTS` counting
     /// them), where those jobs are in the delayed set and where the
     /// schedulers are now (a `ZMSCORE` each, after the job reads: a score
@@ -506,14 +514,16 @@ impl BullmqStore {
         conn: &mut AnyConnection,
         keys: &QueueKeys,
         batch: &[(String, u64)],
+        skips: impl Fn(&str) -> bool,
     ) -> Result<Vec<SchedulerReply>, StoreError> {
         let repeat_key = keys.repeat();
         let job_ids: Vec<String> = batch
             .iter()
             .map(|(id, next_ms)| scheduler_job_id(id, *next_ms))
             .collect();
+        let read: Vec<bool> = batch.iter().map(|(id, _)| !skips(id)).collect();
         let mut pipe = redis::pipe();
-        for (id, _) in batch {
+        for ((id, _), _) in batch.iter().zip(&read).filter(|(_, read)| **read) {
             pipe.cmd("HMGET")
                 .arg(format!("{repeat_key}:{id}"))
                 .arg(&SchedulerFields::NAMES[..]);
@@ -526,11 +536,16 @@ impl BullmqStore {
             .arg(batch.iter().map(|(id, _)| id).collect::<Vec<_>>());
         let mut values: Vec<redis::Value> =
             pipe.query_async(conn).await.map_err(|e| self.error(e))?;
-        let tail = values.split_off(batch.len());
+        let hashes_read = read.iter().filter(|read| **read).count();
+        if values.len() != hashes_read + 3 {
+            return Err(self.error("a batch read got an answer of the wrong length"));
+        }
+        let tail = values.split_off(hashes_read);
         let decode = |e| self.error(e);
-        let hashes: Vec<Vec<Option<String>>> = values
-            .into_iter()
-            .map(redis::from_redis_value)
+        let mut hashes = values.into_iter().map(redis::from_redis_value);
+        let hashes: Vec<Option<Vec<Option<String>>>> = read
+            .iter()
+            .map(|read| read.then(|| hashes.next()).flatten().transpose())
             .collect::<Result<_, _>>()
             .map_err(decode)?;
         let [existing, in_delayed, scores]: [redis::Value; 3] = tail
@@ -832,7 +847,9 @@ fn counts_from_replies(queues: &[String], replies: &[u64]) -> BTreeMap<String, J
 
 /// One scheduler's replies: its hash fields, whether its next job exists,
 /// that job's score in the delayed set, and the scheduler's score again.
-type SchedulerReply = (Vec<Option<String>>, bool, Option<f64>, Option<f64>);
+/// A scheduler's hash fields (`None`: not read), whether its next job
+/// exists, its score in the delayed set, and its score in the repeat set now.
+type SchedulerReply = (Option<Vec<Option<String>>>, bool, Option<f64>, Option<f64>);
 
 /// A scheduler whose score changed between the listing and the read of its
 /// next job was moved on by a Worker in between: BullMQ queues the next run
