@@ -41,6 +41,8 @@ pub(crate) enum WatchError {
     Webhook(#[from] crate::restore::webhook::WebhookError),
     #[error(transparent)]
     Source(#[from] crate::source::SourceError),
+    #[error(transparent)]
+    Journal(#[from] crate::journal::store::JournalError),
 }
 
 /// How long a recovery in progress may take to finish after SIGTERM.
@@ -76,6 +78,7 @@ pub(crate) async fn run(
         source: source.redacted_url(),
     });
     let warden = Arc::new(Warden::from_parts(config.clone(), store, source));
+    let journal = start_recorder(&mut tasks, &config, &warden, &observer, &shutdown).await?;
     let _ = connected.set(warden.clone());
     let (signals, triggers) = Signals::channel(observer.clone());
     let ctx = SignalContext {
@@ -105,6 +108,7 @@ pub(crate) async fn run(
         restored,
         loading: loading_tx,
         own_writes: own_writes_rx,
+        journal,
     };
     start_signals(&mut tasks, &config, &ctx, wiring, &shutdown);
     tasks.spawn(
@@ -173,6 +177,31 @@ struct Wiring {
     loading: watch::Sender<bool>,
     /// Raised while a recovery writes; the keyspace subscription pauses.
     own_writes: watch::Receiver<bool>,
+    /// Journal mode: the recorder's notes, fed by the keyspace watcher.
+    journal: Option<crate::journal::Notes>,
+}
+
+/// Journal mode: opens the journal for recording, lets the warden record
+/// before each read of it, and starts the task that records what keyspace
+/// notifications point at. Returns where those notifications go.
+async fn start_recorder(
+    tasks: &mut tokio::task::JoinSet<()>,
+    config: &Config,
+    warden: &Arc<Warden>,
+    observer: &Observer,
+    shutdown: &CancellationToken,
+) -> Result<Option<crate::journal::Notes>, WatchError> {
+    if !crate::journal::is_journal(&config.source.url) {
+        return Ok(None);
+    }
+    let path = crate::journal::path_of(&config.source.url);
+    let recorder =
+        crate::journal::Recorder::open(&path, &config.source.queues, observer.clone()).await?;
+    let recorder = Arc::new(recorder);
+    warden.set_recorder(recorder.clone());
+    let notes = recorder.notes();
+    tasks.spawn(recorder.run(warden.shared_store().clone(), shutdown.clone()));
+    Ok(Some(notes))
 }
 
 /// Starts the signal sources: Sentinel (when configured), the poll, the
@@ -215,6 +244,7 @@ fn start_signals(
         topology_interval: config.watch.drift_interval,
         poll_now,
         own_writes: wiring.own_writes,
+        journal: wiring.journal,
     };
     tasks.spawn(keyspace.run(shutdown.clone()));
     let rows = source_change::SourceChangeWatcher {

@@ -214,7 +214,12 @@ fn desired_from_row(
     }
     let schedule =
         schedule(row, tz.as_deref(), start_date, now_ms, cron_checks).map_err(&invalid)?;
-    let limit = positive_integer(row, "limit").map_err(&invalid)?;
+    // `repeat_limit` is the default table's name for it (`limit` is an SQL keyword).
+    let limit_column = match row.get("limit") {
+        Some(_) => "limit",
+        None => "repeat_limit",
+    };
+    let limit = positive_integer(row, limit_column).map_err(&invalid)?;
     let data = match optional_text_any(row, &["data", "payload"]) {
         Some(text) => serde_json::from_str::<Value>(&text)
             .map_err(|e| invalid(format!("data is not JSON: {e}")))?

@@ -81,6 +81,9 @@ pub(crate) struct KeyspaceWatcher {
     /// deletion by someone else in those moments is still found by the poll
     /// (an emptied set) or by the next drift check.
     pub(crate) own_writes: watch::Receiver<bool>,
+    /// Journal mode: where every notification on scheduler keys goes, as the
+    /// recorder's cue to read the queue and its evidence of removals.
+    pub(crate) journal: Option<crate::journal::Notes>,
 }
 
 /// What is known of the server's notification flags.
@@ -251,6 +254,10 @@ impl KeyspaceWatcher {
             Ok(session) => session,
             Err(reason) => return reason,
         };
+        // Whatever came before this subscription may have been missed.
+        if let Some(journal) = &self.journal {
+            journal.reset();
+        }
         let mut probe = self.report_flags(&store, &mut session).await;
         if !first {
             self.ctx.signals.raise_now(
@@ -297,6 +304,9 @@ impl KeyspaceWatcher {
                 Notice::Keyspace(message) => message,
                 Notice::Closed => return "connection closed".into(),
                 Notice::Flushed => {
+                    if let Some(journal) = &self.journal {
+                        journal.reset();
+                    }
                     // The poll compares the counts and reports the flush.
                     self.ctx.observer.emit(FlushNoticed);
                     self.poll_now.notify_one();
@@ -308,6 +318,9 @@ impl KeyspaceWatcher {
                 probe = None;
             }
             if let Some(key) = message.get_channel_name().strip_prefix(&channel_prefix) {
+                if let Some(journal) = &self.journal {
+                    journal.keyspace(key, &event);
+                }
                 self.on_event(key, &event, &mut last_logged).await;
             }
         }
