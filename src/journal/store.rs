@@ -215,12 +215,10 @@ impl JournalFile {
     }
 }
 
-/// Creates the journal file with its table when it does not exist yet, so
-/// that the source can open it read-only before anything was recorded.
+/// Opens the journal read-write once: creates the file with its table when
+/// it does not exist yet, and rolls back a transaction a killed warden left
+/// (SQLite's hot journal), so that the source can then open it read-only.
 pub(crate) async fn ensure_exists(path: &Path) -> Result<(), JournalError> {
-    if path.exists() {
-        return Ok(());
-    }
     let file = JournalFile::open(path).await?;
     file.connection
         .close()
