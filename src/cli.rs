@@ -48,7 +48,7 @@ const LISTEN_ENV: &str = "BULLMQ_WARDEN_LISTEN";
 #[command(
     name = "bullmq-warden",
     version,
-    about = "Watches the Redis behind BullMQ and restores job schedulers from a SQL source of truth",
+    about = "Watches the Redis behind BullMQ and restores job schedulers from a SQL source of truth, or from a journal it keeps of them",
     after_help = "Exit codes: 0 ok, 1 failure (writes refused), 2 usage or config error, 3 invalid rows skipped (export: schedulers left out), \
                   4 check found problems, 5 Redis unreachable, 6 source database unreachable or its query failed, \
                   7 recovery lease held by another bullmq-warden (or lost while writing), \
