@@ -74,8 +74,22 @@ pub(crate) async fn read_queue(store: &BullmqStore, queue: &str) -> Result<Queue
     Ok(read)
 }
 
-/// Asks, in one `MULTI`, whether the queue's meta hash and repeat set exist
-/// and which of `ids` have neither a set member nor a hash.
+/// Answers, in one script, whether the meta hash and the repeat set exist
+/// and, for each id, whether it is in the set and has a hash: Redis runs a
+/// script whole, so the answers describe one moment. A script rather than
+/// `MULTI`, which the least-privilege ACL does not grant; it reads only the
+/// queue's own keys, so on a cluster they share the prefix's slot.
+const ABSENCE_SCRIPT: &str = r"
+local out = {redis.call('EXISTS', KEYS[1]), redis.call('EXISTS', KEYS[2])}
+for i, id in ipairs(ARGV) do
+  out[#out + 1] = redis.call('ZSCORE', KEYS[2], id) and 1 or 0
+  out[#out + 1] = redis.call('EXISTS', KEYS[i + 2])
+end
+return out
+";
+
+/// Asks whether the queue's meta hash and repeat set exist and which of
+/// `ids` have neither a set member nor a hash, at one moment.
 pub(crate) async fn read_absence(
     store: &BullmqStore,
     queue: &str,
@@ -83,34 +97,25 @@ pub(crate) async fn read_absence(
 ) -> Result<Absence, StoreError> {
     let keys = store.keys(queue);
     let repeat_key = keys.repeat();
-    let mut pipe = redis::pipe();
-    pipe.atomic();
-    pipe.cmd("EXISTS").arg(keys.meta());
-    pipe.cmd("EXISTS").arg(&repeat_key);
+    let script = redis::Script::new(ABSENCE_SCRIPT);
+    let mut invocation = script.prepare_invoke();
+    invocation.key(keys.meta()).key(&repeat_key);
     for id in ids {
-        pipe.cmd("ZSCORE").arg(&repeat_key).arg(id);
-        pipe.cmd("EXISTS").arg(format!("{repeat_key}:{id}"));
+        invocation.key(format!("{repeat_key}:{id}"));
+        invocation.arg(id);
     }
-    let replies: Vec<redis::Value> = pipe
-        .query_async(&mut store.raw())
+    let replies: Vec<i64> = invocation
+        .invoke_async(&mut store.raw())
         .await
         .map_err(|e| store.error(e))?;
-    let flag = |value: Option<&redis::Value>| {
-        value
-            .and_then(|v| redis::from_redis_value::<i64>(v.clone()).ok())
-            .unwrap_or(1)
-            != 0
-    };
+    let at = |index: usize| replies.get(index).is_none_or(|n| *n != 0);
     let mut absence = Absence {
-        meta_exists: flag(replies.first()),
-        set_exists: flag(replies.get(1)),
+        meta_exists: at(0),
+        set_exists: at(1),
         gone: BTreeSet::new(),
     };
     for (index, id) in ids.iter().enumerate() {
-        let score = replies.get(2 + 2 * index);
-        let in_set = !matches!(score, Some(redis::Value::Nil));
-        let hash = flag(replies.get(3 + 2 * index));
-        if !in_set && !hash {
+        if !at(2 + 2 * index) && !at(3 + 2 * index) {
             absence.gone.insert(id.clone());
         }
     }
