@@ -58,6 +58,8 @@ pub(crate) struct Row {
     pub(crate) end_date: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) repeat_limit: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) repeat_offset: Option<u64>,
 }
 
 /// A scheduler that cannot be a row, and why.
@@ -171,6 +173,7 @@ fn row_of(d: Definition) -> Row {
         start_date: d.start_date,
         end_date: d.end_date,
         repeat_limit: d.limit,
+        repeat_offset: d.offset,
     }
 }
 
@@ -193,6 +196,7 @@ fn source_row(row: &Row) -> SourceRow {
         ("start_date", int(row.start_date)),
         ("end_date", int(row.end_date)),
         ("repeat_limit", int(row.repeat_limit)),
+        ("repeat_offset", int(row.repeat_offset)),
     ];
     SourceRow {
         columns: columns
@@ -203,7 +207,7 @@ fn source_row(row: &Row) -> SourceRow {
 }
 
 /// The column names, in table order.
-const COLUMNS: [&str; 11] = [
+const COLUMNS: [&str; 12] = [
     "id",
     "queue",
     "name",
@@ -215,10 +219,11 @@ const COLUMNS: [&str; 11] = [
     "start_date",
     "end_date",
     "repeat_limit",
+    "repeat_offset",
 ];
 
 /// A row's values in `COLUMNS` order: text or a number, `None` for NULL.
-fn values(row: &Row) -> [Option<Value<'_>>; 11] {
+fn values(row: &Row) -> [Option<Value<'_>>; 12] {
     fn text(v: &Option<String>) -> Option<Value<'_>> {
         v.as_deref().map(Value::Text)
     }
@@ -235,6 +240,7 @@ fn values(row: &Row) -> [Option<Value<'_>>; 11] {
         int(row.start_date),
         int(row.end_date),
         int(row.repeat_limit),
+        int(row.repeat_offset),
     ]
 }
 
@@ -274,6 +280,7 @@ fn sql(rows: &[Row]) -> String {
            start_date BIGINT,\n  \
            end_date BIGINT,\n  \
            repeat_limit BIGINT,\n  \
+           repeat_offset BIGINT,\n  \
            enabled BOOLEAN NOT NULL DEFAULT TRUE,\n  \
            PRIMARY KEY (queue, id)\n\
          );\n",

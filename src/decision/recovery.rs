@@ -651,6 +651,7 @@ mod tests {
             start_date: None,
             end_date: None,
             limit: None,
+            offset: None,
         }
     }
 

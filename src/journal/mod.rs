@@ -37,6 +37,8 @@ pub(crate) struct Definition {
     pub(crate) start_date: Option<u64>,
     pub(crate) end_date: Option<u64>,
     pub(crate) limit: Option<u64>,
+    /// An interval scheduler's `offset` (where its runs fall within `every`).
+    pub(crate) offset: Option<u64>,
 }
 
 impl Definition {
@@ -69,6 +71,7 @@ impl Definition {
             start_date: number("startDate"),
             end_date: number("endDate"),
             limit: number("limit"),
+            offset: number("offset").filter(|offset| *offset > 0),
         };
         (definition.pattern.is_some() || definition.every_ms.is_some()).then_some(definition)
     }

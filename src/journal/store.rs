@@ -49,6 +49,7 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS schedulers (
     start_date INTEGER,
     end_date INTEGER,
     \"limit\" INTEGER,
+    repeat_offset INTEGER,
     recorded_at_ms INTEGER NOT NULL,
     PRIMARY KEY (queue, id)
 )";
@@ -57,7 +58,7 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS schedulers (
 /// as the row id (the scheduler id template is `{id}` in journal mode).
 pub(crate) const JOURNAL_QUERY: &str =
     "SELECT queue, id, name, pattern, every_ms, tz, data, opts, \
-     start_date, end_date, \"limit\" FROM schedulers";
+     start_date, end_date, \"limit\", repeat_offset FROM schedulers";
 
 /// What one read of a queue changes in the journal.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -149,6 +150,7 @@ impl JournalFile {
                 start_date: number("start_date"),
                 end_date: number("end_date"),
                 limit: number("limit"),
+                offset: number("repeat_offset"),
             };
             recorded
                 .entry(definition.queue.clone())
@@ -188,8 +190,8 @@ impl JournalFile {
         for d in &changes.record {
             sqlx::query(
                 "INSERT OR REPLACE INTO schedulers (queue, id, name, pattern, every_ms, tz, data, \
-                 opts, start_date, end_date, \"limit\", recorded_at_ms) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 opts, start_date, end_date, \"limit\", repeat_offset, recorded_at_ms) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(&d.queue)
             .bind(&d.id)
@@ -202,6 +204,7 @@ impl JournalFile {
             .bind(as_i64(d.start_date))
             .bind(as_i64(d.end_date))
             .bind(as_i64(d.limit))
+            .bind(as_i64(d.offset))
             .bind(as_i64(Some(now_ms)))
             .execute(&mut *tx)
             .await

@@ -32,7 +32,8 @@ pub(crate) const DEFAULT_QUERY: &str = "SELECT id, name, cron, every_ms, tz, pay
 /// Columns the default table may have beyond the manual's: BullMQ's repeat
 /// options `export` writes. Selected by the default query only where the
 /// table has them, so that an older table reads as before.
-const OPTIONAL_DEFAULT_COLUMNS: [&str; 3] = ["start_date", "end_date", "repeat_limit"];
+const OPTIONAL_DEFAULT_COLUMNS: [&str; 4] =
+    ["start_date", "end_date", "repeat_limit", "repeat_offset"];
 
 /// Finds the default table's columns without reading a row.
 const DEFAULT_TABLE_PROBE: &str = "SELECT * FROM inspection_tasks WHERE 1 = 0";
