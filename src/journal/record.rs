@@ -30,6 +30,9 @@ const SETTLE_DELAY: Duration = Duration::from_millis(200);
 pub(crate) struct Notes {
     pending: Arc<std::sync::Mutex<BTreeMap<String, Evidence>>>,
     wake: Arc<Notify>,
+    /// Bumped by every `reset`: a read that began before one must not
+    /// remove anything on the evidence it took.
+    resets: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Notes {
@@ -62,6 +65,8 @@ impl Notes {
     /// Notifications may have been missed (a new subscription) or Redis was
     /// flushed: no evidence gathered so far may support a removal.
     pub(crate) fn reset(&self) {
+        self.resets
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         for evidence in pending.values_mut() {
             *evidence = Evidence::default();
@@ -70,6 +75,10 @@ impl Notes {
 
     fn take(&self) -> BTreeMap<String, Evidence> {
         std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn resets(&self) -> u64 {
+        self.resets.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
@@ -122,6 +131,7 @@ impl Recorder {
     /// every recorded queue and `more`; records what changed.
     pub(crate) async fn settle(&self, store: &BullmqStore, everything: bool, more: &[String]) {
         let mut state = self.state.lock().await;
+        let resets = self.notes.resets();
         let mut queues = self.notes.take();
         if everything {
             let known = state.recorded.keys().chain(more).chain(&self.only);
@@ -134,7 +144,7 @@ impl Recorder {
                 continue;
             }
             if let Err(error) = self
-                .settle_queue(&mut state, store, &queue, &evidence)
+                .settle_queue(&mut state, store, &queue, &evidence, resets)
                 .await
             {
                 self.observer.emit(JournalFailed { error: &error });
@@ -148,6 +158,7 @@ impl Recorder {
         store: &BullmqStore,
         queue: &str,
         evidence: &Evidence,
+        resets: u64,
     ) -> Result<(), JournalError> {
         let read_error = |e: crate::store::StoreError| JournalError::Read {
             path: state.file.path().to_owned(),
@@ -165,7 +176,13 @@ impl Recorder {
             ),
             false => None,
         };
-        let changes = judge(queue, recorded, &read, absence.as_ref(), evidence);
+        let mut changes = judge(queue, recorded, &read, absence.as_ref(), evidence);
+        // A flush or a gap in the notifications since the evidence was taken:
+        // what looked like a removal may be that loss.
+        if self.notes.resets() != resets {
+            changes.remove.clear();
+            changes.forget.clear();
+        }
         if changes.is_empty() {
             return Ok(());
         }

@@ -10,10 +10,12 @@
 //!   the last read, and an atomic read shows its member and hash gone and
 //!   the meta hash present.
 //! - **obliterated**: `queue.obliterate()` deletes every key of the queue
-//!   with commands Redis announces (`zrem`/`del` on the repeat set), the meta
-//!   hash among them. A queue is forgotten when such an event arrived and an
-//!   atomic read shows its meta hash, its repeat set and every recorded
-//!   scheduler's hash gone.
+//!   with commands Redis announces (`del` on each scheduler hash, `zrem` on
+//!   the repeat set), the meta hash among them. A queue is forgotten when the
+//!   deletion of every recorded scheduler's hash and a change of the set were
+//!   announced, and an atomic read shows the meta hash, the repeat set and
+//!   every recorded hash gone. Requiring every hash keeps one removal followed
+//!   by a flush from passing for an obliteration.
 //! - everything else is a **loss**: a flush, a restart or failover to an
 //!   empty server, an eviction, the deletion of a repeat set or of a hash
 //!   alone. Flushes and restarts announce no key; an eviction is announced
@@ -76,6 +78,9 @@ pub(crate) fn judge(
     };
     let missing = candidates(recorded, read);
     let obliterated = evidence.set_touched
+        && recorded
+            .keys()
+            .all(|id| evidence.hashes_deleted.contains(id))
         && !absence.meta_exists
         && !absence.set_exists
         && read.members.is_empty()
@@ -211,6 +216,18 @@ mod tests {
             &deleted(&[], true),
         );
         assert!(evicted.is_empty(), "{evicted:?}");
+    }
+
+    #[test]
+    fn one_removal_then_a_flush_is_no_obliteration() {
+        let changes = judge(
+            "q",
+            &recorded(&["a", "b"]),
+            &read(&[]),
+            Some(&absence(false, false, &["a", "b"])),
+            &deleted(&["b"], true),
+        );
+        assert!(changes.is_empty(), "{changes:?}");
     }
 
     #[test]
