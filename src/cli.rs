@@ -102,6 +102,11 @@ pub(crate) enum Command {
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
+        /// List every scheduler created, updated, removed or kept (with --json,
+        /// the `changes` array); without it only the counts, invalid rows,
+        /// failures and withheld queues are printed.
+        #[arg(long)]
+        changes: bool,
     },
     /// Remove the job schedulers of a queue (through BullMQ), e.g. before a clean rebuild.
     RemoveSchedulers {
@@ -194,12 +199,14 @@ async fn run(cli: Cli) -> u8 {
             dry_run,
             queue,
             json,
+            changes,
         } => {
             with_warden(config, async |warden| {
                 match warden.recover(queue.as_deref(), dry_run).await {
                     Ok(report) => {
-                        print_recover(&report, json);
-                        recover_exit_code(&report)
+                        let code = recover_exit_code(&report);
+                        print_recover(report, json, changes);
+                        code
                     }
                     Err(e) => fail(&e),
                 }
@@ -393,6 +400,18 @@ fn print_json(value: &impl serde::Serialize) {
     }
 }
 
+/// `recover --json`: the REST route's shape, without `changes` unless listed.
+fn print_recover_json(report: &RecoverReport, list_changes: bool) {
+    let mut value = match serde_json::to_value(report) {
+        Ok(value) => value,
+        Err(e) => return eprintln!("bullmq-warden: cannot encode the result as JSON: {e}"),
+    };
+    if let (false, Some(fields)) = (list_changes, value.as_object_mut()) {
+        fields.remove("changes");
+    }
+    print_json(&value);
+}
+
 fn print_status(report: &StatusReport, json: bool) {
     if json {
         return print_json(report);
@@ -413,9 +432,16 @@ fn print_status(report: &StatusReport, json: bool) {
     }
 }
 
-fn print_recover(report: &RecoverReport, json: bool) {
+/// The report as text or JSON. The list of changes, one entry per
+/// scheduler (100,000 after a total loss), is printed only when asked for;
+/// changes left undone are always counted.
+fn print_recover(mut report: RecoverReport, json: bool, list_changes: bool) {
+    let not_done = report.changes.iter().filter(|c| c.not_done).count();
+    if !list_changes {
+        report.changes = Vec::new();
+    }
     if json {
-        return print_json(report);
+        return print_recover_json(&report, list_changes);
     }
     for change in &report.changes {
         let verb = match (change.action, report.dry_run) {
@@ -463,7 +489,6 @@ fn print_recover(report: &RecoverReport, json: bool) {
         );
     }
     if let Some(reason) = &report.stopped {
-        let not_done = report.changes.iter().filter(|c| c.not_done).count();
         println!("stopped       {reason}; {not_done} changes not done");
     }
     println!(

@@ -90,6 +90,11 @@ pub struct QueuePlan {
 }
 
 impl QueuePlan {
+    /// Redis held schedulers of the id template's for this queue.
+    pub(crate) fn holds_schedulers(&self) -> bool {
+        !(self.unchanged.is_empty() && self.update.is_empty() && self.orphaned.is_empty())
+    }
+
     /// Sorts one queue's rows against what Redis held for it at `now_ms`.
     pub fn new(
         queue: &str,
@@ -228,6 +233,12 @@ fn differences(
     have: &StoredScheduler,
     next_job: NextJobState,
 ) -> Vec<Difference> {
+    if have.matches_row {
+        return match next_job {
+            NextJobState::Queued => Vec::new(),
+            NextJobState::Missing | NextJobState::Stranded => vec![Difference::NextJob],
+        };
+    }
     let Some(hash) = &have.hash else {
         return match next_job {
             NextJobState::Queued => vec![Difference::SchedulerHash],
@@ -326,6 +337,7 @@ mod tests {
         StoredScheduler {
             next_ms: NEXT_RUN_MS,
             hash: Some(fields.iter().copied().collect()),
+            matches_row: false,
             next_job: NextJobFacts::QUEUED,
         }
     }
@@ -443,6 +455,7 @@ mod tests {
         let gone = StoredScheduler {
             next_ms: NEXT_RUN_MS,
             hash: None,
+            matches_row: false,
             next_job: NextJobFacts::QUEUED,
         };
         let queue = plan(

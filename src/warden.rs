@@ -4,6 +4,7 @@
 //! The CLI, the HTTP API and the watcher all call these, so each operation
 //! behaves the same whichever way it is started.
 
+use crate::store::verified::{ReadPlan, VerifiedDefinitions};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -96,6 +97,9 @@ pub(crate) struct Warden {
     /// queue whose rows were all disabled or deleted is still compared, so
     /// its schedulers are reported (and pruned) instead of forgotten.
     discovered: tokio::sync::Mutex<Discovered>,
+    /// Scheduler hashes known to match their rows, whose reads a comparison
+    /// skips; fed by the watcher's keyspace subscription.
+    verified: Arc<VerifiedDefinitions>,
     /// Journal mode, in the watcher: records what Redis holds before each
     /// read of the journal.
     recorder: std::sync::OnceLock<Arc<Recorder>>,
@@ -106,11 +110,19 @@ pub(crate) struct Warden {
 struct Discovered {
     cursor: u64,
     queues: BTreeSet<String>,
+    /// When the last full pass over the keyspace ended.
+    swept_at: Option<std::time::Instant>,
 }
 
 /// `SCAN` steps of 1,000 keys per comparison: bounds what one comparison
 /// costs Redis; the cursor goes on from there at the next one.
 const DISCOVERY_STEPS: usize = 64;
+
+/// The pause between two full passes. A pass visits every key of the
+/// database (about 0.8 ms of Redis time per 1,000 keys), while what it finds
+/// is rare: a queue with schedulers that no row names and no comparison of
+/// this process saw before (those are remembered).
+const DISCOVERY_PAUSE: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// The config in force and the id template made from it.
 #[derive(Clone)]
@@ -135,8 +147,14 @@ impl Warden {
             store: SharedStore::new(store),
             source,
             discovered: tokio::sync::Mutex::default(),
+            verified: Arc::default(),
             recorder: std::sync::OnceLock::new(),
         }
+    }
+
+    /// What the keyspace watcher tells about rewritten scheduler hashes.
+    pub(crate) fn verified_definitions(&self) -> Arc<VerifiedDefinitions> {
+        self.verified.clone()
     }
 
     /// The queues under the prefix that have a scheduler set, as far as the
@@ -144,12 +162,36 @@ impl Warden {
     /// what is known.
     async fn discovered_queues(&self) -> BTreeSet<String> {
         let mut discovered = self.discovered.lock().await;
+        let resting = discovered.cursor == 0
+            && discovered
+                .swept_at
+                .is_some_and(|at| at.elapsed() < DISCOVERY_PAUSE);
+        if resting {
+            return discovered.queues.clone();
+        }
         let cursor = discovered.cursor;
         if let Ok((found, next)) = self.store().discover_queues(cursor, DISCOVERY_STEPS).await {
             discovered.queues.extend(found);
             discovered.cursor = next;
+            if next == 0 {
+                discovered.swept_at = Some(std::time::Instant::now());
+            }
         }
         discovered.queues.clone()
+    }
+
+    /// Remembers the queues a comparison found schedulers in or meant to
+    /// write, so that they stay compared when their last row goes, between
+    /// discovery passes.
+    async fn remember_queues(&self, plan: &Plan) {
+        let seen = plan
+            .queues
+            .iter()
+            .filter(|(_, q)| q.desired > 0 || q.holds_schedulers());
+        let mut discovered = self.discovered.lock().await;
+        discovered
+            .queues
+            .extend(seen.map(|(queue, _)| queue.clone()));
     }
 
     /// The config in force now (a reload may replace it).
@@ -265,16 +307,24 @@ impl Warden {
         while pending.peek().is_some() {
             let chunk: Vec<(String, Vec<DesiredScheduler>)> =
                 pending.by_ref().take(QUEUES_AT_ONCE).collect();
-            let reads = chunk.iter().map(|(queue, _)| store.read_schedulers(queue));
+            let read_plans: Vec<ReadPlan> = chunk
+                .iter()
+                .map(|(queue, rows)| self.verified.plan_read(queue, rows))
+                .collect();
+            let reads = chunk
+                .iter()
+                .zip(&read_plans)
+                .map(|((queue, _), read)| store.read_schedulers(queue, |id| read.skips(id)));
             let stored = try_join_all(reads).await?;
-            for ((queue, rows), in_redis) in chunk.into_iter().zip(stored) {
+            for (((queue, rows), in_redis), read) in chunk.into_iter().zip(stored).zip(read_plans) {
                 let plan = QueuePlan::new(&queue, rows, &in_redis, &protected, &template, now_ms());
+                self.verified.confirm(&read, &queue, plan.unchanged.iter());
                 queues.insert(queue, plan);
             }
         }
-        Ok(Snapshot {
-            plan: Plan { queues, invalid },
-        })
+        let plan = Plan { queues, invalid };
+        self.remember_queues(&plan).await;
+        Ok(Snapshot { plan })
     }
 
     /// checkQueueStatus: BullMQ's job counts per queue, with rows and drift.
@@ -356,7 +406,7 @@ impl Warden {
     ) -> Result<usize, WardenError> {
         let store = self.store();
         let template = self.live().template;
-        let stored = store.read_schedulers(queue).await?;
+        let stored = store.read_schedulers(queue, |_| false).await?;
         let mut removed = 0;
         for id in stored.schedulers.keys() {
             if (all || template.may_have_rendered(id)) && store.remove(queue, id).await? {

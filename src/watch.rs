@@ -6,6 +6,7 @@
 //! seconds) and a periodic full comparison. The HTTP server
 //! shares the same `Warden`, metrics and apply lock.
 
+use crate::store::verified::VerifiedDefinitions;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -108,6 +109,7 @@ pub(crate) async fn run(
         restored,
         loading: loading_tx,
         own_writes: own_writes_rx,
+        verified: warden.verified_definitions(),
         journal,
     };
     start_signals(&mut tasks, &config, &ctx, wiring, &shutdown);
@@ -177,6 +179,8 @@ struct Wiring {
     loading: watch::Sender<bool>,
     /// Raised while a recovery writes; the keyspace subscription pauses.
     own_writes: watch::Receiver<bool>,
+    /// Told by the keyspace subscription which scheduler hashes changed.
+    verified: Arc<VerifiedDefinitions>,
     /// Journal mode: the recorder's notes, fed by the keyspace watcher.
     journal: Option<crate::journal::Notes>,
 }
@@ -244,6 +248,7 @@ fn start_signals(
         topology_interval: config.watch.drift_interval,
         poll_now,
         own_writes: wiring.own_writes,
+        verified: wiring.verified,
         journal: wiring.journal,
     };
     tasks.spawn(keyspace.run(shutdown.clone()));

@@ -161,6 +161,7 @@ fn in_redis(own_id: Option<&str>) -> QueueSchedulers {
     let stored = || StoredScheduler {
         next_ms: NOW + 60_000,
         hash: None,
+        matches_row: false,
         next_job: NextJobFacts::QUEUED,
     };
     let mut schedulers = BTreeMap::from([(FOREIGN.to_owned(), stored())]);

@@ -286,7 +286,7 @@ fn a_source_query_of_several_statements_is_refused_and_writes_nothing() {
         count.dir.path().join("tasks.db"),
     )
     .unwrap();
-    let run = count.warden(&["recover", "--dry-run", "--json"]);
+    let run = count.warden(&["recover", "--dry-run", "--json", "--changes"]);
     assert_eq!(
         run.json()["changes"][0]["rowId"],
         "1",
@@ -329,7 +329,7 @@ fn row_values_cannot_steer_the_terminal_or_forge_output_lines() {
          ('x' || char(10) || 'created       forged' || char(27) || '[2J', 'a', '0 * * * *'), \
          ('y' || char(13), 'b', 'not a cron')",
     );
-    let run = setup.warden(&["recover"]);
+    let run = setup.warden(&["recover", "--changes"]);
     assert_eq!(run.code, 3, "{}{}", run.stdout, run.stderr);
     assert!(!run.stdout.contains('\x1b'), "{:?}", run.stdout);
     assert!(!run.stdout.contains('\r'), "{:?}", run.stdout);

@@ -42,7 +42,7 @@ fn a_lease_deleted_mid_restore_stops_the_cli_writer_within_a_bounded_number_of_w
     let setup = Setup::sqlite(&redis, "[recovery]\nconcurrency = 1\nlease_ttl = \"30s\"\n");
     support::sqlite_rows(&setup, 20_000, "inspection");
     std::thread::scope(|scope| {
-        let recover = scope.spawn(|| setup.warden(&["recover", "--json"]));
+        let recover = scope.spawn(|| setup.warden(&["recover", "--json", "--changes"]));
         assert!(
             support::wait_until(60 * SECOND, || redis.zcard("bull:inspection:repeat") > 1000),
             "the restore did not start"

@@ -57,11 +57,42 @@ fn recover_creates_every_enabled_row_and_a_second_run_changes_nothing() {
     );
 }
 
+/// The list of changes has one entry per scheduler: printed only when asked
+/// for. The counts, invalid rows and failures are always there.
+#[test]
+fn json_lists_the_changes_only_when_asked() {
+    let redis = RedisServer::start();
+    let setup = seeded(&redis, "");
+    let run = setup.warden(&["recover", "--json"]);
+    let report = run.json();
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(report["created"], 3, "{report}");
+    assert!(report.get("changes").is_none(), "{report}");
+    assert!(report["invalid"].is_array() && report["failed"].is_array());
+    let plain = setup.warden(&["recover", "--dry-run"]);
+    assert_eq!(
+        plain.stdout.trim(),
+        format!(
+            "plan: 0 created, 0 updated, 3 unchanged, 0 removed, 0 invalid, 0 failed in {} ms",
+            plain_ms(&plain.stdout)
+        ),
+        "{}",
+        plain.stdout
+    );
+    let listed = setup.warden(&["recover", "--json", "--changes"]).json();
+    assert_eq!(listed["changes"], serde_json::json!([]), "{listed}");
+}
+
+/// The milliseconds a plain report's summary line ends with.
+fn plain_ms(stdout: &str) -> &str {
+    stdout.trim().rsplit(' ').nth(1).unwrap_or_default()
+}
+
 #[test]
 fn dry_run_plans_without_writing() {
     let redis = RedisServer::start();
     let setup = seeded(&redis, "");
-    let run = setup.warden(&["recover", "--dry-run", "--json"]);
+    let run = setup.warden(&["recover", "--dry-run", "--json", "--changes"]);
     let plan = run.json();
     assert_eq!(run.code, 0);
     assert_eq!(plan["dryRun"], true);

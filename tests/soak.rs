@@ -1124,7 +1124,9 @@ fn schedulers_that_advance_during_a_comparison_are_not_planned_for_a_rewrite() {
     let started = Instant::now();
     let (mut runs, mut planned) = (0, Vec::new());
     while runs < 600 && started.elapsed() < 120 * SECOND {
-        let report = setup.warden(&["recover", "--dry-run", "--json"]).json();
+        let report = setup
+            .warden(&["recover", "--dry-run", "--json", "--changes"])
+            .json();
         runs += 1;
         if report["updated"] != 0 || report["created"] != 0 {
             planned.push(report["changes"].clone());

@@ -319,11 +319,86 @@ fn the_subscription_returns_promptly_after_each_of_many_restarts() {
     }
 }
 
+/// A flush is a loss Redis shows: repaired without the quiet window, from
+/// the rows as last read (SQLite's data_version watch saw no change since).
+/// A member removed from a scheduler set, as the application's
+/// `removeJobScheduler` does, waits for the window like before (see
+/// `a_scheduler_removed_with_its_row_disabled_in_the_window_stays_removed`).
+#[test]
+fn a_flush_is_repaired_at_once_from_the_rows_kept_ready() {
+    let redis = RedisServer::start();
+    let setup = watched(&redis, "");
+    let slow_window = [("BULLMQ_WARDEN__WATCH__DEBOUNCE_QUIET", "3s")];
+    let watcher = started_env(&setup, &redis, &slow_window);
+    assert!(watcher.wait_for("source_watch", 1, 5 * SECOND));
+    redis.redis(&["FLUSHALL"]);
+    assert!(
+        watcher.wait_for("recovery_finished", 2, 10 * SECOND),
+        "{}",
+        watcher.log()
+    );
+    let started = &watcher.events("recovery_started")[1];
+    assert_eq!(started["at_once"], true, "{}", watcher.log());
+    let finished = &watcher.events("recovery_finished")[1];
+    assert_eq!(finished["rows"], "kept", "{}", watcher.log());
+    assert_eq!(schedulers(&redis), 4);
+    assert_one_next_job_each(&redis);
+}
+
+/// A drift check reads a scheduler's hash only when it may have changed:
+/// while the keyspace subscription is live, a hash that matched its row and
+/// had no notification since is not read again (none of the idle checks
+/// below sends an HMGET). The application rewriting one through BullMQ is a
+/// notification, so the next check reads that hash and puts the row back.
+#[test]
+fn drift_checks_read_only_the_hashes_that_may_have_changed() {
+    let redis = RedisServer::start();
+    let setup = watched(&redis, "");
+    let watcher = started(&setup, &redis);
+    // Two drift checks (every 2 s): the first after the start-up writes reads
+    // everything (the subscription paused while they were written).
+    std::thread::sleep(5 * SECOND);
+    redis.redis(&["CONFIG", "RESETSTAT"]);
+    std::thread::sleep(5 * SECOND);
+    let stats = redis.redis(&["INFO", "commandstats"]);
+    assert!(
+        stats.contains("cmdstat_zrange:"),
+        "drift checks ran: {stats}"
+    );
+    assert!(!stats.contains("cmdstat_hmget:"), "{stats}");
+    let rewrite = json!([{"id": "inspection:1", "name": "minutely",
+        "repeat": {"pattern": "0 * * * * *"}, "data": {"written": "by the application"}}]);
+    node(
+        6,
+        "upsert-schedulers",
+        &redis,
+        "inspection",
+        &[],
+        Some(&rewrite),
+    );
+    let data = || redis.redis(&["HGET", "bull:inspection:repeat:inspection:1", "data"]);
+    assert!(data().contains("by the application"), "{}", data());
+    assert!(
+        support::wait_until(10 * SECOND, || !data().contains("by the application")),
+        "the row's data was not put back: {}\n{}",
+        data(),
+        watcher.log()
+    );
+    assert_one_next_job_each(&redis);
+}
+
+/// The bound for a flapping Redis, with the default debounce window (2 s
+/// quiet): the first restart is repaired at once, the four that follow
+/// within the quiet window make one more recovery once Redis settles.
 #[test]
 fn five_restarts_in_three_seconds_give_at_most_two_recoveries() {
     let mut redis = RedisServer::start();
     let setup = watched(&redis, "");
-    let watcher = started(&setup, &redis);
+    let defaults = [
+        ("BULLMQ_WARDEN__WATCH__DEBOUNCE_QUIET", "2s"),
+        ("BULLMQ_WARDEN__WATCH__DEBOUNCE_MAX", "15s"),
+    ];
+    let watcher = started_env(&setup, &redis, &defaults);
     for _ in 0..5 {
         redis.start_again();
         std::thread::sleep(Duration::from_millis(450));
@@ -340,6 +415,12 @@ fn five_restarts_in_three_seconds_give_at_most_two_recoveries() {
         "{recoveries} recoveries: {}",
         watcher.log()
     );
+    let started = watcher.events("recovery_started");
+    let at_once: Vec<bool> = started[1..]
+        .iter()
+        .map(|e| e["at_once"].as_bool().unwrap_or_default())
+        .collect();
+    assert_eq!(at_once.first(), Some(&true), "{}", watcher.log());
     assert_eq!(schedulers(&redis), 4);
     assert_one_next_job_each(&redis);
 }

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::debounce::Debounce;
 use super::error::RecoveryError;
-use super::policy::{error_policy, naming_cause, repairs_at_once, Timing};
+use super::policy::{error_policy, naming_cause, Timing};
 use crate::backoff::{full_jitter, Backoff};
 use crate::clock::now_ms;
 use crate::model::{Cause, Trigger};
@@ -84,9 +84,10 @@ pub(crate) struct Controller<R> {
     observer: Observer,
     /// True while Redis loads its dataset: attempts wait instead of failing.
     redis_loading: watch::Receiver<bool>,
-    /// When the last cycle that a loss in Redis started ended: a loss within
-    /// a quiet window of it means Redis keeps changing.
-    last_loss_cycle: Option<Instant>,
+    /// When the loop last heard of a loss Redis showed, or ended a cycle
+    /// for one: another loss within a quiet window of it means Redis keeps
+    /// changing.
+    last_loss_at: Option<Instant>,
 }
 
 /// The triggers that make up one cycle.
@@ -94,6 +95,8 @@ struct Batch {
     causes: BTreeSet<Cause>,
     since_ms: u64,
     at_once: bool,
+    /// One of the triggers showed a loss in Redis itself.
+    saw_a_loss: bool,
 }
 
 impl Batch {
@@ -102,12 +105,14 @@ impl Batch {
             causes: BTreeSet::from([first.cause]),
             since_ms: first.since_ms,
             at_once: false,
+            saw_a_loss: first.shows_loss,
         }
     }
 
     fn add(&mut self, trigger: &Trigger) {
         self.causes.insert(trigger.cause);
         self.since_ms = self.since_ms.min(trigger.since_ms);
+        self.saw_a_loss |= trigger.shows_loss;
     }
 
     /// Goes at once, with the triggers already waiting: they are signals
@@ -118,10 +123,6 @@ impl Batch {
         }
         self.at_once = true;
         self
-    }
-
-    fn saw_a_loss(&self) -> bool {
-        self.causes.iter().any(|cause| repairs_at_once(*cause))
     }
 }
 
@@ -143,7 +144,7 @@ impl<R: Reconcile> Controller<R> {
             reconciler,
             observer,
             redis_loading,
-            last_loss_cycle: None,
+            last_loss_at: None,
         }
     }
 
@@ -179,8 +180,8 @@ impl<R: Reconcile> Controller<R> {
                 return;
             };
             let end = self.cycle(&batch, confirm, &shutdown).await;
-            if batch.saw_a_loss() {
-                self.last_loss_cycle = Some(Instant::now());
+            if batch.saw_a_loss {
+                self.last_loss_at = Some(Instant::now());
             }
             confirm = matches!(end, CycleEnd::ConfirmLater);
             match end {
@@ -203,7 +204,7 @@ impl<R: Reconcile> Controller<R> {
     /// A start-up, an operator's request and a loss after a calm spell go at
     /// once, with whatever triggers are already waiting. `None` on shutdown.
     async fn gather(
-        &self,
+        &mut self,
         first: Trigger,
         triggers: &mut mpsc::Receiver<Trigger>,
         shutdown: &CancellationToken,
@@ -214,8 +215,11 @@ impl<R: Reconcile> Controller<R> {
             return Some(batch);
         }
         let calm = self.redis_was_calm(timing.debounce_quiet);
-        if calm && repairs_at_once(first.cause) {
-            return Some(batch.at_once(triggers));
+        if first.shows_loss {
+            self.last_loss_at = Some(Instant::now());
+            if calm {
+                return Some(batch.at_once(triggers));
+            }
         }
         let mut window = Debounce::open(
             &first,
@@ -228,10 +232,13 @@ impl<R: Reconcile> Controller<R> {
                 trigger = triggers.recv() => {
                     let trigger = trigger?;
                     batch.add(&trigger);
-                    // A loss in a window a change of the rows or a reconnect
-                    // opened is no less urgent.
-                    if calm && repairs_at_once(trigger.cause) {
-                        return Some(batch.at_once(triggers));
+                    if trigger.shows_loss {
+                        self.last_loss_at = Some(Instant::now());
+                        // A loss in a window that a change of the rows or a
+                        // reconnect opened is no less urgent.
+                        if calm {
+                            return Some(batch.at_once(triggers));
+                        }
                     }
                     window.observe(&trigger, Instant::now());
                 }
@@ -241,10 +248,10 @@ impl<R: Reconcile> Controller<R> {
         }
     }
 
-    /// No cycle for a loss ended within the last quiet window.
+    /// No loss was heard of, and no cycle for one ended, within the last
+    /// quiet window.
     fn redis_was_calm(&self, quiet: Duration) -> bool {
-        self.last_loss_cycle
-            .is_none_or(|ended| ended.elapsed() >= quiet)
+        self.last_loss_at.is_none_or(|at| at.elapsed() >= quiet)
     }
 
     /// Attempts until one succeeds or the watcher stops, waiting as the
@@ -421,11 +428,7 @@ mod tests {
         }
 
         async fn send(&self, cause: Cause, since_ms: u64) {
-            let trigger = Trigger {
-                cause,
-                since_ms,
-                queue: Some("q".into()),
-            };
+            let trigger = Trigger::new(cause, since_ms).about("q");
             self.triggers.send(trigger).await.expect("loop runs");
         }
 
@@ -476,7 +479,15 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn ambiguous_signals_wait_for_the_quiet_window() {
         let running = Running::start(vec![]);
-        for cause in [Cause::Reconnect, Cause::Drift, Cause::SourceChange] {
+        // A keyspace event that shows no loss by itself: a member removed
+        // from a scheduler set, as the application's removeJobScheduler does.
+        let causes = [
+            Cause::Reconnect,
+            Cause::Drift,
+            Cause::SourceChange,
+            Cause::Keyspace,
+        ];
+        for cause in causes {
             running.send(cause, 1).await;
             sleep(Duration::from_secs(1)).await;
         }
@@ -484,7 +495,7 @@ mod tests {
         let at: Vec<u128> = calls.iter().map(|(at, _)| *at).collect();
         // A change of the rows waits only its short window (500 ms, or the
         // quiet window when shorter).
-        assert_eq!(at, vec![200, 1200, 2200], "{calls:?}");
+        assert_eq!(at, vec![200, 1200, 2200, 3200], "{calls:?}");
         assert!(calls.iter().all(|(_, r)| !r.at_once));
         running.stop().await;
     }

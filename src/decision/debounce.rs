@@ -106,6 +106,7 @@ mod tests {
             cause,
             since_ms: 0,
             queue: queue.map(str::to_owned),
+            shows_loss: cause.shows_loss(),
         }
     }
 

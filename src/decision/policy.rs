@@ -58,22 +58,6 @@ fn precedence(cause: Cause) -> u8 {
     }
 }
 
-/// Whether a cycle opened by `cause` may start without the quiet window: a
-/// loss that Redis itself shows (a new run id or role, a scheduler set or
-/// its delayed set emptied, a scheduler key deleted) is no half-finished
-/// change of the application's, and waiting only adds missed runs. A
-/// periodic check, a reconnect or a change of the rows is ambiguous, and a
-/// Redis that is still changing is handled by the controller: only the first
-/// loss after a calm spell goes at once.
-pub(crate) fn repairs_at_once(cause: Cause) -> bool {
-    match cause {
-        Cause::Restart | Cause::Flush | Cause::Failover | Cause::Keyspace => true,
-        Cause::Reconnect | Cause::SourceChange | Cause::Startup | Cause::Drift | Cause::Manual => {
-            false
-        }
-    }
-}
-
 /// What a comparison calls for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Verdict {

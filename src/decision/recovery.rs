@@ -396,6 +396,7 @@ impl Recovery {
         self.ctx.observer.emit(RecoveryStarted {
             trigger: request.trigger,
             attempt: request.attempt,
+            at_once: request.at_once,
         });
         let started = std::time::Instant::now();
         let (plan, withheld) = writable(compared, &config.recovery);

@@ -4,14 +4,14 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 /// How often a scheduler fires.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Schedule {
     Pattern(String),
     EveryMs(u64),
 }
 
 /// A job scheduler as the database says it should be.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct DesiredScheduler {
     pub row_id: String,
     pub queue: String,

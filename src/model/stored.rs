@@ -7,8 +7,12 @@ use std::collections::BTreeMap;
 pub struct StoredScheduler {
     /// Score in the `repeat` set: the next run, epoch milliseconds.
     pub next_ms: u64,
-    /// The compared fields of `repeat:<id>`; `None` when the hash is gone.
+    /// The compared fields of `repeat:<id>`; `None` when the hash is gone,
+    /// or was not read (`matches_row`).
     pub hash: Option<SchedulerFields>,
+    /// The hash was not read: it matched this scheduler's row at an earlier
+    /// read and no notification about it came since (see `store::verified`).
+    pub matches_row: bool,
     /// What Redis holds of the job for the next run (`repeat:<id>:<next>`);
     /// whether that run will happen is the plan's judgement
     /// ([`NextJobState::judge`]), as it depends on the time.

@@ -45,6 +45,13 @@ impl Cause {
         Cause::ALL.into_iter().filter(|c| *c != Cause::Manual)
     }
 
+    /// Whether a signal of this cause always shows a loss in Redis itself.
+    /// A keyspace event does only for some keys and events (the keyspace
+    /// watcher says which); the others are requests to look.
+    pub(crate) fn shows_loss(self) -> bool {
+        matches!(self, Cause::Restart | Cause::Flush | Cause::Failover)
+    }
+
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             Cause::Restart => "restart",
@@ -69,6 +76,11 @@ pub(crate) struct Trigger {
     pub(crate) since_ms: u64,
     /// The queue the signal is about, when it names one.
     pub(crate) queue: Option<String>,
+    /// Redis itself shows a loss: a restart, a failover, an emptied set, a
+    /// deleted scheduler set, a broken scheduler. Nothing an application
+    /// does while changing its schedulers looks like this (unlike a removed
+    /// member of the scheduler set), so the repair need not wait.
+    pub(crate) shows_loss: bool,
 }
 
 impl Trigger {
@@ -77,6 +89,15 @@ impl Trigger {
             cause,
             since_ms,
             queue: None,
+            shows_loss: cause.shows_loss(),
+        }
+    }
+
+    /// The same signal about `queue`.
+    pub(crate) fn about(self, queue: &str) -> Self {
+        Self {
+            queue: Some(queue.to_owned()),
+            ..self
         }
     }
 }

@@ -2,6 +2,7 @@
 //! milliseconds. Notifications are fire-and-forget, so every (re)subscription
 //! is itself a signal to compare rows and Redis again.
 
+use crate::store::verified::VerifiedDefinitions;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -81,6 +82,10 @@ pub(crate) struct KeyspaceWatcher {
     /// deletion by someone else in those moments is still found by the poll
     /// (an emptied set) or by the next drift check.
     pub(crate) own_writes: watch::Receiver<bool>,
+    /// Told of every notification on a scheduler hash, and of every moment
+    /// notifications may have been missed, so that drift checks skip only
+    /// the reads that cannot have changed.
+    pub(crate) verified: Arc<VerifiedDefinitions>,
     /// Journal mode: where every notification on scheduler keys goes, as the
     /// recorder's cue to read the queue and its evidence of removals.
     pub(crate) journal: Option<crate::journal::Notes>,
@@ -196,6 +201,13 @@ enum Notice {
 }
 
 impl KeyspaceWatcher {
+    /// Reports whether notifications flow; what was learned from them before
+    /// is forgotten either way (some may have been missed).
+    fn announce(&self, state: KeyspaceNotifications) {
+        self.verified.watching(state.active);
+        self.ctx.observer.emit(state);
+    }
+
     /// Subscribes, and subscribes again after every lost connection.
     pub(crate) async fn run(mut self, shutdown: CancellationToken) {
         let mut backoff = Backoff::new(self.backoff_min, self.backoff_max);
@@ -213,7 +225,7 @@ impl KeyspaceWatcher {
             }
             self.poll_now.notify_one();
             first = false;
-            self.ctx.observer.emit(KeyspaceNotifications {
+            self.announce(KeyspaceNotifications {
                 active: false,
                 detail: format!("keyspace subscription lost: {error}"),
             });
@@ -352,6 +364,7 @@ impl KeyspaceWatcher {
             };
             outcome.map_err(|e| format!("cannot resume or pause the subscription: {e}"))?;
         }
+        self.verified.watching(!writing);
         self.ctx.observer.emit(KeyspacePaused { paused: writing });
         Ok(())
     }
@@ -364,7 +377,7 @@ impl KeyspaceWatcher {
         if channel != pending.channel || !pending.observe(event) {
             return false;
         }
-        self.ctx.observer.emit(KeyspaceNotifications {
+        self.announce(KeyspaceNotifications {
             active: true,
             detail: pending.detail("notifications arrived"),
         });
@@ -441,14 +454,14 @@ impl KeyspaceWatcher {
         session: &mut Session,
     ) -> Option<Probe> {
         if !session.problems.is_empty() {
-            self.ctx.observer.emit(KeyspaceNotifications {
+            self.announce(KeyspaceNotifications {
                 active: false,
                 detail: format!("{}; relying on polling alone", session.problems.join("; ")),
             });
             return None;
         }
         if session.unreadable.is_empty() {
-            self.ctx.observer.emit(KeyspaceNotifications {
+            self.announce(KeyspaceNotifications {
                 active: true,
                 detail: session.details.join("; "),
             });
@@ -460,7 +473,7 @@ impl KeyspaceWatcher {
         match probe.write(store).await {
             Ok(()) => Some(probe),
             Err(e) => {
-                self.ctx.observer.emit(KeyspaceNotifications {
+                self.announce(KeyspaceNotifications {
                     active: false,
                     detail: probe.detail(&format!("cannot write ({e}); relying on polling alone")),
                 });
@@ -470,7 +483,7 @@ impl KeyspaceWatcher {
     }
 
     fn probe_failed(&self, probe: &Probe) {
-        self.ctx.observer.emit(KeyspaceNotifications {
+        self.announce(KeyspaceNotifications {
             active: false,
             detail: probe.detail(&format!(
                 "no notification needing the flags {:?} arrived within {PROBE_WAIT:?} \
@@ -484,10 +497,11 @@ impl KeyspaceWatcher {
     /// Turns a notification on `<prefix>:<key>` into a trigger when it may
     /// mean a watched queue lost schedulers.
     async fn on_event(&self, key: &str, event: &str, last_logged: &mut HashMap<String, Instant>) {
-        let (queue, broken) = match classify(key, event) {
+        let (queue, broken, shows_loss) = match classify(key, event) {
             KeyEvent::Ignore => return,
-            KeyEvent::Loss(queue) => (queue, None),
-            KeyEvent::SchedulerHash { queue, id } => (queue, Some(id)),
+            KeyEvent::Loss(queue) => (queue, None, false),
+            KeyEvent::ShownLoss(queue) => (queue, None, true),
+            KeyEvent::SchedulerHash { queue, id } => (queue, Some(id), true),
         };
         let watched = self
             .ctx
@@ -500,6 +514,7 @@ impl KeyspaceWatcher {
         }
         let mut detail = format!("{event} on {}:{key}", self.prefix);
         if let Some(id) = broken {
+            self.verified.rewritten(queue, id);
             match self.check_scheduler(queue, id).await {
                 Some(why) => detail = format!("{detail}: {why}"),
                 None => return,
@@ -509,17 +524,15 @@ impl KeyspaceWatcher {
         let log = last_logged
             .get(queue)
             .is_none_or(|at| now.duration_since(*at) >= DETECTION_LOG_INTERVAL);
+        let trigger = Trigger {
+            shows_loss,
+            ..Trigger::new(Cause::Keyspace, now_ms())
+        };
         if log {
             last_logged.insert(queue.to_owned(), now);
-            self.ctx
-                .signals
-                .raise_now(Cause::Keyspace, Some(queue), detail);
+            self.ctx.signals.raise_trigger(trigger, &[queue], detail);
         } else {
-            self.ctx.signals.nudge(Trigger {
-                cause: Cause::Keyspace,
-                since_ms: now_ms(),
-                queue: Some(queue.to_owned()),
-            });
+            self.ctx.signals.nudge(trigger.about(queue));
         }
     }
 
@@ -633,6 +646,9 @@ enum KeyEvent<'k> {
     Ignore,
     /// A possible loss in `queue`: look at once.
     Loss(&'k str),
+    /// A loss in `queue` that no change of the application's looks like:
+    /// the whole scheduler set gone, or a next job evicted.
+    ShownLoss(&'k str),
     /// The scheduler hash `<queue>:repeat:<id>` was deleted, expired or
     /// evicted: a loss only if the scheduler is now broken.
     SchedulerHash { queue: &'k str, id: &'k str },
@@ -661,7 +677,12 @@ fn classify<'k>(key: &'k str, event: &str) -> KeyEvent<'k> {
         return KeyEvent::Ignore;
     };
     if rest == "repeat" {
-        return KeyEvent::Loss(queue);
+        // BullMQ removes one scheduler with ZREM; only Redis, or someone
+        // by hand, takes the whole set.
+        return match event {
+            "del" | "expired" | "evicted" => KeyEvent::ShownLoss(queue),
+            _ => KeyEvent::Loss(queue),
+        };
     }
     let Some(id) = rest.strip_prefix("repeat:") else {
         return KeyEvent::Ignore;
@@ -674,7 +695,7 @@ fn classify<'k>(key: &'k str, event: &str) -> KeyEvent<'k> {
         && parts.next().is_some()
         && last.bytes().all(|b| b.is_ascii_alphabetic());
     match (is_job, is_job_part) {
-        (true, _) if event == "evicted" => KeyEvent::Loss(queue),
+        (true, _) if event == "evicted" => KeyEvent::ShownLoss(queue),
         (true, _) | (_, true) => KeyEvent::Ignore,
         _ if matches!(event, "del" | "expired" | "evicted") => {
             KeyEvent::SchedulerHash { queue, id }
@@ -697,7 +718,7 @@ mod tests {
     #[test]
     fn only_losses_on_scheduler_keys_count() {
         use KeyEvent::*;
-        assert_eq!(classify("mail:repeat", "del"), Loss("mail"));
+        assert_eq!(classify("mail:repeat", "del"), ShownLoss("mail"));
         assert_eq!(classify("mail:repeat", "zrem"), Loss("mail"));
         assert_eq!(classify("mail:repeat", "zadd"), Ignore);
         assert_eq!(classify("mail:delayed", "del"), Ignore);
@@ -723,7 +744,7 @@ mod tests {
         let job = "mail:repeat:inspection:1:1796169635000";
         assert_eq!(classify(job, "del"), Ignore);
         assert_eq!(classify(job, "expired"), Ignore);
-        assert_eq!(classify(job, "evicted"), Loss("mail"));
+        assert_eq!(classify(job, "evicted"), ShownLoss("mail"));
         for part in ["lock", "logs", "dependencies"] {
             let key = format!("{job}:{part}");
             for event in ["del", "expired", "evicted"] {

@@ -64,8 +64,14 @@ impl Signals {
     /// A detection: logged and counted once, then one trigger per queue it
     /// names (or one for all queues when it names none).
     pub(crate) fn raise(&self, cause: Cause, queues: &[&str], since_ms: u64, detail: String) {
+        self.raise_trigger(Trigger::new(cause, since_ms), queues, detail);
+    }
+
+    /// `raise` for a trigger the caller made: one that says itself whether
+    /// it shows a loss.
+    pub(crate) fn raise_trigger(&self, trigger: Trigger, queues: &[&str], detail: String) {
         self.observer.emit(Detected {
-            cause,
+            cause: trigger.cause,
             queue: match queues {
                 [only] => Some(*only),
                 _ => None,
@@ -73,14 +79,10 @@ impl Signals {
             detail,
         });
         if queues.is_empty() {
-            self.nudge(Trigger::new(cause, since_ms));
+            self.nudge(trigger.clone());
         }
         for queue in queues {
-            self.nudge(Trigger {
-                cause,
-                since_ms,
-                queue: Some((*queue).to_owned()),
-            });
+            self.nudge(trigger.clone().about(queue));
         }
     }
 

@@ -4,6 +4,7 @@
 mod bullmq;
 pub(crate) mod settings;
 pub(crate) mod target;
+pub(crate) mod verified;
 
 pub use bullmq::BullmqStore;
 pub use bullmq::Polled;

@@ -94,7 +94,7 @@ impl Setup {
 
     /// `recover --json` and its parsed report.
     pub fn recover(&self) -> (i32, Value) {
-        let run = self.warden(&["recover", "--json"]);
+        let run = self.warden(&["recover", "--json", "--changes"]);
         (run.code, run.json())
     }
 }

@@ -67,6 +67,8 @@ impl InternalEvent for DriftConfirmed {
 pub(crate) struct RecoveryStarted {
     pub(crate) trigger: Cause,
     pub(crate) attempt: u32,
+    /// The cycle did not wait for the quiet window: a loss Redis showed.
+    pub(crate) at_once: bool,
 }
 
 impl InternalEvent for RecoveryStarted {
@@ -75,6 +77,7 @@ impl InternalEvent for RecoveryStarted {
             event = "recovery_started",
             trigger = self.trigger.as_str(),
             attempt = self.attempt,
+            at_once = self.at_once,
             "restoring schedulers"
         );
     }
@@ -84,7 +87,8 @@ pub(crate) struct RecoveryFinished<'a> {
     pub(crate) trigger: Cause,
     pub(crate) report: &'a RecoverReport,
     pub(crate) duration: Duration,
-    /// Where the desired schedulers came from: `database` or `snapshot`.
+    /// Where the desired schedulers came from: `database`, `kept` or
+    /// `snapshot`.
     pub(crate) rows: &'static str,
 }
 
