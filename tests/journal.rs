@@ -395,3 +395,42 @@ fn journal_mode_refuses_keys_that_do_not_apply() {
     assert_eq!(run.code, 6, "{}", run.stderr);
     assert!(run.stderr.contains("journal"), "{}", run.stderr);
 }
+
+/// `recover` reads the journal as it is, like rows: a dry run plans the
+/// restore and writes nothing, the run restores through BullMQ.
+#[test]
+fn recover_from_the_command_line_reads_the_journal() {
+    assert!(
+        node_packages_installed(),
+        "run `npm ci --prefix tests/node`"
+    );
+    let redis = RedisServer::start();
+    let setup = journal_setup(&redis);
+    let mut watcher = Watcher::start(&setup);
+    assert!(watcher.wait_for("source_up", 1, WAIT), "{}", watcher.log());
+    node(
+        6,
+        "upsert-schedulers",
+        &redis,
+        APP,
+        &[],
+        Some(&app_schedulers()),
+    );
+    worker_runs(6, &redis, "beat", 1);
+    assert!(
+        wait_until(WAIT, || journal_rows(&setup).len() == 8),
+        "{}",
+        watcher.log()
+    );
+    let before = schedulers(6, &redis, APP);
+    assert_eq!(watcher.terminate(), Some(0));
+
+    redis.redis(&["FLUSHALL"]);
+    let dry = setup.warden(&["recover", "--dry-run", "--json"]);
+    assert_eq!(dry.code, 0, "{}", dry.stderr);
+    assert_eq!(dry.json()["created"], 8, "{}", dry.stdout);
+    assert_eq!(redis.zcard(&format!("bull:{APP}:repeat")), 0);
+    let (code, report) = setup.recover();
+    assert_eq!((code, &report["created"]), (0, &json!(8)), "{report}");
+    assert_eq!(schedulers(6, &redis, APP), before);
+}
