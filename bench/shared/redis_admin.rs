@@ -67,6 +67,23 @@ impl Admin {
         }
     }
 
+    /// Zeroes `INFO commandstats` only (keys and scripts stay) and returns
+    /// the CPU time so far, read before the reset so that this read is not
+    /// counted among the commands that follow.
+    pub fn reset_stats(&mut self) -> Duration {
+        let cpu = self.cpu_time();
+        let () = self.query(redis::cmd("CONFIG").arg("RESETSTAT"));
+        cpu
+    }
+
+    /// Every command's calls and time since the last reset, from `INFO
+    /// commandstats`. The `INFO` that reads them is not among them: Redis
+    /// counts a command once it has run.
+    pub fn commandstats(&mut self) -> CommandStats {
+        let stats: String = self.query(redis::cmd("INFO").arg("commandstats"));
+        CommandStats::parse(&stats)
+    }
+
     /// `redis_version` from `INFO server`.
     pub fn version(&mut self) -> String {
         let info: String = self.query(redis::cmd("INFO").arg("server"));
@@ -84,23 +101,66 @@ impl Admin {
         self.query(redis::cmd("LLEN").arg(key))
     }
 
-    fn cpu_time(&mut self) -> Duration {
+    /// Main-thread CPU time of the server since it started (`INFO cpu`).
+    pub fn cpu_time(&mut self) -> Duration {
         let info: String = self.query(redis::cmd("INFO").arg("cpu"));
         main_thread_cpu(&info)
     }
 }
 
-/// Sums `usec` over the script commands of an `INFO commandstats` reply,
-/// whose lines read `cmdstat_evalsha:calls=3,usec=120,usec_per_call=40.00,…`.
+/// One command's line of `INFO commandstats`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommandStat {
+    pub calls: u64,
+    /// Time Redis spent executing it, µs.
+    pub usec: u64,
+}
+
+/// `INFO commandstats` by command name, lower case, without the `cmdstat_`
+/// prefix; a subcommand reads `config|get` (Redis 7).
+#[derive(Debug, Clone, Default)]
+pub struct CommandStats(pub std::collections::BTreeMap<String, CommandStat>);
+
+impl CommandStats {
+    /// Parses lines such as `cmdstat_evalsha:calls=3,usec=120,usec_per_call=40.00,…`.
+    pub fn parse(commandstats: &str) -> Self {
+        let stats = commandstats
+            .lines()
+            .filter_map(|line| line.trim().strip_prefix("cmdstat_")?.split_once(':'))
+            .map(|(command, fields)| {
+                let number = |key| {
+                    info_field(fields, ',', key)
+                        .and_then(|value| value.parse::<u64>().ok())
+                        .unwrap_or_default()
+                };
+                let stat = CommandStat {
+                    calls: number("calls"),
+                    usec: number("usec"),
+                };
+                (command.to_ascii_lowercase(), stat)
+            })
+            .collect();
+        Self(stats)
+    }
+
+    /// One command's line; zero when it did not run.
+    pub fn get(&self, command: &str) -> CommandStat {
+        self.0.get(command).copied().unwrap_or_default()
+    }
+
+    /// Time spent executing scripts: the `usec` of `SCRIPT_COMMANDS`.
+    pub fn script_time(&self) -> Duration {
+        let micros = SCRIPT_COMMANDS
+            .iter()
+            .map(|name| self.get(name.trim_start_matches("cmdstat_")).usec)
+            .sum();
+        Duration::from_micros(micros)
+    }
+}
+
+/// Sums `usec` over the script commands of an `INFO commandstats` reply.
 fn script_time(commandstats: &str) -> Duration {
-    let micros: u64 = commandstats
-        .lines()
-        .filter_map(|line| line.trim().split_once(':'))
-        .filter(|(command, _)| SCRIPT_COMMANDS.contains(command))
-        .filter_map(|(_, fields)| info_field(fields, ',', "usec"))
-        .filter_map(|usec| usec.parse::<u64>().ok())
-        .sum();
-    Duration::from_micros(micros)
+    CommandStats::parse(commandstats).script_time()
 }
 
 /// User plus system CPU of Redis's main thread (the one that runs commands).

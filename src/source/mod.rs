@@ -462,8 +462,13 @@ fn pool_options<DB: Database>(connect_timeout: Duration) -> PoolOptions<DB> {
 }
 
 /// Statements are logged at debug level only: the source query runs every drift check.
+/// Statements at debug level; a read of 100,000 rows that takes over a
+/// second is no warning (sqlx's default for slow statements): the source
+/// read's duration is a metric of its own.
 fn quiet<O: ConnectOptions>(options: O) -> O {
-    options.log_statements(tracing::log::LevelFilter::Debug)
+    options
+        .log_statements(tracing::log::LevelFilter::Debug)
+        .log_slow_statements(tracing::log::LevelFilter::Debug, Duration::from_secs(1))
 }
 
 /// Each column as the value the database returned. The column types a task
