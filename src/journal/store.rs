@@ -108,7 +108,10 @@ impl JournalFile {
             .journal_mode(SqliteJournalMode::Delete)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(5))
-            .log_statements(tracing::log::LevelFilter::Trace);
+            .log_statements(tracing::log::LevelFilter::Trace)
+            // Recording 100,000 schedulers at start may take over a second:
+            // no warning, as the journal's events say what it did.
+            .log_slow_statements(tracing::log::LevelFilter::Debug, Duration::from_secs(1));
         let mut connection = options.connect().await.map_err(|e| open_error(&e))?;
         sqlx::query(SCHEMA)
             .execute(&mut connection)
