@@ -434,3 +434,57 @@ fn recover_from_the_command_line_reads_the_journal() {
     assert_eq!((code, &report["created"]), (0, &json!(8)), "{report}");
     assert_eq!(schedulers(6, &redis, APP), before);
 }
+
+/// The deletion of a whole repeat set, or of one scheduler's hash, is a
+/// loss: announced, but not as BullMQ's removal, so it is restored.
+#[test]
+fn a_deleted_repeat_set_or_hash_is_restored_not_removed() {
+    assert!(
+        node_packages_installed(),
+        "run `npm ci --prefix tests/node`"
+    );
+    let redis = RedisServer::start();
+    let setup = journal_setup(&redis);
+    let watcher = Watcher::start(&setup);
+    assert!(watcher.wait_for("source_up", 1, WAIT), "{}", watcher.log());
+    let two = json!([
+        {"id": "one", "name": "n", "repeat": {"pattern": "0 1 * * *"}},
+        {"id": "two", "name": "n", "repeat": {"pattern": "0 2 * * *"}}
+    ]);
+    node(6, "upsert-schedulers", &redis, APP, &[], Some(&two));
+    assert!(
+        wait_until(WAIT, || journal_rows(&setup).len() == 2),
+        "{}",
+        watcher.log()
+    );
+    // A cron scheduler's hash rewritten in place loses the `offset: 0` that
+    // BullMQ keeps for it (an interval field, meaningless for cron).
+    let cron_view = |redis: &RedisServer| -> Vec<Value> {
+        let mut entries = schedulers(6, redis, APP);
+        for entry in &mut entries {
+            if let Some(object) = entry.as_object_mut() {
+                object.remove("offset");
+            }
+        }
+        entries
+    };
+    let before = cron_view(&redis);
+    let set = format!("bull:{APP}:repeat");
+    for deleted in [set.clone(), format!("{set}:two")] {
+        let restored = watcher.count("recovery_finished");
+        redis.redis(&["DEL", &deleted]);
+        assert!(
+            watcher.wait_for("recovery_finished", restored + 1, WAIT),
+            "{deleted}:\n{}",
+            watcher.log()
+        );
+        assert!(
+            wait_until(WAIT, || cron_view(&redis) == before),
+            "{deleted}: {:?}\n{}",
+            cron_view(&redis),
+            watcher.log()
+        );
+        assert_eq!(journal_rows(&setup).len(), 2, "{deleted}");
+    }
+    assert_eq!(watcher.count("journal_failed"), 0, "{}", watcher.log());
+}
