@@ -792,6 +792,7 @@ async fn upsert_with(queue: &Queue, scheduler: &DesiredScheduler) -> Result<(), 
         start_date: scheduler.start_date,
         end_date: scheduler.end_date,
         limit: scheduler.limit,
+        offset: scheduler.offset,
         ..Default::default()
     };
     queue
