@@ -15,6 +15,8 @@
 
 // Modules shared by the benchmarks, and the test harness, which starts the
 // servers and the binary; each uses only part of them.
+#[path = "shared/machine.rs"]
+mod machine;
 #[allow(dead_code)]
 #[path = "shared/redis_admin.rs"]
 mod redis_admin;
@@ -27,6 +29,7 @@ mod watcher;
 #[path = "shared/workload.rs"]
 mod workload;
 
+use machine::{cores, env_number, load_average};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -98,8 +101,8 @@ impl Settings {
                     .collect()
             })
             .unwrap_or_else(|| vec![1, 100, 10_000]);
-        let secs = env_number("BENCH_IDLE_SECS", 20);
-        let drift = env_number("BENCH_IDLE_DRIFT_SECS", 5).max(1);
+        let secs: u64 = env_number("BENCH_IDLE_SECS", 20);
+        let drift: u64 = env_number("BENCH_IDLE_DRIFT_SECS", 5).max(1);
         // Whole drift intervals, so that the window holds whole checks.
         let secs = secs.div_ceil(drift) * drift;
         Self {
@@ -401,25 +404,4 @@ fn probe(conn: &mut redis::Connection, window: Duration) -> Probe {
         p99: rank(99.0),
         max: latencies.last().copied().unwrap_or_default(),
     }
-}
-
-/// The 1-minute load average, taken before the benchmark adds its own load.
-fn load_average() -> Option<f64> {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
-fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }

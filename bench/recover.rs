@@ -10,6 +10,9 @@
 // its own under `recover/`, those shared by the benchmarks (each using only
 // part of them) under `shared/`, and the test harness, which starts the
 // servers and the binary, under `tests/support/`.
+#[allow(dead_code)]
+#[path = "shared/machine.rs"]
+mod machine;
 #[path = "recover/probe.rs"]
 mod probe;
 #[allow(dead_code)]
@@ -30,6 +33,7 @@ mod timed;
 #[path = "shared/workload.rs"]
 mod workload;
 
+use machine::{cores, load_average};
 use std::time::{Duration, Instant};
 
 use redis_admin::Admin;
@@ -133,18 +137,4 @@ fn warn_if_busy(load: Option<f64>) {
              other processes will skew the numbers"
         );
     }
-}
-
-/// The 1-minute load average, taken before the benchmark adds its own load.
-fn load_average() -> Option<f64> {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
-fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
 }

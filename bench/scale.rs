@@ -8,6 +8,9 @@
 
 // Modules shared by the benchmarks, and the test harness, which starts the
 // servers and the binary; each uses only part of them.
+#[allow(dead_code)]
+#[path = "shared/machine.rs"]
+mod machine;
 #[path = "../tests/support/mod.rs"]
 mod support;
 #[allow(dead_code)]
@@ -20,6 +23,7 @@ mod watcher;
 #[path = "shared/workload.rs"]
 mod workload;
 
+use machine::env_number;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -369,11 +373,4 @@ fn machine() -> String {
         "{cores} cores, load average {}",
         load.split_whitespace().next().unwrap_or("?")
     )
-}
-
-fn env_number(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }

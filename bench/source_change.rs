@@ -10,12 +10,16 @@
 //! explains it. Without `--bench` (`cargo test --benches`) it is a smoke run.
 
 // The test harness, which starts the servers and the binary.
+#[allow(dead_code)]
+#[path = "shared/machine.rs"]
+mod machine;
 #[path = "../tests/support/mod.rs"]
 mod support;
 #[allow(dead_code)]
 #[path = "shared/watcher.rs"]
 mod watcher;
 
+use machine::env_number;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -209,11 +213,4 @@ fn percentile(values: &[f64], p: f64) -> f64 {
     sorted.sort_by(f64::total_cmp);
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn env_number(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }

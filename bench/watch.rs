@@ -14,6 +14,8 @@
 
 // Modules shared by the benchmarks, and the test harness, which starts the
 // servers and the binary; each uses only part of them.
+#[path = "shared/machine.rs"]
+mod machine;
 #[allow(dead_code)]
 #[path = "shared/redis_admin.rs"]
 mod redis_admin;
@@ -26,6 +28,7 @@ mod watcher;
 #[path = "shared/workload.rs"]
 mod workload;
 
+use machine::{cores, env_number, load_average};
 use std::time::{Duration, Instant, SystemTime};
 
 use redis_admin::Admin;
@@ -131,9 +134,16 @@ impl Trial {
     }
 }
 
+/// Twice the default quiet window and a margin: the repair's echo cycle,
+/// then a quiet window without any loss.
+const CALM_BEFORE_TRIAL: Duration = Duration::from_millis(4_500);
+
 fn trial(kind: Loss, redis: &mut Redis, events: &mut EventLog, schedulers: usize) -> Trial {
-    // Quiet before each trial, so the debounce window starts fresh.
-    std::thread::sleep(Duration::from_millis(500));
+    // A calm Redis before each trial, as in production: the watcher takes a
+    // loss within `debounce_quiet` (2 s) of the last one, or of the echo
+    // cycle that follows a repair a quiet window later, for Redis still
+    // changing, and waits for the window.
+    std::thread::sleep(CALM_BEFORE_TRIAL);
     events.skip_to_end();
     // Zeroed just before the loss; a restarted server starts at zero anyway.
     redis.admin.reset_stats();
@@ -321,25 +331,4 @@ fn percentile(values: &[f64], p: f64) -> f64 {
     sorted.sort_by(f64::total_cmp);
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-/// The 1-minute load average, taken before the benchmark adds its own load.
-fn load_average() -> Option<f64> {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
-fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-fn env_number(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }

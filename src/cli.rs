@@ -21,7 +21,8 @@ pub(crate) mod exit {
     pub(crate) const FAILURE: u8 = 1;
     /// Bad usage or configuration.
     pub(crate) const USAGE: u8 = 2;
-    /// Some rows were invalid and skipped; every valid row is in place.
+    /// Some rows were invalid and skipped; every valid row is in place
+    /// (`export`: some schedulers cannot be rows and were left out).
     pub(crate) const INVALID_ROWS: u8 = 3;
     /// `check` found problems.
     pub(crate) const FINDINGS: u8 = 4;
@@ -47,8 +48,8 @@ const LISTEN_ENV: &str = "BULLMQ_WARDEN_LISTEN";
 #[command(
     name = "bullmq-warden",
     version,
-    about = "Watches the Redis behind BullMQ and restores job schedulers from a SQL source of truth",
-    after_help = "Exit codes: 0 ok, 1 failure (writes refused), 2 usage or config error, 3 invalid rows skipped, \
+    about = "Watches the Redis behind BullMQ and restores job schedulers from a SQL source of truth, or from a journal it keeps of them",
+    after_help = "Exit codes: 0 ok, 1 failure (writes refused), 2 usage or config error, 3 invalid rows skipped (export: schedulers left out), \
                   4 check found problems, 5 Redis unreachable, 6 source database unreachable or its query failed, \
                   7 recovery lease held by another bullmq-warden (or lost while writing), \
                   8 watch could not start (listen address in use or not bindable).\n\
@@ -118,6 +119,19 @@ pub(crate) enum Command {
         /// Confirm; without it nothing is removed.
         #[arg(long)]
         yes: bool,
+    },
+    /// Print the job schedulers now in Redis as rows of the default table (inspection_tasks),
+    /// to start a task table from an application that defines them in code; read them back
+    /// with `[source] scheduler_id = "{id}"`. Schedulers that cannot be rows are named on
+    /// stderr, and the exit code is then 3.
+    Export {
+        /// Only this queue (default: every queue under the prefix).
+        #[arg(long)]
+        queue: Option<String>,
+        /// sql: CREATE TABLE IF NOT EXISTS and INSERTs for SQLite, PostgreSQL and MySQL;
+        /// json: an array of rows; csv: a header line and one line per row.
+        #[arg(long, value_enum, default_value = "sql")]
+        format: crate::export::Format,
     },
     /// Audit config, connectivity, Redis persistence and drift; non-zero exit on problems.
     Check {
@@ -219,6 +233,7 @@ async fn run(cli: Cli) -> u8 {
             })
             .await
         }
+        Command::Export { queue, format } => export(&config, queue.as_deref(), format).await,
         Command::Check { json } => {
             with_warden(config, async |warden| check(warden, json).await).await
         }
@@ -263,6 +278,32 @@ async fn with_warden(config: Config, command: impl AsyncFnOnce(&Warden) -> u8) -
     let code = command(&warden).await;
     warden.close().await;
     code
+}
+
+/// `export`: the rows on stdout, what was left out on stderr (exit 3).
+async fn export(config: &Config, queue: Option<&str>, format: crate::export::Format) -> u8 {
+    let store = match crate::store::BullmqStore::connect(&config.redis).await {
+        Ok(store) => store,
+        Err(e) => return fail(&WardenError::Store(e)),
+    };
+    let exported = match crate::export::collect(&store, queue, config.source.max_value_bytes).await
+    {
+        Ok(exported) => exported,
+        Err(e) => return fail(&WardenError::Store(e)),
+    };
+    print!("{}", crate::export::render(&exported.rows, format));
+    for left in &exported.left_out {
+        eprintln!(
+            "bullmq-warden: left out {}/{}: {}",
+            printable(&left.queue),
+            printable(&left.id),
+            printable(&left.reason)
+        );
+    }
+    match exported.left_out.is_empty() {
+        true => exit::OK,
+        false => exit::INVALID_ROWS,
+    }
 }
 
 /// `recover`'s exit code: the lease lost, a write refused, invalid rows.
@@ -317,7 +358,7 @@ async fn watch(config: Config, origin: ConfigOrigin) -> u8 {
             eprintln!("bullmq-warden: {}", printable(&error.to_string()));
             match error {
                 WatchError::Http(crate::http::HttpError::Bind { .. }) => exit::STARTUP,
-                WatchError::Source(_) => exit::SOURCE_UNREACHABLE,
+                WatchError::Source(_) | WatchError::Journal(_) => exit::SOURCE_UNREACHABLE,
                 _ => exit::USAGE,
             }
         }

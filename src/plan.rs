@@ -329,6 +329,7 @@ mod tests {
             start_date: None,
             end_date: None,
             limit: None,
+            offset: None,
         }
     }
 

@@ -14,6 +14,7 @@ use serde::Serialize;
 use crate::clock::now_ms;
 use crate::config::{Config, ConfigError};
 use crate::desired::{DesiredSet, RowRules};
+use crate::journal::Recorder;
 use crate::model::IdTemplate;
 use crate::model::JobCounts;
 use crate::model::{DesiredScheduler, InvalidRow};
@@ -99,6 +100,9 @@ pub(crate) struct Warden {
     /// Scheduler hashes known to match their rows, whose reads a comparison
     /// skips; fed by the watcher's keyspace subscription.
     verified: Arc<VerifiedDefinitions>,
+    /// Journal mode, in the watcher: records what Redis holds before each
+    /// read of the journal.
+    recorder: std::sync::OnceLock<Arc<Recorder>>,
 }
 
 /// What the incremental scan for queues has found so far.
@@ -144,6 +148,7 @@ impl Warden {
             source,
             discovered: tokio::sync::Mutex::default(),
             verified: Arc::default(),
+            recorder: std::sync::OnceLock::new(),
         }
     }
 
@@ -227,8 +232,21 @@ impl Warden {
         self.plan(desired, only_queue).await
     }
 
-    /// Reads and judges the rows: what every queue should hold.
+    /// Journal mode: the recorder that keeps the journal, set once by the
+    /// watcher (the one-shot commands read the journal as it is).
+    pub(crate) fn set_recorder(&self, recorder: Arc<Recorder>) {
+        let _ = self.recorder.set(recorder);
+    }
+
+    /// Reads and judges the rows: what every queue should hold. In journal
+    /// mode the watcher first records what Redis holds now, every queue
+    /// under the prefix, so that what the application just added or removed
+    /// is in the journal before it is compared.
     pub(crate) async fn read_desired(&self) -> Result<Desired, WardenError> {
+        if let Some(recorder) = self.recorder.get() {
+            let discovered: Vec<String> = self.discovered_queues().await.into_iter().collect();
+            recorder.settle(&self.store(), true, &discovered).await;
+        }
         let Live { config, template } = self.live();
         let mut desired = DesiredSet::default();
         let rules = RowRules {
@@ -263,9 +281,17 @@ impl Warden {
             mut protected,
             source_elapsed: _,
         } = desired;
-        by_queue.entry(config.source.queue.clone()).or_default();
+        let journal = crate::journal::is_journal(&config.source.url);
+        // A journal's queues are the ones it recorded: no default queue.
+        if !journal {
+            by_queue.entry(config.source.queue.clone()).or_default();
+        }
         for queue in self.discovered_queues().await {
             by_queue.entry(queue).or_default();
+        }
+        let only = &config.source.queues;
+        if journal && !only.is_empty() {
+            by_queue.retain(|queue, _| only.contains(queue));
         }
         if let Some(only) = only_queue {
             by_queue.entry(only.to_owned()).or_default();

@@ -42,6 +42,8 @@ pub(crate) enum WatchError {
     Webhook(#[from] crate::restore::webhook::WebhookError),
     #[error(transparent)]
     Source(#[from] crate::source::SourceError),
+    #[error(transparent)]
+    Journal(#[from] crate::journal::store::JournalError),
 }
 
 /// How long a recovery in progress may take to finish after SIGTERM.
@@ -77,6 +79,7 @@ pub(crate) async fn run(
         source: source.redacted_url(),
     });
     let warden = Arc::new(Warden::from_parts(config.clone(), store, source));
+    let journal = start_recorder(&mut tasks, &config, &warden, &observer, &shutdown).await?;
     let _ = connected.set(warden.clone());
     let (signals, triggers) = Signals::channel(observer.clone());
     let ctx = SignalContext {
@@ -107,6 +110,7 @@ pub(crate) async fn run(
         loading: loading_tx,
         own_writes: own_writes_rx,
         verified: warden.verified_definitions(),
+        journal,
     };
     start_signals(&mut tasks, &config, &ctx, wiring, &shutdown);
     tasks.spawn(
@@ -177,6 +181,31 @@ struct Wiring {
     own_writes: watch::Receiver<bool>,
     /// Told by the keyspace subscription which scheduler hashes changed.
     verified: Arc<VerifiedDefinitions>,
+    /// Journal mode: the recorder's notes, fed by the keyspace watcher.
+    journal: Option<crate::journal::Notes>,
+}
+
+/// Journal mode: opens the journal for recording, lets the warden record
+/// before each read of it, and starts the task that records what keyspace
+/// notifications point at. Returns where those notifications go.
+async fn start_recorder(
+    tasks: &mut tokio::task::JoinSet<()>,
+    config: &Config,
+    warden: &Arc<Warden>,
+    observer: &Observer,
+    shutdown: &CancellationToken,
+) -> Result<Option<crate::journal::Notes>, WatchError> {
+    if !crate::journal::is_journal(&config.source.url) {
+        return Ok(None);
+    }
+    let path = crate::journal::path_of(&config.source.url);
+    let recorder =
+        crate::journal::Recorder::open(&path, &config.source.queues, observer.clone()).await?;
+    let recorder = Arc::new(recorder);
+    warden.set_recorder(recorder.clone());
+    let notes = recorder.notes();
+    tasks.spawn(recorder.run(warden.shared_store().clone(), shutdown.clone()));
+    Ok(Some(notes))
 }
 
 /// Starts the signal sources: Sentinel (when configured), the poll, the
@@ -220,6 +249,7 @@ fn start_signals(
         poll_now,
         own_writes: wiring.own_writes,
         verified: wiring.verified,
+        journal: wiring.journal,
     };
     tasks.spawn(keyspace.run(shutdown.clone()));
     let rows = source_change::SourceChangeWatcher {

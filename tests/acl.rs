@@ -408,3 +408,68 @@ fn every_command_of_bullmqs_scripts_is_granted() {
         commands.display()
     );
 }
+
+/// Journal mode under the default account: recording, a removal told by its
+/// keyspace evidence (read atomically with a script, as the account has no
+/// MULTI), and a restore after a flush, without a single refusal.
+#[test]
+fn journal_mode_works_under_the_default_account() {
+    let (_dir, redis) = redis_with_acl(
+        &acl_with_passwords(false),
+        &["--notify-keyspace-events", "Kgzxe"],
+    );
+    let setup = Setup::new(
+        &redis,
+        &format!(
+            "[redis]\nurl = \"{{redis}}\"\n[source]\nurl = \"journal://{{dir}}/journal.db\"\n\
+             [recovery]\n{FAST_RECOVERY}{FAST_WATCH}"
+        ),
+    );
+    let url = url_for(&redis, "bullmq-warden", "acl-test-pass");
+    let watcher = Watcher::start_env(&setup, &[("BULLMQ_WARDEN__REDIS__URL", url.as_str())]);
+    assert!(
+        watcher.wait_for("source_up", 1, 10 * SECOND),
+        "{}",
+        watcher.log()
+    );
+    let schedulers = serde_json::json!([
+        {"id": "a", "name": "a", "repeat": {"pattern": "0 1 * * *"}},
+        {"id": "b", "name": "b", "repeat": {"pattern": "0 2 * * *"}}
+    ]);
+    // The application uses the default user, which the file leaves open.
+    support::node(
+        6,
+        "upsert-schedulers",
+        &redis,
+        "app",
+        &[],
+        Some(&schedulers),
+    );
+    let recorded = |change: &str| -> u64 {
+        watcher
+            .events("journal_recorded")
+            .iter()
+            .filter_map(|e| e[change].as_u64())
+            .sum()
+    };
+    assert!(
+        support::wait_until(10 * SECOND, || recorded("recorded") == 2),
+        "{}",
+        watcher.log()
+    );
+    support::node(6, "remove-scheduler", &redis, "app", &["--id", "b"], None);
+    assert!(
+        support::wait_until(10 * SECOND, || recorded("removed") == 1),
+        "{}",
+        watcher.log()
+    );
+    std::thread::sleep(Duration::from_millis(600));
+    redis.redis(&["FLUSHALL"]);
+    assert!(
+        support::wait_until(10 * SECOND, || redis.zmembers("bull:app:repeat") == ["a"]),
+        "{}",
+        watcher.log()
+    );
+    assert_eq!(watcher.count("journal_failed"), 0, "{}", watcher.log());
+    assert_no_denials(&redis);
+}

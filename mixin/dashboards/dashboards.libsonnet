@@ -368,6 +368,10 @@ local panels(c) = [
     target('B', 'sum by (operation) (increase(bullmq_warden_source_snapshot_errors_total%s[$__rate_interval]))' % sidecar, 'snapshot {{operation}} errors'),
     target('C', 'sum by (reason) (increase(bullmq_warden_recovery_failures_total%s[$__rate_interval]))' % sidecar, 'failed attempts: {{reason}}'),
   ], unit='short', runbook=['BullMQWardenSourceUnreachable']),
+  timeseries(c, 44, 'Journal changes and errors', 'Journal mode only ([source] url = journal:///…): schedulers the recorder wrote to the journal (bullmq_warden_journal_changes_total: recorded, removed by the application, queues forgotten after obliterate), and failed reads and writes of the journal (bullmq_warden_journal_errors_total). Flat at 0 with a task table.', grid(0, 96, 24, 8), [
+    target('A', 'sum by (change) (increase(bullmq_warden_journal_changes_total%s[$__rate_interval]))' % sidecar, '{{change}}'),
+    target('B', 'sum by (operation) (increase(bullmq_warden_journal_errors_total%s[$__rate_interval]))' % sidecar, '{{operation}} errors'),
+  ], unit='short'),
 ];
 
 {

@@ -18,6 +18,9 @@ pub(crate) const CONFIG_PATH_ENV: &str = "BULLMQ_WARDEN_CONFIG";
 /// Prefix of per-key overrides: `BULLMQ_WARDEN__<SECTION>__<KEY>`.
 pub(crate) const ENV_OVERRIDE_PREFIX: &str = "BULLMQ_WARDEN__";
 
+/// `[source] scheduler_id` when the file sets none.
+pub(crate) const DEFAULT_SCHEDULER_ID: &str = "inspection:{id}";
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {reason}")]
@@ -210,7 +213,8 @@ impl Default for RedisConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct SourceConfig {
-    /// `sqlite://…`, `postgres://…` or `mysql://…`.
+    /// `sqlite://…`, `postgres://…` or `mysql://…`; or `journal:///…`, the
+    /// warden's own record of the schedulers it sees in Redis.
     pub(crate) url: String,
     /// Custom query; `None` selects the enabled rows of `inspection_tasks`.
     pub(crate) query: Option<String>,
@@ -242,6 +246,9 @@ pub(crate) struct SourceConfig {
     /// How often `change_query` runs.
     #[serde(with = "duration_text")]
     pub(crate) change_interval: Duration,
+    /// Journal mode: the queues to record and restore; empty: every queue
+    /// under the prefix.
+    pub(crate) queues: Vec<String>,
 }
 
 impl Default for SourceConfig {
@@ -250,7 +257,7 @@ impl Default for SourceConfig {
             url: "sqlite://bullmq-warden.db".into(),
             query: None,
             queue: "inspection".into(),
-            scheduler_id: "inspection:{id}".into(),
+            scheduler_id: DEFAULT_SCHEDULER_ID.into(),
             sqlite_seed: None,
             max_value_bytes: 1024 * 1024,
             connect_timeout: Duration::from_secs(2),
@@ -258,6 +265,7 @@ impl Default for SourceConfig {
             notify_channel: None,
             change_query: None,
             change_interval: Duration::from_secs(2),
+            queues: Vec::new(),
         }
     }
 }
@@ -498,6 +506,14 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         self.redis.validate()?;
         self.source.validate()?;
+        if self.recovery.prune_orphans && crate::journal::is_journal(&self.source.url) {
+            return Err(ConfigError::Invalid {
+                key: "recovery.prune_orphans".into(),
+                reason: "cannot be used with a journal:// source: the journal learns the \
+                         schedulers from Redis, so none is ever an orphan to remove"
+                    .into(),
+            });
+        }
         self.recovery.validate(&self.id_template())?;
         self.watch.validate()?;
         self.http.validate()?;
@@ -526,7 +542,7 @@ impl Config {
 
     /// The validated scheduler id template.
     pub(crate) fn id_template(&self) -> crate::model::IdTemplate {
-        crate::model::IdTemplate::parse(&self.source.scheduler_id)
+        crate::model::IdTemplate::parse(self.source.effective_scheduler_id())
             .expect("validated when the config was loaded")
     }
 }

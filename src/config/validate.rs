@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::{
     redact_url, statement, ConfigError, HttpConfig, RecoveryConfig, RedisConfig, SourceConfig,
-    Strategy, WatchConfig, MAX_LEASE_WAIT,
+    Strategy, WatchConfig, DEFAULT_SCHEDULER_ID, MAX_LEASE_WAIT,
 };
 use crate::model::IdTemplate;
 
@@ -83,16 +83,17 @@ impl SourceConfig {
         let scheme = self.url.split(':').next().unwrap_or_default();
         if !matches!(
             scheme,
-            "sqlite" | "postgres" | "postgresql" | "mysql" | "mariadb"
+            "sqlite" | "postgres" | "postgresql" | "mysql" | "mariadb" | "journal"
         ) {
             return Err(invalid(
                 "source.url",
                 format!(
-                    "must start with sqlite:, postgres:, mysql: or mariadb:, got {}",
+                    "must start with sqlite:, postgres:, mysql:, mariadb: or journal:, got {}",
                     redact_url(&self.url)
                 ),
             ));
         }
+        self.validate_journal(scheme)?;
         if self
             .query
             .as_deref()
@@ -121,13 +122,72 @@ impl SourceConfig {
         if self.queue.trim().is_empty() {
             return Err(invalid("source.queue", "must not be empty".into()));
         }
-        crate::model::IdTemplate::parse(&self.scheduler_id)
+        crate::model::IdTemplate::parse(self.effective_scheduler_id())
             .map_err(|reason| invalid("source.scheduler_id", reason))?;
         Ok(())
     }
 }
 
 impl SourceConfig {
+    /// Journal mode reads its own table, with the scheduler id as the row
+    /// id: the keys that shape a task table's read do not apply, and
+    /// `queues` names BullMQ queues.
+    fn validate_journal(&self, scheme: &str) -> Result<(), ConfigError> {
+        let journal = scheme == crate::journal::SCHEME;
+        if !journal {
+            if !self.queues.is_empty() {
+                return Err(invalid(
+                    "source.queues",
+                    "applies only to a journal:// source.url".into(),
+                ));
+            }
+            return Ok(());
+        }
+        if crate::journal::path_of(&self.url).as_os_str().is_empty() {
+            return Err(invalid(
+                "source.url",
+                "journal: needs a file, such as journal:///var/lib/bullmq-warden/journal.db".into(),
+            ));
+        }
+        let not_for_journal = [
+            ("source.query", self.query.is_some()),
+            ("source.sqlite_seed", self.sqlite_seed.is_some()),
+            ("source.notify_channel", self.notify_channel.is_some()),
+            ("source.change_query", self.change_query.is_some()),
+            (
+                "source.scheduler_id",
+                !matches!(self.scheduler_id.as_str(), DEFAULT_SCHEDULER_ID | "{id}"),
+            ),
+        ];
+        if let Some((key, _)) = not_for_journal.iter().find(|(_, set)| *set) {
+            return Err(invalid(
+                key,
+                "does not apply to a journal:// source (it reads its own table, by scheduler id)"
+                    .into(),
+            ));
+        }
+        if let Some(queue) = self
+            .queues
+            .iter()
+            .find(|q| q.trim().is_empty() || q.contains(':'))
+        {
+            return Err(invalid(
+                "source.queues",
+                format!("{queue:?} is not a BullMQ queue name (empty or contains ':')"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The scheduler id template in force: `{id}` for a journal, whose rows
+    /// carry the scheduler ids themselves.
+    pub(crate) fn effective_scheduler_id(&self) -> &str {
+        match crate::journal::is_journal(&self.url) {
+            true => "{id}",
+            false => &self.scheduler_id,
+        }
+    }
+
     /// The keys that notice a change of the rows: a LISTEN channel needs
     /// PostgreSQL; the change probe runs like the query and is paced like
     /// the other intervals.

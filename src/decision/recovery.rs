@@ -652,6 +652,7 @@ mod tests {
             start_date: None,
             end_date: None,
             limit: None,
+            offset: None,
         }
     }
 

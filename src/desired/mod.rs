@@ -214,7 +214,19 @@ fn desired_from_row(
     }
     let schedule =
         schedule(row, tz.as_deref(), start_date, now_ms, cron_checks).map_err(&invalid)?;
-    let limit = positive_integer(row, "limit").map_err(&invalid)?;
+    // `repeat_limit` is the default table's name for it (`limit` is an SQL keyword).
+    let limit_column = match row.get("limit") {
+        Some(_) => "limit",
+        None => "repeat_limit",
+    };
+    let limit = positive_integer(row, limit_column).map_err(&invalid)?;
+    // BullMQ keeps an offset for interval schedulers only; 0 is none.
+    let offset = match schedule {
+        Schedule::EveryMs(_) => non_negative_integer(row, "repeat_offset")
+            .map_err(&invalid)?
+            .filter(|offset| *offset > 0),
+        Schedule::Pattern(_) => None,
+    };
     let data = match optional_text_any(row, &["data", "payload"]) {
         Some(text) => serde_json::from_str::<Value>(&text)
             .map_err(|e| invalid(format!("data is not JSON: {e}")))?
@@ -243,6 +255,7 @@ fn desired_from_row(
         start_date,
         end_date,
         limit,
+        offset,
     })
 }
 
@@ -522,6 +535,25 @@ fn optional_text_any(row: &SourceRow, columns: &[&str]) -> Option<String> {
     columns.iter().find_map(|c| optional_text(row, c))
 }
 
+/// A column holding 0 or more, as BullMQ's `repeat.offset`.
+fn non_negative_integer(row: &SourceRow, column: &str) -> Result<Option<u64>, String> {
+    let Some(value) = row.get(column) else {
+        return Ok(None);
+    };
+    let parsed = match value {
+        ColumnValue::Int(i) => u64::try_from(*i).ok(),
+        ColumnValue::Float(f) if f.fract() == 0.0 && *f >= 0.0 => Some(*f as u64),
+        ColumnValue::Text(t) => t.trim().parse::<u64>().ok(),
+        _ => None,
+    };
+    parsed.map(Some).ok_or_else(|| {
+        format!(
+            "{column} must be a non-negative integer, not {:?}",
+            value.as_text().unwrap_or_default()
+        )
+    })
+}
+
 fn positive_integer(row: &SourceRow, column: &str) -> Result<Option<u64>, String> {
     let Some(value) = row.get(column) else {
         return Ok(None);
@@ -677,6 +709,34 @@ mod tests {
         );
         assert_eq!(s.start_date, Some(1_767_225_600_000));
         assert_eq!(s.limit, Some(10));
+    }
+
+    #[test]
+    fn repeat_limit_and_an_interval_schedulers_offset_are_read() {
+        let every = |offset: ColumnValue| {
+            desired(&[row(&[
+                ("id", ColumnValue::Int(1)),
+                ("every_ms", ColumnValue::Int(60_000)),
+                ("repeat_limit", ColumnValue::Int(4)),
+                ("repeat_offset", offset),
+            ])])
+        };
+        let set = every(ColumnValue::Int(1234));
+        let s = set.schedulers().next().expect("valid");
+        assert_eq!((s.limit, s.offset), (Some(4), Some(1234)));
+        let zero = every(ColumnValue::Int(0));
+        assert_eq!(zero.schedulers().next().expect("valid").offset, None);
+        let cron = desired(&[row(&[
+            ("id", ColumnValue::Int(1)),
+            ("cron", text("0 3 * * *")),
+            ("repeat_offset", ColumnValue::Int(5)),
+        ])]);
+        assert_eq!(cron.schedulers().next().expect("valid").offset, None);
+        assert!(reason_for(&[
+            ("every_ms", ColumnValue::Int(1000)),
+            ("repeat_offset", ColumnValue::Int(-1)),
+        ])
+        .contains("repeat_offset"));
     }
 
     #[test]

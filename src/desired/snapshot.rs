@@ -199,6 +199,8 @@ struct FileScheduler {
     end_date: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     limit: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    offset: Option<u64>,
 }
 
 impl From<&DesiredScheduler> for FileScheduler {
@@ -219,6 +221,7 @@ impl From<&DesiredScheduler> for FileScheduler {
             start_date: s.start_date,
             end_date: s.end_date,
             limit: s.limit,
+            offset: s.offset,
         }
     }
 }
@@ -255,6 +258,7 @@ impl FileScheduler {
             start_date: self.start_date,
             end_date: self.end_date,
             limit: self.limit,
+            offset: self.offset,
         })
     }
 }
@@ -377,6 +381,7 @@ mod tests {
             start_date: None,
             end_date: Some(4_000_000_000_000),
             limit: Some(3),
+            offset: None,
         }
     }
 

@@ -28,6 +28,10 @@ pub struct DesiredScheduler {
     pub start_date: Option<u64>,
     pub end_date: Option<u64>,
     pub limit: Option<u64>,
+    /// Interval schedulers: BullMQ's `repeat.offset`, where the runs fall
+    /// within each `every`. Given, a scheduler created again keeps its run
+    /// times instead of running at once. Used when writing, not compared.
+    pub offset: Option<u64>,
 }
 
 /// A row that cannot become a scheduler, and why.
@@ -71,6 +75,7 @@ impl DesiredScheduler {
             start_date: None,
             end_date: None,
             limit: None,
+            offset: None,
         }
     }
 }

@@ -86,6 +86,9 @@ pub(crate) struct KeyspaceWatcher {
     /// notifications may have been missed, so that drift checks skip only
     /// the reads that cannot have changed.
     pub(crate) verified: Arc<VerifiedDefinitions>,
+    /// Journal mode: where every notification on scheduler keys goes, as the
+    /// recorder's cue to read the queue and its evidence of removals.
+    pub(crate) journal: Option<crate::journal::Notes>,
 }
 
 /// What is known of the server's notification flags.
@@ -263,6 +266,10 @@ impl KeyspaceWatcher {
             Ok(session) => session,
             Err(reason) => return reason,
         };
+        // Whatever came before this subscription may have been missed.
+        if let Some(journal) = &self.journal {
+            journal.reset();
+        }
         let mut probe = self.report_flags(&store, &mut session).await;
         if !first {
             self.ctx.signals.raise_now(
@@ -309,6 +316,9 @@ impl KeyspaceWatcher {
                 Notice::Keyspace(message) => message,
                 Notice::Closed => return "connection closed".into(),
                 Notice::Flushed => {
+                    if let Some(journal) = &self.journal {
+                        journal.reset();
+                    }
                     // The poll compares the counts and reports the flush.
                     self.ctx.observer.emit(FlushNoticed);
                     self.poll_now.notify_one();
@@ -320,6 +330,9 @@ impl KeyspaceWatcher {
                 probe = None;
             }
             if let Some(key) = message.get_channel_name().strip_prefix(&channel_prefix) {
+                if let Some(journal) = &self.journal {
+                    journal.keyspace(key, &event);
+                }
                 self.on_event(key, &event, &mut last_logged).await;
             }
         }

@@ -62,6 +62,7 @@ macro_rules! restart_keys {
         $each!(source, notify_channel);
         $each!(source, change_query);
         $each!(source, change_interval);
+        $each!(source, queues);
         $each!(recovery, strategy);
         $each!(recovery, webhook_url);
         $each!(recovery, webhook_headers);

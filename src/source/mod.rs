@@ -19,8 +19,8 @@ use sqlx::pool::PoolOptions;
 use sqlx::postgres::{PgConnectOptions, Postgres};
 use sqlx::sqlite::{Sqlite, SqliteConnectOptions};
 use sqlx::{
-    AssertSqlSafe, Column, ConnectOptions, Connection, Database, Decode, Pool, Row, Transaction,
-    Type, ValueRef,
+    AssertSqlSafe, Column, ConnectOptions, Connection, Database, Decode, Pool, Row, SqlSafeStr,
+    Transaction, Type, ValueRef,
 };
 
 use crate::config::{redact_url, SourceConfig};
@@ -28,6 +28,63 @@ use crate::config::{redact_url, SourceConfig};
 /// The manual's `InspectionTask` table: the enabled rows are the schedules.
 pub(crate) const DEFAULT_QUERY: &str = "SELECT id, name, cron, every_ms, tz, payload, opts, queue \
                                  FROM inspection_tasks WHERE enabled";
+
+/// Columns the default table may have beyond the manual's: BullMQ's repeat
+/// options `export` writes. Selected by the default query only where the
+/// table has them, so that an older table reads as before.
+const OPTIONAL_DEFAULT_COLUMNS: [&str; 4] =
+    ["start_date", "end_date", "repeat_limit", "repeat_offset"];
+
+/// Finds the default table's columns without reading a row.
+const DEFAULT_TABLE_PROBE: &str = "SELECT * FROM inspection_tasks WHERE 1 = 0";
+
+/// What `fetch` runs.
+#[derive(Debug, Clone)]
+enum Query {
+    /// `[source] query`.
+    Custom(String),
+    /// The default table, with whichever optional columns it has.
+    DefaultTable,
+    /// The journal's own table (journal mode).
+    Journal(String),
+}
+
+impl Query {
+    fn of(config: &SourceConfig) -> Self {
+        if crate::journal::is_journal(&config.url) {
+            return Query::Journal(journal_query(&config.queues));
+        }
+        match &config.query {
+            Some(query) => Query::Custom(query.clone()),
+            None => Query::DefaultTable,
+        }
+    }
+}
+
+/// The journal's rows, of `queues` only when it names some.
+fn journal_query(queues: &[String]) -> String {
+    let base = crate::journal::store::JOURNAL_QUERY;
+    if queues.is_empty() {
+        return base.to_owned();
+    }
+    let quoted: Vec<String> = queues
+        .iter()
+        .map(|q| format!("'{}'", q.replace('\'', "''")))
+        .collect();
+    format!("{base} WHERE queue IN ({})", quoted.join(", "))
+}
+
+/// The default query over a table that has `columns` (lower case).
+fn default_query_for(columns: &[String]) -> String {
+    let extra: Vec<&str> = OPTIONAL_DEFAULT_COLUMNS
+        .into_iter()
+        .filter(|c| columns.iter().any(|have| have == c))
+        .collect();
+    if extra.is_empty() {
+        return DEFAULT_QUERY.to_owned();
+    }
+    DEFAULT_QUERY.replacen(" FROM", &format!(", {} FROM", extra.join(", ")), 1)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SourceError {
@@ -110,7 +167,7 @@ enum Pools {
 pub(crate) struct Source {
     pools: Pools,
     /// Replaced by a config reload (`set_query`).
-    query: std::sync::RwLock<String>,
+    query: std::sync::RwLock<Query>,
     redacted_url: String,
     /// `[source] connect_timeout`: bounds each connection attempt and the
     /// start of each read.
@@ -143,17 +200,19 @@ impl Source {
         let scheme = config.url.split(':').next().unwrap_or_default();
         let timeout = config.connect_timeout;
         let pools = match scheme {
-            "sqlite" => {
-                if let Some(seed) = &config.sqlite_seed {
-                    seed_new_sqlite(&config.url, seed).await?;
-                }
+            "sqlite" | "journal" => {
+                let options = if scheme == crate::journal::SCHEME {
+                    journal_options(&config.url, &redacted_url).await?
+                } else {
+                    if let Some(seed) = &config.sqlite_seed {
+                        seed_new_sqlite(&config.url, seed).await?;
+                    }
+                    SqliteConnectOptions::from_str(&config.url).map_err(connect_error)?
+                };
                 // The sidecar only reads its source; SQLite has no read-only
                 // transaction, so the file is opened read-only (`mode=ro`,
                 // which no statement can undo, unlike `query_only`).
-                let options = SqliteConnectOptions::from_str(&config.url)
-                    .map_err(connect_error)?
-                    .read_only(true)
-                    .pragma("query_only", "ON");
+                let options = options.read_only(true).pragma("query_only", "ON");
                 if check {
                     probe(&options, timeout).await.map_err(connect_error)?;
                 }
@@ -177,12 +236,7 @@ impl Source {
         };
         Ok(Self {
             pools,
-            query: std::sync::RwLock::new(
-                config
-                    .query
-                    .clone()
-                    .unwrap_or_else(|| DEFAULT_QUERY.to_owned()),
-            ),
+            query: std::sync::RwLock::new(Query::of(config)),
             redacted_url,
             connect_timeout: timeout,
             unreachable: AtomicBool::new(false),
@@ -190,9 +244,16 @@ impl Source {
     }
 
     /// The query the next `fetch` runs (`None`: the default query).
+    /// A journal's query never changes (the config allows none).
     pub(crate) fn set_query(&self, query: Option<&str>) {
-        let query = query.unwrap_or(DEFAULT_QUERY).to_owned();
-        *self.query.write().unwrap_or_else(|e| e.into_inner()) = query;
+        let mut current = self.query.write().unwrap_or_else(|e| e.into_inner());
+        if matches!(*current, Query::Journal(_)) {
+            return;
+        }
+        *current = match query {
+            Some(query) => Query::Custom(query.to_owned()),
+            None => Query::DefaultTable,
+        };
     }
 
     /// The URL with its password redacted.
@@ -214,12 +275,23 @@ impl Source {
         use futures::TryStreamExt;
         let started = Instant::now();
         let query = self.query.read().unwrap_or_else(|e| e.into_inner()).clone();
-        let query = query.as_str();
         // One arm per database: each has its own row type.
         macro_rules! read_only {
             ($begin:expr, $db:ty) => {{
                 let mut tx = $begin.await?;
-                let mut rows = sqlx::query(AssertSqlSafe(query)).fetch(&mut *tx);
+                let query = match &query {
+                    Query::Custom(text) | Query::Journal(text) => text.clone(),
+                    Query::DefaultTable => {
+                        use sqlx::{Executor, Statement};
+                        let probe = AssertSqlSafe(DEFAULT_TABLE_PROBE).into_sql_str();
+                        match (&mut *tx).prepare(probe).await {
+                            Ok(statement) => default_query_for(&column_names(statement.columns())),
+                            // The read then fails with the database's own reason.
+                            Err(_) => DEFAULT_QUERY.to_owned(),
+                        }
+                    }
+                };
+                let mut rows = sqlx::query(AssertSqlSafe(query.as_str())).fetch(&mut *tx);
                 let mut first = true;
                 while let Some(row) = rows.try_next().await.map_err(|e| self.read_error(e))? {
                     if std::mem::take(&mut first) {
@@ -332,6 +404,31 @@ impl Source {
             Pools::MySql(pool) => pool.close().await,
         }
     }
+}
+
+/// Column names in lower case: the default table's, found by preparing
+/// `DEFAULT_TABLE_PROBE` (which reads no row); a table that cannot be
+/// prepared leaves the plain default query.
+fn column_names<C: Column>(columns: &[C]) -> Vec<String> {
+    columns
+        .iter()
+        .map(|c| c.name().to_ascii_lowercase())
+        .collect()
+}
+
+/// The journal file, created when missing so that it opens read-only.
+async fn journal_options(
+    url: &str,
+    redacted_url: &str,
+) -> Result<SqliteConnectOptions, SourceError> {
+    let path = crate::journal::path_of(url);
+    crate::journal::store::ensure_exists(&path)
+        .await
+        .map_err(|e| SourceError::Connect {
+            url: redacted_url.to_owned(),
+            reason: e.to_string(),
+        })?;
+    Ok(SqliteConnectOptions::new().filename(path))
 }
 
 /// Begins the read of PostgreSQL and MySQL sources: nothing is meant to be written.
@@ -517,6 +614,25 @@ mod tests {
         assert_eq!(
             missing_columns(&cols(&["task_id", "expr"])).as_deref(),
             Some("id and pattern, cron or every_ms")
+        );
+    }
+
+    #[test]
+    fn the_default_query_takes_the_optional_columns_the_table_has() {
+        let cols = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert_eq!(default_query_for(&cols(&["id", "cron"])), DEFAULT_QUERY);
+        assert_eq!(
+            default_query_for(&cols(&["id", "cron", "repeat_limit", "start_date"])),
+            "SELECT id, name, cron, every_ms, tz, payload, opts, queue, start_date, repeat_limit \
+             FROM inspection_tasks WHERE enabled"
+        );
+    }
+
+    #[test]
+    fn the_journal_query_names_the_configured_queues() {
+        assert!(!journal_query(&[]).contains("WHERE"));
+        assert!(
+            journal_query(&["a".into(), "o'b".into()]).ends_with("WHERE queue IN ('a', 'o''b')")
         );
     }
 

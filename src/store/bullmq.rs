@@ -501,14 +501,12 @@ impl BullmqStore {
     }
 
     /// One round trip for a batch of schedulers: each hash `skips` does not
-    /// name (`None` for the others), then for all of
-    /// them at once whether their next jobs exist (one `EXISTS` counting
-    /// them), where those jobs are in the delayed set and where the
-    /// schedulers are now (a `ZMSCORE` each, after the job reads: a score
-    /// that moved meanwhile means a Worker moved the scheduler on). Only a
-    /// batch with next jobs missing asks again, key by key, which ones.
-    /// Four commands per scheduler cost Redis about four times what one does;
-    /// this is one per scheduler and three per batch.
+    /// name (`None` for the others), then for all of them at once whether
+    /// their next jobs exist (one `EXISTS` counting them) and where those
+    /// jobs are in the delayed set (a `ZMSCORE`). Four commands per
+    /// scheduler cost Redis about four times what one does; this is at most
+    /// one per scheduler and two per batch. Only a batch whose next jobs are
+    /// not all in place asks again (`recheck`).
     async fn read_batch(
         &self,
         conn: &mut AnyConnection,
@@ -531,13 +529,10 @@ impl BullmqStore {
         let job_keys: Vec<String> = job_ids.iter().map(|job| keys.job_key(job)).collect();
         pipe.cmd("EXISTS").arg(&job_keys);
         pipe.cmd("ZMSCORE").arg(keys.delayed()).arg(&job_ids);
-        pipe.cmd("ZMSCORE")
-            .arg(&repeat_key)
-            .arg(batch.iter().map(|(id, _)| id).collect::<Vec<_>>());
         let mut values: Vec<redis::Value> =
             pipe.query_async(conn).await.map_err(|e| self.error(e))?;
         let hashes_read = read.iter().filter(|read| **read).count();
-        if values.len() != hashes_read + 3 {
+        if values.len() != hashes_read + 2 {
             return Err(self.error("a batch read got an answer of the wrong length"));
         }
         let tail = values.split_off(hashes_read);
@@ -548,16 +543,26 @@ impl BullmqStore {
             .map(|read| read.then(|| hashes.next()).flatten().transpose())
             .collect::<Result<_, _>>()
             .map_err(decode)?;
-        let [existing, in_delayed, scores]: [redis::Value; 3] = tail
+        let [existing, in_delayed]: [redis::Value; 2] = tail
             .try_into()
             .map_err(|_| self.error("a batch read got an answer of the wrong length"))?;
         let existing: usize = redis::from_redis_value(existing).map_err(decode)?;
         let in_delayed: Vec<Option<f64>> = redis::from_redis_value(in_delayed).map_err(decode)?;
-        let scores: Vec<Option<f64>> = redis::from_redis_value(scores).map_err(decode)?;
-        let exists = match existing == batch.len() {
-            true => vec![true; batch.len()],
-            false => self.exist_each(conn, &job_keys).await?,
-        };
+        let (exists, scores) =
+            match existing == batch.len() && in_delayed.iter().all(Option::is_some) {
+                // Every next job where BullMQ puts it: the schedulers stand as listed.
+                true => (
+                    vec![true; batch.len()],
+                    batch
+                        .iter()
+                        .map(|(_, next_ms)| Some(*next_ms as f64))
+                        .collect(),
+                ),
+                false => {
+                    self.recheck(conn, &repeat_key, batch, &job_keys, existing)
+                        .await?
+                }
+            };
         Ok(hashes
             .into_iter()
             .zip(exists)
@@ -566,17 +571,47 @@ impl BullmqStore {
             .collect())
     }
 
-    /// Whether each of `keys` exists: the slow path of a batch read.
-    async fn exist_each(
+    /// The slow path of a batch read whose next jobs are not all in place:
+    /// which jobs exist (key by key, unless the count said all), and where
+    /// the schedulers are now — read after the jobs, so a score that moved
+    /// meanwhile shows a Worker moved the scheduler on (`moved_on`).
+    async fn recheck(
         &self,
         conn: &mut AnyConnection,
-        keys: &[String],
-    ) -> Result<Vec<bool>, StoreError> {
+        repeat_key: &str,
+        batch: &[(String, u64)],
+        job_keys: &[String],
+        existing: usize,
+    ) -> Result<(Vec<bool>, Vec<Option<f64>>), StoreError> {
+        let all_exist = existing == batch.len();
         let mut pipe = redis::pipe();
-        for key in keys {
-            pipe.cmd("EXISTS").arg(key);
+        if !all_exist {
+            for key in job_keys {
+                pipe.cmd("EXISTS").arg(key);
+            }
         }
-        pipe.query_async(conn).await.map_err(|e| self.error(e))
+        pipe.cmd("ZMSCORE")
+            .arg(repeat_key)
+            .arg(batch.iter().map(|(id, _)| id).collect::<Vec<_>>());
+        let mut values: Vec<redis::Value> =
+            pipe.query_async(conn).await.map_err(|e| self.error(e))?;
+        let scores = values
+            .pop()
+            .ok_or_else(|| self.error("a batch read got an answer of the wrong length"))?;
+        let scores: Vec<Option<f64>> =
+            redis::from_redis_value(scores).map_err(|e| self.error(e))?;
+        let exists: Vec<bool> = match all_exist {
+            true => vec![true; batch.len()],
+            false => values
+                .into_iter()
+                .map(redis::from_redis_value)
+                .collect::<Result<_, _>>()
+                .map_err(|e| self.error(e))?,
+        };
+        if exists.len() != batch.len() || scores.len() != batch.len() {
+            return Err(self.error("a batch read got an answer of the wrong length"));
+        }
+        Ok((exists, scores))
     }
 
     /// Puts back the BullMQ version a queue's meta hash recorded before a
@@ -757,6 +792,7 @@ async fn upsert_with(queue: &Queue, scheduler: &DesiredScheduler) -> Result<(), 
         start_date: scheduler.start_date,
         end_date: scheduler.end_date,
         limit: scheduler.limit,
+        offset: scheduler.offset,
         ..Default::default()
     };
     queue

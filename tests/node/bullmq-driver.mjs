@@ -14,6 +14,7 @@
 //   worker [--until-runs N] [--timeout-ms T] [--scheduler ID]
 //   add-legacy-repeatable            (major 5 only) stdin: {name, data, repeat}
 //   remove-scheduler --id ID
+//   obliterate                       queue.obliterate({force: true})
 import { performance } from 'node:perf_hooks';
 import { randomUUID } from 'node:crypto';
 import IORedis from 'ioredis';
@@ -242,6 +243,11 @@ async function removeScheduler({ queue, flags }) {
   return { removed: await queue.removeJobScheduler(required(flags, 'id')) };
 }
 
+async function obliterate({ queue }) {
+  await queue.obliterate({ force: true });
+  return { obliterated: true };
+}
+
 const COMMANDS = {
   'upsert-schedulers': upsertSchedulers,
   schedulers,
@@ -251,6 +257,7 @@ const COMMANDS = {
   worker: runWorker,
   'add-legacy-repeatable': addLegacyRepeatable,
   'remove-scheduler': removeScheduler,
+  obliterate,
 };
 
 // ---------------------------------------------------------------- main

@@ -9,6 +9,7 @@
 
 mod config;
 mod http;
+mod journal;
 mod lifecycle;
 mod recovery;
 mod redis;
@@ -18,6 +19,7 @@ mod source;
 pub(crate) use super::observer::{InternalEvent, LogEvent, Observer};
 pub(crate) use config::{ConfigReloadFailed, ConfigReloaded};
 pub(crate) use http::{HttpAcceptFailed, HttpConnectionsFull, HttpListening};
+pub(crate) use journal::{JournalFailed, JournalRecorded};
 pub(crate) use lifecycle::{
     ConfigDefaults, RecoveryAbandoned, ShutdownRequested, WatchStarted, WatchStopped, WatchStopping,
 };

@@ -15,8 +15,17 @@ pub(crate) struct OperationLabels {
     pub(crate) operation: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ChangeLabels {
+    pub(crate) change: &'static str,
+}
+
 pub(crate) struct SourceMetrics {
     pub(crate) up: Gauge,
+    /// Journal mode: schedulers recorded, removed, and queues forgotten.
+    pub(crate) journal_changes: Family<ChangeLabels, Counter>,
+    /// Journal mode: reads of Redis or the file, and writes, that failed.
+    pub(crate) journal_errors: Family<OperationLabels, Counter>,
     pub(crate) query_duration: Histogram,
     pub(crate) snapshot_timestamp: Gauge,
     pub(crate) snapshot_errors: Family<OperationLabels, Counter>,
@@ -49,11 +58,31 @@ impl SourceMetrics {
                 "Snapshot files that could not be read or written, by operation",
                 Family::default(),
             ),
+            journal_changes: register(
+                registry,
+                "bullmq_warden_journal_changes",
+                "Journal mode: schedulers recorded or removed, and queues forgotten, by change",
+                Family::default(),
+            ),
+            journal_errors: register(
+                registry,
+                "bullmq_warden_journal_errors",
+                "Journal mode: failed reads (of Redis or the journal file) and writes of the journal",
+                Family::default(),
+            ),
         };
         for operation in ["read", "write"] {
             let _ = metrics
                 .snapshot_errors
                 .get_or_create(&OperationLabels { operation });
+            let _ = metrics
+                .journal_errors
+                .get_or_create(&OperationLabels { operation });
+        }
+        for change in ["recorded", "removed", "forgotten"] {
+            let _ = metrics
+                .journal_changes
+                .get_or_create(&ChangeLabels { change });
         }
         metrics
     }
