@@ -18,6 +18,9 @@
 
 // Modules shared by the benchmarks, and the test harness, which starts the
 // servers, the proxy and the binary; each uses only part of them.
+#[allow(dead_code)]
+#[path = "shared/machine.rs"]
+mod machine;
 #[path = "../tests/support/mod.rs"]
 mod support;
 #[allow(dead_code)]
@@ -30,6 +33,7 @@ mod workload;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
+use machine::{cores, env_number};
 use serde_json::Value;
 use sqlx::{Connection, PgConnection, Postgres, QueryBuilder};
 use support::{block_on, run_sql, ChildGuard, Outage, Proxy, RedisServer};
@@ -45,8 +49,11 @@ const DEBOUNCE_MAX: Duration = Duration::from_secs(15);
 /// quiet time plus one second, p99.
 const TARGET: Duration = Duration::from_secs(DEBOUNCE_QUIET.as_secs() + 1);
 
-/// The quiet time before each trial.
-const CALM: Duration = Duration::from_millis(DEBOUNCE_QUIET.as_millis() as u64 + 500);
+/// The quiet time before each trial: twice the quiet window and a margin.
+/// The watcher repairs a loss at once only when Redis was calm, i.e. no loss
+/// was heard of and no cycle for one ended within the quiet window; after a
+/// repair, its echoes may start one more cycle a quiet window later.
+const CALM: Duration = Duration::from_millis(2 * DEBOUNCE_QUIET.as_millis() as u64 + 500);
 
 const REPEAT: &str = "bull:inspection:repeat";
 const DELAYED: &str = "bull:inspection:delayed";
@@ -66,8 +73,8 @@ fn main() {
     };
     let postgres = std::env::var("BENCH_SOURCE_DOWN_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let load_before = load_average();
+    let cores = cores();
+    let load_before = load_averages();
     let started = Instant::now();
     let mut rows = Vec::new();
     for &n in &sizes {
@@ -79,7 +86,7 @@ fn main() {
          {cores} cores, load average {load_before} before and {} after the run ({:.0} s)\n",
         DEBOUNCE_QUIET.as_secs(),
         DEBOUNCE_MAX.as_secs(),
-        load_average(),
+        load_averages(),
         started.elapsed().as_secs_f64()
     );
     println!(
@@ -276,8 +283,7 @@ fn trial(
     n: usize,
     log: &Path,
 ) -> Trial {
-    // Quiet before each trial, longer than the debounce window's: every
-    // loss comes after a calm spell, never as the echo of the last one.
+    // Every loss comes after a calm spell, as independent losses do.
     std::thread::sleep(CALM);
     events.skip_to_end();
     if let Source::Down(how) = source {
@@ -519,7 +525,7 @@ fn millis_between(from: SystemTime, to: SystemTime) -> f64 {
 }
 
 /// The 1-, 5- and 15-minute load averages.
-fn load_average() -> String {
+fn load_averages() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .unwrap_or_default()
         .split_whitespace()
@@ -534,13 +540,6 @@ fn percentile(values: &[f64], p: f64) -> f64 {
     sorted.sort_by(f64::total_cmp);
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn env_number(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 /// A comma-separated list of numbers, e.g. `1000,10000`.
