@@ -67,8 +67,9 @@ const MISSING: &str = "BullMQSchedulersMissing";
 const QUEUES: [&str; 2] = ["inspection", "reports"];
 
 /// Watch settings that react in test time. Phase 2 waits longer for quiet
-/// after a signal, so that the outage spans a whole second and the
-/// every-second cron row misses a run (which `fire_once` catches up).
+/// after a signal, so that an outage the watcher judges after the window
+/// spans a whole second and the every-second cron row misses a run (which
+/// `fire_once` catches up).
 fn watch_toml(debounce_quiet: &str, listen: &str) -> String {
     format!(
         "[watch]\ninfo_interval = \"200ms\"\ndrift_interval = \"2s\"\n\
@@ -1089,6 +1090,9 @@ fn lost_schedules_page_through_alertmanager_and_every_dashboard_and_alert_query_
         },
     );
     assert_eq!(redis.redis(&["FLUSHALL"]), "OK");
+    // A flush is repaired at once; writes held back for 1.2 s make the
+    // outage span a whole second, so the every-second cron row misses a run.
+    assert_eq!(redis.redis(&["CLIENT", "PAUSE", "1200", "WRITE"]), "OK");
     assert!(
         watcher.watcher.wait_for("catchup_fired", 1, 20 * SECOND)
             && watcher
