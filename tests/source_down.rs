@@ -108,7 +108,9 @@ fn a_loss_while_postgres_is_down_is_restored_from_the_snapshot_and_reconciled_af
     wait_until_ready(&base, &watcher, 20 * SECOND);
     assert_eq!(redis.zcard(QUEUE_SET), 3);
 
-    proxy.go_down(Outage::Closed);
+    // A stopped PostgreSQL refuses connections: the case the pool would
+    // otherwise retry for the whole connect_timeout.
+    proxy.go_down(Outage::Refused);
     redis.redis(&["FLUSHALL"]);
     let took = until_schedulers(&redis, 3, 10 * SECOND)
         .unwrap_or_else(|| panic!("not restored:\n{}", watcher.log()));
@@ -178,7 +180,7 @@ fn a_warden_restarted_while_the_source_is_down_restores_from_the_persisted_snaps
     );
     assert_eq!(first.terminate(), Some(0));
 
-    proxy.go_down(Outage::Closed);
+    proxy.go_down(Outage::Refused);
     redis.redis(&["FLUSHALL"]);
     let started = Instant::now();
     let second = Watcher::start(&setup);

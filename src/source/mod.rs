@@ -319,7 +319,12 @@ impl Source {
     where
         <DB::Connection as Connection>::Options: ConnectOptions<Connection = DB::Connection>,
     {
-        if self.unreachable.load(Ordering::Relaxed) {
+        // A database that refuses connections (stopped, restarting) looks
+        // to the pool like one starting up: it retries until the timeout.
+        // Without a connection to reuse, one direct attempt first fails at
+        // once instead, so a loss waits milliseconds, not connect_timeout,
+        // before the snapshot stands in.
+        if self.unreachable.load(Ordering::Relaxed) || pool.num_idle() == 0 {
             let options = pool.connect_options();
             probe(&*options, self.connect_timeout)
                 .await
