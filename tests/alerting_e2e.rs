@@ -1089,10 +1089,20 @@ fn lost_schedules_page_through_alertmanager_and_every_dashboard_and_alert_query_
                 .ok_or(format!("{counts:?}"))
         },
     );
-    assert_eq!(redis.redis(&["FLUSHALL"]), "OK");
     // A flush is repaired at once; writes held back for 1.2 s make the
     // outage span a whole second, so the every-second cron row misses a run.
-    assert_eq!(redis.redis(&["CLIENT", "PAUSE", "1200", "WRITE"]), "OK");
+    // Both in one pipeline: Redis runs them before it reads anyone else's.
+    let mut admin = redis.connect().expect("admin connection");
+    let () = redis::pipe()
+        .cmd("FLUSHALL")
+        .ignore()
+        .cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(1200)
+        .arg("WRITE")
+        .ignore()
+        .query(&mut admin)
+        .expect("FLUSHALL, then CLIENT PAUSE");
     assert!(
         watcher.watcher.wait_for("catchup_fired", 1, 20 * SECOND)
             && watcher
