@@ -19,8 +19,14 @@
 // Modules shared by the benchmarks, and the test harness, which starts the
 // servers, the proxy and the binary; each uses only part of them.
 #[allow(dead_code)]
+#[path = "shared/bench_redis.rs"]
+mod bench_redis;
+#[allow(dead_code)]
 #[path = "shared/machine.rs"]
 mod machine;
+#[allow(dead_code)]
+#[path = "shared/redis_admin.rs"]
+mod redis_admin;
 #[path = "../tests/support/mod.rs"]
 mod support;
 #[allow(dead_code)]
@@ -30,13 +36,14 @@ mod watcher;
 #[path = "shared/workload.rs"]
 mod workload;
 
+use bench_redis::{wait_restored, Redis};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use machine::{cores, env_number};
 use serde_json::Value;
 use sqlx::{Connection, PgConnection, Postgres, QueryBuilder};
-use support::{block_on, run_sql, ChildGuard, Outage, Proxy, RedisServer};
+use support::{block_on, run_sql, ChildGuard, Outage, Proxy};
 use watcher::{start_watcher_logging, EventLog};
 use workload::Task;
 
@@ -234,7 +241,7 @@ fn run(n: usize, trials: usize, postgres: &str) -> Vec<Row> {
         "the start-up recovery did not finish:\n{}",
         tail(&log)
     );
-    wait_restored(&mut redis, n, Duration::from_secs(60));
+    wait_restored(&mut redis, (REPEAT, DELAYED), n, Duration::from_secs(60));
 
     let mut rows = Vec::new();
     for loss in [Loss::Flush, Loss::Restart] {
@@ -294,7 +301,7 @@ fn trial(
     let detection = events
         .wait_for("detected", Duration::from_secs(30))
         .unwrap_or_else(|| panic!("the loss was not detected:\n{}", tail(log)));
-    let back = wait_restored(redis, n, Duration::from_secs(60));
+    let back = wait_restored(redis, (REPEAT, DELAYED), n, Duration::from_secs(60));
     if back.duration_since(answering) > TARGET {
         eprintln!(
             "[bench] {} with the source {}: over the target; the watcher's events since 3 s \
@@ -436,50 +443,6 @@ fn write_config(dir: &Path, redis: &Redis, source: &str, table: &str) -> PathBuf
     )
     .expect("write config");
     config
-}
-
-/// The benchmark's own redis-server with one connection of its own, made
-/// again after a restart.
-struct Redis {
-    server: RedisServer,
-    connection: redis::Connection,
-}
-
-impl Redis {
-    fn start() -> Self {
-        let server = RedisServer::start();
-        let connection = server.connect().expect("connect to the benchmark's Redis");
-        Self { server, connection }
-    }
-
-    fn restart(&mut self) -> Instant {
-        let answering = self.server.start_again();
-        self.connection = self
-            .server
-            .connect()
-            .expect("connect to the restarted Redis");
-        answering
-    }
-
-    fn zcard(&mut self, key: &str) -> usize {
-        redis::cmd("ZCARD")
-            .arg(key)
-            .query(&mut self.connection)
-            .unwrap_or(0)
-    }
-}
-
-/// Waits until every scheduler and its next job are back (`ZCARD` of the
-/// repeat and delayed sets, every 5 ms over one connection); returns when.
-fn wait_restored(redis: &mut Redis, n: usize, timeout: Duration) -> Instant {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if redis.zcard(REPEAT) == n && redis.zcard(DELAYED) >= n {
-            return Instant::now();
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    panic!("the schedulers did not come back within {timeout:?}");
 }
 
 /// The last lines of the watcher's log, for failure messages.

@@ -14,6 +14,8 @@
 
 // Modules shared by the benchmarks, and the test harness, which starts the
 // servers and the binary; each uses only part of them.
+#[path = "shared/bench_redis.rs"]
+mod bench_redis;
 #[path = "shared/machine.rs"]
 mod machine;
 #[allow(dead_code)]
@@ -28,11 +30,10 @@ mod watcher;
 #[path = "shared/workload.rs"]
 mod workload;
 
+use bench_redis::{wait_restored, Redis};
 use machine::{cores, env_number, load_average};
 use std::time::{Duration, Instant, SystemTime};
 
-use redis_admin::Admin;
-use support::RedisServer;
 use watcher::{start_watcher, EventLog};
 
 const QUEUE_REPEAT: &str = "bull:inspection:repeat";
@@ -75,7 +76,12 @@ fn main() {
             .is_some(),
         "start-up recovery did not finish"
     );
-    wait_restored(&mut redis, schedulers, Duration::from_secs(60));
+    wait_restored(
+        &mut redis,
+        (QUEUE_REPEAT, QUEUE_DELAYED),
+        schedulers,
+        Duration::from_secs(60),
+    );
 
     let load = load_before.map_or_else(|| "unknown".to_owned(), |l| format!("{l:.2}"));
     println!(
@@ -165,7 +171,12 @@ fn trial(kind: Loss, redis: &mut Redis, events: &mut EventLog, schedulers: usize
     let decision = events
         .wait_for("drift_confirmed", Duration::from_secs(30))
         .expect("a recovery was decided");
-    let back = wait_restored(redis, schedulers, Duration::from_secs(60));
+    let back = wait_restored(
+        redis,
+        (QUEUE_REPEAT, QUEUE_DELAYED),
+        schedulers,
+        Duration::from_secs(60),
+    );
     let finished = events.wait_for("recovery_finished", Duration::from_secs(30));
     // After `recovery_finished`, so that every script of the recovery counts.
     let script = redis.admin.commandstats().script_time();
@@ -256,69 +267,6 @@ impl Loss {
             Loss::Restart => redis.restart(),
         }
     }
-}
-
-/// The benchmark's own redis-server with one connection of its own, made
-/// again after a restart.
-struct Redis {
-    server: RedisServer,
-    connection: redis::Connection,
-    /// Reads Redis's own accounting, on a connection of its own.
-    admin: Admin,
-}
-
-impl Redis {
-    fn start() -> Self {
-        let server = RedisServer::start();
-        let connection = server.connect().expect("connect to the benchmark's Redis");
-        let admin = Admin::connect(&server);
-        Self {
-            server,
-            connection,
-            admin,
-        }
-    }
-
-    fn url(&self) -> String {
-        self.server.url()
-    }
-
-    fn restart(&mut self) -> Instant {
-        let answering = self.server.start_again();
-        self.connection = self
-            .server
-            .connect()
-            .expect("connect to the restarted Redis");
-        self.admin = Admin::connect(&self.server);
-        answering
-    }
-
-    fn cmd(&mut self, args: &[&str]) {
-        let mut command = redis::cmd(args[0]);
-        command.arg(&args[1..]);
-        let () = command
-            .query(&mut self.connection)
-            .unwrap_or_else(|e| panic!("{args:?} failed: {e}"));
-    }
-
-    fn zcard(&mut self, key: &str) -> usize {
-        redis::cmd("ZCARD")
-            .arg(key)
-            .query(&mut self.connection)
-            .unwrap_or(0)
-    }
-}
-
-/// Waits until every scheduler and its next job are back; returns when.
-fn wait_restored(redis: &mut Redis, schedulers: usize, timeout: Duration) -> Instant {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if redis.zcard(QUEUE_REPEAT) == schedulers && redis.zcard(QUEUE_DELAYED) >= schedulers {
-            return Instant::now();
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    panic!("the schedulers did not come back within {timeout:?}");
 }
 
 fn millis_between(from: SystemTime, to: SystemTime) -> f64 {
