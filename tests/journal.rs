@@ -7,10 +7,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::{
-    block_on, node, node_packages_installed, wait_until, RedisServer, Setup, Watcher,
-    FAST_RECOVERY, FAST_WATCH,
-};
+use support::{block_on, node, wait_until, RedisServer, Setup, Watcher, FAST_RECOVERY, FAST_WATCH};
 
 const APP: &str = "app";
 const REPORTS: &str = "reports";
@@ -39,6 +36,14 @@ fn app_schedulers() -> Value {
          "opts": {"attempts": 5, "backoff": {"type": "exponential", "delay": 2000},
                   "removeOnComplete": 100, "removeOnFail": {"age": 86400}}}
     ])
+}
+
+/// A watcher in journal mode that has read its journal once.
+fn journal_watcher(redis: &RedisServer) -> (Setup, Watcher) {
+    let setup = journal_setup(redis);
+    let watcher = Watcher::start(&setup);
+    assert!(watcher.wait_for("source_up", 1, WAIT), "{}", watcher.log());
+    (setup, watcher)
 }
 
 fn journal_setup(redis: &RedisServer) -> Setup {
@@ -131,10 +136,6 @@ fn without(entries: &[Value], key: &str) -> Vec<Value> {
 }
 
 fn schedulers_defined_in_code_survive_losses_and_removals_stay_removed(major: u8) {
-    assert!(
-        node_packages_installed(),
-        "run `npm ci --prefix tests/node`"
-    );
     let mut redis = RedisServer::start();
     let setup = journal_setup(&redis);
     let watcher = Watcher::start(&setup);
@@ -258,14 +259,8 @@ fn bullmq6_schedulers_defined_in_code_survive_losses_and_removals_stay_removed()
 /// opens, holds only schedulers Redis held, and is completed on restart.
 #[test]
 fn a_warden_killed_while_recording_leaves_a_consistent_journal() {
-    assert!(
-        node_packages_installed(),
-        "run `npm ci --prefix tests/node`"
-    );
     let redis = RedisServer::start();
-    let setup = journal_setup(&redis);
-    let watcher = Watcher::start(&setup);
-    assert!(watcher.wait_for("source_up", 1, WAIT), "{}", watcher.log());
+    let (setup, watcher) = journal_watcher(&redis);
     let many: Vec<Value> = (0..2000)
         .map(|i| json!({"id": format!("job-{i}"), "name": "n", "repeat": {"pattern": format!("{} 2 * * *", i % 60)}}))
         .collect();
@@ -338,10 +333,6 @@ fn a_warden_killed_while_recording_leaves_a_consistent_journal() {
 /// Only the queues `[source] queues` names are recorded and restored.
 #[test]
 fn listed_queues_alone_are_recorded() {
-    assert!(
-        node_packages_installed(),
-        "run `npm ci --prefix tests/node`"
-    );
     let redis = RedisServer::start();
     let setup = Setup::new(
         &redis,
@@ -400,14 +391,8 @@ fn journal_mode_refuses_keys_that_do_not_apply() {
 /// restore and writes nothing, the run restores through BullMQ.
 #[test]
 fn recover_from_the_command_line_reads_the_journal() {
-    assert!(
-        node_packages_installed(),
-        "run `npm ci --prefix tests/node`"
-    );
     let redis = RedisServer::start();
-    let setup = journal_setup(&redis);
-    let mut watcher = Watcher::start(&setup);
-    assert!(watcher.wait_for("source_up", 1, WAIT), "{}", watcher.log());
+    let (setup, mut watcher) = journal_watcher(&redis);
     node(
         6,
         "upsert-schedulers",
@@ -439,14 +424,8 @@ fn recover_from_the_command_line_reads_the_journal() {
 /// loss: announced, but not as BullMQ's removal, so it is restored.
 #[test]
 fn a_deleted_repeat_set_or_hash_is_restored_not_removed() {
-    assert!(
-        node_packages_installed(),
-        "run `npm ci --prefix tests/node`"
-    );
     let redis = RedisServer::start();
-    let setup = journal_setup(&redis);
-    let watcher = Watcher::start(&setup);
-    assert!(watcher.wait_for("source_up", 1, WAIT), "{}", watcher.log());
+    let (setup, watcher) = journal_watcher(&redis);
     let two = json!([
         {"id": "one", "name": "n", "repeat": {"pattern": "0 1 * * *"}},
         {"id": "two", "name": "n", "repeat": {"pattern": "0 2 * * *"}}
