@@ -320,16 +320,15 @@ impl Source {
         <DB::Connection as Connection>::Options: ConnectOptions<Connection = DB::Connection>,
     {
         // A database that refuses connections (stopped, restarting) looks
-        // to the pool like one starting up: it retries until the timeout.
-        // Without a connection to reuse, one direct attempt first fails at
-        // once instead, so a loss waits milliseconds, not connect_timeout,
-        // before the snapshot stands in.
-        if self.unreachable.load(Ordering::Relaxed) || pool.num_idle() == 0 {
-            let options = pool.connect_options();
-            probe(&*options, self.connect_timeout)
-                .await
-                .map_err(|e| self.unreachable_error(e))?;
-        }
+        // to the pool like one starting up: it retries until the timeout,
+        // also after finding its idle connection dead. One direct attempt
+        // first fails at once instead, so a loss waits milliseconds, not
+        // connect_timeout, before the snapshot stands in; it costs one
+        // connection per read of the rows.
+        let options = pool.connect_options();
+        probe(&*options, self.connect_timeout)
+            .await
+            .map_err(|e| self.unreachable_error(e))?;
         let begin = async {
             match statement {
                 Some(statement) => pool.begin_with(statement).await,
