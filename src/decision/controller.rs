@@ -214,7 +214,7 @@ impl<R: Reconcile> Controller<R> {
         if matches!(first.cause, Cause::Startup | Cause::Manual) {
             return Some(batch);
         }
-        let calm = self.redis_was_calm(timing.debounce_quiet);
+        let calm = timing.at_once && self.redis_was_calm(timing.debounce_quiet);
         if first.shows_loss {
             self.last_loss_at = Some(Instant::now());
             if calm {
@@ -372,6 +372,7 @@ mod tests {
                 debounce_max: Duration::from_secs(10),
                 backoff_min: Duration::from_millis(500),
                 backoff_max: Duration::from_secs(4),
+                at_once: true,
             }
         }
 

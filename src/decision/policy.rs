@@ -19,6 +19,11 @@ pub(crate) struct Timing {
     pub(crate) debounce_max: Duration,
     pub(crate) backoff_min: Duration,
     pub(crate) backoff_max: Duration,
+    /// A loss Redis shows may be repaired at once. Not with a journal
+    /// source: telling the application's removal or obliteration from a
+    /// loss takes the keyspace notifications of the whole change, which a
+    /// repair at once would outrun (restoring an obliterated queue).
+    pub(crate) at_once: bool,
 }
 
 impl From<&Config> for Timing {
@@ -28,6 +33,7 @@ impl From<&Config> for Timing {
             debounce_max: config.watch.debounce_max,
             backoff_min: config.recovery.backoff_min,
             backoff_max: config.recovery.backoff_max,
+            at_once: !crate::journal::is_journal(&config.source.url),
         }
     }
 }
@@ -143,6 +149,7 @@ mod tests {
             debounce_max: Duration::from_secs(10),
             backoff_min: Duration::from_millis(500),
             backoff_max: Duration::from_secs(4),
+            at_once: true,
         }
     }
 
