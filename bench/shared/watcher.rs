@@ -93,22 +93,7 @@ impl EventLog {
 
     /// The next `event` after the last one looked at.
     pub fn wait_for(&mut self, event: &str, timeout: Duration) -> Option<LogLine> {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            while let Some(line) = self.next_line() {
-                if line["event"] != event {
-                    continue;
-                }
-                let stamp = line["timestamp"].as_str().unwrap_or_default();
-                let time = chrono::DateTime::parse_from_rfc3339(stamp).ok()?;
-                return Some(LogLine {
-                    at: SystemTime::from(time),
-                    fields: line,
-                });
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        None
+        self.wait_for_line(|line| line["event"] == event, timeout)
     }
 }
 

@@ -537,24 +537,21 @@ fn optional_text_any(row: &SourceRow, columns: &[&str]) -> Option<String> {
 
 /// A column holding 0 or more, as BullMQ's `repeat.offset`.
 fn non_negative_integer(row: &SourceRow, column: &str) -> Result<Option<u64>, String> {
-    let Some(value) = row.get(column) else {
-        return Ok(None);
-    };
-    let parsed = match value {
-        ColumnValue::Int(i) => u64::try_from(*i).ok(),
-        ColumnValue::Float(f) if f.fract() == 0.0 && *f >= 0.0 => Some(*f as u64),
-        ColumnValue::Text(t) => t.trim().parse::<u64>().ok(),
-        _ => None,
-    };
-    parsed.map(Some).ok_or_else(|| {
-        format!(
-            "{column} must be a non-negative integer, not {:?}",
-            value.as_text().unwrap_or_default()
-        )
-    })
+    integer_at_least(row, column, 0, "a non-negative")
 }
 
 fn positive_integer(row: &SourceRow, column: &str) -> Result<Option<u64>, String> {
+    integer_at_least(row, column, 1, "a positive")
+}
+
+/// A whole number of at least `min` (integer, whole float or digits), or
+/// an error saying the column must be `what` integer.
+fn integer_at_least(
+    row: &SourceRow,
+    column: &str,
+    min: u64,
+    what: &str,
+) -> Result<Option<u64>, String> {
     let Some(value) = row.get(column) else {
         return Ok(None);
     };
@@ -565,9 +562,9 @@ fn positive_integer(row: &SourceRow, column: &str) -> Result<Option<u64>, String
         _ => None,
     };
     match parsed {
-        Some(n) if n > 0 => Ok(Some(n)),
+        Some(n) if n >= min => Ok(Some(n)),
         _ => Err(format!(
-            "{column} must be a positive integer, not {:?}",
+            "{column} must be {what} integer, not {:?}",
             value.as_text().unwrap_or_default()
         )),
     }
