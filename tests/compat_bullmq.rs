@@ -48,21 +48,7 @@ fn node_specs() -> Value {
 /// getJobSchedulers() entries without the fields that legitimately change
 /// between two creations (next run, iteration count, offset).
 fn comparable(schedulers: &Value) -> Vec<Value> {
-    let mut entries: Vec<Value> = schedulers["schedulers"]
-        .as_array()
-        .expect("schedulers array")
-        .iter()
-        .map(|s| {
-            let mut s = s.clone();
-            let object = s.as_object_mut().expect("scheduler object");
-            for volatile in ["next", "iterationCount", "offset"] {
-                object.remove(volatile);
-            }
-            s
-        })
-        .collect();
-    entries.sort_by_key(|s| s["key"].as_str().unwrap_or_default().to_owned());
-    entries
+    support::comparable_schedulers(schedulers, |_| &["next", "iterationCount", "offset"])
 }
 
 fn restores_what_bullmq_wrote(major: u8) {

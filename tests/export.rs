@@ -37,19 +37,7 @@ fn app_schedulers() -> Value {
 /// iteration count (a re-created scheduler counts from 1 again).
 fn schedulers(redis: &RedisServer) -> Vec<Value> {
     let listed = node(6, "schedulers", redis, APP, &[], None);
-    let mut entries: Vec<Value> = listed["schedulers"]
-        .as_array()
-        .expect("schedulers array")
-        .iter()
-        .map(|s| {
-            let mut s = s.clone();
-            let object = s.as_object_mut().expect("scheduler object");
-            object.remove("iterationCount");
-            s
-        })
-        .collect();
-    entries.sort_by_key(|s| s["key"].as_str().unwrap_or_default().to_owned());
-    entries
+    support::comparable_schedulers(&listed, |_| &["iterationCount"])
 }
 
 /// A Redis holding the application's schedulers, and what BullMQ reports of them.

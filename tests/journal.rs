@@ -61,23 +61,10 @@ fn journal_setup(redis: &RedisServer) -> Setup {
 /// `pulse`, which a Worker moves on every second.
 fn schedulers(major: u8, redis: &RedisServer, queue: &str) -> Vec<Value> {
     let listed = node(major, "schedulers", redis, queue, &[], None);
-    let mut entries: Vec<Value> = listed["schedulers"]
-        .as_array()
-        .expect("schedulers array")
-        .iter()
-        .map(|s| {
-            let mut s = s.clone();
-            let pulse = s["key"] == "pulse";
-            let object = s.as_object_mut().expect("scheduler object");
-            object.remove("iterationCount");
-            if pulse {
-                object.remove("next");
-            }
-            s
-        })
-        .collect();
-    entries.sort_by_key(|s| s["key"].as_str().unwrap_or_default().to_owned());
-    entries
+    support::comparable_schedulers(&listed, |s| match s["key"] == "pulse" {
+        true => &["iterationCount", "next"],
+        false => &["iterationCount"],
+    })
 }
 
 /// (queue, id) of every scheduler in the journal file.

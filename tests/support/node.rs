@@ -64,3 +64,28 @@ pub fn node(
         )
     })
 }
+
+/// The `schedulers` of a driver's `getJobSchedulers()` answer, sorted by key,
+/// each without the fields `volatile` picks for it (fields that legitimately
+/// differ between two creations, such as the iteration count).
+pub fn comparable_schedulers(
+    listed: &Value,
+    volatile: impl Fn(&Value) -> &'static [&'static str],
+) -> Vec<Value> {
+    let mut entries: Vec<Value> = listed["schedulers"]
+        .as_array()
+        .expect("schedulers array")
+        .iter()
+        .map(|s| {
+            let drop = volatile(s);
+            let mut s = s.clone();
+            let object = s.as_object_mut().expect("scheduler object");
+            for field in drop {
+                object.remove(*field);
+            }
+            s
+        })
+        .collect();
+    entries.sort_by_key(|s| s["key"].as_str().unwrap_or_default().to_owned());
+    entries
+}
