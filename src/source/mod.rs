@@ -11,7 +11,6 @@ pub(crate) mod change;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use sqlx::mysql::{MySql, MySqlConnectOptions};
@@ -172,10 +171,6 @@ pub(crate) struct Source {
     /// `[source] connect_timeout`: bounds each connection attempt and the
     /// start of each read.
     connect_timeout: Duration,
-    /// The last read could not connect: the next one tries one direct
-    /// connection first, which fails at once with the database's own reason
-    /// where the pool would retry a refused connection until its timeout.
-    unreachable: AtomicBool,
 }
 
 impl Source {
@@ -239,7 +234,6 @@ impl Source {
             query: std::sync::RwLock::new(Query::of(config)),
             redacted_url,
             connect_timeout: timeout,
-            unreachable: AtomicBool::new(false),
         })
     }
 
@@ -264,14 +258,10 @@ impl Source {
     /// Runs the source query inside a read-only transaction where the database
     /// has one, handing each row to `each` as it arrives (100,000 rows are never
     /// held at once); returns how long the query took.
-    pub(crate) async fn fetch(&self, each: impl FnMut(SourceRow)) -> Result<Duration, SourceError> {
-        let outcome = self.read(each).await;
-        let unreachable = matches!(outcome, Err(SourceError::Connect { .. }));
-        self.unreachable.store(unreachable, Ordering::Relaxed);
-        outcome
-    }
-
-    async fn read(&self, mut each: impl FnMut(SourceRow)) -> Result<Duration, SourceError> {
+    pub(crate) async fn fetch(
+        &self,
+        mut each: impl FnMut(SourceRow),
+    ) -> Result<Duration, SourceError> {
         use futures::TryStreamExt;
         let started = Instant::now();
         let query = self.query.read().unwrap_or_else(|e| e.into_inner()).clone();
