@@ -366,6 +366,11 @@ fn drift_checks_read_only_the_hashes_that_may_have_changed() {
         "drift checks ran: {stats}"
     );
     assert!(!stats.contains("cmdstat_hmget:"), "{stats}");
+    // Nor does an idle watcher walk the keyspace for queues (discovery rests
+    // after its pass at start-up), or count the scheduler set's far runs
+    // (only for a delayed set found empty).
+    assert!(!stats.contains("cmdstat_scan:"), "{stats}");
+    assert!(!stats.contains("cmdstat_zcount:"), "{stats}");
     let rewrite = json!([{"id": "inspection:1", "name": "minutely",
         "repeat": {"pattern": "0 * * * * *"}, "data": {"written": "by the application"}}]);
     node(

@@ -117,7 +117,7 @@ impl Batch {
 
     /// Goes at once, with the triggers already waiting: they are signals
     /// of the same loss.
-    fn at_once(mut self, triggers: &mut mpsc::Receiver<Trigger>) -> Self {
+    fn go_at_once(mut self, triggers: &mut mpsc::Receiver<Trigger>) -> Self {
         while let Ok(trigger) = triggers.try_recv() {
             self.add(&trigger);
         }
@@ -218,7 +218,7 @@ impl<R: Reconcile> Controller<R> {
         if first.shows_loss {
             self.last_loss_at = Some(Instant::now());
             if calm {
-                return Some(batch.at_once(triggers));
+                return Some(batch.go_at_once(triggers));
             }
         }
         let mut window = Debounce::open(
@@ -237,7 +237,7 @@ impl<R: Reconcile> Controller<R> {
                         // A loss in a window that a change of the rows or a
                         // reconnect opened is no less urgent.
                         if calm {
-                            return Some(batch.at_once(triggers));
+                            return Some(batch.go_at_once(triggers));
                         }
                     }
                     window.observe(&trigger, Instant::now());

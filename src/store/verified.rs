@@ -96,11 +96,16 @@ impl VerifiedDefinitions {
             skip: HashSet::new(),
             read: HashMap::new(),
         };
+        // Nothing is learned without notifications (a one-shot command, a
+        // Redis without the flags): no fingerprints to take.
+        if !state.live {
+            return plan;
+        }
         for row in rows {
             let key = key(queue, &row.scheduler_id);
             let fingerprint = fingerprint(row);
             let same_row = state.matched.get(&key) == Some(&fingerprint);
-            if state.live && same_row && !state.rewritten.remove(&key) {
+            if same_row && !state.rewritten.remove(&key) {
                 plan.skip.insert(row.scheduler_id.clone());
             } else {
                 state.rewritten.remove(&key);
