@@ -6,33 +6,12 @@
 mod support;
 
 use serde_json::{json, Value};
-use support::{node, node_packages_installed, run_sql, Database, RedisServer, Setup};
+use support::{
+    app_schedulers, node, node_packages_installed, run_sql, Database, RedisServer, Setup, END_2040,
+    START_2030,
+};
 
 const APP: &str = "app";
-/// 2030-01-01 and 2040-01-01 (UTC).
-const START_2030: u64 = 1_893_456_000_000;
-const END_2040: u64 = 2_208_988_800_000;
-
-/// Cron with and without a time zone, six fields, every, limit, start and
-/// end dates, non-ASCII data with quotes and backslashes, job options.
-fn app_schedulers() -> Value {
-    json!([
-        {"id": "nightly", "name": "backup", "repeat": {"pattern": "0 3 * * *"},
-         "data": {"target": "s3://bucket/path", "quote": "it's \"quoted\"", "dir": "C:\\tmp\\n"}},
-        {"id": "berlin", "name": "report", "repeat": {"pattern": "0 7 * * MON", "tz": "Europe/Berlin"},
-         "data": {"城市": "上海", "note": "naïve ✓"}},
-        {"id": "seconds", "name": "tick", "repeat": {"pattern": "30 15 4 * * *"}},
-        {"id": "beat", "name": "beat", "repeat": {"every": 600000}, "data": {"beat": true}},
-        {"id": "limited", "name": "limited", "repeat": {"pattern": "0 0 1 * *", "limit": 12},
-         "opts": {"priority": 3}},
-        {"id": "later", "name": "later",
-         "repeat": {"pattern": "15 10 * * *", "tz": "UTC", "startDate": START_2030, "endDate": END_2040}},
-        {"id": "retrying", "name": "retrying", "repeat": {"pattern": "0 0 * * SUN"},
-         "opts": {"attempts": 5, "backoff": {"type": "exponential", "delay": 2000},
-                  "removeOnComplete": 100, "removeOnFail": {"age": 86400}}}
-    ])
-}
-
 /// getJobSchedulers() of the application's queue, sorted, without the
 /// iteration count (a re-created scheduler counts from 1 again).
 fn schedulers(redis: &RedisServer) -> Vec<Value> {

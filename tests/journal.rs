@@ -11,31 +11,15 @@ use support::{block_on, node, wait_until, RedisServer, Setup, Watcher, FAST_RECO
 
 const APP: &str = "app";
 const REPORTS: &str = "reports";
-/// 2030-01-01 and 2040-01-01 (UTC): dates the tests can rely on being ahead.
-const START_2030: u64 = 1_893_456_000_000;
-const END_2040: u64 = 2_208_988_800_000;
 const WAIT: Duration = Duration::from_secs(30);
 
-/// What the application defines at start-up: cron with and without a time
-/// zone, six fields (seconds), every (one that a Worker runs every second),
-/// a limit, start and end dates, non-ASCII data and job options.
+/// The application's schedulers, and one every second that a Worker runs.
 fn app_schedulers() -> Value {
-    json!([
-        {"id": "nightly", "name": "backup", "repeat": {"pattern": "0 3 * * *"},
-         "data": {"target": "s3://bucket/path"}},
-        {"id": "berlin", "name": "report", "repeat": {"pattern": "0 7 * * MON", "tz": "Europe/Berlin"},
-         "data": {"城市": "上海", "note": "naïve ✓"}},
-        {"id": "seconds", "name": "tick", "repeat": {"pattern": "30 15 4 * * *"}},
-        {"id": "beat", "name": "beat", "repeat": {"every": 600000}, "data": {"beat": true}},
-        {"id": "pulse", "name": "pulse", "repeat": {"every": 1000}},
-        {"id": "limited", "name": "limited", "repeat": {"pattern": "0 0 1 * *", "limit": 12},
-         "opts": {"priority": 3}},
-        {"id": "later", "name": "later",
-         "repeat": {"pattern": "15 10 * * *", "tz": "UTC", "startDate": START_2030, "endDate": END_2040}},
-        {"id": "retrying", "name": "retrying", "repeat": {"pattern": "0 0 * * SUN"},
-         "opts": {"attempts": 5, "backoff": {"type": "exponential", "delay": 2000},
-                  "removeOnComplete": 100, "removeOnFail": {"age": 86400}}}
-    ])
+    let mut schedulers = support::app_schedulers();
+    if let Some(list) = schedulers.as_array_mut() {
+        list.push(json!({"id": "pulse", "name": "pulse", "repeat": {"every": 1000}}));
+    }
+    schedulers
 }
 
 /// A watcher in journal mode that has read its journal once.

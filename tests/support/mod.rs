@@ -29,7 +29,10 @@ mod topology;
 mod warden;
 
 pub use self::http::{fast_watch_with_api, free_local_addr, http, http_endpoint, wait_until_ready};
-pub use self::node::{comparable_schedulers, node, node_driver, node_packages_installed};
+pub use self::node::{
+    app_schedulers, comparable_schedulers, node, node_driver, node_packages_installed, END_2040,
+    START_2030,
+};
 pub use self::process::{block_on, free_port, rss_kib, time_until, wait_until, ChildGuard};
 pub use self::promql::{
     promql_skip_enclosed, promql_skip_string, PROMQL_LABEL_LIST_KEYWORDS, PROMQL_NON_METRIC_WORDS,

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use super::redis_server::RedisServer;
 use super::tools::repo_path;
@@ -88,4 +88,29 @@ pub fn comparable_schedulers(
         .collect();
     entries.sort_by_key(|s| s["key"].as_str().unwrap_or_default().to_owned());
     entries
+}
+
+/// 2030-01-01 and 2040-01-01 (UTC).
+pub const START_2030: u64 = 1_893_456_000_000;
+pub const END_2040: u64 = 2_208_988_800_000;
+
+/// What an application defines in code at start-up: cron with and
+/// without a time zone, six fields, every, limit, start and
+/// end dates, non-ASCII data with quotes and backslashes, job options.
+pub fn app_schedulers() -> Value {
+    json!([
+        {"id": "nightly", "name": "backup", "repeat": {"pattern": "0 3 * * *"},
+         "data": {"target": "s3://bucket/path", "quote": "it's \"quoted\"", "dir": "C:\\tmp\\n"}},
+        {"id": "berlin", "name": "report", "repeat": {"pattern": "0 7 * * MON", "tz": "Europe/Berlin"},
+         "data": {"城市": "上海", "note": "naïve ✓"}},
+        {"id": "seconds", "name": "tick", "repeat": {"pattern": "30 15 4 * * *"}},
+        {"id": "beat", "name": "beat", "repeat": {"every": 600000}, "data": {"beat": true}},
+        {"id": "limited", "name": "limited", "repeat": {"pattern": "0 0 1 * *", "limit": 12},
+         "opts": {"priority": 3}},
+        {"id": "later", "name": "later",
+         "repeat": {"pattern": "15 10 * * *", "tz": "UTC", "startDate": START_2030, "endDate": END_2040}},
+        {"id": "retrying", "name": "retrying", "repeat": {"pattern": "0 0 * * SUN"},
+         "opts": {"attempts": 5, "backoff": {"type": "exponential", "delay": 2000},
+                  "removeOnComplete": 100, "removeOnFail": {"age": 86400}}}
+    ])
 }
