@@ -16,6 +16,7 @@ use super::error::RecoveryError;
 use super::policy::{verdict, Judging, Timing, Verdict};
 use crate::clock::now_ms;
 use crate::config::{Catchup, Config, Strategy};
+use crate::desired::packed::PackedQueues;
 use crate::desired::snapshot::{self, DesiredSnapshot, Kept, SnapshotError};
 use crate::model::{Cause, DesiredScheduler, InvalidRow};
 use crate::plan::Plan;
@@ -231,11 +232,14 @@ impl Recovery {
         else {
             return Err(error);
         };
+        let Some(desired) = self.unpacked(&kept, now) else {
+            return Err(error);
+        };
         let rows = Rows::Snapshot {
             age: Duration::from_millis(now.saturating_sub(kept.taken_at_ms)),
             error: error.to_string(),
         };
-        Ok((desired_from(&kept, now), rows))
+        Ok((desired, rows))
     }
 
     /// The rows as last read, when a loss Redis showed may be repaired
@@ -252,9 +256,29 @@ impl Recovery {
             return None;
         }
         let kept = self.kept.last_read(&config.source.scheduler_id)?;
-        let mut desired = desired_from(&kept, now_ms());
+        let mut desired = self.unpacked(&kept, now_ms())?;
         desired.invalid = kept.invalid.clone();
         Some((desired, Rows::Kept))
+    }
+
+    /// The kept set as a read would have given it at `now_ms`; rows whose
+    /// end date passed since are left out, as a read now would reject them.
+    /// `None`, reported, if it does not unpack.
+    fn unpacked(&self, kept: &DesiredSnapshot, now_ms: u64) -> Option<Desired> {
+        let live = |s: &DesiredScheduler| s.end_date.is_none_or(|end| end > now_ms);
+        match kept.queues.unpack(live) {
+            Ok(by_queue) => Some(Desired {
+                by_queue,
+                invalid: Vec::new(),
+                protected: kept.protected.clone(),
+                source_elapsed: Duration::ZERO,
+            }),
+            Err(error) => {
+                let error = SnapshotError::from(error);
+                self.ctx.observer.emit(SnapshotFailed { error: &error });
+                None
+            }
+        }
     }
 
     /// Keeps the desired set of a successful read, ready for the next loss,
@@ -264,7 +288,7 @@ impl Recovery {
         let fresh = DesiredSnapshot {
             taken_at_ms: now_ms(),
             template: config.source.scheduler_id.clone(),
-            queues: desired.by_queue.clone(),
+            queues: PackedQueues::pack(&desired.by_queue),
             protected: desired.protected.clone(),
             invalid: desired.invalid.clone(),
         };
@@ -550,27 +574,6 @@ impl Recovery {
                 }),
             }
         }
-    }
-}
-
-/// The snapshot's desired set as a read would have given it; rows whose end
-/// date passed since are left out, as a read now would reject them.
-fn desired_from(kept: &DesiredSnapshot, now_ms: u64) -> Desired {
-    let by_queue = kept
-        .queues
-        .iter()
-        .map(|(queue, rows)| {
-            let live = rows
-                .iter()
-                .filter(|r| r.end_date.is_none_or(|end| end > now_ms));
-            (queue.clone(), live.cloned().collect())
-        })
-        .collect();
-    Desired {
-        by_queue,
-        invalid: Vec::new(),
-        protected: kept.protected.clone(),
-        source_elapsed: Duration::ZERO,
     }
 }
 

@@ -5,6 +5,7 @@
 //! row that passes here restores, and a row that fails is reported with its id
 //! instead of failing the whole recovery.
 
+pub(crate) mod packed;
 pub(crate) mod snapshot;
 
 use std::collections::{BTreeMap, HashMap};

@@ -11,8 +11,10 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::ser::{Error as _, SerializeMap as _};
+use serde::{Deserialize, Serialize, Serializer};
 
+use super::packed::{PackedQueues, UnpackError};
 use crate::model::{DesiredScheduler, InvalidRow, Schedule};
 
 /// The format this sidecar writes and reads.
@@ -29,7 +31,8 @@ pub(crate) struct DesiredSnapshot {
     /// `[source] scheduler_id` at the time: a snapshot made under another
     /// template names other schedulers and is not used.
     pub(crate) template: String,
-    pub(crate) queues: BTreeMap<String, Vec<DesiredScheduler>>,
+    /// Packed: it is held for as long as the sidecar runs.
+    pub(crate) queues: PackedQueues,
     pub(crate) protected: ProtectedIds,
     /// The invalid rows of the read, for a restore from memory to report
     /// as a read would. Not written to the file: a snapshot restored from
@@ -56,13 +59,17 @@ pub(crate) enum SnapshotError {
     Format { path: PathBuf, reason: String },
     #[error("cannot write the snapshot file {path} (source.snapshot_file): {reason}")]
     Write { path: PathBuf, reason: String },
+    #[error("the rows kept in memory cannot be used: {0}")]
+    Unpack(#[from] UnpackError),
 }
 
 impl SnapshotError {
     /// `read` or `write`, the label its metric is counted under.
     pub(crate) fn operation(&self) -> &'static str {
         match self {
-            SnapshotError::Read { .. } | SnapshotError::Format { .. } => "read",
+            SnapshotError::Read { .. }
+            | SnapshotError::Format { .. }
+            | SnapshotError::Unpack(_) => "read",
             SnapshotError::Write { .. } => "write",
         }
     }
@@ -165,17 +172,45 @@ impl Kept {
     }
 }
 
-/// The file as written: version 1.
-#[derive(Serialize, Deserialize)]
+/// The file as read: version 1 (the version is checked before).
+#[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct FileV1 {
-    version: u32,
     taken_at_ms: u64,
     scheduler_id_template: String,
     /// Per queue, the schedulers its valid rows ask for.
     queues: BTreeMap<String, Vec<FileScheduler>>,
     /// Per queue, the scheduler ids of invalid rows.
     protected: ProtectedIds,
+}
+
+/// The file as written: `FileV1`'s fields, with the queues unpacked one at
+/// a time while they are written instead of all at once.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct FileV1Out<'a> {
+    version: u32,
+    taken_at_ms: u64,
+    scheduler_id_template: &'a str,
+    queues: Unpacking<'a>,
+    protected: &'a ProtectedIds,
+}
+
+struct Unpacking<'a>(&'a PackedQueues);
+
+impl Serialize for Unpacking<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        for queue in self.0.queue_names() {
+            let rows = self
+                .0
+                .unpack_queue(queue, |_| true)
+                .map_err(S::Error::custom)?;
+            let rows: Vec<FileScheduler> = rows.into_iter().map(FileScheduler::from).collect();
+            map.serialize_entry(queue, &rows)?;
+        }
+        map.end()
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -203,21 +238,21 @@ struct FileScheduler {
     offset: Option<u64>,
 }
 
-impl From<&DesiredScheduler> for FileScheduler {
-    fn from(s: &DesiredScheduler) -> Self {
-        let (pattern, every_ms) = match &s.schedule {
-            Schedule::Pattern(pattern) => (Some(pattern.clone()), None),
-            Schedule::EveryMs(every) => (None, Some(*every)),
+impl From<DesiredScheduler> for FileScheduler {
+    fn from(s: DesiredScheduler) -> Self {
+        let (pattern, every_ms) = match s.schedule {
+            Schedule::Pattern(pattern) => (Some(pattern), None),
+            Schedule::EveryMs(every) => (None, Some(every)),
         };
         Self {
-            row_id: s.row_id.clone(),
-            scheduler_id: s.scheduler_id.clone(),
-            name: s.name.clone(),
+            row_id: s.row_id,
+            scheduler_id: s.scheduler_id,
+            name: s.name,
             pattern,
             every_ms,
-            tz: s.tz.clone(),
-            data: s.data.clone(),
-            opts: s.opts.clone(),
+            tz: s.tz,
+            data: s.data,
+            opts: s.opts,
             start_date: s.start_date,
             end_date: s.end_date,
             limit: s.limit,
@@ -270,21 +305,12 @@ pub(crate) fn write_file(path: &Path, snapshot: &DesiredSnapshot) -> Result<(), 
         path: path.to_owned(),
         reason: e.to_string(),
     };
-    let file = FileV1 {
+    let file = FileV1Out {
         version: FORMAT_VERSION,
         taken_at_ms: snapshot.taken_at_ms,
-        scheduler_id_template: snapshot.template.clone(),
-        queues: snapshot
-            .queues
-            .iter()
-            .map(|(queue, rows)| {
-                (
-                    queue.clone(),
-                    rows.iter().map(FileScheduler::from).collect(),
-                )
-            })
-            .collect(),
-        protected: snapshot.protected.clone(),
+        scheduler_id_template: &snapshot.template,
+        queues: Unpacking(&snapshot.queues),
+        protected: &snapshot.protected,
     };
     let mut temporary = path.as_os_str().to_owned();
     temporary.push(".tmp");
@@ -343,7 +369,7 @@ fn read_file(path: &Path) -> Result<Option<DesiredSnapshot>, SnapshotError> {
     Ok(Some(DesiredSnapshot {
         taken_at_ms: file.taken_at_ms,
         template: file.scheduler_id_template,
-        queues,
+        queues: PackedQueues::pack(&queues),
         protected: file.protected,
         invalid: Vec::new(),
     }))
@@ -389,13 +415,13 @@ mod tests {
         DesiredSnapshot {
             taken_at_ms,
             template: "t:{id}".into(),
-            queues: BTreeMap::from([(
+            queues: PackedQueues::pack(&BTreeMap::from([(
                 "q".to_owned(),
                 vec![
                     scheduler("1", Schedule::Pattern("0 3 * * *".into())),
                     scheduler("2", Schedule::EveryMs(60_000)),
                 ],
-            )]),
+            )])),
             protected: BTreeMap::from([("q".to_owned(), BTreeSet::from(["t:9".to_owned()]))]),
             invalid: Vec::new(),
         }
