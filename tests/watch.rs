@@ -345,6 +345,41 @@ fn a_flush_is_repaired_at_once_from_the_rows_kept_ready() {
     assert_one_next_job_each(&redis);
 }
 
+/// A row change already waiting when a flush comes makes the rows kept
+/// ready stale: the repair still goes at once, but reads the database first,
+/// so the changed row comes back as it is now.
+#[test]
+fn a_flush_with_a_row_change_waiting_is_repaired_at_once_from_a_fresh_read() {
+    let redis = RedisServer::start();
+    let setup = watched(&redis, "");
+    let slow_window = [("BULLMQ_WARDEN__WATCH__DEBOUNCE_QUIET", "3s")];
+    let watcher = started_env(&setup, &redis, &slow_window);
+    assert!(watcher.wait_for("source_watch", 1, 5 * SECOND));
+    setup.sql("UPDATE inspection_tasks SET cron = '0 45 2 * * *' WHERE id = 2");
+    assert!(
+        support::wait_until(5 * SECOND, || watcher
+            .events("detected")
+            .iter()
+            .any(|e| e["cause"] == "source_change")),
+        "{}",
+        watcher.log()
+    );
+    redis.redis(&["FLUSHALL"]);
+    assert!(
+        watcher.wait_for("recovery_finished", 2, 10 * SECOND),
+        "{}",
+        watcher.log()
+    );
+    let started = &watcher.events("recovery_started")[1];
+    assert_eq!(started["at_once"], true, "{}", watcher.log());
+    let finished = &watcher.events("recovery_finished")[1];
+    assert_eq!(finished["rows"], "database", "{}", watcher.log());
+    let key = "bull:inspection:repeat:inspection:2";
+    assert_eq!(redis.redis(&["HGET", key, "pattern"]), "0 45 2 * * *");
+    assert_eq!(schedulers(&redis), 4);
+    assert_one_next_job_each(&redis);
+}
+
 /// A drift check reads a scheduler's hash only when it may have changed:
 /// while the keyspace subscription is live, a hash that matched its row and
 /// had no notification since is not read again (none of the idle checks
