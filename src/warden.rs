@@ -318,7 +318,7 @@ impl Warden {
             let stored = try_join_all(reads).await?;
             for (((queue, rows), in_redis), read) in chunk.into_iter().zip(stored).zip(read_plans) {
                 let plan = QueuePlan::new(&queue, rows, &in_redis, &protected, &template, now_ms());
-                self.verified.confirm(&read, &queue, plan.unchanged.iter());
+                self.verified.confirm(&read, plan.unchanged.iter());
                 queues.insert(queue, plan);
             }
         }
