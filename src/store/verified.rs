@@ -47,7 +47,7 @@ struct State {
     /// from key to fingerprint takes 17.
     matched: HashSet<u64>,
     /// Schedulers whose hash was rewritten, deleted, expired or evicted
-    /// since it was last read.
+    /// since it was last read, or was found not to match its row.
     rewritten: HashSet<u64>,
 }
 
@@ -56,8 +56,8 @@ struct State {
 pub(crate) struct ReadPlan {
     epoch: u64,
     skip: HashSet<String>,
-    /// Of the rows whose hashes are read: `matched(key, fingerprint)`.
-    read: HashMap<String, u64>,
+    /// Of the rows whose hashes are read: `key` and `matched(key, fingerprint)`.
+    read: HashMap<String, (u64, u64)>,
 }
 
 impl ReadPlan {
@@ -111,7 +111,7 @@ impl VerifiedDefinitions {
                 plan.skip.insert(row.scheduler_id.clone());
             } else {
                 state.rewritten.remove(&key);
-                plan.read.insert(row.scheduler_id.clone(), matched);
+                plan.read.insert(row.scheduler_id.clone(), (key, matched));
             }
         }
         plan
@@ -129,11 +129,14 @@ impl VerifiedDefinitions {
         }
         state.since.get_or_insert_with(Instant::now);
         let matching: HashSet<&String> = matching.collect();
-        for (id, matched) in &plan.read {
-            match matching.contains(id) {
-                true => state.matched.insert(*matched),
-                false => state.matched.remove(matched),
-            };
+        for (id, &(key, matched)) in &plan.read {
+            if matching.contains(id) {
+                state.matched.insert(matched);
+            } else {
+                // Entries for other rows of this scheduler may linger in
+                // `matched`; the hash is read until it matches one again.
+                state.rewritten.insert(key);
+            }
         }
     }
 
@@ -233,6 +236,18 @@ mod tests {
         verified.rewritten("q", "a");
         let plan = verified.plan_read("q", &rows);
         assert!(!plan.skips("a"));
+        verified.confirm(&plan, std::iter::empty());
+        assert!(!verified.plan_read("q", &rows).skips("a"));
+    }
+
+    #[test]
+    fn a_row_changed_and_changed_back_is_read_if_its_hash_differed_meanwhile() {
+        let rows = [row("a", 1000)];
+        let verified = learned(&rows);
+        let changed = [row("a", 2000)];
+        let plan = verified.plan_read("q", &changed);
+        assert!(!plan.skips("a"));
+        // The hash matched neither: it was rewritten in a way the read saw.
         verified.confirm(&plan, std::iter::empty());
         assert!(!verified.plan_read("q", &rows).skips("a"));
     }
