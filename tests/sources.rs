@@ -157,18 +157,19 @@ fn edit_reaches_redis(
     eprintln!("{what}: {} ms", took.as_millis());
 }
 
+/// The task table on PostgreSQL, with one cron row (id 1).
+const ONE_POSTGRES_ROW: &str = "CREATE TABLE inspection_tasks (id BIGINT PRIMARY KEY, name TEXT,
+  cron TEXT, every_ms INTEGER, tz TEXT, payload JSONB, opts JSON, queue TEXT,
+  enabled BOOLEAN NOT NULL DEFAULT TRUE);
+INSERT INTO inspection_tasks (id, name, cron) VALUES (1, 'a', '0 0 * * * *');";
+
 /// Without a watch on the rows, the rows kept from the last read may be
 /// stale: a flush is still repaired at once, but from a fresh read, so an
 /// edit nobody announced is in what comes back.
 #[test]
 fn without_a_watch_on_the_rows_a_flush_is_repaired_at_once_from_a_fresh_read() {
     let db = Database::postgres();
-    run_sql(
-        &db.url,
-        "CREATE TABLE inspection_tasks (id BIGINT PRIMARY KEY, name TEXT, cron TEXT, every_ms INTEGER,
-         tz TEXT, payload JSONB, opts JSON, queue TEXT, enabled BOOLEAN NOT NULL DEFAULT TRUE);
-         INSERT INTO inspection_tasks (id, name, cron) VALUES (1, 'a', '0 0 * * * *');",
-    );
+    run_sql(&db.url, ONE_POSTGRES_ROW);
     let redis = RedisServer::start();
     let (_setup, watcher) = watching(&redis, &db, "");
     assert_eq!(watcher.count("source_watch"), 0, "{}", watcher.log());
@@ -177,15 +178,7 @@ fn without_a_watch_on_the_rows_a_flush_is_repaired_at_once_from_a_fresh_read() {
         "UPDATE inspection_tasks SET cron = '0 5 * * * *' WHERE id = 1",
     );
     redis.redis(&["FLUSHALL"]);
-    assert!(
-        watcher.wait_for("recovery_finished", 2, Duration::from_secs(10)),
-        "{}",
-        watcher.log()
-    );
-    let started = &watcher.events("recovery_started")[1];
-    assert_eq!(started["at_once"], true, "{}", watcher.log());
-    let finished = &watcher.events("recovery_finished")[1];
-    assert_eq!(finished["rows"], "database", "{}", watcher.log());
+    watcher.assert_second_recovery_at_once("database");
     let key = "bull:inspection:repeat:inspection:1";
     assert_eq!(redis.redis(&["HGET", key, "pattern"]), "0 5 * * * *");
 }
@@ -193,12 +186,7 @@ fn without_a_watch_on_the_rows_a_flush_is_repaired_at_once_from_a_fresh_read() {
 #[test]
 fn postgres_notify_trigger_brings_row_edits_to_redis_within_seconds() {
     let db = Database::postgres();
-    run_sql(
-        &db.url,
-        "CREATE TABLE inspection_tasks (id BIGINT PRIMARY KEY, name TEXT, cron TEXT, every_ms INTEGER,
-         tz TEXT, payload JSONB, opts JSON, queue TEXT, enabled BOOLEAN NOT NULL DEFAULT TRUE);
-         INSERT INTO inspection_tasks (id, name, cron) VALUES (1, 'a', '0 0 * * * *');",
-    );
+    run_sql(&db.url, ONE_POSTGRES_ROW);
     run_sql(&db.url, NOTIFY_TRIGGER_SQL);
     let redis = RedisServer::start();
     let channel = "notify_channel = \"inspection_tasks_changed\"\n";

@@ -332,15 +332,7 @@ fn a_flush_is_repaired_at_once_from_the_rows_kept_ready() {
     let watcher = started_env(&setup, &redis, &slow_window);
     assert!(watcher.wait_for("source_watch", 1, 5 * SECOND));
     redis.redis(&["FLUSHALL"]);
-    assert!(
-        watcher.wait_for("recovery_finished", 2, 10 * SECOND),
-        "{}",
-        watcher.log()
-    );
-    let started = &watcher.events("recovery_started")[1];
-    assert_eq!(started["at_once"], true, "{}", watcher.log());
-    let finished = &watcher.events("recovery_finished")[1];
-    assert_eq!(finished["rows"], "kept", "{}", watcher.log());
+    watcher.assert_second_recovery_at_once("kept");
     assert_eq!(schedulers(&redis), 4);
     assert_one_next_job_each(&redis);
 }
@@ -365,15 +357,7 @@ fn a_flush_with_a_row_change_waiting_is_repaired_at_once_from_a_fresh_read() {
         watcher.log()
     );
     redis.redis(&["FLUSHALL"]);
-    assert!(
-        watcher.wait_for("recovery_finished", 2, 10 * SECOND),
-        "{}",
-        watcher.log()
-    );
-    let started = &watcher.events("recovery_started")[1];
-    assert_eq!(started["at_once"], true, "{}", watcher.log());
-    let finished = &watcher.events("recovery_finished")[1];
-    assert_eq!(finished["rows"], "database", "{}", watcher.log());
+    watcher.assert_second_recovery_at_once("database");
     let key = "bull:inspection:repeat:inspection:2";
     assert_eq!(redis.redis(&["HGET", key, "pattern"]), "0 45 2 * * *");
     assert_eq!(schedulers(&redis), 4);

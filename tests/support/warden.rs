@@ -181,6 +181,20 @@ impl Watcher {
         wait_until(timeout, || self.count(event) >= n)
     }
 
+    /// Waits for the recovery after the start-up one and asserts that it
+    /// went at once, restoring from `rows` (`kept` or `database`).
+    pub fn assert_second_recovery_at_once(&self, rows: &str) {
+        assert!(
+            self.wait_for("recovery_finished", 2, Duration::from_secs(10)),
+            "{}",
+            self.log()
+        );
+        let started = &self.events("recovery_started")[1];
+        assert_eq!(started["at_once"], true, "{}", self.log());
+        let finished = &self.events("recovery_finished")[1];
+        assert_eq!(finished["rows"], rows, "{}", self.log());
+    }
+
     pub fn log(&self) -> String {
         self.lines
             .lock()
