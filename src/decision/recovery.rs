@@ -340,7 +340,11 @@ impl Recovery {
                 .await
                 .map_err(|_| RecoveryError::CompareTimeout(COMPARE_TIMEOUT))??;
         if let Ok(mut queues) = self.ctx.queues.write() {
-            *queues = snapshot.plan.queues.keys().cloned().collect();
+            // Not rebuilt when the same: small allocations made amid a
+            // comparison's and kept after it hold allocator pages resident.
+            if !queues.iter().eq(snapshot.plan.queues.keys()) {
+                *queues = snapshot.plan.queues.keys().cloned().collect();
+            }
         }
         // Redis's side is current whatever the rows came from.
         let allowed = self.ctx.warden.config().recovery.allow_unverified_bullmq;

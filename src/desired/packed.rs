@@ -19,14 +19,25 @@ const BLOCK_SCHEDULERS: usize = 1000;
 
 /// The schedulers of every queue, packed.
 ///
-/// All blocks live in one allocation: held for hours between reads, many
-/// small ones would each pin an allocator page among the read's freed
-/// memory, and the sidecar would stay at its peak.
+/// Three allocations whatever the number of queues: held for hours between
+/// reads, many small ones would each pin an allocator page among the read's
+/// freed memory, and the sidecar would not return to its idle size.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct PackedQueues {
+    /// Each queue's name followed by its blocks.
     bytes: Box<[u8]>,
-    /// Per queue, where its blocks are in `bytes`.
-    queues: BTreeMap<String, Vec<Range<usize>>>,
+    /// In name order.
+    queues: Box<[PackedQueue]>,
+    /// Where each block is in `bytes`, queue after queue.
+    blocks: Box<[Range<usize>]>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PackedQueue {
+    /// In `bytes`.
+    name: Range<usize>,
+    /// In `blocks`.
+    blocks: Range<usize>,
 }
 
 /// A block that does not decode: memory was corrupted, or a bug wrote it.
@@ -42,29 +53,37 @@ impl PackedQueues {
     pub(crate) fn pack(queues: &BTreeMap<String, Vec<DesiredScheduler>>) -> Self {
         let mut encoded = Vec::new();
         let mut bytes = Vec::new();
-        let mut ranges = BTreeMap::new();
+        let mut blocks = Vec::new();
+        let mut packed = Vec::with_capacity(queues.len());
         for (queue, schedulers) in queues {
-            let blocks = schedulers
-                .chunks(BLOCK_SCHEDULERS)
-                .map(|chunk| {
-                    encoded.clear();
-                    chunk.iter().for_each(|s| encode(s, &mut encoded));
-                    let start = bytes.len();
-                    bytes.extend(lz4_flex::block::compress_prepend_size(&encoded));
-                    start..bytes.len()
-                })
-                .collect();
-            ranges.insert(queue.clone(), blocks);
+            let name = bytes.len()..bytes.len() + queue.len();
+            bytes.extend_from_slice(queue.as_bytes());
+            let first = blocks.len();
+            for chunk in schedulers.chunks(BLOCK_SCHEDULERS) {
+                encoded.clear();
+                chunk.iter().for_each(|s| encode(s, &mut encoded));
+                let start = bytes.len();
+                bytes.extend(lz4_flex::block::compress_prepend_size(&encoded));
+                blocks.push(start..bytes.len());
+            }
+            let blocks = first..blocks.len();
+            packed.push(PackedQueue { name, blocks });
         }
         Self {
             bytes: bytes.into_boxed_slice(),
-            queues: ranges,
+            queues: packed.into_boxed_slice(),
+            blocks: blocks.into_boxed_slice(),
         }
     }
 
     /// The queues, in order, without unpacking them.
-    pub(crate) fn queue_names(&self) -> impl Iterator<Item = &String> {
-        self.queues.keys()
+    pub(crate) fn queue_names(&self) -> impl Iterator<Item = &str> {
+        self.queues.iter().map(|q| self.name_of(q))
+    }
+
+    fn name_of(&self, queue: &PackedQueue) -> &str {
+        // Written from a `&str` by `pack`.
+        std::str::from_utf8(&self.bytes[queue.name.clone()]).unwrap_or_default()
     }
 
     /// The schedulers of `queue` that `keep` accepts, unpacked.
@@ -77,8 +96,13 @@ impl PackedQueues {
             queue: queue.to_owned(),
             reason,
         };
+        let found = self
+            .queues
+            .binary_search_by(|q| self.name_of(q).cmp(queue))
+            .map(|at| self.queues[at].blocks.clone())
+            .unwrap_or_default();
         let mut schedulers = Vec::new();
-        for range in self.queues.get(queue).into_iter().flatten() {
+        for range in &self.blocks[found] {
             let block = self
                 .bytes
                 .get(range.clone())
@@ -103,7 +127,7 @@ impl PackedQueues {
         keep: impl Fn(&DesiredScheduler) -> bool,
     ) -> Result<BTreeMap<String, Vec<DesiredScheduler>>, UnpackError> {
         self.queue_names()
-            .map(|queue| Ok((queue.clone(), self.unpack_queue(queue, &keep)?)))
+            .map(|queue| Ok((queue.to_owned(), self.unpack_queue(queue, &keep)?)))
             .collect()
     }
 
@@ -279,8 +303,9 @@ mod tests {
     fn a_damaged_block_is_an_error_not_a_panic() {
         let queues = BTreeMap::from([("q".to_owned(), (0..10).map(varied).collect())]);
         let mut packed = PackedQueues::pack(&queues);
-        let block = &mut packed.queues.get_mut("q").unwrap()[0];
-        block.end = block.start + block.len() / 2;
+        let mut blocks = packed.blocks.to_vec();
+        blocks[0].end = blocks[0].start + blocks[0].len() / 2;
+        packed.blocks = blocks.into_boxed_slice();
         let error = packed.unpack(|_| true).unwrap_err();
         assert!(error.to_string().contains("queue \"q\""), "{error}");
     }
