@@ -16,7 +16,6 @@ use super::error::RecoveryError;
 use super::policy::{verdict, Judging, Timing, Verdict};
 use crate::clock::now_ms;
 use crate::config::{Catchup, Config, Strategy};
-use crate::desired::packed::PackedQueues;
 use crate::desired::snapshot::{self, DesiredSnapshot, Kept, SnapshotError};
 use crate::model::{Cause, DesiredScheduler, InvalidRow};
 use crate::plan::Plan;
@@ -288,7 +287,7 @@ impl Recovery {
         let fresh = DesiredSnapshot {
             taken_at_ms: now_ms(),
             template: config.source.scheduler_id.clone(),
-            queues: PackedQueues::pack(&desired.by_queue),
+            queues: self.kept.pack(&desired.by_queue),
             protected: desired.protected.clone(),
             invalid: desired.invalid.clone(),
         };

@@ -76,6 +76,48 @@ impl PackedQueues {
         }
     }
 
+    /// Whether packing `queues` would give exactly this set. Each block is
+    /// encoded again and compared with the one held, decompressed: a drift
+    /// check whose read changed nothing then keeps the set it has, skipping
+    /// the compression and the new allocation of the whole set.
+    pub(crate) fn packs(&self, queues: &BTreeMap<String, Vec<DesiredScheduler>>) -> bool {
+        let mut encoded = Vec::new();
+        let mut held = Vec::new();
+        queues.len() == self.queues.len()
+            && queues
+                .iter()
+                .zip(&self.queues)
+                .all(|((queue, schedulers), packed)| {
+                    let blocks = &self.blocks[packed.blocks.clone()];
+                    self.name_of(packed) == queue
+                        && schedulers.chunks(BLOCK_SCHEDULERS).len() == blocks.len()
+                        && schedulers
+                            .chunks(BLOCK_SCHEDULERS)
+                            .zip(blocks)
+                            .all(|(chunk, range)| {
+                                encoded.clear();
+                                chunk.iter().for_each(|s| encode(s, &mut encoded));
+                                self.block_is(range, &encoded, &mut held)
+                            })
+                })
+    }
+
+    /// Whether the block at `range` decompresses to `encoded`; `held` is
+    /// scratch space for it.
+    fn block_is(&self, range: &Range<usize>, encoded: &[u8], held: &mut Vec<u8>) -> bool {
+        let Some(block) = self.bytes.get(range.clone()) else {
+            return false;
+        };
+        match lz4_flex::block::uncompressed_size(block) {
+            Ok((size, compressed)) if size == encoded.len() => {
+                held.resize(size, 0);
+                matches!(lz4_flex::block::decompress_into(compressed, held), Ok(n) if n == size)
+                    && held.as_slice() == encoded
+            }
+            _ => false,
+        }
+    }
+
     /// The queues, in order, without unpacking them.
     pub(crate) fn queue_names(&self) -> impl Iterator<Item = &str> {
         self.queues.iter().map(|q| self.name_of(q))
@@ -290,6 +332,30 @@ mod tests {
             .unwrap();
         assert_eq!(even.len(), 250);
         assert!(packed.unpack_queue("absent", |_| true).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_set_packs_the_same_only_for_the_same_schedulers_in_order() {
+        let queues = BTreeMap::from([
+            ("q".to_owned(), (0..2_500).map(varied).collect::<Vec<_>>()),
+            ("empty".to_owned(), Vec::new()),
+        ]);
+        let packed = PackedQueues::pack(&queues);
+        assert!(packed.packs(&queues));
+        type Change = dyn Fn(&mut BTreeMap<String, Vec<DesiredScheduler>>);
+        let changes: [&Change; 6] = [
+            &|q| q.get_mut("q").unwrap()[2_400].data.push(' '),
+            &|q| q.get_mut("q").unwrap()[6].tz = None,
+            &|q| q.get_mut("q").unwrap().swap(0, 1),
+            &|q| drop(q.get_mut("q").unwrap().pop()),
+            &|q| q.get_mut("empty").unwrap().push(varied(1)),
+            &|q| drop(q.insert("another".to_owned(), Vec::new())),
+        ];
+        for (i, change) in changes.iter().enumerate() {
+            let mut changed = queues.clone();
+            change(&mut changed);
+            assert!(!packed.packs(&changed), "change {i} went unnoticed");
+        }
     }
 
     #[test]

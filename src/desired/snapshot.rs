@@ -31,8 +31,9 @@ pub(crate) struct DesiredSnapshot {
     /// `[source] scheduler_id` at the time: a snapshot made under another
     /// template names other schedulers and is not used.
     pub(crate) template: String,
-    /// Packed: it is held for as long as the sidecar runs.
-    pub(crate) queues: PackedQueues,
+    /// Packed: it is held for as long as the sidecar runs. Shared, so a read
+    /// that changed nothing keeps the set before (`Kept::pack`).
+    pub(crate) queues: Arc<PackedQueues>,
     pub(crate) protected: ProtectedIds,
     /// The invalid rows of the read, for a restore from memory to report
     /// as a read would. Not written to the file: a snapshot restored from
@@ -44,7 +45,7 @@ impl DesiredSnapshot {
     /// Whether `other` asks for the same schedulers (whatever its time).
     fn same_set(&self, other: &DesiredSnapshot) -> bool {
         self.template == other.template
-            && self.queues == other.queues
+            && (Arc::ptr_eq(&self.queues, &other.queues) || self.queues == other.queues)
             && self.protected == other.protected
     }
 }
@@ -139,6 +140,18 @@ impl Kept {
     pub(crate) fn last_read(&self, template: &str) -> Option<Arc<DesiredSnapshot>> {
         let current = self.current.as_ref()?;
         (self.read_here && current.template == template).then(|| current.clone())
+    }
+
+    /// `queues` packed: the set kept now when they are the same schedulers,
+    /// so an unchanged read allocates nothing of the set's size.
+    pub(crate) fn pack(
+        &self,
+        queues: &BTreeMap<String, Vec<DesiredScheduler>>,
+    ) -> Arc<PackedQueues> {
+        match &self.current {
+            Some(current) if current.queues.packs(queues) => current.queues.clone(),
+            _ => Arc::new(PackedQueues::pack(queues)),
+        }
     }
 
     /// Keeps `fresh` in place of the snapshot before; returns it with the
@@ -369,7 +382,7 @@ fn read_file(path: &Path) -> Result<Option<DesiredSnapshot>, SnapshotError> {
     Ok(Some(DesiredSnapshot {
         taken_at_ms: file.taken_at_ms,
         template: file.scheduler_id_template,
-        queues: PackedQueues::pack(&queues),
+        queues: Arc::new(PackedQueues::pack(&queues)),
         protected: file.protected,
         invalid: Vec::new(),
     }))
@@ -415,13 +428,13 @@ mod tests {
         DesiredSnapshot {
             taken_at_ms,
             template: "t:{id}".into(),
-            queues: PackedQueues::pack(&BTreeMap::from([(
+            queues: Arc::new(PackedQueues::pack(&BTreeMap::from([(
                 "q".to_owned(),
                 vec![
                     scheduler("1", Schedule::Pattern("0 3 * * *".into())),
                     scheduler("2", Schedule::EveryMs(60_000)),
                 ],
-            )])),
+            )]))),
             protected: BTreeMap::from([("q".to_owned(), BTreeSet::from(["t:9".to_owned()]))]),
             invalid: Vec::new(),
         }
@@ -473,6 +486,30 @@ mod tests {
             .usable(std::time::Duration::ZERO, "t:{id}", 1_700)
             .is_none());
         assert!(kept.usable(hour, "x:{id}", 1_800).is_none());
+    }
+
+    #[test]
+    fn a_read_that_changed_nothing_keeps_the_packed_set_it_has() {
+        let (mut kept, _) = Kept::load(None, "t:{id}");
+        let queues = snapshot(1_000).queues.unpack(|_| true).unwrap();
+        let first = kept.pack(&queues);
+        assert!(
+            !Arc::ptr_eq(&first, &kept.pack(&queues)),
+            "nothing kept yet"
+        );
+        kept.offer(
+            DesiredSnapshot {
+                queues: first.clone(),
+                ..snapshot(1_000)
+            },
+            500,
+        );
+        assert!(Arc::ptr_eq(&first, &kept.pack(&queues)));
+        let mut changed = queues.clone();
+        changed.get_mut("q").unwrap()[1].name.push('!');
+        let repacked = kept.pack(&changed);
+        assert!(!Arc::ptr_eq(&first, &repacked));
+        assert_eq!(repacked.unpack(|_| true).unwrap(), changed);
     }
 
     #[test]
