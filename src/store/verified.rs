@@ -114,6 +114,7 @@ impl VerifiedDefinitions {
                 plan.read.insert(row.scheduler_id.clone(), (key, matched));
             }
         }
+        state.shrink_consumed();
         plan
     }
 
@@ -148,11 +149,22 @@ impl VerifiedDefinitions {
 }
 
 impl State {
+    /// Gives back what `rewritten` grew to hold once reads have consumed
+    /// most of it. A recovery's own writes notify every scheduler it wrote,
+    /// so the set swells to the size of the installation (1.2 MB at
+    /// 100,000) and would keep that table for the life of the process.
+    fn shrink_consumed(&mut self) {
+        let left = self.rewritten.len();
+        if self.rewritten.capacity() > 4 * left.max(16) {
+            self.rewritten.shrink_to(2 * left);
+        }
+    }
+
     fn forget(&mut self) {
         self.epoch += 1;
         self.since = None;
         self.matched.clear();
-        self.rewritten.clear();
+        self.rewritten = HashSet::new();
     }
 }
 
@@ -264,6 +276,24 @@ mod tests {
         assert!(
             !verified.plan_read("q", &rows).skips("a"),
             "a read begun before the gap confirms nothing"
+        );
+    }
+
+    #[test]
+    fn notifications_consumed_by_a_read_give_their_memory_back() {
+        let rows: Vec<DesiredScheduler> = (0..10_000).map(|i| row(&i.to_string(), 1000)).collect();
+        let verified = learned(&rows);
+        for r in &rows {
+            verified.rewritten("q", &r.scheduler_id);
+        }
+        verified.rewritten("other", "left");
+        verified.plan_read("q", &rows);
+        let state = verified.lock();
+        assert_eq!(state.rewritten.len(), 1);
+        assert!(
+            state.rewritten.capacity() < 100,
+            "{}",
+            state.rewritten.capacity()
         );
     }
 
