@@ -302,6 +302,7 @@ impl Warden {
         // A few queues at a time: each read holds up to a thousand replies.
         const QUEUES_AT_ONCE: usize = 8;
         let store = self.store();
+        let connection = store.reads_connection().await?;
         let mut queues = BTreeMap::new();
         let mut pending = by_queue.into_iter().peekable();
         while pending.peek().is_some() {
@@ -311,10 +312,9 @@ impl Warden {
                 .iter()
                 .map(|(queue, rows)| self.verified.plan_read(queue, rows))
                 .collect();
-            let reads = chunk
-                .iter()
-                .zip(&read_plans)
-                .map(|((queue, _), read)| store.read_schedulers(queue, |id| read.skips(id)));
+            let reads = chunk.iter().zip(&read_plans).map(|((queue, _), read)| {
+                store.read_schedulers(connection.clone(), queue, |id| read.skips(id))
+            });
             let stored = try_join_all(reads).await?;
             for (((queue, rows), in_redis), read) in chunk.into_iter().zip(stored).zip(read_plans) {
                 let plan = QueuePlan::new(&queue, rows, &in_redis, &protected, &template, now_ms());
@@ -406,7 +406,7 @@ impl Warden {
     ) -> Result<usize, WardenError> {
         let store = self.store();
         let template = self.live().template;
-        let stored = store.read_schedulers(queue, |_| false).await?;
+        let stored = store.read_schedulers(store.raw(), queue, |_| false).await?;
         let mut removed = 0;
         for id in stored.schedulers.keys() {
             if (all || template.may_have_rendered(id)) && store.remove(queue, id).await? {

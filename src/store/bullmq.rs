@@ -277,6 +277,26 @@ impl BullmqStore {
         self.connection.connection()
     }
 
+    /// A connection of its own for one comparison's reads, closed when its
+    /// last clone is dropped. A connection keeps the buffers its largest
+    /// pipeline grew for as long as it lives: on the shared one, every
+    /// drift check over 100,000 schedulers left half a megabyte of them
+    /// behind, in allocator pages that then stayed resident. A cluster's
+    /// reads keep to the shared connection, which knows the slot map.
+    pub(crate) async fn reads_connection(&self) -> Result<AnyConnection, StoreError> {
+        if self.is_cluster() {
+            return Ok(self.raw());
+        }
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(CONNECT_TIMEOUT))
+            .set_number_of_retries(0);
+        redis::aio::ConnectionManager::new_with_config(self.client()?, config)
+            .await
+            .map(AnyConnection::Single)
+            .map_err(|e| self.error(e))
+    }
+
     /// Turns a client error into one line that names the server, never the password.
     pub(crate) fn error(&self, error: impl std::fmt::Display) -> StoreError {
         StoreError::Command {
@@ -436,11 +456,11 @@ impl BullmqStore {
     /// and that job's place in the delayed set, in pipelined batches.
     pub(crate) async fn read_schedulers(
         &self,
+        mut conn: AnyConnection,
         queue: &str,
         skips: impl Fn(&str) -> bool,
     ) -> Result<QueueSchedulers, StoreError> {
         let keys = self.keys(queue);
-        let mut conn = self.raw();
         let (members, bullmq_version): (Vec<(String, f64)>, Option<String>) = redis::pipe()
             .cmd("ZRANGE")
             .arg(keys.repeat())
