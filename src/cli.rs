@@ -172,8 +172,15 @@ pub fn main() -> ExitCode {
             return ExitCode::from(exit::STARTUP);
         }
     };
-    let code = runtime.block_on(run(cli));
-    ExitCode::from(code)
+    // On a worker rather than on this thread: workers give back what they
+    // freed when they next go idle (`collect_when_idle`), the thread that
+    // blocks on the runtime never does. The start-up work it did (loading
+    // the snapshot file of 100,000 schedulers among it) left about 5 MiB
+    // of freed pages resident for the life of the process.
+    match runtime.block_on(async { tokio::spawn(run(cli)).await }) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
 }
 
 async fn run(cli: Cli) -> u8 {
