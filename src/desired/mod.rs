@@ -155,17 +155,15 @@ fn reject_duplicate_ids(rows: &mut Vec<DesiredScheduler>) -> Vec<InvalidRow> {
     invalid
 }
 
+/// Judges one row; every rejection carries the row's id, queue and (when it
+/// renders) scheduler id, so the report names what the row would have been.
 fn desired_from_row(
     row: &SourceRow,
     rules: &RowRules,
     cron_checks: &mut CronChecks,
 ) -> Result<DesiredScheduler, InvalidRow> {
-    let (template, now_ms) = (rules.template, rules.now_ms);
     let row_id = row.id_text();
-    let queue = match row.get("queue") {
-        Some(value) => value.as_text().map(|t| t.into_owned()).unwrap_or_default(),
-        None => rules.default_queue.to_owned(),
-    };
+    let queue = queue_of(row, rules.default_queue);
     let lookup = |column: &str| -> Option<std::borrow::Cow<'_, str>> {
         if column == "queue" {
             return Some(std::borrow::Cow::Borrowed(queue.as_str()));
@@ -174,76 +172,27 @@ fn desired_from_row(
     };
     // Rendered even for a row that is rejected: its scheduler in Redis is
     // then kept, not taken for an orphan.
-    let scheduler_id = template.render(lookup).ok();
+    let scheduler_id = rules.template.render(lookup).ok();
     let invalid = |reason: String| InvalidRow {
         id: shortened(&row_id),
         queue: Some(queue.clone()),
         scheduler_id: scheduler_id.clone(),
         reason,
     };
-    if let Some(reason) = oversized_value(row, rules.max_value_bytes) {
-        return Err(invalid(reason));
-    }
-    if row.get("id").is_none() {
-        return Err(invalid("row has no id column (or it is NULL)".into()));
-    }
-    if queue.trim().is_empty() || queue.contains(':') {
-        return Err(invalid(format!(
-            "queue {queue:?} is not a valid BullMQ queue name (empty or contains ':')"
-        )));
-    }
-    let scheduler_id = template
+    check_size_id_and_queue(row, &queue, rules.max_value_bytes).map_err(&invalid)?;
+    let scheduler_id = rules
+        .template
         .render(lookup)
         .map_err(|reason| invalid(format!("scheduler id template: {reason}")))?;
     let name = optional_text(row, "name").unwrap_or_else(|| scheduler_id.clone());
-    let tz = optional_text(row, "tz");
-    if let Some(tz) = &tz {
-        tz.parse::<chrono_tz::Tz>()
-            .map_err(|_| invalid(format!("unknown time zone {tz:?}")))?;
-    }
-    let start_date = date_column(row, "start_date").map_err(&invalid)?;
-    let end_date = date_column(row, "end_date").map_err(&invalid)?;
-    if let Some(end) = end_date {
-        if end <= now_ms {
-            return Err(invalid(format!(
-                "end_date {end} is in the past; BullMQ would refuse the scheduler"
-            )));
-        }
-        if start_date.is_some_and(|start| start >= end) {
-            return Err(invalid("start_date is not before end_date".into()));
-        }
-    }
+    let tz = time_zone(row).map_err(&invalid)?;
+    let (start_date, end_date) = active_dates(row, rules.now_ms).map_err(&invalid)?;
     let schedule =
-        schedule(row, tz.as_deref(), start_date, now_ms, cron_checks).map_err(&invalid)?;
-    // `repeat_limit` is the default table's name for it (`limit` is an SQL keyword).
-    let limit_column = match row.get("limit") {
-        Some(_) => "limit",
-        None => "repeat_limit",
-    };
-    let limit = positive_integer(row, limit_column).map_err(&invalid)?;
-    // BullMQ keeps an offset for interval schedulers only; 0 is none.
-    let offset = match schedule {
-        Schedule::EveryMs(_) => non_negative_integer(row, "repeat_offset")
-            .map_err(&invalid)?
-            .filter(|offset| *offset > 0),
-        Schedule::Pattern(_) => None,
-    };
-    let data = match optional_text_any(row, &["data", "payload"]) {
-        Some(text) => serde_json::from_str::<Value>(&text)
-            .map_err(|e| invalid(format!("data is not JSON: {e}")))?
-            .to_string(),
-        None => "{}".to_owned(),
-    };
-    let opts = match optional_text(row, "opts") {
-        Some(text) => {
-            let value = serde_json::from_str::<Value>(&text)
-                .map_err(|e| invalid(format!("opts is not JSON: {e}")))?;
-            let normalized =
-                normalize_opts(&value).map_err(|reason| invalid(format!("opts: {reason}")))?;
-            Value::Object(normalized).to_string()
-        }
-        None => "{}".to_owned(),
-    };
+        schedule(row, tz.as_deref(), start_date, rules.now_ms, cron_checks).map_err(&invalid)?;
+    let limit = repeat_limit(row).map_err(&invalid)?;
+    let offset = repeat_offset(row, &schedule).map_err(&invalid)?;
+    let data = job_data(row).map_err(&invalid)?;
+    let opts = job_opts(row).map_err(&invalid)?;
     Ok(DesiredScheduler {
         row_id,
         queue,
@@ -258,6 +207,100 @@ fn desired_from_row(
         limit,
         offset,
     })
+}
+
+fn queue_of(row: &SourceRow, default_queue: &str) -> String {
+    match row.get("queue") {
+        Some(value) => value.as_text().map(|t| t.into_owned()).unwrap_or_default(),
+        None => default_queue.to_owned(),
+    }
+}
+
+/// What makes a row unusable before its scheduler id is even rendered.
+fn check_size_id_and_queue(
+    row: &SourceRow,
+    queue: &str,
+    max_value_bytes: usize,
+) -> Result<(), String> {
+    if let Some(reason) = oversized_value(row, max_value_bytes) {
+        return Err(reason);
+    }
+    if row.get("id").is_none() {
+        return Err("row has no id column (or it is NULL)".into());
+    }
+    if queue.trim().is_empty() || queue.contains(':') {
+        return Err(format!(
+            "queue {queue:?} is not a valid BullMQ queue name (empty or contains ':')"
+        ));
+    }
+    Ok(())
+}
+
+fn time_zone(row: &SourceRow) -> Result<Option<String>, String> {
+    let tz = optional_text(row, "tz");
+    if let Some(tz) = &tz {
+        tz.parse::<chrono_tz::Tz>()
+            .map_err(|_| format!("unknown time zone {tz:?}"))?;
+    }
+    Ok(tz)
+}
+
+/// The start and end dates, refused where BullMQ would refuse the scheduler
+/// (an end already past) or where it could never run.
+fn active_dates(row: &SourceRow, now_ms: u64) -> Result<(Option<u64>, Option<u64>), String> {
+    let start_date = date_column(row, "start_date")?;
+    let end_date = date_column(row, "end_date")?;
+    if let Some(end) = end_date {
+        if end <= now_ms {
+            return Err(format!(
+                "end_date {end} is in the past; BullMQ would refuse the scheduler"
+            ));
+        }
+        if start_date.is_some_and(|start| start >= end) {
+            return Err("start_date is not before end_date".into());
+        }
+    }
+    Ok((start_date, end_date))
+}
+
+fn repeat_limit(row: &SourceRow) -> Result<Option<u64>, String> {
+    // `repeat_limit` is the default table's name for it (`limit` is an SQL keyword).
+    let limit_column = match row.get("limit") {
+        Some(_) => "limit",
+        None => "repeat_limit",
+    };
+    positive_integer(row, limit_column)
+}
+
+/// BullMQ keeps an offset for interval schedulers only; 0 is none.
+fn repeat_offset(row: &SourceRow, schedule: &Schedule) -> Result<Option<u64>, String> {
+    match schedule {
+        Schedule::EveryMs(_) => {
+            Ok(non_negative_integer(row, "repeat_offset")?.filter(|offset| *offset > 0))
+        }
+        Schedule::Pattern(_) => Ok(None),
+    }
+}
+
+fn job_data(row: &SourceRow) -> Result<String, String> {
+    match optional_text_any(row, &["data", "payload"]) {
+        Some(text) => Ok(serde_json::from_str::<Value>(&text)
+            .map_err(|e| format!("data is not JSON: {e}"))?
+            .to_string()),
+        None => Ok("{}".to_owned()),
+    }
+}
+
+fn job_opts(row: &SourceRow) -> Result<String, String> {
+    match optional_text(row, "opts") {
+        Some(text) => {
+            let value = serde_json::from_str::<Value>(&text)
+                .map_err(|e| format!("opts is not JSON: {e}"))?;
+            let normalized = normalize_opts(&value).map_err(|reason| format!("opts: {reason}"))?;
+            Ok(Value::Object(normalized).to_string())
+        }
+        None => Ok("{}".to_owned()),
+    }
 }
 
 fn schedule(
