@@ -193,6 +193,26 @@ struct Session {
     unreadable: Vec<String>,
 }
 
+/// A session once subscribed: what its loop waits on, and what it keeps
+/// from one notice to the next.
+struct Listening {
+    store: crate::store::BullmqStore,
+    session: Session,
+    /// Unsubscribed while a recovery writes, subscribed again after.
+    patterns: [String; 2],
+    /// Stripped from a channel's name to leave the key under the prefix.
+    channel_prefix: String,
+    /// The primaries subscribed, by URL: another list ends the session.
+    subscribed: Vec<String>,
+    messages: futures::stream::SelectAll<futures::stream::BoxStream<'static, Notice>>,
+    /// Written where the flags could not be read; given up at `probe_deadline`.
+    probe: Option<Probe>,
+    probe_deadline: tokio::time::Instant,
+    topology: tokio::time::Interval,
+    /// When each queue's detection was last logged.
+    last_logged: HashMap<String, Instant>,
+}
+
 /// What a session's connections report.
 enum Notice {
     Keyspace(redis::Msg),
@@ -246,15 +266,34 @@ impl KeyspaceWatcher {
         established: &mut bool,
         shutdown: &CancellationToken,
     ) -> String {
+        let mut listening = match self.open_session(first).await {
+            Ok(listening) => listening,
+            Err(reason) => return reason,
+        };
+        *established = true;
+        loop {
+            let notice = match self.next_notice(&mut listening, shutdown).await {
+                Ok(notice) => notice,
+                Err(reason) => return reason,
+            };
+            if let Err(reason) = self.on_notice(notice, &mut listening).await {
+                return reason;
+            }
+        }
+    }
+
+    /// Subscribes on every primary and reports whether notifications flow;
+    /// `Err` is why the session could not start.
+    async fn open_session(&mut self, first: bool) -> Result<Listening, String> {
         let store = self.ctx.store.get();
         let (primaries, whole) = match store.primary_clients().await {
             Ok(listed) if listed.clients.is_empty() => {
                 // A subscription on no server would end at once and count as
                 // a reconnect, over and over while the cluster is down.
-                return "no cluster primary answers yet".into();
+                return Err("no cluster primary answers yet".into());
             }
             Ok(listed) => (listed.clients, listed.whole),
-            Err(e) => return e.to_string(),
+            Err(e) => return Err(e.to_string()),
         };
         self.moved.borrow_and_update();
         let channel_prefix = format!("__keyspace@{}__:{}:", self.db, self.prefix);
@@ -262,15 +301,12 @@ impl KeyspaceWatcher {
             format!("{channel_prefix}*:repeat"),
             format!("{channel_prefix}*:repeat:*"),
         ];
-        let mut session = match self.subscribe(&primaries, &patterns).await {
-            Ok(session) => session,
-            Err(reason) => return reason,
-        };
+        let mut session = self.subscribe(&primaries, &patterns).await?;
         // Whatever came before this subscription may have been missed.
         if let Some(journal) = &self.journal {
             journal.reset();
         }
-        let mut probe = self.report_flags(&store, &mut session).await;
+        let probe = self.report_flags(&store, &mut session).await;
         if !first {
             self.ctx.signals.raise_now(
                 Cause::Reconnect,
@@ -278,64 +314,89 @@ impl KeyspaceWatcher {
                 "keyspace subscription re-established; notifications may have been missed".into(),
             );
         }
-        let subscribed: Vec<String> = primaries.into_iter().map(|(url, _)| url).collect();
-        let mut topology = self.relisting(whole);
+        let subscribed = primaries.into_iter().map(|(url, _)| url).collect();
+        let topology = self.relisting(whole);
         let probe_deadline = tokio::time::Instant::now() + PROBE_WAIT;
-        let mut last_logged: HashMap<String, Instant> = HashMap::new();
-        let mut messages = futures::stream::select_all(std::mem::take(&mut session.streams));
-        *established = true;
+        let messages = futures::stream::select_all(std::mem::take(&mut session.streams));
+        Ok(Listening {
+            store,
+            session,
+            patterns,
+            channel_prefix,
+            subscribed,
+            messages,
+            probe,
+            probe_deadline,
+            topology,
+            last_logged: HashMap::new(),
+        })
+    }
+
+    /// Waits for the next notice, meanwhile pausing around a recovery's
+    /// writes, giving up on a probe that went unanswered and following the
+    /// cluster's primaries; `Err` ends the session with its reason (empty on
+    /// shutdown).
+    async fn next_notice(
+        &mut self,
+        listening: &mut Listening,
+        shutdown: &CancellationToken,
+    ) -> Result<Notice, String> {
         loop {
-            let notice = tokio::select! {
-                notice = messages.next() => notice.unwrap_or(Notice::Closed),
+            tokio::select! {
+                notice = listening.messages.next() => return Ok(notice.unwrap_or(Notice::Closed)),
                 // Without Sentinel the sender is gone and this branch never matches.
-                Ok(()) = self.moved.changed() => return "the primary moved".into(),
+                Ok(()) = self.moved.changed() => return Err("the primary moved".into()),
                 Ok(()) = self.own_writes.changed() => {
                     let writing = *self.own_writes.borrow_and_update();
-                    if let Err(reason) = self.pause_while_writing(&mut session, &patterns, writing).await {
-                        return reason;
-                    }
-                    continue;
+                    self.pause_while_writing(&mut listening.session, &listening.patterns, writing)
+                        .await?;
                 }
-                _ = tokio::time::sleep_until(probe_deadline), if probe.is_some() => {
-                    if let Some(probe) = probe.take() {
+                _ = tokio::time::sleep_until(listening.probe_deadline), if listening.probe.is_some() => {
+                    if let Some(probe) = listening.probe.take() {
                         self.probe_failed(&probe);
                     }
-                    continue;
                 }
-                _ = topology.tick(), if store.is_cluster() => {
-                    match store.primary_clients().await {
-                        Ok(now) if now.clients.iter().map(|(url, _)| url).ne(subscribed.iter()) => {
-                            return "the cluster's primaries changed".into();
+                _ = listening.topology.tick(), if listening.store.is_cluster() => {
+                    if let Ok(now) = listening.store.primary_clients().await {
+                        if now.clients.iter().map(|(url, _)| url).ne(listening.subscribed.iter()) {
+                            return Err("the cluster's primaries changed".into());
                         }
-                        _ => continue,
                     }
                 }
-                _ = shutdown.cancelled() => return String::new(),
-            };
-            let message = match notice {
-                Notice::Keyspace(message) => message,
-                Notice::Closed => return "connection closed".into(),
-                Notice::Flushed => {
-                    if let Some(journal) = &self.journal {
-                        journal.reset();
-                    }
-                    // The poll compares the counts and reports the flush.
-                    self.ctx.observer.emit(FlushNoticed);
-                    self.poll_now.notify_one();
-                    continue;
-                }
-            };
-            let event: String = message.get_payload().unwrap_or_default();
-            if self.probe_answered(probe.as_mut(), message.get_channel_name(), &event) {
-                probe = None;
-            }
-            if let Some(key) = message.get_channel_name().strip_prefix(&channel_prefix) {
-                if let Some(journal) = &self.journal {
-                    journal.keyspace(key, &event);
-                }
-                self.on_event(key, &event, &mut last_logged).await;
+                _ = shutdown.cancelled() => return Err(String::new()),
             }
         }
+    }
+
+    /// Acts on one notice; `Err` ends the session with its reason.
+    async fn on_notice(&self, notice: Notice, listening: &mut Listening) -> Result<(), String> {
+        let message = match notice {
+            Notice::Keyspace(message) => message,
+            Notice::Closed => return Err("connection closed".into()),
+            Notice::Flushed => {
+                if let Some(journal) = &self.journal {
+                    journal.reset();
+                }
+                // The poll compares the counts and reports the flush.
+                self.ctx.observer.emit(FlushNoticed);
+                self.poll_now.notify_one();
+                return Ok(());
+            }
+        };
+        let event: String = message.get_payload().unwrap_or_default();
+        if self.probe_answered(listening.probe.as_mut(), message.get_channel_name(), &event) {
+            listening.probe = None;
+        }
+        if let Some(key) = message
+            .get_channel_name()
+            .strip_prefix(&listening.channel_prefix)
+        {
+            if let Some(journal) = &self.journal {
+                journal.keyspace(key, &event);
+            }
+            self.on_event(key, &event, &mut listening.last_logged).await;
+        }
+        Ok(())
     }
 
     /// When to list a cluster's primaries again. While a primary is left out
