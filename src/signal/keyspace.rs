@@ -193,6 +193,64 @@ struct Session {
     unreadable: Vec<String>,
 }
 
+impl Session {
+    /// Subscribes to `patterns` on one server, and to `probe_channel` when
+    /// given; `Err` names the server and why.
+    async fn listen_on(
+        &mut self,
+        url: &str,
+        client: &redis::Client,
+        patterns: &[String],
+        probe_channel: Option<&str>,
+    ) -> Result<(), String> {
+        let (mut subscription, messages) = match client.get_async_pubsub().await {
+            Ok(pubsub) => pubsub.split(),
+            Err(e) => return Err(format!("{url}: {e}")),
+        };
+        subscription
+            .psubscribe(patterns)
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
+        // Subscribed as a pattern without wildcards: its permission in
+        // the ACL is then the literal name.
+        if let Some(probe_channel) = probe_channel {
+            subscription
+                .psubscribe(probe_channel)
+                .await
+                .map_err(|e| format!("{url}: {e}"))?;
+        }
+        self.subscriptions.push(subscription);
+        // A closed subscription ends the session, so it is subscribed again.
+        self.streams.push(
+            messages
+                .map(Notice::Keyspace)
+                .chain(futures::stream::once(async { Notice::Closed }))
+                .boxed(),
+        );
+        Ok(())
+    }
+
+    /// Tracks flushes on one server; where it cannot, the detail says why
+    /// and the poll alone notices them.
+    async fn track_flushes(&mut self, url: &str, client: &redis::Client) {
+        match FlushTracking::start(client).await {
+            Ok((tracking, notices)) => {
+                self.trackings.push(tracking);
+                self.details.push("flushes tracked".into());
+                self.streams.push(
+                    notices
+                        .map(|notice| match notice {
+                            FlushNotice::Flushed => Notice::Flushed,
+                            FlushNotice::Closed => Notice::Closed,
+                        })
+                        .boxed(),
+                );
+            }
+            Err(problem) => self.details.push(format!("{url}: {problem}")),
+        }
+    }
+}
+
 /// A session once subscribed: what its loop waits on, and what it keeps
 /// from one notice to the next.
 struct Listening {
@@ -464,45 +522,9 @@ impl KeyspaceWatcher {
                 }
                 Err(problem) => session.problems.push(format!("{url}: {problem}")),
             }
-            let (mut subscription, messages) = match client.get_async_pubsub().await {
-                Ok(pubsub) => pubsub.split(),
-                Err(e) => return Err(format!("{url}: {e}")),
-            };
-            subscription
-                .psubscribe(patterns)
-                .await
-                .map_err(|e| format!("{url}: {e}"))?;
-            // Subscribed as a pattern without wildcards: its permission in
-            // the ACL is then the literal name.
-            if probed {
-                subscription
-                    .psubscribe(&probe_channel)
-                    .await
-                    .map_err(|e| format!("{url}: {e}"))?;
-            }
-            session.subscriptions.push(subscription);
-            // A closed subscription ends the session, so it is subscribed again.
-            session.streams.push(
-                messages
-                    .map(Notice::Keyspace)
-                    .chain(futures::stream::once(async { Notice::Closed }))
-                    .boxed(),
-            );
-            match FlushTracking::start(client).await {
-                Ok((tracking, notices)) => {
-                    session.trackings.push(tracking);
-                    session.details.push("flushes tracked".into());
-                    session.streams.push(
-                        notices
-                            .map(|notice| match notice {
-                                FlushNotice::Flushed => Notice::Flushed,
-                                FlushNotice::Closed => Notice::Closed,
-                            })
-                            .boxed(),
-                    );
-                }
-                Err(problem) => session.details.push(format!("{url}: {problem}")),
-            }
+            let probe = probed.then_some(probe_channel.as_str());
+            session.listen_on(url, client, patterns, probe).await?;
+            session.track_flushes(url, client).await;
         }
         Ok(session)
     }
@@ -638,26 +660,10 @@ impl KeyspaceWatcher {
             .get_multiplexed_async_connection()
             .await
             .map_err(|e| e.to_string())?;
-        let read = ["config", "get", "notify-keyspace-events"];
-        if crate::store::settings::may_run(&mut conn, &read).await == Some(false) {
-            return Ok(Flags::Unreadable(
-                "cannot read notify-keyspace-events: CONFIG GET is not granted".into(),
-            ));
-        }
-        let reply: Result<Vec<String>, _> = redis::cmd("CONFIG")
-            .arg("GET")
-            .arg("notify-keyspace-events")
-            .query_async(&mut conn)
-            .await;
-        let current = match reply {
-            Ok(current) => current,
-            Err(e) => {
-                return Ok(Flags::Unreadable(format!(
-                    "cannot read notify-keyspace-events ({e})"
-                )))
-            }
+        let flags = match read_flags(&mut conn).await {
+            Ok(flags) => flags,
+            Err(unreadable) => return Ok(Flags::Unreadable(unreadable)),
         };
-        let flags = current.get(1).cloned().unwrap_or_default();
         let missing = missing_flags(&flags);
         if missing.is_empty() {
             return Ok(Flags::Known(format!(
@@ -669,26 +675,55 @@ impl KeyspaceWatcher {
                 "notify-keyspace-events {flags:?} lacks {missing:?} and watch.manage_keyspace_config is off"
             ));
         }
-        let wanted = format!("{flags}{missing}");
-        let write = ["config", "set", "notify-keyspace-events", wanted.as_str()];
-        if crate::store::settings::may_run(&mut conn, &write).await == Some(false) {
-            return Err(format!(
-                "notify-keyspace-events {flags:?} lacks {missing:?} and CONFIG SET is not granted"
-            ));
-        }
-        redis::cmd("CONFIG")
-            .arg("SET")
-            .arg("notify-keyspace-events")
-            .arg(&wanted)
-            .query_async::<()>(&mut conn)
+        add_flags(&mut conn, &flags, &missing)
             .await
-            .map_err(|e| {
-                format!("notify-keyspace-events lacks {missing:?} and CONFIG SET failed ({e})")
-            })?;
-        Ok(Flags::Known(format!(
-            "set notify-keyspace-events to {wanted:?}"
-        )))
+            .map(Flags::Known)
     }
+}
+
+/// The server's notify-keyspace-events; `Err` says why it cannot be read.
+/// CONFIG GET is asked about first: a refused command would be written to
+/// the ACL log.
+async fn read_flags(conn: &mut redis::aio::MultiplexedConnection) -> Result<String, String> {
+    let read = ["config", "get", "notify-keyspace-events"];
+    if crate::store::settings::may_run(conn, &read).await == Some(false) {
+        return Err("cannot read notify-keyspace-events: CONFIG GET is not granted".into());
+    }
+    let reply: Result<Vec<String>, _> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("notify-keyspace-events")
+        .query_async(conn)
+        .await;
+    match reply {
+        Ok(current) => Ok(current.get(1).cloned().unwrap_or_default()),
+        Err(e) => Err(format!("cannot read notify-keyspace-events ({e})")),
+    }
+}
+
+/// Adds the `missing` flags to `flags` with CONFIG SET; the detail to report,
+/// or why they could not be added.
+async fn add_flags(
+    conn: &mut redis::aio::MultiplexedConnection,
+    flags: &str,
+    missing: &str,
+) -> Result<String, String> {
+    let wanted = format!("{flags}{missing}");
+    let write = ["config", "set", "notify-keyspace-events", wanted.as_str()];
+    if crate::store::settings::may_run(conn, &write).await == Some(false) {
+        return Err(format!(
+            "notify-keyspace-events {flags:?} lacks {missing:?} and CONFIG SET is not granted"
+        ));
+    }
+    redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("notify-keyspace-events")
+        .arg(&wanted)
+        .query_async::<()>(conn)
+        .await
+        .map_err(|e| {
+            format!("notify-keyspace-events lacks {missing:?} and CONFIG SET failed ({e})")
+        })?;
+    Ok(format!("set notify-keyspace-events to {wanted:?}"))
 }
 
 /// The flags of `NEEDED_FLAGS` that `flags` lacks (`A` stands for most classes).
