@@ -167,6 +167,18 @@ fn audit_from_info(info: &HashMap<String, String>, audit: &mut Audit) {
 /// Runs every check; connection failures become findings, not errors.
 pub(crate) async fn run(warden: &Warden) -> Audit {
     let mut audit = Audit::default();
+    audit_redis(warden, &mut audit).await;
+    match warden.snapshot(None).await {
+        Ok(snapshot) => {
+            let allowed = warden.config().recovery.allow_unverified_bullmq;
+            audit_plan(&snapshot.plan, allowed, &mut audit);
+        }
+        Err(e) => audit.push(Severity::Error, "source", e.to_string()),
+    }
+    audit
+}
+
+async fn audit_redis(warden: &Warden, audit: &mut Audit) {
     let store = warden.store();
     match RedisSettings::read(&store).await {
         Ok(settings) => {
@@ -175,89 +187,102 @@ pub(crate) async fn run(warden: &Warden) -> Audit {
                 "redis",
                 format!("{} answers", store.redacted_url()),
             );
-            audit_settings(&settings, &mut audit);
+            audit_settings(&settings, audit);
         }
         Err(e) => audit.push(Severity::Error, "redis", e.to_string()),
     }
-    match warden.snapshot(None).await {
-        Ok(snapshot) => {
-            let plan = &snapshot.plan;
-            let valid: usize = plan.queues.values().map(|q| q.desired).sum();
-            audit.push(
-                Severity::Info,
-                "source",
-                format!(
-                    "the source query answered: {valid} valid rows, {} invalid",
-                    plan.invalid.len()
-                ),
-            );
-            if plan.missing() > 0 || plan.mismatched() > 0 {
-                audit.push(
-                    Severity::Error,
-                    "drift",
-                    format!(
-                        "{} schedulers missing and {} differ from their rows; run `bullmq-warden recover`",
-                        plan.missing(),
-                        plan.mismatched()
-                    ),
-                );
-            } else {
-                audit.push(
-                    Severity::Info,
-                    "drift",
-                    format!(
-                        "{} schedulers in place",
-                        plan.queues.values().map(|q| q.desired).sum::<usize>()
-                    ),
-                );
-            }
-            if plan.invalid.is_empty() {
-                audit.push(Severity::Info, "invalid-row", "every row is valid");
-            }
-            for invalid in &plan.invalid {
-                audit.push(
-                    Severity::Warning,
-                    "invalid-row",
-                    format!("row {}: {}", invalid.id, invalid.reason),
-                );
-            }
-            let orphaned: usize = plan.queues.values().map(|q| q.orphaned.len()).sum();
-            if orphaned == 0 {
-                audit.push(
-                    Severity::Info,
-                    "orphans",
-                    "no scheduler under the id template's prefix lacks its row",
-                );
-            } else {
-                audit.push(
-                    Severity::Warning,
-                    "orphans",
-                    format!("{orphaned} schedulers under the id template's prefix have no row (prune with recovery.prune_orphans)"),
-                );
-            }
-            let allowed = warden.config().recovery.allow_unverified_bullmq;
-            audit_bullmq_versions(plan, allowed, &mut audit);
-            let legacy: usize = plan.queues.values().map(|q| q.legacy).sum();
-            if legacy == 0 {
-                audit.push(
-                    Severity::Info,
-                    "legacy-repeatable",
-                    "no legacy repeatable jobs",
-                );
-            } else {
-                audit.push(
-                    Severity::Warning,
-                    "legacy-repeatable",
-                    format!(
-                        "{legacy} legacy repeatable jobs (BullMQ 5 queue.add with repeat) are left untouched; \
-                         source.scheduler_id must name the schedulers the application itself creates"
-                    ),
-                );
-            }
-        }
-        Err(e) => audit.push(Severity::Error, "source", e.to_string()),
+}
+
+/// What the rows and Redis show together; `allowed` is whether the warden
+/// may write to queues of an unverified BullMQ version.
+fn audit_plan(plan: &Plan, allowed: bool, audit: &mut Audit) {
+    let valid: usize = plan.queues.values().map(|q| q.desired).sum();
+    audit.push(
+        Severity::Info,
+        "source",
+        format!(
+            "the source query answered: {valid} valid rows, {} invalid",
+            plan.invalid.len()
+        ),
+    );
+    audit_drift(plan, audit);
+    audit_invalid_rows(plan, audit);
+    audit_orphans(plan, audit);
+    audit_bullmq_versions(plan, allowed, audit);
+    audit_legacy_repeatables(plan, audit);
+}
+
+fn audit_drift(plan: &Plan, audit: &mut Audit) {
+    if plan.missing() > 0 || plan.mismatched() > 0 {
+        audit.push(
+            Severity::Error,
+            "drift",
+            format!(
+                "{} schedulers missing and {} differ from their rows; run `bullmq-warden recover`",
+                plan.missing(),
+                plan.mismatched()
+            ),
+        );
+    } else {
+        audit.push(
+            Severity::Info,
+            "drift",
+            format!(
+                "{} schedulers in place",
+                plan.queues.values().map(|q| q.desired).sum::<usize>()
+            ),
+        );
     }
-    audit
+}
+
+fn audit_invalid_rows(plan: &Plan, audit: &mut Audit) {
+    if plan.invalid.is_empty() {
+        audit.push(Severity::Info, "invalid-row", "every row is valid");
+    }
+    for invalid in &plan.invalid {
+        audit.push(
+            Severity::Warning,
+            "invalid-row",
+            format!("row {}: {}", invalid.id, invalid.reason),
+        );
+    }
+}
+
+fn audit_orphans(plan: &Plan, audit: &mut Audit) {
+    let orphaned: usize = plan.queues.values().map(|q| q.orphaned.len()).sum();
+    if orphaned == 0 {
+        audit.push(
+            Severity::Info,
+            "orphans",
+            "no scheduler under the id template's prefix lacks its row",
+        );
+    } else {
+        audit.push(
+            Severity::Warning,
+            "orphans",
+            format!("{orphaned} schedulers under the id template's prefix have no row (prune with recovery.prune_orphans)"),
+        );
+    }
+}
+
+fn audit_legacy_repeatables(plan: &Plan, audit: &mut Audit) {
+    let legacy: usize = plan.queues.values().map(|q| q.legacy).sum();
+    if legacy == 0 {
+        audit.push(
+            Severity::Info,
+            "legacy-repeatable",
+            "no legacy repeatable jobs",
+        );
+    } else {
+        audit.push(
+            Severity::Warning,
+            "legacy-repeatable",
+            format!(
+                "{legacy} legacy repeatable jobs (BullMQ 5 queue.add with repeat) are left untouched; \
+                 source.scheduler_id must name the schedulers the application itself creates"
+            ),
+        );
+    }
 }
 
 /// Queues set up by a BullMQ major version the warden was not verified
