@@ -49,11 +49,22 @@ impl Audit {
 
 /// Judges Redis settings the way BullMQ's documentation does.
 pub(crate) fn audit_settings(settings: &RedisSettings, audit: &mut Audit) {
-    let version = settings
-        .info
-        .get("redis_version")
-        .cloned()
-        .unwrap_or_default();
+    audit_version(&settings.info, audit);
+    let Some(config) = &settings.config else {
+        audit_from_info(&settings.info, audit);
+        return;
+    };
+    let get = |key: &str| config.get(key).map(String::as_str).unwrap_or_default();
+    let aof = get("appendonly") == "yes";
+    audit_persistence(aof, get("save"), audit);
+    if aof {
+        audit_appendfsync(get("appendfsync"), audit);
+    }
+    audit_policy(get("maxmemory-policy"), audit);
+}
+
+fn audit_version(info: &HashMap<String, String>, audit: &mut Audit) {
+    let version = info.get("redis_version").cloned().unwrap_or_default();
     let numeric: Vec<u32> = version.split('.').filter_map(|p| p.parse().ok()).collect();
     if numeric.as_slice() < [6, 2].as_slice() {
         audit.push(
@@ -64,13 +75,11 @@ pub(crate) fn audit_settings(settings: &RedisSettings, audit: &mut Audit) {
     } else {
         audit.push(Severity::Info, "redis-version", format!("Redis {version}"));
     }
-    let Some(config) = &settings.config else {
-        audit_from_info(&settings.info, audit);
-        return;
-    };
-    let get = |key: &str| config.get(key).map(String::as_str).unwrap_or_default();
-    let aof = get("appendonly") == "yes";
-    let rdb = !get("save").trim().is_empty();
+}
+
+/// `save` is the RDB snapshot schedule, empty when there is none.
+fn audit_persistence(aof: bool, save: &str, audit: &mut Audit) {
+    let rdb = !save.trim().is_empty();
     match (aof, rdb) {
         (false, false) => audit.push(
             Severity::Error,
@@ -81,8 +90,7 @@ pub(crate) fn audit_settings(settings: &RedisSettings, audit: &mut Audit) {
             Severity::Warning,
             "persistence",
             format!(
-                "AOF is off: a restart loses schedulers changed since the last RDB snapshot (save \"{}\"); BullMQ recommends appendonly yes",
-                get("save")
+                "AOF is off: a restart loses schedulers changed since the last RDB snapshot (save \"{save}\"); BullMQ recommends appendonly yes"
             ),
         ),
         (true, _) => audit.push(
@@ -91,23 +99,22 @@ pub(crate) fn audit_settings(settings: &RedisSettings, audit: &mut Audit) {
             format!("AOF is on (appendonly yes){}", if rdb { ", and RDB snapshots" } else { "" }),
         ),
     }
-    if aof {
-        let fsync = get("appendfsync");
-        if fsync == "no" {
-            audit.push(
-                Severity::Warning,
-                "appendfsync",
-                "appendfsync no: the OS decides when the AOF reaches disk; use everysec or always",
-            );
-        } else {
-            audit.push(
-                Severity::Info,
-                "appendfsync",
-                format!("appendfsync {fsync}"),
-            );
-        }
+}
+
+fn audit_appendfsync(fsync: &str, audit: &mut Audit) {
+    if fsync == "no" {
+        audit.push(
+            Severity::Warning,
+            "appendfsync",
+            "appendfsync no: the OS decides when the AOF reaches disk; use everysec or always",
+        );
+    } else {
+        audit.push(
+            Severity::Info,
+            "appendfsync",
+            format!("appendfsync {fsync}"),
+        );
     }
-    audit_policy(get("maxmemory-policy"), audit);
 }
 
 fn audit_policy(policy: &str, audit: &mut Audit) {
