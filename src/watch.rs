@@ -10,7 +10,7 @@ use crate::store::verified::VerifiedDefinitions;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{watch, Mutex};
+use tokio::sync::{mpsc, watch, Mutex};
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::{full_jitter, Backoff};
@@ -60,27 +60,83 @@ pub(crate) async fn run(
     let hangup = reload::catch_hangup();
     let observer = Observer::new(Arc::new(Metrics::new()));
     let webhook = Webhook::from_config(&config.recovery)?;
-    let source = Source::connect_lazy(&config.source).await?;
     let apply_lock = Arc::new(Mutex::new(()));
-    let connected: http::WardenSlot = Arc::default();
     let mut tasks = tokio::task::JoinSet::new();
-    // Metrics and health answer from the start, Redis or not.
-    if let Some(server) =
-        http_server(&config, &connected, &observer, &apply_lock, &shutdown).await?
-    {
-        tasks.spawn(server);
-    }
-    let Some(store) = connect_redis(&config, &observer, &shutdown).await else {
+    let started = start_up(&mut tasks, &config, &observer, &apply_lock, &shutdown).await?;
+    let Some((warden, journal)) = started else {
         while tasks.join_next().await.is_some() {}
         return Ok(());
+    };
+    let (controller, triggers, ctx, wiring) =
+        wire_recovery(&config, &warden, &observer, webhook, apply_lock, journal);
+    // The controller finishes a recovery in progress before it stops, so it
+    // gets its own token, cancelled after the signal sources have stopped.
+    let controller_stop = CancellationToken::new();
+    let controller_task = tokio::spawn(controller.run(triggers, controller_stop.clone()));
+    start_signals(&mut tasks, &config, &ctx, wiring, &shutdown);
+    tasks.spawn(
+        reload::Reloader {
+            origin,
+            warden: warden.clone(),
+            observer: observer.clone(),
+            signals: ctx.signals.clone(),
+        }
+        .run(hangup, shutdown.clone()),
+    );
+    // The manual's start-up health check, acted upon.
+    ctx.signals.raise_now(
+        Cause::Startup,
+        None,
+        "watcher started: comparing rows and Redis".into(),
+    );
+    shutdown.cancelled().await;
+    shut_down(tasks, controller_stop, controller_task, &warden, &observer).await;
+    Ok(())
+}
+
+/// Serves HTTP, then connects to Redis for as long as it takes, then opens
+/// the journal where there is one: metrics and health answer from the start,
+/// Redis or not. `None` when the watcher is stopped before Redis answers.
+async fn start_up(
+    tasks: &mut tokio::task::JoinSet<()>,
+    config: &Config,
+    observer: &Observer,
+    apply_lock: &Arc<Mutex<()>>,
+    shutdown: &CancellationToken,
+) -> Result<Option<(Arc<Warden>, Option<crate::journal::Notes>)>, WatchError> {
+    let source = Source::connect_lazy(&config.source).await?;
+    let connected: http::WardenSlot = Arc::default();
+    if let Some(server) = http_server(config, &connected, observer, apply_lock, shutdown).await? {
+        tasks.spawn(server);
+    }
+    let Some(store) = connect_redis(config, observer, shutdown).await else {
+        return Ok(None);
     };
     observer.emit(WatchStarted {
         redis: store.redacted_url(),
         source: source.redacted_url(),
     });
     let warden = Arc::new(Warden::from_parts(config.clone(), store, source));
-    let journal = start_recorder(&mut tasks, &config, &warden, &observer, &shutdown).await?;
+    let journal = start_recorder(tasks, config, &warden, observer, shutdown).await?;
     let _ = connected.set(warden.clone());
+    Ok(Some((warden, journal)))
+}
+
+/// The recovery controller, the triggers it reads, and what the signal
+/// sources share with it and with each other.
+fn wire_recovery(
+    config: &Config,
+    warden: &Arc<Warden>,
+    observer: &Observer,
+    webhook: Option<Webhook>,
+    apply_lock: Arc<Mutex<()>>,
+    journal: Option<crate::journal::Notes>,
+) -> (
+    Controller<Recovery>,
+    mpsc::Receiver<Trigger>,
+    SignalContext,
+    Wiring,
+) {
     let (signals, triggers) = Signals::channel(observer.clone());
     let ctx = SignalContext {
         store: warden.shared_store().clone(),
@@ -101,10 +157,6 @@ pub(crate) async fn run(
         own_writes,
     });
     let controller = Controller::new(recovery, observer.clone(), loading_rx);
-    // The controller finishes a recovery in progress before it stops, so it
-    // gets its own token, cancelled after the signal sources have stopped.
-    let controller_stop = CancellationToken::new();
-    let controller_task = tokio::spawn(controller.run(triggers, controller_stop.clone()));
     let wiring = Wiring {
         restored,
         loading: loading_tx,
@@ -112,23 +164,18 @@ pub(crate) async fn run(
         verified: warden.verified_definitions(),
         journal,
     };
-    start_signals(&mut tasks, &config, &ctx, wiring, &shutdown);
-    tasks.spawn(
-        reload::Reloader {
-            origin,
-            warden: warden.clone(),
-            observer: observer.clone(),
-            signals: ctx.signals.clone(),
-        }
-        .run(hangup, shutdown.clone()),
-    );
-    // The manual's start-up health check, acted upon.
-    ctx.signals.raise_now(
-        Cause::Startup,
-        None,
-        "watcher started: comparing rows and Redis".into(),
-    );
-    shutdown.cancelled().await;
+    (controller, triggers, ctx, wiring)
+}
+
+/// Stops the signal sources first, then gives a recovery in progress
+/// `SHUTDOWN_GRACE` to finish before the connections close.
+async fn shut_down(
+    mut tasks: tokio::task::JoinSet<()>,
+    controller_stop: CancellationToken,
+    controller_task: tokio::task::JoinHandle<()>,
+    warden: &Warden,
+    observer: &Observer,
+) {
     observer.emit(WatchStopping);
     while tasks.join_next().await.is_some() {}
     controller_stop.cancel();
@@ -140,7 +187,6 @@ pub(crate) async fn run(
     }
     warden.close().await;
     observer.emit(WatchStopped);
-    Ok(())
 }
 
 /// The HTTP server's task, when `[http] listen` names an address; binding
