@@ -25,7 +25,7 @@ use crate::report::events::{
     RedisUp,
 };
 use crate::store::settings::{parse_info, RedisSettings};
-use crate::store::Polled;
+use crate::store::{BullmqStore, Polled};
 
 /// Who Redis is: a change means a restart or a failover.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +91,19 @@ struct Seen {
     connection: Option<redis::aio::MultiplexedConnection>,
 }
 
+impl Seen {
+    /// Another server (Sentinel moved the primary): its run_id is not a
+    /// restart, nor its counts a flush; the follower reports the failover.
+    fn start_over(&mut self, server: &str) {
+        self.server = server.to_owned();
+        self.identity = None;
+        self.repeat_counts.clear();
+        self.stranded_polls.clear();
+        self.connection = None;
+        self.conditions.clear();
+    }
+}
+
 impl Poller {
     /// Polls every `interval`, and ten times as often while Redis is away, so
     /// that a restarted server is seen within a fraction of the interval.
@@ -121,63 +134,19 @@ impl Poller {
             .unwrap_or_default();
         let store = self.ctx.store.get();
         if store.redacted_url() != seen.server {
-            // Another server (Sentinel moved the primary): its run_id is not a
-            // restart, nor its counts a flush; the follower reports the failover.
-            seen.server = store.redacted_url().to_owned();
-            seen.identity = None;
-            seen.repeat_counts.clear();
-            seen.stranded_polls.clear();
-            seen.connection = None;
-            seen.conditions.clear();
+            seen.start_over(store.redacted_url());
         }
-        let deadline = self.interval.max(Duration::from_secs(2));
-        let polled = tokio::time::timeout(deadline, async {
-            if seen.connection.is_none() {
-                seen.connection = store.dedicated_connection(deadline).await?;
-            }
-            match seen.connection.as_mut() {
-                Some(connection) => store.poll(connection, &queues).await,
-                None => store.poll(&mut store.raw(), &queues).await,
-            }
-        })
-        .await;
-        let polled = match polled {
-            Ok(Ok(result)) => result,
-            Ok(Err(error)) => return self.went_down(seen, error.to_string()),
-            Err(_) => {
-                return self.went_down(
-                    seen,
-                    format!(
-                        "Redis at {} did not answer the poll in time",
-                        store.redacted_url()
-                    ),
-                )
-            }
+        let polled = match self.poll_redis(seen, &store, &queues).await {
+            Ok(polled) => polled,
+            Err(error) => return self.went_down(seen, error),
         };
         let info = parse_info(&polled.info);
         let since_ms = seen.last_ok_ms.unwrap_or_else(now_ms);
-        if seen.down {
-            seen.down = false;
-            self.ctx.observer.emit(RedisUp);
-            self.ctx.signals.raise(
-                Cause::Reconnect,
-                &[],
-                since_ms,
-                "connection to Redis restored".into(),
-            );
-        }
+        self.came_back_up(seen, since_ms);
         let restarted = self.observe_identity(seen, Identity::from_info(&info), since_ms);
         self.observe_loading(&info);
         self.observe_counts(seen, &polled, restarted, since_ms);
-        let number = |k: &str| {
-            info.get(k)
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or_default()
-        };
-        self.ctx.observer.emit(RedisMemory {
-            used: number("used_memory"),
-            max: number("maxmemory"),
-        });
+        self.observe_memory(&info);
         let settings_due = seen
             .settings_read_at
             .is_none_or(|at| at.elapsed() >= self.settings_interval);
@@ -187,11 +156,55 @@ impl Poller {
         seen.last_ok_ms = Some(now_ms());
     }
 
+    /// INFO and every queue's counts in one round trip, on the poll's own
+    /// connection where there is one; `Err` says why Redis did not answer.
+    async fn poll_redis(
+        &self,
+        seen: &mut Seen,
+        store: &BullmqStore,
+        queues: &[String],
+    ) -> Result<Polled, String> {
+        let deadline = self.interval.max(Duration::from_secs(2));
+        let polled = tokio::time::timeout(deadline, async {
+            if seen.connection.is_none() {
+                seen.connection = store.dedicated_connection(deadline).await?;
+            }
+            match seen.connection.as_mut() {
+                Some(connection) => store.poll(connection, queues).await,
+                None => store.poll(&mut store.raw(), queues).await,
+            }
+        })
+        .await;
+        match polled {
+            Ok(Ok(result)) => Ok(result),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err(format!(
+                "Redis at {} did not answer the poll in time",
+                store.redacted_url()
+            )),
+        }
+    }
+
     fn went_down(&self, seen: &mut Seen, error: String) {
         seen.connection = None;
         if !seen.down {
             seen.down = true;
             self.ctx.observer.emit(RedisDown { error });
+        }
+    }
+
+    /// The first good poll after `went_down`: whatever happened while Redis
+    /// was away, since `since_ms`, is looked at.
+    fn came_back_up(&self, seen: &mut Seen, since_ms: u64) {
+        if seen.down {
+            seen.down = false;
+            self.ctx.observer.emit(RedisUp);
+            self.ctx.signals.raise(
+                Cause::Reconnect,
+                &[],
+                since_ms,
+                "connection to Redis restored".into(),
+            );
         }
     }
 
@@ -250,6 +263,18 @@ impl Poller {
             self.ctx.observer.emit(RedisLoading { loading });
             let _ = self.loading.send(loading);
         }
+    }
+
+    fn observe_memory(&self, info: &HashMap<String, String>) {
+        let number = |k: &str| {
+            info.get(k)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or_default()
+        };
+        self.ctx.observer.emit(RedisMemory {
+            used: number("used_memory"),
+            max: number("maxmemory"),
+        });
     }
 
     /// Finds sets emptied without a restart: a scheduler set, or the
