@@ -9,7 +9,7 @@ use crate::audit::{self, Severity};
 use crate::config::{Config, ConfigOrigin, CONFIG_PATH_ENV};
 use crate::logging::LogFormat;
 use crate::report::events::{ConfigDefaults, LogEvent, ShutdownRequested};
-use crate::restore::native::{Action, RecoverReport};
+use crate::restore::native::{Action, Change, RecoverReport};
 use crate::text::printable;
 use crate::warden::{StatusReport, Warden, WardenError};
 
@@ -451,28 +451,52 @@ fn print_recover(mut report: RecoverReport, json: bool, list_changes: bool) {
         return print_recover_json(&report, list_changes);
     }
     for change in &report.changes {
-        let verb = match (change.action, report.dry_run) {
-            _ if change.not_done => "not done",
-            (Action::Create, true) => "would create",
-            (Action::Create, false) => "created",
-            (Action::Update, true) => "would update",
-            (Action::Update, false) => "updated",
-            (Action::Remove, true) => "would remove",
-            (Action::Remove, false) => "removed",
-            (Action::Keep, _) => "orphan (kept)",
-        };
-        let differs = if change.differs.is_empty() {
-            String::new()
-        } else {
-            let names: Vec<&str> = change.differs.iter().map(|d| d.as_str()).collect();
-            format!(" ({} differs)", names.join(", "))
-        };
-        println!(
-            "{verb:<13} {}/{}{differs}",
-            printable(&change.queue),
-            printable(&change.scheduler_id)
-        );
+        print_change(change, report.dry_run);
     }
+    print_not_restored(&report);
+    if let Some(reason) = &report.stopped {
+        println!("stopped       {reason}; {not_done} changes not done");
+    }
+    println!(
+        "{}: {} created, {} updated, {} unchanged, {} removed, {} invalid, {} failed in {} ms",
+        if report.dry_run { "plan" } else { "recovered" },
+        report.created,
+        report.updated,
+        report.unchanged,
+        report.removed,
+        report.invalid.len(),
+        report.failed.len(),
+        report.duration_ms
+    );
+}
+
+fn print_change(change: &Change, dry_run: bool) {
+    let verb = match (change.action, dry_run) {
+        _ if change.not_done => "not done",
+        (Action::Create, true) => "would create",
+        (Action::Create, false) => "created",
+        (Action::Update, true) => "would update",
+        (Action::Update, false) => "updated",
+        (Action::Remove, true) => "would remove",
+        (Action::Remove, false) => "removed",
+        (Action::Keep, _) => "orphan (kept)",
+    };
+    let differs = if change.differs.is_empty() {
+        String::new()
+    } else {
+        let names: Vec<&str> = change.differs.iter().map(|d| d.as_str()).collect();
+        format!(" ({} differs)", names.join(", "))
+    };
+    println!(
+        "{verb:<13} {}/{}{differs}",
+        printable(&change.queue),
+        printable(&change.scheduler_id)
+    );
+}
+
+/// Invalid rows, refused writes and withheld queues: printed whether or not
+/// the changes are listed, as each needs someone to act.
+fn print_not_restored(report: &RecoverReport) {
     for invalid in &report.invalid {
         println!(
             "invalid row   {}: {}",
@@ -495,18 +519,4 @@ fn print_recover(mut report: RecoverReport, json: bool, list_changes: bool) {
             printable(&withheld.version)
         );
     }
-    if let Some(reason) = &report.stopped {
-        println!("stopped       {reason}; {not_done} changes not done");
-    }
-    println!(
-        "{}: {} created, {} updated, {} unchanged, {} removed, {} invalid, {} failed in {} ms",
-        if report.dry_run { "plan" } else { "recovered" },
-        report.created,
-        report.updated,
-        report.unchanged,
-        report.removed,
-        report.invalid.len(),
-        report.failed.len(),
-        report.duration_ms
-    );
 }
