@@ -190,61 +190,76 @@ async fn run(cli: Cli) -> u8 {
     };
     match cli.command {
         Command::Watch { .. } => watch(config, origin).await,
-        Command::Status { queue, json } => {
-            with_warden(config, async |warden| {
-                match warden.status(queue.as_deref()).await {
-                    Ok(report) => {
-                        print_status(&report, json);
-                        exit::OK
-                    }
-                    Err(e) => fail(&e),
-                }
-            })
-            .await
-        }
+        Command::Status { queue, json } => status(config, queue.as_deref(), json).await,
         Command::Recover {
             dry_run,
             queue,
             json,
             changes,
-        } => {
-            with_warden(config, async |warden| {
-                match warden.recover(queue.as_deref(), dry_run).await {
-                    Ok(report) => {
-                        let code = recover_exit_code(&report);
-                        print_recover(report, json, changes);
-                        code
-                    }
-                    Err(e) => fail(&e),
-                }
-            })
-            .await
-        }
+        } => recover(config, queue.as_deref(), dry_run, json, changes).await,
         Command::RemoveSchedulers { queue, all, yes } => {
-            if !yes {
-                eprintln!(
-                    "bullmq-warden: remove-schedulers removes the job schedulers of queue \
-                     {queue:?}; add --yes to confirm"
-                );
-                return exit::USAGE;
-            }
-            with_warden(config, async |warden| {
-                match warden.remove_schedulers(&queue, all).await {
-                    Ok(removed) => {
-                        let queue = printable(&queue);
-                        println!("removed {removed} job schedulers from queue {queue}");
-                        exit::OK
-                    }
-                    Err(e) => fail(&e),
-                }
-            })
-            .await
+            remove_schedulers(config, &queue, all, yes).await
         }
         Command::Export { queue, format } => export(&config, queue.as_deref(), format).await,
         Command::Check { json } => {
             with_warden(config, async |warden| check(warden, json).await).await
         }
     }
+}
+
+/// `status`: the job counts and drift per queue, as a table or JSON.
+async fn status(config: Config, queue: Option<&str>, json: bool) -> u8 {
+    with_warden(config, async |warden| match warden.status(queue).await {
+        Ok(report) => {
+            print_status(&report, json);
+            exit::OK
+        }
+        Err(e) => fail(&e),
+    })
+    .await
+}
+
+/// `recover`: the report printed, the exit code from what it says.
+async fn recover(
+    config: Config,
+    queue: Option<&str>,
+    dry_run: bool,
+    json: bool,
+    list_changes: bool,
+) -> u8 {
+    with_warden(config, async |warden| {
+        match warden.recover(queue, dry_run).await {
+            Ok(report) => {
+                let code = recover_exit_code(&report);
+                print_recover(report, json, list_changes);
+                code
+            }
+            Err(e) => fail(&e),
+        }
+    })
+    .await
+}
+
+/// `remove-schedulers`: nothing is connected to without `--yes`.
+async fn remove_schedulers(config: Config, queue: &str, all: bool, yes: bool) -> u8 {
+    if !yes {
+        eprintln!(
+            "bullmq-warden: remove-schedulers removes the job schedulers of queue \
+             {queue:?}; add --yes to confirm"
+        );
+        return exit::USAGE;
+    }
+    with_warden(config, async |warden| {
+        match warden.remove_schedulers(queue, all).await {
+            Ok(removed) => {
+                let queue = printable(queue);
+                println!("removed {removed} job schedulers from queue {queue}");
+                exit::OK
+            }
+            Err(e) => fail(&e),
+        }
+    })
+    .await
 }
 
 /// The config from the file the command line or the environment names (or
