@@ -461,18 +461,7 @@ impl BullmqStore {
         skips: impl Fn(&str) -> bool,
     ) -> Result<QueueSchedulers, StoreError> {
         let keys = self.keys(queue);
-        let (members, bullmq_version): (Vec<(String, f64)>, Option<String>) = redis::pipe()
-            .cmd("ZRANGE")
-            .arg(keys.repeat())
-            .arg(0)
-            .arg(-1)
-            .arg("WITHSCORES")
-            .cmd("HGET")
-            .arg(keys.meta())
-            .arg("version")
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| self.error(e))?;
+        let (members, bullmq_version) = self.read_repeat_set(&mut conn, &keys).await?;
         let mut result = QueueSchedulers {
             bullmq_version,
             ..QueueSchedulers::default()
@@ -490,34 +479,34 @@ impl BullmqStore {
             .collect();
         for batch in owned.chunks(READ_BATCH) {
             let read = self.read_batch(&mut conn, &keys, batch, &skips).await?;
-            for ((id, next_ms), (values, exists, delayed_score, score_now)) in
-                batch.iter().zip(read)
-            {
-                let matches_row = values.is_none();
-                let hash = values
-                    .filter(|v| v.iter().any(Option::is_some))
-                    .map(|values| {
-                        SchedulerFields::NAMES
-                            .iter()
-                            .zip(values)
-                            .filter_map(|(name, value)| Some((*name, value?)))
-                            .collect()
-                    });
-                result.schedulers.insert(
-                    id.clone(),
-                    StoredScheduler {
-                        next_ms: *next_ms,
-                        hash,
-                        matches_row,
-                        next_job: moved_on(*next_ms, score_now).unwrap_or(NextJobFacts {
-                            exists,
-                            in_delayed: delayed_score.is_some(),
-                        }),
-                    },
-                );
+            for ((id, next_ms), reply) in batch.iter().zip(read) {
+                result
+                    .schedulers
+                    .insert(id.clone(), stored_scheduler(*next_ms, reply));
             }
         }
         Ok(result)
+    }
+
+    /// The `repeat` set's members with their scores (next runs), and the
+    /// BullMQ version the queue's meta hash records, in one round trip.
+    async fn read_repeat_set(
+        &self,
+        conn: &mut AnyConnection,
+        keys: &QueueKeys,
+    ) -> Result<(Vec<(String, f64)>, Option<String>), StoreError> {
+        redis::pipe()
+            .cmd("ZRANGE")
+            .arg(keys.repeat())
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES")
+            .cmd("HGET")
+            .arg(keys.meta())
+            .arg("version")
+            .query_async(conn)
+            .await
+            .map_err(|e| self.error(e))
     }
 
     /// One round trip for a batch of schedulers: each hash `skips` does not
@@ -906,6 +895,34 @@ fn counts_from_replies(queues: &[String], replies: &[u64]) -> BTreeMap<String, J
 /// A scheduler's hash fields (`None`: not read), whether its next job
 /// exists, its score in the delayed set, and its score in the repeat set now.
 type SchedulerReply = (Option<Vec<Option<String>>>, bool, Option<f64>, Option<f64>);
+
+/// A scheduler as read: its hash only when it was read and exists (HMGET
+/// answers nil for every field of a missing hash), its next job as found
+/// unless a Worker moved the scheduler on meanwhile (`moved_on`).
+fn stored_scheduler(
+    next_ms: u64,
+    (values, exists, delayed_score, score_now): SchedulerReply,
+) -> StoredScheduler {
+    let matches_row = values.is_none();
+    let hash = values
+        .filter(|v| v.iter().any(Option::is_some))
+        .map(|values| {
+            SchedulerFields::NAMES
+                .iter()
+                .zip(values)
+                .filter_map(|(name, value)| Some((*name, value?)))
+                .collect()
+        });
+    StoredScheduler {
+        next_ms,
+        hash,
+        matches_row,
+        next_job: moved_on(next_ms, score_now).unwrap_or(NextJobFacts {
+            exists,
+            in_delayed: delayed_score.is_some(),
+        }),
+    }
+}
 
 /// A scheduler whose score changed between the listing and the read of its
 /// next job was moved on by a Worker in between: BullMQ queues the next run
