@@ -538,25 +538,12 @@ impl BullmqStore {
         let job_keys: Vec<String> = job_ids.iter().map(|job| keys.job_key(job)).collect();
         pipe.cmd("EXISTS").arg(&job_keys);
         pipe.cmd("ZMSCORE").arg(keys.delayed()).arg(&job_ids);
-        let mut values: Vec<redis::Value> =
-            pipe.query_async(conn).await.map_err(|e| self.error(e))?;
-        let hashes_read = read.iter().filter(|read| **read).count();
-        if values.len() != hashes_read + 2 {
-            return Err(self.error("a batch read got an answer of the wrong length"));
-        }
-        let tail = values.split_off(hashes_read);
-        let decode = |e| self.error(e);
-        let mut hashes = values.into_iter().map(redis::from_redis_value);
-        let hashes: Vec<Option<Vec<Option<String>>>> = read
-            .iter()
-            .map(|read| read.then(|| hashes.next()).flatten().transpose())
-            .collect::<Result<_, _>>()
-            .map_err(decode)?;
-        let [existing, in_delayed]: [redis::Value; 2] = tail
-            .try_into()
-            .map_err(|_| self.error("a batch read got an answer of the wrong length"))?;
-        let existing: usize = redis::from_redis_value(existing).map_err(decode)?;
-        let in_delayed: Vec<Option<f64>> = redis::from_redis_value(in_delayed).map_err(decode)?;
+        let values: Vec<redis::Value> = pipe.query_async(conn).await.map_err(|e| self.error(e))?;
+        let BatchReplies {
+            hashes,
+            existing,
+            in_delayed,
+        } = self.decode_batch(values, &read)?;
         let (exists, scores) =
             match existing == batch.len() && in_delayed.iter().all(Option::is_some) {
                 // Every next job where BullMQ puts it: the schedulers stand as listed.
@@ -578,6 +565,37 @@ impl BullmqStore {
             .zip(in_delayed.into_iter().zip(scores))
             .map(|((hash, exists), (delayed, score))| (hash, exists, delayed, score))
             .collect())
+    }
+
+    /// Decodes a batch read's answers: the hashes (one answer each where
+    /// `read` is set), then the count of next jobs and their delayed scores.
+    fn decode_batch(
+        &self,
+        mut values: Vec<redis::Value>,
+        read: &[bool],
+    ) -> Result<BatchReplies, StoreError> {
+        let hashes_read = read.iter().filter(|read| **read).count();
+        if values.len() != hashes_read + 2 {
+            return Err(self.error("a batch read got an answer of the wrong length"));
+        }
+        let tail = values.split_off(hashes_read);
+        let decode = |e| self.error(e);
+        let mut hashes = values.into_iter().map(redis::from_redis_value);
+        let hashes: Vec<Option<Vec<Option<String>>>> = read
+            .iter()
+            .map(|read| read.then(|| hashes.next()).flatten().transpose())
+            .collect::<Result<_, _>>()
+            .map_err(decode)?;
+        let [existing, in_delayed]: [redis::Value; 2] = tail
+            .try_into()
+            .map_err(|_| self.error("a batch read got an answer of the wrong length"))?;
+        let existing: usize = redis::from_redis_value(existing).map_err(decode)?;
+        let in_delayed: Vec<Option<f64>> = redis::from_redis_value(in_delayed).map_err(decode)?;
+        Ok(BatchReplies {
+            hashes,
+            existing,
+            in_delayed,
+        })
     }
 
     /// The slow path of a batch read whose next jobs are not all in place:
@@ -888,6 +906,16 @@ fn counts_from_replies(queues: &[String], replies: &[u64]) -> BTreeMap<String, J
             (queue.clone(), counts)
         })
         .collect()
+}
+
+/// A batch read's first answers, decoded.
+struct BatchReplies {
+    /// Per scheduler, its hash fields (`None`: not read).
+    hashes: Vec<Option<Vec<Option<String>>>>,
+    /// How many of the batch's next jobs exist.
+    existing: usize,
+    /// Per scheduler, its next job's score in the delayed set.
+    in_delayed: Vec<Option<f64>>,
 }
 
 /// One scheduler's replies: its hash fields, whether its next job exists,
