@@ -468,7 +468,29 @@ fn quiet<O: ConnectOptions>(options: O) -> O {
 /// Each column as the value the database returned. The column types a task
 /// table plausibly uses are tried, most specific first; dates become RFC 3339
 /// text and JSON columns their JSON text.
-pub(super) fn decode_row<DB: Database>(row: &DB::Row) -> SourceRow
+pub(super) fn decode_row<DB: DecodeColumns>(row: &DB::Row) -> SourceRow {
+    let columns = row
+        .columns()
+        .iter()
+        .enumerate()
+        .map(|(index, column)| {
+            (
+                column.name().to_ascii_lowercase(),
+                DB::decode_column(row, index),
+            )
+        })
+        .collect();
+    SourceRow { columns }
+}
+
+/// A database that decodes every column type a source row can hold: the
+/// bounds are stated once, here, for every database that meets them.
+pub(super) trait DecodeColumns: Database {
+    /// NULL, and a type no decoder takes, read as `ColumnValue::Null`.
+    fn decode_column(row: &Self::Row, index: usize) -> ColumnValue;
+}
+
+impl<DB: Database> DecodeColumns for DB
 where
     usize: sqlx::ColumnIndex<DB::Row>,
     for<'r> i64: Decode<'r, DB> + Type<DB>,
@@ -484,7 +506,7 @@ where
     for<'r> chrono::NaiveDate: Decode<'r, DB> + Type<DB>,
     for<'r> Vec<u8>: Decode<'r, DB> + Type<DB>,
 {
-    let decode = |index: usize| -> ColumnValue {
+    fn decode_column(row: &DB::Row, index: usize) -> ColumnValue {
         // The value's own type picks the decoder: trying each in turn would
         // build (and format) an error for every mismatch, on every column of
         // every row.
@@ -520,14 +542,7 @@ where
             String::from_utf8_lossy(&bytes).into_owned()
         ));
         ColumnValue::Null
-    };
-    let columns = row
-        .columns()
-        .iter()
-        .enumerate()
-        .map(|(index, column)| (column.name().to_ascii_lowercase(), decode(index)))
-        .collect();
-    SourceRow { columns }
+    }
 }
 
 /// Creates the SQLite file from `seed` when it does not exist yet.
