@@ -18,6 +18,19 @@ fn invalid(key: &str, reason: String) -> ConfigError {
 
 impl RedisConfig {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_url()?;
+        self.validate_sentinels()?;
+        self.validate_cluster()?;
+        if self.prefix.is_empty() || self.prefix.contains(':') {
+            return Err(invalid(
+                "redis.prefix",
+                "must be non-empty and contain no ':'".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_url(&self) -> Result<(), ConfigError> {
         let redis_url = url::Url::parse(&self.url)
             .map_err(|e| invalid("redis.url", format!("not a URL ({e})")))?;
         if !matches!(
@@ -33,6 +46,10 @@ impl RedisConfig {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    fn validate_sentinels(&self) -> Result<(), ConfigError> {
         if !self.sentinels.is_empty() && self.master_name.is_none() {
             return Err(invalid(
                 "redis.master_name",
@@ -47,31 +64,30 @@ impl RedisConfig {
                 ));
             }
         }
-        if !self.cluster_nodes.is_empty() {
-            if !self.sentinels.is_empty() {
-                return Err(invalid(
-                    "redis.cluster_nodes",
-                    "cannot be combined with redis.sentinels".into(),
-                ));
-            }
-            let tagged = self
-                .prefix
-                .split_once('{')
-                .is_some_and(|(_, rest)| rest.find('}').is_some_and(|end| end > 0));
-            if !tagged {
-                return Err(invalid(
-                    "redis.prefix",
-                    format!(
-                        "{:?} needs a hash tag such as \"{{bull}}\" on a cluster, so that each queue's keys share a slot",
-                        self.prefix
-                    ),
-                ));
-            }
+        Ok(())
+    }
+
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        if self.cluster_nodes.is_empty() {
+            return Ok(());
         }
-        if self.prefix.is_empty() || self.prefix.contains(':') {
+        if !self.sentinels.is_empty() {
+            return Err(invalid(
+                "redis.cluster_nodes",
+                "cannot be combined with redis.sentinels".into(),
+            ));
+        }
+        let tagged = self
+            .prefix
+            .split_once('{')
+            .is_some_and(|(_, rest)| rest.find('}').is_some_and(|end| end > 0));
+        if !tagged {
             return Err(invalid(
                 "redis.prefix",
-                "must be non-empty and contain no ':'".into(),
+                format!(
+                    "{:?} needs a hash tag such as \"{{bull}}\" on a cluster, so that each queue's keys share a slot",
+                    self.prefix
+                ),
             ));
         }
         Ok(())
