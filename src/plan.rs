@@ -247,6 +247,16 @@ fn differences(
             }
         };
     };
+    field_differences(want, hash, next_job)
+}
+
+/// `differences` for a scheduler whose hash was read: each field compared
+/// as BullMQ stores it (numbers as text, `data` and `opts` as JSON).
+fn field_differences(
+    want: &DesiredScheduler,
+    hash: &SchedulerFields,
+    next_job: NextJobState,
+) -> Vec<Difference> {
     let field = |name: &str| hash.get(name);
     let number = |name: &str| {
         field(name)
