@@ -82,6 +82,16 @@ pub(crate) struct Desired {
     pub(crate) source_elapsed: std::time::Duration,
 }
 
+impl Desired {
+    /// Narrows to one queue, which is read even when no row names it.
+    fn keep_only(&mut self, queue: &str) {
+        self.by_queue.entry(queue.to_owned()).or_default();
+        self.by_queue.retain(|name, _| name == queue);
+        self.invalid.retain(|i| i.queue.as_deref() == Some(queue));
+        self.protected.retain(|name, _| name == queue);
+    }
+}
+
 /// What the source asks for compared with Redis.
 pub(crate) struct Snapshot {
     pub(crate) plan: Plan,
@@ -271,16 +281,35 @@ impl Warden {
     /// schedulers are held at a time.
     pub(crate) async fn plan(
         &self,
-        desired: Desired,
+        mut desired: Desired,
         only_queue: Option<&str>,
     ) -> Result<Snapshot, WardenError> {
         let Live { config, template } = self.live();
+        self.add_queues_to_read(&config, &mut desired.by_queue)
+            .await;
+        if let Some(only) = only_queue {
+            desired.keep_only(only);
+        }
         let Desired {
-            mut by_queue,
-            mut invalid,
-            mut protected,
+            by_queue,
+            invalid,
+            protected,
             source_elapsed: _,
         } = desired;
+        let queues = self.plan_queues(by_queue, &protected, &template).await?;
+        let plan = Plan { queues, invalid };
+        self.remember_queues(&plan).await;
+        Ok(Snapshot { plan })
+    }
+
+    /// Adds the queues read though no row names them: the default queue, and
+    /// those with a scheduler set under the prefix, which stay compared once
+    /// their last row goes. A journal reads only the queues it keeps.
+    async fn add_queues_to_read(
+        &self,
+        config: &Config,
+        by_queue: &mut BTreeMap<String, Vec<DesiredScheduler>>,
+    ) {
         let journal = crate::journal::is_journal(&config.source.url);
         // A journal's queues are the ones it recorded: no default queue.
         if !journal {
@@ -293,13 +322,16 @@ impl Warden {
         if journal && !only.is_empty() {
             by_queue.retain(|queue, _| only.contains(queue));
         }
-        if let Some(only) = only_queue {
-            by_queue.entry(only.to_owned()).or_default();
-            by_queue.retain(|queue, _| queue == only);
-            invalid.retain(|i| i.queue.as_deref() == Some(only));
-            protected.retain(|queue, _| queue == only);
-        }
-        // A few queues at a time: each read holds up to a thousand replies.
+    }
+
+    /// Reads and plans the queues a few at a time: each read holds up to a
+    /// thousand replies.
+    async fn plan_queues(
+        &self,
+        by_queue: BTreeMap<String, Vec<DesiredScheduler>>,
+        protected: &Protected,
+        template: &IdTemplate,
+    ) -> Result<BTreeMap<String, QueuePlan>, WardenError> {
         const QUEUES_AT_ONCE: usize = 8;
         let store = self.store();
         let connection = store.reads_connection().await?;
@@ -317,14 +349,12 @@ impl Warden {
             });
             let stored = try_join_all(reads).await?;
             for (((queue, rows), in_redis), read) in chunk.into_iter().zip(stored).zip(read_plans) {
-                let plan = QueuePlan::new(&queue, rows, &in_redis, &protected, &template, now_ms());
+                let plan = QueuePlan::new(&queue, rows, &in_redis, protected, template, now_ms());
                 self.verified.confirm(&read, plan.unchanged.iter());
                 queues.insert(queue, plan);
             }
         }
-        let plan = Plan { queues, invalid };
-        self.remember_queues(&plan).await;
-        Ok(Snapshot { plan })
+        Ok(queues)
     }
 
     /// checkQueueStatus: BullMQ's job counts per queue, with rows and drift.
