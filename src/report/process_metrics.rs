@@ -32,7 +32,7 @@ impl Collector for ProcessCollector {
 #[cfg(target_os = "linux")]
 mod linux {
     use super::MetricType;
-    use procfs::process::{LimitValue, Process};
+    use procfs::process::{LimitValue, Process, Stat};
 
     type Sample = (&'static str, &'static str, MetricType, f64);
 
@@ -43,34 +43,44 @@ mod linux {
         };
         let mut out = Vec::with_capacity(6);
         if let Ok(stat) = me.stat() {
-            let ticks = procfs::ticks_per_second() as f64;
-            out.push((
-                "process_cpu_seconds",
-                "Total user and system CPU time spent in seconds.",
-                MetricType::Counter,
-                (stat.utime + stat.stime) as f64 / ticks,
-            ));
-            out.push((
-                "process_resident_memory_bytes",
-                "Resident memory size in bytes.",
-                MetricType::Gauge,
-                (stat.rss * procfs::page_size()) as f64,
-            ));
-            out.push((
-                "process_virtual_memory_bytes",
-                "Virtual memory size in bytes.",
-                MetricType::Gauge,
-                stat.vsize as f64,
-            ));
-            if let Ok(boot) = procfs::boot_time_secs() {
-                out.push((
-                    "process_start_time_seconds",
-                    "Start time of the process since unix epoch in seconds.",
-                    MetricType::Gauge,
-                    boot as f64 + stat.starttime as f64 / ticks,
-                ));
-            }
+            sample_stat(&stat, &mut out);
         }
+        sample_fds(&me, &mut out);
+        out
+    }
+
+    /// CPU time, memory and start time: one read of `/proc/self/stat`.
+    fn sample_stat(stat: &Stat, out: &mut Vec<Sample>) {
+        let ticks = procfs::ticks_per_second() as f64;
+        out.push((
+            "process_cpu_seconds",
+            "Total user and system CPU time spent in seconds.",
+            MetricType::Counter,
+            (stat.utime + stat.stime) as f64 / ticks,
+        ));
+        out.push((
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes.",
+            MetricType::Gauge,
+            (stat.rss * procfs::page_size()) as f64,
+        ));
+        out.push((
+            "process_virtual_memory_bytes",
+            "Virtual memory size in bytes.",
+            MetricType::Gauge,
+            stat.vsize as f64,
+        ));
+        if let Ok(boot) = procfs::boot_time_secs() {
+            out.push((
+                "process_start_time_seconds",
+                "Start time of the process since unix epoch in seconds.",
+                MetricType::Gauge,
+                boot as f64 + stat.starttime as f64 / ticks,
+            ));
+        }
+    }
+
+    fn sample_fds(me: &Process, out: &mut Vec<Sample>) {
         if let Ok(open) = me.fd_count() {
             out.push((
                 "process_open_fds",
@@ -91,7 +101,6 @@ mod linux {
                 max,
             ));
         }
-        out
     }
 }
 
