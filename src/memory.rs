@@ -9,9 +9,105 @@
 //! collect has to happen on every thread that took part (each returns only
 //! what it allocated), so the runtime's worker threads collect when they next
 //! go idle, and a second collect follows the SQLite connection's thread out.
+//! What a comparison makes to keep goes to a heap of its own (`lasting`), so
+//! that it does not hold the pages of what the comparison only passed through.
+
+use std::alloc::{GlobalAlloc, Layout};
+use std::cell::Cell;
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicPtr, Ordering};
+
+use libmimalloc_sys::mi_heap_t;
 
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: Allocator = Allocator;
+
+/// mimalloc, with a second heap for what stays for the life of the process
+/// once made (`lasting`). mimalloc hands a page back only when every block
+/// in it is free, so one lasting block among a comparison's thousands of
+/// passing ones keeps the whole page resident: a queue's metric series,
+/// first made during a drift check, held 5 MiB of such pages at 100
+/// queues. Kept apart, they share pages only with each other.
+struct Allocator;
+
+thread_local! {
+    /// Set while this thread runs `lasting`.
+    static LASTING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The heap of `lasting`, made by its first call.
+static LASTING_HEAP: AtomicPtr<mi_heap_t> = AtomicPtr::new(std::ptr::null_mut());
+
+/// The heap this thread allocates in now, when not mimalloc's default one.
+fn lasting_heap() -> Option<*mut mi_heap_t> {
+    let heap = LASTING_HEAP.load(Ordering::Relaxed);
+    (LASTING.get() && !heap.is_null()).then_some(heap)
+}
+
+// SAFETY: each method forwards to mimalloc's matching aligned function,
+// which meets `GlobalAlloc`'s contract for any heap; `mi_free` and
+// `mi_realloc_aligned` take blocks of every heap.
+unsafe impl GlobalAlloc for Allocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let (size, align) = (layout.size(), layout.align());
+        match lasting_heap() {
+            Some(heap) => libmimalloc_sys::mi_heap_malloc_aligned(heap, size, align),
+            None => libmimalloc_sys::mi_malloc_aligned(size, align),
+        }
+        .cast()
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let (size, align) = (layout.size(), layout.align());
+        match lasting_heap() {
+            Some(heap) => libmimalloc_sys::mi_heap_zalloc_aligned(heap, size, align),
+            None => libmimalloc_sys::mi_zalloc_aligned(size, align),
+        }
+        .cast()
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, _layout: Layout) {
+        libmimalloc_sys::mi_free(ptr.cast::<c_void>());
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let (ptr, align) = (ptr.cast::<c_void>(), layout.align());
+        match lasting_heap() {
+            Some(heap) => libmimalloc_sys::mi_heap_realloc_aligned(heap, ptr, new_size, align),
+            None => libmimalloc_sys::mi_realloc_aligned(ptr, new_size, align),
+        }
+        .cast()
+    }
+}
+
+/// Runs `make` with what it allocates in the lasting heap: for things made
+/// in the middle of a large comparison that stay after it, such as a new
+/// queue's metric series. What `make` allocates and frees again costs the
+/// lasting heap a little room, nothing more.
+pub(crate) fn lasting<T>(make: impl FnOnce() -> T) -> T {
+    if LASTING_HEAP.load(Ordering::Acquire).is_null() {
+        // SAFETY: makes a new, empty heap; a second one made by a racing
+        // thread is deleted again, unused.
+        let heap = unsafe { libmimalloc_sys::mi_heap_new() };
+        if let Err(ours) = LASTING_HEAP.compare_exchange(
+            std::ptr::null_mut(),
+            heap,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            // SAFETY: `ours` was never handed out.
+            unsafe { libmimalloc_sys::mi_heap_delete(ours) };
+        }
+    }
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            LASTING.set(self.0);
+        }
+    }
+    let _restore = Restore(LASTING.replace(true));
+    make()
+}
 
 /// mimalloc v3's option numbers (`mi_option_t` in its `mimalloc.h`); the
 /// Rust bindings name only a few of them. The version is pinned in Cargo.lock.
@@ -73,6 +169,43 @@ pub(crate) fn collect_when_idle() {
 }
 
 fn collect() {
-    // SAFETY: `mi_collect` only walks the allocator's own structures.
-    unsafe { libmimalloc_sys::mi_collect(true) }
+    // SAFETY: both only walk the allocator's own structures.
+    unsafe {
+        libmimalloc_sys::mi_collect(true);
+        let lasting = LASTING_HEAP.load(Ordering::Acquire);
+        if !lasting.is_null() {
+            libmimalloc_sys::mi_heap_collect(lasting, true);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    extern "C" {
+        fn mi_heap_of(p: *const c_void) -> *mut mi_heap_t;
+    }
+
+    fn heap_of(bytes: &[u8]) -> *mut mi_heap_t {
+        // SAFETY: asks which heap owns a live block.
+        unsafe { mi_heap_of(bytes.as_ptr().cast()) }
+    }
+
+    #[test]
+    fn what_lasting_makes_is_kept_apart_from_the_rest() {
+        let kept = lasting(|| vec![1u8; 100_000]);
+        let passing = vec![1u8; 100_000];
+        assert_eq!(heap_of(&kept), LASTING_HEAP.load(Ordering::Acquire));
+        assert_ne!(heap_of(&passing), heap_of(&kept));
+        let grown = lasting(|| {
+            let mut grown = passing.clone();
+            grown.resize(400_000, 2);
+            grown
+        });
+        assert_eq!(heap_of(&grown), heap_of(&kept));
+        let unwound = std::panic::catch_unwind(|| lasting(|| panic!("made nothing")));
+        assert!(unwound.is_err());
+        assert!(!LASTING.get(), "a panic leaves the thread in the default heap");
+    }
 }

@@ -22,7 +22,13 @@ pub(crate) enum Settled<'a> {
     },
 }
 
+/// In the lasting heap (`memory::lasting`): a new queue's series and the
+/// latest drift stay after the comparison that made them.
 pub(crate) fn publish_comparison(observer: &Observer, whole: &Plan, settled: Settled<'_>) {
+    crate::memory::lasting(|| publish(observer, whole, settled));
+}
+
+fn publish(observer: &Observer, whole: &Plan, settled: Settled<'_>) {
     let triggers = Cause::ALL.map(Cause::as_str);
     let mut latest = BTreeMap::new();
     for (queue, plan) in &whole.queues {

@@ -99,8 +99,13 @@ impl QueueMetrics {
         }
     }
 
-    /// Sets `bullmq_job_count` and `bullmq_job_schedulers` for a queue.
+    /// Sets `bullmq_job_count` and `bullmq_job_schedulers` for a queue; a
+    /// new queue's series are made in the lasting heap (`memory::lasting`).
     pub(crate) fn set_job_counts(&self, queue: &str, counts: &JobCounts) {
+        crate::memory::lasting(|| self.set_counts(queue, counts));
+    }
+
+    fn set_counts(&self, queue: &str, counts: &JobCounts) {
         for (state, value) in counts.by_state() {
             self.job_count
                 .get_or_create(&StateLabels {
