@@ -25,6 +25,10 @@ use crate::model::DesiredScheduler;
 /// How long what was learned is trusted at most.
 pub(crate) const FULL_READ_EVERY: Duration = Duration::from_secs(300);
 
+/// Fewer rewrites than this never make `rewritten` forget all: below it the
+/// sets are small, and a few notifications should not void a read.
+const FORGET_AFTER_REWRITES: usize = 1024;
+
 /// Shared by the keyspace watcher, which reports rewrites and gaps, and the
 /// comparisons, which skip and confirm reads.
 #[derive(Default)]
@@ -77,9 +81,17 @@ impl VerifiedDefinitions {
         state.forget();
     }
 
-    /// A notification on the hash of scheduler `id` of `queue`.
+    /// A notification on the hash of scheduler `id` of `queue`. Once most
+    /// of what is known was rewritten (a recovery writes every scheduler
+    /// after a flush), all of it is forgotten: the next comparison reads
+    /// every hash anyway, and until then neither set holds its megabyte.
     pub(crate) fn rewritten(&self, queue: &str, id: &str) {
-        self.lock().rewritten.insert(key(queue, id));
+        let mut state = self.lock();
+        state.rewritten.insert(key(queue, id));
+        let rewritten = state.rewritten.len();
+        if rewritten >= FORGET_AFTER_REWRITES && 2 * rewritten > state.matched.len() {
+            state.forget();
+        }
     }
 
     /// Which hashes of `queue` need no read: those that matched the same row
@@ -163,7 +175,7 @@ impl State {
     fn forget(&mut self) {
         self.epoch += 1;
         self.since = None;
-        self.matched.clear();
+        self.matched = HashSet::new();
         self.rewritten = HashSet::new();
     }
 }
@@ -295,6 +307,29 @@ mod tests {
             "{}",
             state.rewritten.capacity()
         );
+    }
+
+    #[test]
+    fn once_most_hashes_were_rewritten_all_is_forgotten_and_let_go() {
+        let rows: Vec<DesiredScheduler> =
+            (0..4_000).map(|i| row(&i.to_string(), 1000)).collect();
+        let verified = learned(&rows);
+        let read_before = verified.plan_read("q", &rows);
+        for r in &rows[..1_999] {
+            verified.rewritten("q", &r.scheduler_id);
+        }
+        assert!(verified.plan_read("q", &rows[3_000..]).skips("3000"));
+        verified.rewritten("q", "1999");
+        verified.rewritten("q", "2000");
+        assert!(!verified.plan_read("q", &rows).skips("3000"));
+        verified.confirm(&read_before, ids(&rows).iter());
+        assert!(
+            !verified.plan_read("q", &rows).skips("3000"),
+            "a read begun before confirms nothing"
+        );
+        let state = verified.lock();
+        assert_eq!(state.matched.capacity(), 0);
+        assert_eq!(state.rewritten.capacity(), 0);
     }
 
     #[test]
