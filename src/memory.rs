@@ -206,6 +206,9 @@ mod tests {
         assert_eq!(heap_of(&grown), heap_of(&kept));
         let unwound = std::panic::catch_unwind(|| lasting(|| panic!("made nothing")));
         assert!(unwound.is_err());
-        assert!(!LASTING.get(), "a panic leaves the thread in the default heap");
+        assert!(
+            !LASTING.get(),
+            "a panic leaves the thread in the default heap"
+        );
     }
 }

@@ -311,8 +311,7 @@ mod tests {
 
     #[test]
     fn once_most_hashes_were_rewritten_all_is_forgotten_and_let_go() {
-        let rows: Vec<DesiredScheduler> =
-            (0..4_000).map(|i| row(&i.to_string(), 1000)).collect();
+        let rows: Vec<DesiredScheduler> = (0..4_000).map(|i| row(&i.to_string(), 1000)).collect();
         let verified = learned(&rows);
         let read_before = verified.plan_read("q", &rows);
         for r in &rows[..1_999] {
