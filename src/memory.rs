@@ -179,6 +179,14 @@ fn collect() {
     }
 }
 
+/// `lasting` for each step of `future`: for what a connection or a queue
+/// handle sets up once and keeps, such as BullMQ's script texts, which
+/// calls then clone and drop by the thousand.
+pub(crate) async fn lasting_while<F: std::future::Future>(future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    std::future::poll_fn(|cx| lasting(|| future.as_mut().poll(cx))).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,5 +218,17 @@ mod tests {
             !LASTING.get(),
             "a panic leaves the thread in the default heap"
         );
+    }
+
+    #[tokio::test]
+    async fn what_a_future_makes_in_lasting_while_is_kept_apart_after_an_await() {
+        let made = lasting_while(async {
+            tokio::task::yield_now().await;
+            vec![1u8; 100_000]
+        })
+        .await;
+        let passing = vec![1u8; 100_000];
+        assert_eq!(heap_of(&made), LASTING_HEAP.load(Ordering::Acquire));
+        assert_ne!(heap_of(&passing), heap_of(&made));
     }
 }

@@ -130,7 +130,7 @@ impl BullmqStore {
             url: url.to_owned(),
             ..RedisConnectionOptions::default()
         };
-        let connection = RedisConnection::new_managed_only(&options)
+        let connection = crate::memory::lasting_while(RedisConnection::new_managed_only(&options))
             .await
             .map_err(|e| unreachable(e.to_string()))?;
         Ok(Self {
@@ -166,7 +166,7 @@ impl BullmqStore {
             password: password.clone(),
             ..RedisConnectionOptions::default()
         };
-        let connection = RedisConnection::new_managed_only(&options)
+        let connection = crate::memory::lasting_while(RedisConnection::new_managed_only(&options))
             .await
             .map_err(|e| StoreError::Unreachable {
                 url: redacted_url.clone(),
@@ -318,7 +318,8 @@ impl BullmqStore {
             prefix: self.prefix.clone(),
             ..QueueOptions::default()
         };
-        let queue = Queue::with_connection(name, self.connection.clone(), options)
+        let queue = Queue::with_connection(name, self.connection.clone(), options);
+        let queue = crate::memory::lasting_while(queue)
             .await
             .map_err(|e| self.error(e))?;
         queues.insert(name.to_owned(), queue.clone());
