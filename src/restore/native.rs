@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
-use futures::future::BoxFuture;
+use futures::future::{BoxFuture, FutureExt};
 use futures::stream::{FuturesUnordered, StreamExt};
 use serde::Serialize;
 
@@ -367,27 +367,40 @@ async fn write_all(
     let mut queued = writes.into_iter().peekable();
     let mut started_writes = 0usize;
     let mut in_flight = FuturesUnordered::new();
+    let mut check = None;
+    if queued.peek().is_some() {
+        lease.confirm().await;
+    }
     loop {
-        while in_flight.len() < concurrency && outcome.stopped.is_none() && queued.peek().is_some()
-        {
-            outcome.stopped = lease_lost(lease, started_writes).await;
-            if outcome.stopped.is_none() {
-                if let Some(write) = queued.next() {
-                    started_writes += 1;
-                    in_flight.push(carry_out(store, write));
+        while in_flight.len() < concurrency && outcome.stopped.is_none() {
+            outcome.stopped = lease
+                .lost()
+                .map(|reason| format!("{reason}; stopped writing after {started_writes} writes"));
+            let Some(write) = queued.next_if(|_| outcome.stopped.is_none()) else {
+                break;
+            };
+            started_writes += 1;
+            if check.is_none() && started_writes.is_multiple_of(LEASE_CHECK_EVERY) {
+                check = Some(Box::pin(lease.confirm().map(drop)) as BoxFuture<'_, ()>);
+            }
+            in_flight.push(carry_out(store, write));
+        }
+        tokio::select! {
+            biased;
+            () = settle(&mut check) => {}
+            finished = in_flight.next() => {
+                let Some((row_id, scheduler_id, result)) = finished else {
+                    break;
+                };
+                match result {
+                    Ok(removed) => outcome.removed += usize::from(removed),
+                    Err(error) => outcome.failed.push(Failure {
+                        id: row_id.to_owned(),
+                        scheduler_id: scheduler_id.to_owned(),
+                        reason: error.to_string(),
+                    }),
                 }
             }
-        }
-        let Some((row_id, scheduler_id, result)) = in_flight.next().await else {
-            break;
-        };
-        match result {
-            Ok(removed) => outcome.removed += usize::from(removed),
-            Err(error) => outcome.failed.push(Failure {
-                id: row_id.to_owned(),
-                scheduler_id: scheduler_id.to_owned(),
-                reason: error.to_string(),
-            }),
         }
     }
     outcome.not_done = queued
@@ -397,16 +410,22 @@ async fn write_all(
     outcome
 }
 
-/// Why the lease is no longer ours, if it is not: asks Redis before the
-/// first write and every `LEASE_CHECK_EVERY` writes, and hears from the
-/// renewals in between.
-async fn lease_lost(lease: &Held, started_writes: usize) -> Option<String> {
-    let reason = if started_writes.is_multiple_of(LEASE_CHECK_EVERY) {
-        lease.confirm().await
-    } else {
-        lease.lost()
-    };
-    reason.map(|reason| format!("{reason}; stopped writing after {started_writes} writes"))
+/// Waits for the lease check in flight, if there is one, and clears it.
+///
+/// The check — one GET, asked before the first write and every
+/// `LEASE_CHECK_EVERY` writes — goes out beside the writes rather than in
+/// their way: awaited in turn, it would wait behind the scripts in flight
+/// while no new write went out, and Redis would run dry once per check. A
+/// check that finds the lease lost records it in `Held`, and the writer stops
+/// at its next write; the renewals report a loss the same way in between.
+async fn settle(check: &mut Option<BoxFuture<'_, ()>>) {
+    match check {
+        Some(pending) => {
+            pending.await;
+            *check = None;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// One write; returns the row id, the scheduler id, and whether it removed one.
