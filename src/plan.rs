@@ -104,6 +104,9 @@ impl QueuePlan {
         template: &IdTemplate,
         now_ms: u64,
     ) -> Self {
+        if in_redis.schedulers.is_empty() {
+            return Self::all_missing(rows, in_redis);
+        }
         let wanted_ids: std::collections::HashSet<&str> =
             rows.iter().map(|s| s.scheduler_id.as_str()).collect();
         let orphaned = in_redis
@@ -147,6 +150,20 @@ impl QueuePlan {
             }
         }
         plan
+    }
+}
+
+impl QueuePlan {
+    /// After a flush or a restart every row is a create: the rows are
+    /// handed over as they are, with no lookups and no copy.
+    fn all_missing(rows: Vec<DesiredScheduler>, in_redis: &QueueSchedulers) -> Self {
+        QueuePlan {
+            desired: rows.len(),
+            legacy: in_redis.legacy,
+            bullmq_version: in_redis.bullmq_version.clone(),
+            create: rows,
+            ..QueuePlan::default()
+        }
     }
 }
 
@@ -385,6 +402,19 @@ mod tests {
             &template,
             now_ms,
         )
+    }
+
+    #[test]
+    fn a_queue_redis_holds_nothing_of_makes_every_row_a_create_in_order() {
+        let rows = vec![
+            desired("2", Schedule::EveryMs(1000)),
+            desired("1", Schedule::Pattern("* * * * *".into())),
+        ];
+        let queue = plan(rows.clone(), vec![]);
+        assert_eq!(queue.create, rows);
+        assert_eq!((queue.desired, queue.legacy), (2, 1));
+        assert!(queue.update.is_empty() && queue.unchanged.is_empty());
+        assert!(queue.orphaned.is_empty());
     }
 
     #[test]

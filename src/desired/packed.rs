@@ -143,7 +143,9 @@ impl PackedQueues {
             .binary_search_by(|q| self.name_of(q).cmp(queue))
             .map(|at| self.queues[at].blocks.clone())
             .unwrap_or_default();
-        let mut schedulers = Vec::new();
+        // Full blocks but the last: grown one push at a time, the vector
+        // would copy its schedulers over again before a repair can start.
+        let mut schedulers = Vec::with_capacity(found.len() * BLOCK_SCHEDULERS);
         for range in &self.blocks[found] {
             let block = self
                 .bytes
