@@ -35,13 +35,6 @@ const OPTIONAL_DEFAULT_COLUMNS: [&str; 4] =
     ["start_date", "end_date", "repeat_limit", "repeat_offset"];
 
 /// Finds the default table's columns without reading a row.
-/// Rows SQLite's worker thread may read ahead of the rows being judged.
-/// sqlx hands each row over a channel; with its default of 50 the worker
-/// and the reading task take turns, one thread wake-up per row, which was
-/// most of the read's time. A few thousand rows of a task table are a few
-/// hundred kilobytes.
-const SQLITE_ROW_BUFFER: usize = 4096;
-
 const DEFAULT_TABLE_PROBE: &str = "SELECT * FROM inspection_tasks WHERE 1 = 0";
 
 /// What `fetch` runs.
@@ -214,10 +207,7 @@ impl Source {
                 // The sidecar only reads its source; SQLite has no read-only
                 // transaction, so the file is opened read-only (`mode=ro`,
                 // which no statement can undo, unlike `query_only`).
-                let options = options
-                    .read_only(true)
-                    .pragma("query_only", "ON")
-                    .row_buffer_size(SQLITE_ROW_BUFFER);
+                let options = options.read_only(true).pragma("query_only", "ON");
                 if check {
                     probe(&options, timeout).await.map_err(connect_error)?;
                 }
