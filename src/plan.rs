@@ -151,9 +151,7 @@ impl QueuePlan {
         }
         plan
     }
-}
 
-impl QueuePlan {
     /// After a flush or a restart every row is a create: the rows are
     /// handed over as they are, with no lookups and no copy.
     fn all_missing(rows: Vec<DesiredScheduler>, in_redis: &QueueSchedulers) -> Self {

@@ -38,6 +38,9 @@ struct PackedQueue {
     name: Range<usize>,
     /// In `blocks`.
     blocks: Range<usize>,
+    /// Schedulers in those blocks: what an unpacked queue is sized for, so
+    /// that it is not copied over as it grows before a repair can start.
+    schedulers: usize,
 }
 
 /// A block that does not decode: memory was corrupted, or a bug wrote it.
@@ -67,7 +70,11 @@ impl PackedQueues {
                 blocks.push(start..bytes.len());
             }
             let blocks = first..blocks.len();
-            packed.push(PackedQueue { name, blocks });
+            packed.push(PackedQueue {
+                name,
+                blocks,
+                schedulers: schedulers.len(),
+            });
         }
         Self {
             bytes: bytes.into_boxed_slice(),
@@ -138,14 +145,12 @@ impl PackedQueues {
             queue: queue.to_owned(),
             reason,
         };
-        let found = self
+        let (found, count) = self
             .queues
             .binary_search_by(|q| self.name_of(q).cmp(queue))
-            .map(|at| self.queues[at].blocks.clone())
+            .map(|at| (self.queues[at].blocks.clone(), self.queues[at].schedulers))
             .unwrap_or_default();
-        // Full blocks but the last: grown one push at a time, the vector
-        // would copy its schedulers over again before a repair can start.
-        let mut schedulers = Vec::with_capacity(found.len() * BLOCK_SCHEDULERS);
+        let mut schedulers = Vec::with_capacity(count);
         for range in &self.blocks[found] {
             let block = self
                 .bytes
@@ -334,6 +339,21 @@ mod tests {
             .unwrap();
         assert_eq!(even.len(), 250);
         assert!(packed.unpack_queue("absent", |_| true).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_small_queue_unpacks_into_a_vector_of_its_own_size() {
+        let queues = BTreeMap::from([
+            ("big".to_owned(), (0..1_500).map(varied).collect::<Vec<_>>()),
+            ("small".to_owned(), (0..3).map(varied).collect::<Vec<_>>()),
+        ]);
+        let packed = PackedQueues::pack(&queues);
+        let small = packed.unpack_queue("small", |_| true).unwrap();
+        assert_eq!((small.len(), small.capacity()), (3, 3));
+        assert_eq!(
+            packed.unpack_queue("big", |_| true).unwrap().capacity(),
+            1_500
+        );
     }
 
     #[test]
