@@ -67,14 +67,15 @@ impl EventLog {
         while self.next_line().is_some() {}
     }
 
-    /// The next line after the last one looked at for which `wanted` holds.
+    /// The next line after the last one looked at for which `wanted` holds;
+    /// with a zero `timeout`, only among the lines written already.
     pub fn wait_for_line(
         &mut self,
         wanted: impl Fn(&Value) -> bool,
         timeout: Duration,
     ) -> Option<LogLine> {
         let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
+        loop {
             while let Some(line) = self.next_line() {
                 if !wanted(&line) {
                     continue;
@@ -86,9 +87,11 @@ impl EventLog {
                     fields: line,
                 });
             }
+            if Instant::now() >= deadline {
+                return None;
+            }
             std::thread::sleep(Duration::from_millis(2));
         }
-        None
     }
 
     /// The next `event` after the last one looked at.
