@@ -139,15 +139,15 @@ fn release_freed_memory() {
 /// `release_freed_memory` now, and once more after the source's idle
 /// connection has closed: an SQLite connection has its own thread, which
 /// allocated the rows the comparison read, and what that thread allocated
-/// comes back only after it exits. sqlx's reaper looks every idle timeout
-/// and closes a connection idle longer than that, so the connection is gone
-/// within twice the timeout; one timeout and a second (as before) let the
-/// release come first in about half the drift checks, and the rows of a
-/// read of 100,000 (about 29 MiB) then stayed until the next comparison.
+/// comes back only after it exits. Waiting only the idle timeout and a
+/// second came before the close in about half the drift checks, and the
+/// rows of a read of 100,000 (about 29 MiB) then stayed until the next
+/// comparison.
 pub(crate) fn release_after_comparison() {
     release_freed_memory();
     tokio::spawn(async {
-        let closed = crate::source::IDLE_CONNECTION_TIMEOUT * 2 + std::time::Duration::from_secs(1);
+        let closed =
+            crate::source::IDLE_CONNECTION_CLOSED_WITHIN + std::time::Duration::from_secs(1);
         tokio::time::sleep(closed).await;
         release_freed_memory();
     });

@@ -429,7 +429,13 @@ async fn journal_options(
 const READ_ONLY: &str = "START TRANSACTION READ ONLY";
 
 /// How long a source connection may sit unused before it is closed.
-pub(crate) const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(2);
+const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// When an idle connection is closed at the latest: sqlx's reaper looks
+/// every `IDLE_CONNECTION_TIMEOUT` (the pool sets no maximum lifetime) and
+/// closes a connection idle longer than that.
+pub(crate) const IDLE_CONNECTION_CLOSED_WITHIN: Duration =
+    IDLE_CONNECTION_TIMEOUT.saturating_mul(2);
 
 /// One direct connection: unlike the pool, it reports why a database is
 /// unreachable (refused, unknown host, bad password) instead of a pool timeout.
