@@ -182,9 +182,9 @@ fn watch_cycle(config: &Path, dir: &Path, admin: &mut redis::Connection, table: 
 const WATCHER_LOG_FILTER: &str = "info,bullmq_warden::report::events::source=debug";
 
 /// How long a drift check keeps the watcher's memory up after its read of
-/// the rows: the comparison (about 1.2 s here), then the release once the
-/// source's idle connection has closed (5 s after the comparison).
-const CHECK_SETTLES: Duration = Duration::from_secs(8);
+/// the rows: the comparison (about 1.2 s here) and the release right after
+/// it, with room for a slow comparison.
+const CHECK_SETTLES: Duration = Duration::from_secs(4);
 
 /// The watcher's resident set while it idles after a recovery: the median of
 /// samples over 5 s from 5 s after it. A drift check (every 30 s, from the

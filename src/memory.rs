@@ -8,7 +8,7 @@
 //! after each large piece of work, bring it back down to its idle size. The
 //! collect has to happen on every thread that took part (each returns only
 //! what it allocated), so the runtime's worker threads collect when they next
-//! go idle, and a second collect follows the SQLite connection's thread out.
+//! go idle.
 //! What a comparison makes to keep goes to a heap of its own (`lasting`), so
 //! that it does not hold the pages of what the comparison only passed through.
 
@@ -130,30 +130,20 @@ pub extern "C" fn tune_allocator() {
 /// This thread collects at once; every other runtime thread when it next
 /// goes idle (`collect_when_idle`), as memory that a thread allocated is
 /// returned only by that thread.
-fn release_freed_memory() {
+///
+/// The rows were allocated on the SQLite connection's own thread, whose
+/// share comes back only once that thread exits: the source closes the
+/// connection at the end of each read, which ends its thread
+/// (`source::Backend::Sqlite`). When sqlx's idle reaper closed it instead,
+/// on its own timer, the rows of a read of 100,000 (about 29 MiB) stayed
+/// until the next comparison whenever the release came first.
+pub(crate) fn release_after_comparison() {
     let request = RELEASE_REQUESTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
     RELEASES_SEEN.set(request);
     collect();
 }
 
-/// `release_freed_memory` now, and once more after the source's idle
-/// connection has closed: an SQLite connection has its own thread, which
-/// allocated the rows the comparison read, and what that thread allocated
-/// comes back only after it exits. Waiting only the idle timeout and a
-/// second came before the close in about half the drift checks, and the
-/// rows of a read of 100,000 (about 29 MiB) then stayed until the next
-/// comparison.
-pub(crate) fn release_after_comparison() {
-    release_freed_memory();
-    tokio::spawn(async {
-        let closed =
-            crate::source::IDLE_CONNECTION_CLOSED_WITHIN + std::time::Duration::from_secs(1);
-        tokio::time::sleep(closed).await;
-        release_freed_memory();
-    });
-}
-
-/// Bumped by every `release_freed_memory`.
+/// Bumped by every `release_after_comparison`.
 static RELEASE_REQUESTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 thread_local! {

@@ -337,6 +337,37 @@ fn a_flush_is_repaired_at_once_from_the_rows_kept_ready() {
     assert_one_next_job_each(&redis);
 }
 
+/// Of the source's SQLite connections, only the one watching
+/// `data_version` stays open: the one that reads the rows ends with the
+/// read. A connection is a thread of its own, and what that thread
+/// allocated for the rows goes back to the system only once it has ended.
+#[test]
+fn a_read_of_the_sqlite_rows_leaves_no_connection_behind() {
+    let redis = RedisServer::start();
+    let setup = watched(&redis, "");
+    let no_drift_check = [("BULLMQ_WARDEN__WATCH__DRIFT_INTERVAL", "10m")];
+    let watcher = started_env(&setup, &redis, &no_drift_check);
+    assert!(watcher.wait_for("source_watch", 1, 5 * SECOND));
+    setup.sql("UPDATE inspection_tasks SET cron = '0 45 2 * * *' WHERE id = 2");
+    let key = "bull:inspection:repeat:inspection:2";
+    assert!(
+        support::wait_until(5 * SECOND, || redis.redis(&["HGET", key, "pattern"])
+            == "0 45 2 * * *"),
+        "{}",
+        watcher.log()
+    );
+    assert_eq!(sqlite_threads(watcher.pid()), 1, "{}", watcher.log());
+}
+
+/// The threads of `pid` that run an SQLite connection (sqlx names them).
+fn sqlite_threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("the watcher's threads")
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with("sqlx-sqlite"))
+        .count()
+}
+
 /// A row change already waiting when a flush comes makes the rows kept
 /// ready stale: the repair still goes at once, but reads the database first,
 /// so the changed row comes back as it is now.
