@@ -377,8 +377,6 @@ impl Source {
         }
     }
 
-    /// A database's own error means the query is wrong; anything else means
-    /// the database could not be reached.
     /// An error while rows arrive: the database's own error is about the
     /// query; anything else means the connection broke in the middle.
     fn read_error(&self, error: sqlx::Error) -> SourceError {
@@ -391,6 +389,8 @@ impl Source {
         }
     }
 
+    /// A database's own error means the query is wrong; anything else means
+    /// the database could not be reached.
     fn error(&self, error: sqlx::Error) -> SourceError {
         match error {
             sqlx::Error::Database(_) | sqlx::Error::ColumnDecode { .. } => SourceError::Query {
