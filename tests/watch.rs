@@ -348,15 +348,25 @@ fn a_read_of_the_sqlite_rows_leaves_no_connection_behind() {
     let no_drift_check = [("BULLMQ_WARDEN__WATCH__DRIFT_INTERVAL", "10m")];
     let watcher = started_env(&setup, &redis, &no_drift_check);
     assert!(watcher.wait_for("source_watch", 1, 5 * SECOND));
-    setup.sql("UPDATE inspection_tasks SET cron = '0 45 2 * * *' WHERE id = 2");
+    reschedule_row_2(&setup);
     let key = "bull:inspection:repeat:inspection:2";
     assert!(
         support::wait_until(5 * SECOND, || redis.redis(&["HGET", key, "pattern"])
-            == "0 45 2 * * *"),
+            == ROW_2_RESCHEDULED),
         "{}",
         watcher.log()
     );
     assert_eq!(sqlite_threads(watcher.pid()), 1, "{}", watcher.log());
+}
+
+/// The pattern `reschedule_row_2` gives row 2 (nightly at 02:30 before).
+const ROW_2_RESCHEDULED: &str = "0 45 2 * * *";
+
+/// An edit of a row, as the application would make it.
+fn reschedule_row_2(setup: &Setup) {
+    setup.sql(&format!(
+        "UPDATE inspection_tasks SET cron = '{ROW_2_RESCHEDULED}' WHERE id = 2"
+    ));
 }
 
 /// The threads of `pid` that run an SQLite connection (sqlx names them).
@@ -378,7 +388,7 @@ fn a_flush_with_a_row_change_waiting_is_repaired_at_once_from_a_fresh_read() {
     let slow_window = [("BULLMQ_WARDEN__WATCH__DEBOUNCE_QUIET", "3s")];
     let watcher = started_env(&setup, &redis, &slow_window);
     assert!(watcher.wait_for("source_watch", 1, 5 * SECOND));
-    setup.sql("UPDATE inspection_tasks SET cron = '0 45 2 * * *' WHERE id = 2");
+    reschedule_row_2(&setup);
     assert!(
         support::wait_until(5 * SECOND, || watcher
             .events("detected")
@@ -390,7 +400,7 @@ fn a_flush_with_a_row_change_waiting_is_repaired_at_once_from_a_fresh_read() {
     redis.redis(&["FLUSHALL"]);
     watcher.assert_second_recovery_at_once("database");
     let key = "bull:inspection:repeat:inspection:2";
-    assert_eq!(redis.redis(&["HGET", key, "pattern"]), "0 45 2 * * *");
+    assert_eq!(redis.redis(&["HGET", key, "pattern"]), ROW_2_RESCHEDULED);
     assert_eq!(schedulers(&redis), 4);
     assert_one_next_job_each(&redis);
 }
