@@ -881,13 +881,18 @@ fn watch_count(redis: &RedisServer, stop: Arc<AtomicBool>) -> thread::JoinHandle
     let mut conn = redis_conn(redis);
     thread::spawn(move || {
         let (mut low, mut high) = (u64::MAX, 0);
-        while !stop.load(SeqCst) {
+        loop {
+            // One sample after `stop` is set: the state the test stopped at
+            // counts too, however late this thread last ran before it.
+            let stopping = stop.load(SeqCst);
             let n: u64 = query(&mut conn, &["ZCARD", "bull:inspection:repeat"]);
             low = low.min(n);
             high = high.max(n);
+            if stopping {
+                return (low, high);
+            }
             thread::sleep(Duration::from_millis(5));
         }
-        (low, high)
     })
 }
 
