@@ -305,8 +305,8 @@ impl Source {
                 let read = async {
                     read_only!(conn.begin().await.map_err(|e| self.error(e))?, Sqlite);
                     Ok::<_, SourceError>(())
-                };
-                let read = read.await;
+                }
+                .await;
                 // Ends the connection's thread, so that what it allocated
                 // is free by the time the caller releases memory.
                 let _ = conn.close().await;
@@ -476,10 +476,9 @@ fn pool_options<DB: Database>(connect_timeout: Duration) -> PoolOptions<DB> {
         .acquire_timeout(connect_timeout)
 }
 
-/// Statements are logged at debug level only: the source query runs every drift check.
-/// Statements at debug level; a read of 100,000 rows that takes over a
-/// second is no warning (sqlx's default for slow statements): the source
-/// read's duration is a metric of its own.
+/// Statements at debug level, as the source query runs every drift check;
+/// a read of 100,000 rows that takes over a second is no warning (sqlx's
+/// default for slow statements): the read's duration is a metric of its own.
 fn quiet<O: ConnectOptions>(options: O) -> O {
     options
         .log_statements(tracing::log::LevelFilter::Debug)
