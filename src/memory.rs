@@ -244,65 +244,72 @@ mod tests {
         assert_ne!(heap_of(&passing), heap_of(&made));
     }
 
-    /// Of the pages in `span`, how many are resident.
+    /// The C heap is glibc's only where `trim_c_heap` trims it.
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    fn resident_pages(span: std::ops::Range<usize>) -> usize {
-        let mut flags = vec![0u8; (span.end - span.start) / PAGE];
-        // SAFETY: `span` is page-aligned and inside the C heap's mapping,
-        // and `flags` has one byte per page of it.
-        let done = unsafe {
-            libc::mincore(
-                span.start as *mut c_void,
-                span.end - span.start,
-                flags.as_mut_ptr(),
-            )
-        };
-        assert_eq!(done, 0, "mincore: {}", std::io::Error::last_os_error());
-        flags.iter().filter(|&&f| f & 1 == 1).count()
-    }
+    mod c_heap {
+        use super::*;
 
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    const PAGE: usize = 4096;
+        fn page_size() -> usize {
+            // SAFETY: reads a constant of the system.
+            usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096)
+        }
 
-    /// What SQLite leaves: blocks of the C heap freed below one still in
-    /// use, which glibc would keep resident for its next mallocs.
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    #[test]
-    fn what_the_c_heap_freed_is_given_back() {
-        // Below glibc's mmap threshold, so that they come from an arena.
-        const BLOCK: usize = 32 * 1024;
-        const BLOCKS: usize = 64;
-        // SAFETY: plain mallocs and frees of the C heap; the freed blocks'
-        // addresses are only passed to mincore, never dereferenced.
-        let (before, after, pages) = unsafe {
-            let blocks: Vec<*mut u8> = (0..BLOCKS)
-                .map(|_| {
-                    let block = libc::malloc(BLOCK).cast::<u8>();
-                    assert!(!block.is_null());
-                    block.write_bytes(1, BLOCK);
-                    block
-                })
-                .collect();
-            let in_use = libc::malloc(BLOCK);
-            let start = blocks.iter().map(|b| *b as usize).min().unwrap_or(0);
-            let end = blocks.iter().map(|b| *b as usize).max().unwrap_or(0) + BLOCK;
-            for block in blocks {
-                libc::free(block.cast());
-            }
-            let freed = start.next_multiple_of(PAGE)..end / PAGE * PAGE;
-            let before = resident_pages(freed.clone());
-            release_after_comparison();
-            let after = resident_pages(freed.clone());
-            libc::free(in_use);
-            (before, after, freed.len() / PAGE)
-        };
-        assert!(
-            before * 10 >= pages * 9,
-            "{before} of {pages} pages were resident"
-        );
-        assert!(
-            after * 10 <= pages,
-            "{after} of {pages} pages still resident"
-        );
+        /// Of the pages in `span`, how many are resident.
+        fn resident_pages(span: std::ops::Range<usize>) -> usize {
+            let mut flags = vec![0u8; (span.end - span.start) / page_size()];
+            // SAFETY: `span` is page-aligned and inside the C heap's mapping,
+            // and `flags` has one byte per page of it.
+            let done = unsafe {
+                libc::mincore(
+                    span.start as *mut c_void,
+                    span.end - span.start,
+                    flags.as_mut_ptr(),
+                )
+            };
+            assert_eq!(done, 0, "mincore: {}", std::io::Error::last_os_error());
+            flags.iter().filter(|&&f| f & 1 == 1).count()
+        }
+
+        /// What SQLite leaves: blocks of the C heap freed below one still in
+        /// use, which glibc would keep resident for its next mallocs.
+        #[test]
+        fn what_the_c_heap_freed_is_given_back() {
+            // Below glibc's mmap threshold, so that they come from an arena.
+            const BLOCK: usize = 32 * 1024;
+            const BLOCKS: usize = 64;
+            let page = page_size();
+            // SAFETY: plain mallocs and frees of the C heap; the freed blocks'
+            // addresses are only passed to mincore, never dereferenced.
+            let (before, after, pages) = unsafe {
+                let blocks: Vec<*mut u8> = (0..BLOCKS)
+                    .map(|_| {
+                        let block = libc::malloc(BLOCK).cast::<u8>();
+                        assert!(!block.is_null());
+                        block.write_bytes(1, BLOCK);
+                        block
+                    })
+                    .collect();
+                let in_use = libc::malloc(BLOCK);
+                let start = blocks.iter().map(|b| *b as usize).min().unwrap_or(0);
+                let end = blocks.iter().map(|b| *b as usize).max().unwrap_or(0) + BLOCK;
+                for block in blocks {
+                    libc::free(block.cast());
+                }
+                let freed = start.next_multiple_of(page)..end / page * page;
+                let before = resident_pages(freed.clone());
+                release_after_comparison();
+                let after = resident_pages(freed.clone());
+                libc::free(in_use);
+                (before, after, freed.len() / page)
+            };
+            assert!(
+                before * 10 >= pages * 9,
+                "{before} of {pages} pages were resident"
+            );
+            assert!(
+                after * 10 <= pages,
+                "{after} of {pages} pages still resident"
+            );
+        }
     }
 }
